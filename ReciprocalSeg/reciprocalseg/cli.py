@@ -1,0 +1,360 @@
+"""`reciprocalseg` command line: train, predict, evaluate, demo, serve.
+
+Exit codes: 0 success, 1 error (message on stderr), 2 usage error, 3 cancelled (a
+checkpoint was written; rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CancelledError, ReciprocalSegError
+
+EXIT_ERROR, EXIT_CANCELLED = 1, 3
+
+
+# -- train -------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="supervised teacher phase, then reciprocal learning")
+    src = p.add_argument_group("cases (folders, or a JSON manifest)")
+    src.add_argument("--images", type=Path, help="folder of labelled scans (or <ID>_image/<ID>_label pairs)")
+    src.add_argument("--labels", type=Path, help="folder of label maps matched to --images by case ID")
+    src.add_argument("--unlabeled", type=Path, help="folder of unlabelled scans")
+    src.add_argument(
+        "--manifest", type=Path, help='JSON {"labeled": [{id, image, label}], "unlabeled": [...]}'
+    )
+    p.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to resume)")
+    p.add_argument("--preset", default="paper", help="paper (default), lite, demo or improved")
+    p.add_argument("--iterations", type=int, help="reciprocal iterations")
+    p.add_argument("--supervised-iterations", type=int, help="supervised teacher iterations")
+    p.add_argument("--finetune-iterations", type=int, help="student fine-tune iterations at the end")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--n-classes", type=int, help="classes including background (default: from the labels)")
+    p.add_argument("--n-filters", type=int)
+    p.add_argument("--normalization", choices=["batchnorm", "groupnorm", "instancenorm", "none"])
+    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--intensity", choices=["zscore", "ct"])
+    p.add_argument("--step-mode", choices=["fast", "reference"])
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--gpus", type=int, default=1, help="train on N local GPUs with torch.distributed")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--warm-start", type=Path, help="start both networks from a previous run folder")
+    p.add_argument("--json", action="store_true", help="print progress events as JSON lines on stdout")
+    p.set_defaults(func=cmd_train)
+
+
+def _load_cases(args: argparse.Namespace) -> tuple[list, list]:
+    from .data.io import discover_cases, load_case_list, require_labels
+
+    if args.manifest:
+        return load_case_list(args.manifest)
+    if not args.images:
+        raise ReciprocalSegError("give --images (and --labels) or --manifest")
+    labeled = discover_cases(args.images, args.labels)
+    require_labels(labeled)
+    unlabeled = discover_cases(args.unlabeled) if args.unlabeled else []
+    ids = {c.case_id for c in labeled} & {c.case_id for c in unlabeled}
+    if ids:
+        raise ReciprocalSegError(
+            f"cases {sorted(ids)} are both labelled and unlabelled; remove them from one folder"
+        )
+    return labeled, unlabeled
+
+
+def _infer_n_classes(labeled: list) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .data.io import read_image
+    from .data.validation import infer_n_classes
+
+    maxima = [int(np.max(sitk.GetArrayViewFromImage(read_image(c.label)))) for c in labeled]
+    return infer_n_classes(maxima) + 1
+
+
+def build_config(args: argparse.Namespace, labeled: list) -> Any:
+    from .config import make_config
+
+    n_classes = args.n_classes or _infer_n_classes(labeled)
+    return make_config(
+        args.preset,
+        n_classes=n_classes,
+        reciprocal_iterations=args.iterations,
+        supervised_iterations=args.supervised_iterations,
+        finetune_iterations=args.finetune_iterations,
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
+        n_filters=args.n_filters,
+        normalization=args.normalization,
+        target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
+        intensity=args.intensity,
+        step_mode=args.step_mode,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        num_workers=args.num_workers,
+    )
+
+
+class ProgressBar:
+    """A one-line terminal progress bar with phase, iteration, losses and ETA."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "progress":
+            done, total = event["overall_iteration"], event["overall_total"]
+            width = 30
+            filled = int(width * done / max(total, 1))
+            eta = event.get("eta_s")
+            eta_text = f"ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "ETA --:--"
+            losses = " ".join(f"{k}={v:.3f}" for k, v in event["losses"].items())
+            h = f" h={event['h']:+.2e}" if event.get("h") is not None else ""
+            line = (
+                f"[{'#' * filled}{'.' * (width - filled)}] {event['phase']} {event['iteration']}/"
+                f"{event['total']} {eta_text} {losses}{h}"
+            )
+            if self.tty:
+                self.stream.write("\r" + line[:160].ljust(160))
+            elif done % 50 == 0 or done == total:
+                self.stream.write(line + "\n")
+        elif kind in ("phase", "done", "cancelled", "error", "resumed", "warm_start"):
+            detail = {k: v for k, v in event.items() if k not in ("event", "time")}
+            self.stream.write(("\n" if self.tty else "") + f"{kind}: {json.dumps(detail)}\n")
+        self.stream.flush()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.runner import CancelToken, train
+
+    labeled, unlabeled = _load_cases(args)
+    config = build_config(args, labeled)
+    if args.gpus > 1:
+        from .distributed import launch_local
+
+        return launch_local(args, config, labeled, unlabeled)
+    listener = (lambda e: print(json.dumps(e), flush=True)) if args.json else ProgressBar()
+    cancel = CancelToken(args.out / "CANCEL")
+    cancel.install_signal_handlers()
+    result = train(config, labeled, unlabeled, args.out, [listener], cancel, args.warm_start)
+    if not args.json:
+        print(f"teacher: {result.teacher}\nstudent: {result.student}\ndevice: {result.device}")
+    return 0
+
+
+# -- predict -----------------------------------------------------------------------------
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment scans with a run's teacher and/or student")
+    p.add_argument("--run", type=Path, required=True, help="run folder (or a model .pt file)")
+    p.add_argument("--images", type=Path, required=True, help="a scan file or a folder of scans")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", choices=["teacher", "student", "both", "supervised"], default="student")
+    p.add_argument("--overlap", type=float)
+    p.add_argument(
+        "--paper-stride", action="store_true", help="the published (18, 18, 4) stride, for comparison"
+    )
+    p.add_argument(
+        "--largest-component", action="store_true", help="keep the largest connected component per class"
+    )
+    p.add_argument(
+        "--disagreement", action="store_true", help="also write the teacher-student disagreement map"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--format", default=".nii.gz", help="output extension (.nii.gz, .nrrd, .mha)")
+    p.set_defaults(func=cmd_predict)
+
+
+def _model_paths(run: Path, which: str) -> dict[str, Path]:
+    if run.is_file():
+        return {run.stem: run}
+    names = ["teacher", "student"] if which == "both" else [which]
+    paths = {n: run / f"{n}.pt" for n in names}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise ReciprocalSegError(
+            f"no model file {missing}: has the run in {run} finished? (see {run}/events.jsonl)"
+        )
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from .data.io import discover_cases, read_image, write_image
+    from .inference import disagreement, load_model, predict_image
+
+    cases = discover_cases(args.images) if args.images.is_dir() else None
+    sources = (
+        [(c.case_id, c.image) for c in cases] if cases is not None else [(_case_id(args.images), args.images)]
+    )
+    models = {
+        name: load_model(path, args.device) for name, path in _model_paths(args.run, args.model).items()
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    for case_id, path in sources:
+        image = read_image(path)
+        probs = {}
+        for name, model in models.items():
+            pred = predict_image(
+                model,
+                image,
+                overlap=args.overlap,
+                paper_stride=args.paper_stride,
+                largest_component=args.largest_component,
+                return_probabilities=args.disagreement,
+            )
+            suffix = f"_{name}" if len(models) > 1 else ""
+            write_image(pred.labels, args.out / f"{case_id}{suffix}{args.format}")
+            probs[name] = pred.probabilities
+        if args.disagreement and len(probs) == 2:
+            voxel, score = disagreement(*probs.values())
+            img = sitk.GetImageFromArray(voxel)
+            img.CopyInformation(image)
+            write_image(img, args.out / f"{case_id}_disagreement{args.format}")
+            print(f"{case_id}: disagreement score {score:.4f}")
+        print(f"{case_id}: written to {args.out}")
+    return 0
+
+
+def _case_id(path: Path) -> str:
+    from .data.io import case_id_from_path
+
+    return case_id_from_path(path)
+
+
+# -- evaluate ----------------------------------------------------------------------------
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="Dice, Jaccard, 95HD, ASD of predictions against labels")
+    p.add_argument("--pred", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True)
+    p.add_argument("--csv", type=Path, help="CSV file to write (default: PRED/metrics.csv)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def evaluate_folders(pred_dir: Path, label_dir: Path) -> list[dict[str, Any]]:
+    """Per-case, per-class metrics for predictions and labels matched by case ID."""
+    import SimpleITK as sitk
+
+    from .data.io import discover_cases, read_image
+    from .data.validation import check_same_grid
+    from .metrics import evaluate_case
+
+    preds = {c.case_id: c.image for c in discover_cases(pred_dir)}
+    labels = {c.case_id: (c.label or c.image) for c in discover_cases(label_dir)}
+    missing = sorted(set(labels) - set(preds))
+    if not preds.keys() & labels.keys():
+        raise ReciprocalSegError(f"no case IDs in common between {pred_dir} and {label_dir}")
+    rows = []
+    for case_id in sorted(preds.keys() & labels.keys()):
+        pred, ref = read_image(preds[case_id]), read_image(labels[case_id])
+        problems = check_same_grid(pred, ref)
+        if problems:
+            raise ReciprocalSegError(f"{case_id}: prediction and label grids differ: {'; '.join(problems)}")
+        per_class = evaluate_case(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), ref.GetSpacing())
+        for cls, m in per_class.items():
+            rows.append({"case": case_id, "class": cls, **vars(m)})
+    if missing:
+        print(f"warning: no prediction for {len(missing)} labelled cases: {missing[:10]}", file=sys.stderr)
+    return rows
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import summarize
+
+    rows = evaluate_folders(args.pred, args.labels)
+    keys = [k for k in rows[0] if k not in ("case", "class")]
+    out = args.csv or args.pred / "metrics.csv"
+    _write_csv(out, rows)
+    print(f"{'case':<28}{'class':>6}" + "".join(f"{k:>12}" for k in keys))
+    for r in rows:
+        print(f"{r['case']:<28}{r['class']:>6}" + "".join(f"{r[k]:>12.4f}" for k in keys))
+    summary = summarize([{k: r[k] for k in keys} for r in rows])
+    print(f"{'mean':<28}{'':>6}" + "".join(f"{summary[k][0]:>12.4f}" for k in keys))
+    print(f"{'std':<28}{'':>6}" + "".join(f"{summary[k][1]:>12.4f}" for k in keys))
+    print(f"CSV written to {out}")
+    return 0
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    from .atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# -- demo / serve ------------------------------------------------------------------------
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole loop on a built-in phantom cohort (CPU, a few minutes)")
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--iterations", type=int, help="reciprocal iterations (default: the demo preset's)")
+    p.add_argument("--supervised-iterations", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        args.out,
+        device=args.device,
+        reciprocal_iterations=args.iterations,
+        supervised_iterations=args.supervised_iterations,
+        seed=args.seed,
+        json_events=args.json,
+    )
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .service.server import add_serve_arguments, run_serve
+
+    p = sub.add_parser("serve", help="the local backend service (FastAPI) for the Slicer module and scripts")
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reciprocalseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"reciprocalseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    _add_demo(sub)
+    _add_serve(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CancelledError as exc:
+        print(f"cancelled: {exc}. Rerun the same command to resume.", file=sys.stderr)
+        return EXIT_CANCELLED
+    except ReciprocalSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,532 @@
+"""Python client of the ReciprocalSeg service (usable from any Python console, Slicer's included).
+
+>>> from reciprocalseg.client import Client
+>>> c = Client(workspace="~/rs-workspace")       # URL and token from WORKSPACE/.service/
+>>> c.add_cases_from_folder("scans/")
+>>> c.put_label("case01", "case01_label.nrrd", author="me")
+>>> c.start_training(preset="demo"); c.wait_for_training(callback=print)
+>>> c.next_case()
+
+Every method raises :class:`ServiceError` carrying the server's message (``status_code`` is 0 when
+the service could not be reached at all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+__all__ = [
+    "CaseInfo",
+    "Client",
+    "DeviceInfo",
+    "LabelHistory",
+    "LabelVersion",
+    "ModelList",
+    "ModelRound",
+    "NextCase",
+    "PredictionResult",
+    "ServiceError",
+    "ServiceInfo",
+    "TrainingEvents",
+    "TrainingStatus",
+]
+
+T = TypeVar("T")
+UPLOAD_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+class ServiceError(Exception):
+    """An error answer of the service (``status_code`` 4xx/5xx), or 0 when it cannot be reached."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status_code})" if status_code else message)
+        self.status_code = status_code
+        self.message = message
+
+
+def _build(cls: type[T], data: dict[str, Any]) -> T:
+    """Instantiate a dataclass from a JSON object, ignoring keys it does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class DeviceInfo:
+    type: str
+    name: str
+    memory_gb: float | None = None
+    cpu_count: int | None = None
+
+
+@dataclass
+class ServiceInfo:
+    version: str
+    workspace: str
+    device: DeviceInfo
+    counts: dict[str, int]
+    n_classes: int
+    current_round: int | None
+    training_state: str
+    max_upload_mb: float
+    auth: bool
+
+
+@dataclass
+class CaseInfo:
+    id: str
+    status: str
+    added: str
+    geometry: dict[str, Any]
+    source: str | None = None
+    label_version: int | None = None
+    n_label_versions: int = 0
+    score: float | None = None
+    score_round: int | None = None
+    score_current: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LabelVersion:
+    version: int
+    kind: str
+    time: str
+    author: str | None = None
+    source: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class LabelHistory:
+    case_id: str
+    current: int | None
+    versions: list[LabelVersion]
+
+
+@dataclass
+class TrainingStatus:
+    state: str
+    run_id: str | None = None
+    round: int | None = None
+    current_round: int | None = None
+    rounds: int = 0
+    preset: str | None = None
+    phase: str | None = None
+    iteration: int | None = None
+    total: int | None = None
+    overall_iteration: int | None = None
+    overall_total: int | None = None
+    losses: dict[str, Any] = field(default_factory=dict)
+    h: float | None = None
+    lr: float | None = None
+    sec_per_iter: float | None = None
+    eta_s: float | None = None
+    device: str | None = None
+    message: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    n_events: int = 0
+    n_labeled: int | None = None
+    n_unlabeled: int | None = None
+    warm_start_round: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def fraction(self) -> float | None:
+        """Progress in [0, 1] when known."""
+        if self.overall_iteration is not None and self.overall_total:
+            return min(1.0, self.overall_iteration / self.overall_total)
+        if self.iteration is None or not self.total:
+            return None
+        return min(1.0, self.iteration / self.total)
+
+
+@dataclass
+class TrainingEvents:
+    run_id: str | None
+    events: list[dict[str, Any]]
+    next: int
+    total: int
+
+
+@dataclass
+class PredictionResult:
+    case_id: str
+    round: int
+    score: float
+    time: str
+    teacher: Path | None = None
+    student: Path | None = None
+    disagreement: Path | None = None
+
+
+@dataclass
+class NextCase:
+    case_id: str | None
+    score: float | None = None
+    round: int | None = None
+    n_candidates: int = 0
+    n_predicted_now: int = 0
+
+
+@dataclass
+class ModelRound:
+    round: int
+    source: str
+    created: str
+    run_id: str | None = None
+    preset: str | None = None
+    n_classes: int | None = None
+    n_labeled: int | None = None
+    n_unlabeled: int | None = None
+    warm_start_round: int | None = None
+    current: bool = False
+    teacher_sha256: str | None = None
+    student_sha256: str | None = None
+
+
+@dataclass
+class ModelList:
+    current: int | None
+    rounds: list[ModelRound]
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+
+class Client:
+    """Talks to one ReciprocalSeg service.
+
+    Args:
+        url: the service URL (``http://127.0.0.1:PORT``); read from ``WORKSPACE/.service/url`` when
+            ``workspace`` is given instead.
+        token: the bearer token; read from ``WORKSPACE/.service/token`` when ``workspace`` is given
+            and ``token`` is not.
+        timeout: seconds to wait for an answer (uploads and predictions get ``long_timeout``).
+        workspace: the service's workspace folder.
+    """
+
+    long_timeout: float = 3600.0
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        workspace: str | Path | None = None,
+    ) -> None:
+        if workspace is not None:
+            sdir = Path(workspace).expanduser() / ".service"
+            if url is None:
+                try:
+                    url = (sdir / "url").read_text(encoding="utf-8").strip()
+                except OSError:
+                    raise ServiceError(
+                        0,
+                        f"no running service found for workspace {workspace} (no {sdir / 'url'}); start one "
+                        "with `reciprocalseg serve --workspace ...`",
+                    ) from None
+            if token is None and (sdir / "token").exists():
+                token = (sdir / "token").read_text(encoding="utf-8").strip() or None
+        if not url:
+            raise ValueError("give the service url, or the workspace of a running service")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+    def _request(
+        self, method: str, path: str, *, timeout: float | None = None, stream: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        url = self.url + path
+        try:
+            r = self.session.request(method, url, timeout=timeout or self.timeout, stream=stream, **kwargs)
+        except requests.Timeout:
+            raise ServiceError(
+                0,
+                f"the service at {self.url} did not answer {method} {path} within "
+                f"{timeout or self.timeout:.0f} s",
+            ) from None
+        except requests.ConnectionError as exc:
+            raise ServiceError(
+                0,
+                f"cannot reach the ReciprocalSeg service at {self.url}: is it running? "
+                f"({type(exc).__name__})",
+            ) from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                message = body.get("detail") if isinstance(body, dict) else None
+                message = message if isinstance(message, str) else str(body)
+            except ValueError:
+                message = r.text[:500] or r.reason
+            r.close()
+            raise ServiceError(r.status_code, message)
+        return r
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _download(self, path: str, out_path: str | Path, params: dict[str, Any] | None = None) -> Path:
+        out = Path(out_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r = self._request("GET", path, params=params, stream=True, timeout=self.long_timeout)
+        tmp = out.with_name(f".{out.name}.part")
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in r.iter_content(1 << 20):
+                    f.write(chunk)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+            r.close()
+        return out
+
+    # ------------------------------------------------------------------ info
+    def health(self) -> bool:
+        try:
+            return self._request("GET", "/health", timeout=5).status_code == 200
+        except ServiceError:
+            return False
+
+    def info(self) -> ServiceInfo:
+        d = self._json("GET", "/info")
+        d["device"] = _build(DeviceInfo, d["device"])
+        return _build(ServiceInfo, d)
+
+    # ------------------------------------------------------------------ cases
+    def list_cases(self) -> list[CaseInfo]:
+        return [_build(CaseInfo, c) for c in self._json("GET", "/cases")["cases"]]
+
+    def get_case(self, case_id: str) -> CaseInfo:
+        return _build(CaseInfo, self._json("GET", f"/cases/{_seg(case_id)}"))
+
+    def add_case(self, image_path: str | Path, case_id: str | None = None, upload: bool = True) -> CaseInfo:
+        """Add a scan: upload the file (default), or register a path the server can read itself."""
+        p = Path(image_path).expanduser()
+        if not upload:
+            body: dict[str, Any] = {"path": str(p.resolve())}
+            if case_id is not None:
+                body["case_id"] = case_id
+            return _build(
+                CaseInfo, self._json("POST", "/cases/register", json=body, timeout=self.long_timeout)
+            )
+        data = {"case_id": case_id} if case_id is not None else {}
+        with open(p, "rb") as f:
+            d = self._json(
+                "POST",
+                "/cases",
+                files={"file": (p.name, f, "application/octet-stream")},
+                data=data,
+                timeout=self.long_timeout,
+            )
+        return _build(CaseInfo, d)
+
+    def add_cases_from_folder(self, folder: str | Path, upload: bool = True) -> list[CaseInfo]:
+        """Add every scan file of a folder (label files ``*_label.*``/``*_seg.*`` are skipped)."""
+        folder = Path(folder).expanduser()
+        added = []
+        allowed = UPLOAD_SUFFIXES if upload else IMAGE_SUFFIXES
+        for p in sorted(folder.iterdir()):
+            name = p.name.lower()
+            if not p.is_file() or name.startswith("."):
+                continue
+            suffix = ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
+            stem = name[: -len(suffix)] if suffix else name
+            if suffix not in allowed or stem.endswith(("_label", "_seg")):
+                continue
+            added.append(self.add_case(p, upload=upload))
+        return added
+
+    def get_image(self, case_id: str, out_path: str | Path) -> Path:
+        return self._download(f"/cases/{_seg(case_id)}/image", out_path)
+
+    def delete_case(self, case_id: str) -> None:
+        self._json("DELETE", f"/cases/{_seg(case_id)}")
+
+    # ------------------------------------------------------------------ labels
+    def put_label(
+        self,
+        case_id: str,
+        label_path: str | Path,
+        author: str | None = None,
+        kind: str = "submitted",
+        note: str | None = None,
+    ) -> LabelVersion:
+        p = Path(label_path).expanduser()
+        data = {"kind": kind}
+        if author is not None:
+            data["author"] = author
+        if note is not None:
+            data["note"] = note
+        with open(p, "rb") as f:
+            d = self._json(
+                "PUT",
+                f"/cases/{_seg(case_id)}/label",
+                files={"file": (p.name, f, "application/octet-stream")},
+                data=data,
+                timeout=self.long_timeout,
+            )
+        return _build(LabelVersion, d)
+
+    def get_label(self, case_id: str, out_path: str | Path, version: int | None = None) -> Path:
+        params = {"version": version} if version is not None else None
+        return self._download(f"/cases/{_seg(case_id)}/label", out_path, params=params)
+
+    def label_history(self, case_id: str) -> LabelHistory:
+        d = self._json("GET", f"/cases/{_seg(case_id)}/labels")
+        return LabelHistory(d["case_id"], d["current"], [_build(LabelVersion, v) for v in d["versions"]])
+
+    def draft_from_prediction(self, case_id: str, author: str | None = None) -> LabelVersion:
+        """Store the current teacher prediction as a draft label version."""
+        params = {"author": author} if author else None
+        return _build(
+            LabelVersion, self._json("POST", f"/cases/{_seg(case_id)}/label/from-prediction", params=params)
+        )
+
+    # ------------------------------------------------------------------ training
+    def start_training(
+        self,
+        preset: str = "demo",
+        iterations: int | None = None,
+        supervised_iterations: int | None = None,
+        device: str = "auto",
+        warm_start: bool = True,
+        checkpoint_every: int | None = None,
+    ) -> TrainingStatus:
+        body = {
+            "checkpoint_every": checkpoint_every,
+            "preset": preset,
+            "iterations": iterations,
+            "supervised_iterations": supervised_iterations,
+            "device": device,
+            "warm_start": warm_start,
+        }
+        return _build(TrainingStatus, self._json("POST", "/training", json=body))
+
+    def training_status(self, run_id: str | None = None) -> TrainingStatus:
+        params = {"run_id": run_id} if run_id else None
+        return _build(TrainingStatus, self._json("GET", "/training", params=params))
+
+    def training_events(self, since: int = 0, run_id: str | None = None) -> TrainingEvents:
+        params: dict[str, Any] = {"since": since}
+        if run_id:
+            params["run_id"] = run_id
+        return _build(TrainingEvents, self._json("GET", "/training/events", params=params))
+
+    def stop_training(self) -> TrainingStatus:
+        return _build(TrainingStatus, self._json("POST", "/training/stop", timeout=max(self.timeout, 120)))
+
+    def resume_training(self, run_id: str | None = None) -> TrainingStatus:
+        return _build(TrainingStatus, self._json("POST", "/training/resume", json={"run_id": run_id}))
+
+    def wait_for_training(
+        self,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        callback: Callable[[TrainingStatus], Any] | None = None,
+    ) -> TrainingStatus:
+        """Poll until the active run ends; return its final status (``callback`` sees each poll).
+
+        Raises :class:`ServiceError` (status 0) if ``timeout`` seconds pass first; the run goes on.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = self.training_status()
+            if callback is not None:
+                callback(st)
+            if st.state != "running":
+                return st
+            if deadline is not None and time.monotonic() > deadline:
+                raise ServiceError(0, f"training run {st.run_id} still running after {timeout:.0f} s")
+            time.sleep(poll)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, case_id: str, out_dir: str | Path | None = None) -> PredictionResult:
+        """Predict a case with the current round; with ``out_dir``, download the three NRRD files."""
+        d = self._json("POST", f"/cases/{_seg(case_id)}/predict", timeout=self.long_timeout)
+        res = PredictionResult(case_id=d["case_id"], round=d["round"], score=d["score"], time=d["time"])
+        if out_dir is not None:
+            self._download_prediction(res, Path(out_dir))
+        return res
+
+    def get_prediction(
+        self, case_id: str, out_dir: str | Path | None = None, round: int | None = None
+    ) -> PredictionResult:
+        """The stored prediction of a case (current round by default), optionally downloaded."""
+        params = {"round": round} if round is not None else None
+        d = self._json("GET", f"/cases/{_seg(case_id)}/prediction", params=params)
+        res = PredictionResult(case_id=d["case_id"], round=d["round"], score=d["score"], time=d["time"])
+        if out_dir is not None:
+            self._download_prediction(res, Path(out_dir))
+        return res
+
+    def _download_prediction(self, res: PredictionResult, out_dir: Path) -> None:
+        for kind in ("teacher", "student", "disagreement"):
+            path = self._download(
+                f"/cases/{_seg(res.case_id)}/prediction/{kind}",
+                out_dir / f"{res.case_id}_{kind}.nrrd",
+                params={"round": res.round},
+            )
+            setattr(res, kind, path)
+
+    def next_case(self) -> NextCase:
+        return _build(NextCase, self._json("GET", "/next-case", timeout=self.long_timeout))
+
+    # ------------------------------------------------------------------ models
+    def list_models(self) -> ModelList:
+        d = self._json("GET", "/models")
+        return ModelList(d["current"], [_build(ModelRound, r) for r in d["rounds"]])
+
+    def set_current_model(self, round: int) -> ModelList:
+        d = self._json("PUT", "/models/current", json={"round": round})
+        return ModelList(d["current"], [_build(ModelRound, r) for r in d["rounds"]])
+
+    def export_models(self, out_path: str | Path, round: int | None = None) -> Path:
+        params = {"round": round} if round is not None else None
+        return self._download("/models/export", out_path, params=params)
+
+    def import_models(self, path: str | Path, make_current: bool = True) -> ModelRound:
+        p = Path(path).expanduser()
+        with open(p, "rb") as f:
+            d = self._json(
+                "POST",
+                "/models/import",
+                files={"file": (p.name, f, "application/zip")},
+                data={"make_current": str(make_current).lower()},
+                timeout=self.long_timeout,
+            )
+        return _build(ModelRound, d)
+
+
+def _seg(case_id: str) -> str:
+    """Quote a case ID for use as one URL path segment."""
+    from urllib.parse import quote
+
+    return quote(str(case_id), safe="")

@@ -1,0 +1,171 @@
+"""Training configuration and named presets.
+
+`paper` reproduces the published recipe (Zeng et al., MICCAI 2021; XYZach/RLSSS
+RL_code/train_RL.py and the UA-MT supervised baseline it starts from) and nothing else.
+Every other behaviour is opt-in through a field that defaults to the paper's choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ReciprocalSegError
+
+Triple = tuple[int, int, int]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run does.
+
+    `n_classes` counts the network's outputs *including* background (the paper's
+    `num_classes=2` for one foreground structure); label maps hold 0..n_classes-1.
+    `patch_size` is (x, y, z) as the paper writes it (112x112x80).
+    """
+
+    preset: str = "paper"
+    n_classes: int = 2
+    patch_size: Triple = (112, 112, 80)
+    # model
+    n_filters: int = 16
+    normalization: str = "batchnorm"
+    dropout: bool = True
+    # sampling: 2 labelled + 2 unlabelled crops per iteration, random rot90/flip
+    batch_labeled: int = 2
+    batch_unlabeled: int = 2
+    # The supervised teacher start uses the same 4 crops per step, all labelled (UA-MT's batch of 4).
+    supervised_batch: int = 4
+    augment: bool = True
+    # optimisation (both phases, both networks): SGD, lr x0.1 every 2500 iterations
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int = 2500
+    lr_gamma: float = 0.1
+    supervised_iterations: int = 6000
+    reciprocal_iterations: int = 6000
+    # preprocessing
+    intensity: str = "zscore"  # "zscore" per volume, or "ct" (window then scale)
+    ct_window: tuple[float, float] = (-125.0, 275.0)
+    target_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm; None keeps the scan's grid
+    # execution
+    step_mode: str = "fast"  # "fast" (default) or "reference" (the published arithmetic, fp32)
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA GPUs that support it; "off": fp32
+    device: str = "auto"
+    seed: int = 1337
+    checkpoint_every: int = 500
+    num_workers: int = 0
+    # inference
+    inference_overlap: float = 0.5
+    inference_weighting: str = "gaussian"  # or "uniform"
+    inference_batch: int = 4
+    # opt-in improvements beyond the paper (all off in `paper`)
+    teacher_dice: bool = False  # CE + Dice on the teacher's labelled term
+    student_ema: float = 0.0  # >0: keep an EMA of the student for evaluation
+    h_baseline: float = 0.0  # >0: subtract a moving average of h (momentum) from h
+    finetune_iterations: int = 0  # supervised fine-tune of the student on labelled scans at the end
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def patch_zyx(self) -> Triple:
+        x, y, z = self.patch_size
+        return (z, y, x)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.supervised_iterations + self.reciprocal_iterations + self.finetune_iterations
+
+    def validate(self) -> None:
+        """Raise a clear error for settings that cannot work."""
+        problems = []
+        if self.n_classes < 2:
+            problems.append(f"n_classes={self.n_classes}: needs background plus at least one class (>= 2)")
+        if any(p < 16 or p % 16 for p in self.patch_size):
+            problems.append(
+                f"patch_size={self.patch_size}: each side must be a multiple of 16 (V-Net halves it 4 times)"
+            )
+        if self.normalization not in ("batchnorm", "groupnorm", "instancenorm", "none"):
+            problems.append(
+                f"normalization={self.normalization!r}: use batchnorm, groupnorm, instancenorm or none"
+            )
+        if self.step_mode not in ("fast", "reference"):
+            problems.append(f"step_mode={self.step_mode!r}: use 'fast' or 'reference'")
+        if self.intensity not in ("zscore", "ct"):
+            problems.append(f"intensity={self.intensity!r}: use 'zscore' or 'ct'")
+        if self.batch_labeled < 1 or self.batch_unlabeled < 0:
+            problems.append("batch_labeled must be >= 1 and batch_unlabeled >= 0")
+        if min(self.supervised_iterations, self.reciprocal_iterations, self.finetune_iterations) < 0:
+            problems.append("iteration counts must be >= 0")
+        if not 0 <= self.inference_overlap < 1:
+            problems.append(f"inference_overlap={self.inference_overlap}: must be in [0, 1)")
+        if problems:
+            raise ReciprocalSegError("Invalid training configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ReciprocalSegError(f"Unknown configuration keys {unknown}; known keys: {sorted(known)}")
+        values = dict(data)
+        for key in ("patch_size", "ct_window", "target_spacing"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published recipe: 6000 supervised teacher iterations (UA-MT supervised baseline),
+    # then 6000 reciprocal iterations, 112x112x80 crops, batch 2+2, V-Net n_filters 16, batch norm.
+    "paper": {},
+    # CPU-sized: coarser grid and smaller network so a round fits a 2-core machine.
+    "lite": {
+        "patch_size": (64, 64, 48),
+        "n_filters": 8,
+        "target_spacing": (1.25, 1.25, 1.25),
+        "supervised_iterations": 600,
+        "reciprocal_iterations": 600,
+        "lr_step": 500,
+        "checkpoint_every": 100,
+    },
+    # The built-in phantom demo and fast tests: minutes on a laptop CPU.
+    "demo": {
+        "patch_size": (48, 48, 32),
+        "n_filters": 8,
+        "supervised_iterations": 150,
+        "reciprocal_iterations": 150,
+        "lr_step": 10_000,
+        "checkpoint_every": 50,
+        "inference_batch": 2,
+        "supervised_batch": 2,
+    },
+    # Opt-in additions chosen on a validation split (see benchmarks/RESULTS.md).
+    "improved": {
+        "teacher_dice": True,
+        "student_ema": 0.99,
+        "finetune_iterations": 500,
+    },
+}
+
+
+def make_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
+    """A preset's configuration with `overrides` applied (None values are ignored)."""
+    if preset not in PRESETS:
+        raise ReciprocalSegError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values: dict[str, Any] = {"preset": preset, **PRESETS[preset]}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    return config

@@ -1,0 +1,453 @@
+"""Reading and writing volumes (SimpleITK), voxel-grid geometry, case discovery and case IDs.
+
+Supported inputs: NRRD (``.nrrd``, ``.nhdr``), NIfTI (``.nii``, ``.nii.gz``), MetaImage
+(``.mha``, ``.mhd``) and DICOM series (a folder). Every problem with an input file is
+reported as a :class:`~reciprocalseg.errors.DataError` whose message names the file.
+
+Case IDs (one rule, used everywhere; see :func:`case_id_from_path`):
+
+1. a DICOM series folder gives the folder name;
+2. otherwise the file name loses its image extension (``.nii.gz`` counts as one);
+3. then one trailing ``_image``, ``_label``, ``_seg`` or ``_0000`` (nnU-Net channel) is removed.
+
+So ``ABC_image.nrrd``, ``ABC_label.nrrd``, ``ABC.nii.gz``, ``labels/ABC.nii.gz`` and
+``imagesTr/ABC_0000.nii.gz`` all belong to case ``ABC``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..atomic import atomic_path, atomic_write_json, fsync_dir
+from ..errors import DataError
+
+# One Geometry class for the package; re-exported here because the data layer is where
+# callers look for it (docs/DESIGN.md).
+from ..geometry import Geometry
+from .validation import check_image_structure
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LABEL_NAME_SUFFIXES",
+    "Case",
+    "Geometry",
+    "case_id_from_path",
+    "dicom_series_ids",
+    "discover_cases",
+    "image_suffix",
+    "load_case_list",
+    "read_image",
+    "read_list_file",
+    "require_labels",
+    "write_case_list",
+    "write_image",
+]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+# Formats whose header and voxel data live in two files (written specially, see write_image).
+_DETACHED_SUFFIXES = (".nhdr", ".mhd")
+# File-name endings that mark a label map in a folder of image/label pairs.
+LABEL_NAME_SUFFIXES: tuple[str, ...] = ("_label", "_seg")
+# Endings stripped from a file name to get the case ID (one of them, once).
+_ID_NAME_SUFFIXES: tuple[str, ...] = ("_image", "_label", "_seg", "_0000")
+
+
+# --------------------------------------------------------------------------- case IDs
+
+
+def image_suffix(path: str | os.PathLike[str]) -> str | None:
+    """The supported image extension of ``path`` (lower case, ``.nii.gz`` whole), or None."""
+    name = Path(path).name.lower()
+    # Longest first so that ".nii.gz" wins over a bare ".gz" match attempt.
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    return None
+
+
+def _strip_extension(name: str) -> str:
+    suffix = image_suffix(name)
+    if suffix is not None:
+        return name[: -len(suffix)]
+    # Unknown extension: drop it (and a compression extension after it), like ".h5" or ".dcm.gz".
+    m = re.match(r"^(.+?)(\.[A-Za-z][A-Za-z0-9]{0,5})(\.(gz|bz2|xz|zst))?$", name)
+    return m.group(1) if m else name
+
+
+def case_id_from_path(path: str | os.PathLike[str]) -> str:
+    """Case ID of an image or label path (see the module docstring for the rule).
+
+    ``ABC_image.nrrd``, ``ABC_label.nrrd``, ``ABC.nii.gz``, ``labels/ABC.nii.gz`` -> ``ABC``;
+    an existing directory (a DICOM series) -> its name.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return p.name
+    stem = _strip_extension(p.name)
+    lower = stem.lower()
+    for ending in _ID_NAME_SUFFIXES:
+        if lower.endswith(ending) and len(stem) > len(ending):
+            return stem[: -len(ending)]
+    return stem
+
+
+def _is_label_name(path: Path) -> bool:
+    return _strip_extension(path.name).lower().endswith(LABEL_NAME_SUFFIXES)
+
+
+# --------------------------------------------------------------------------- reading / writing
+
+
+def _itk_reason(exc: Exception) -> str:
+    """The useful part of an ITK exception (drop the 'Exception thrown in ... .cxx:123:' noise)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Exception thrown in") and ".cxx:" not in ln[:200]]
+    text = " ".join(lines) or str(exc).strip()
+    text = re.sub(r"\b\w+ImageIO\(0x[0-9a-f]+\):\s*", "", text)
+    # ITK appends a stale errno ("Reason: No such file or directory") to read errors of files
+    # that do exist; it misleads more than it helps.
+    text = re.sub(r"\s*Reason: No such file or directory", "", text)
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_itk() -> Iterator[None]:
+    # GDCM prints warnings to stderr for every folder that holds no DICOM; we report ourselves.
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def dicom_series_ids(folder: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The DICOM series instance UIDs found directly in ``folder`` (empty if none)."""
+    with _quiet_itk():
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def _read_dicom_series(folder: Path, series_id: str | None) -> sitk.Image:
+    ids = dicom_series_ids(folder)
+    if not ids:
+        raise DataError(
+            f"{folder}: is a folder but holds no readable DICOM series; point to an image file "
+            f"({', '.join(IMAGE_SUFFIXES)}) or to a folder with one DICOM series."
+        )
+    if series_id is None:
+        if len(ids) > 1:
+            raise DataError(
+                f"{folder}: holds {len(ids)} DICOM series ({', '.join(ids)}); pick one with "
+                "read_image(path, series_id=...) or move each series into its own folder."
+            )
+        series_id = ids[0]
+    elif series_id not in ids:
+        raise DataError(f"{folder}: has no DICOM series {series_id!r}; it holds: {', '.join(ids)}.")
+    with _quiet_itk():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise DataError(f"{folder}: cannot read DICOM series {series_id}: {_itk_reason(exc)}") from exc
+
+
+def read_image(path: str | os.PathLike[str], series_id: str | None = None) -> sitk.Image:
+    """Read a 3D scalar volume from a NRRD/NIfTI/MetaImage file or a DICOM series folder.
+
+    ``series_id`` picks one series when a DICOM folder holds several. Raises DataError
+    naming the file when it is missing, unreadable, of an unsupported type, 2D, empty or
+    multi-component.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file not found.")
+    if p.is_dir():
+        img = _read_dicom_series(p, series_id)
+    else:
+        if image_suffix(p) is None:
+            raise DataError(
+                f"{p}: unsupported file type; supported are {', '.join(IMAGE_SUFFIXES)} "
+                "and DICOM series folders (pass the folder, not a single .dcm file)."
+            )
+        try:
+            img = sitk.ReadImage(str(p))
+        except RuntimeError as exc:
+            reason = _itk_reason(exc)
+            raise DataError(f"{p}: cannot read the image (corrupt or truncated?): {reason}") from exc
+    check_image_structure(img, str(p))
+    return img
+
+
+def write_image(img: sitk.Image, path: str | os.PathLike[str]) -> None:
+    """Write ``img`` atomically with compression; the format follows the extension.
+
+    For two-file formats (``.mhd``/``.nhdr``) the data file is renamed into place before
+    the header, so a header never points at missing or partial data.
+    """
+    target = Path(path)
+    suffix = image_suffix(target)
+    if suffix is None:
+        raise DataError(f"{target}: cannot write this file type; use one of {', '.join(IMAGE_SUFFIXES)}.")
+    if suffix in _DETACHED_SUFFIXES:
+        _write_detached(img, target)
+        return
+    with atomic_path(target) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+def _write_detached(img: sitk.Image, target: Path) -> None:
+    # The header stores the data file's name, so both must be written under their final
+    # names: write them into a private temporary folder, then rename data first, header last.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+    tmp_dir.mkdir()
+    try:
+        sitk.WriteImage(img, str(tmp_dir / target.name), useCompression=True)
+        produced = sorted(tmp_dir.iterdir(), key=lambda f: f.name == target.name)  # header last
+        for f in produced:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for f in produced:
+            os.replace(f, target.parent / f.name)
+        fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: an image (file or DICOM folder) and, if labelled, its label map."""
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+
+    def __post_init__(self) -> None:
+        # Accept str paths from callers / JSON; store Path objects.
+        object.__setattr__(self, "image", Path(self.image))
+        if self.label is not None:
+            object.__setattr__(self, "label", Path(self.label))
+
+
+def _looks_like_dicom_folder(folder: Path) -> bool:
+    # Cheap pre-filter before asking GDCM (which parses every file): a DICOM folder holds
+    # visible files that are not one of our image formats.
+    try:
+        has_candidates = any(
+            f.is_file() and not f.name.startswith(".") and image_suffix(f) is None for f in folder.iterdir()
+        )
+    except OSError:
+        return False
+    return has_candidates and bool(dicom_series_ids(folder))
+
+
+def _scan(folder: Path, include_dicom_dirs: bool) -> list[Path]:
+    """Visible image files (and, optionally, DICOM series sub-folders) directly in ``folder``."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):  # hidden files, our own atomic-write temporaries
+            continue
+        if entry.is_file() and image_suffix(entry) is not None:
+            found.append(entry)
+        elif entry.is_dir() and include_dicom_dirs and _looks_like_dicom_folder(entry):
+            found.append(entry)
+    return found
+
+
+def _by_id(paths: Iterable[Path], what: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in paths:
+        cid = case_id_from_path(p)
+        if cid in out:
+            raise DataError(
+                f"duplicate case ID {cid!r}: {out[cid]} and {p} are both {what} of the same case. "
+                "Keep one of them (IDs come from file names without extension and without "
+                "_image/_label/_seg/_0000)."
+            )
+        out[cid] = p
+    return out
+
+
+def discover_cases(
+    images_dir: str | os.PathLike[str],
+    labels_dir: str | os.PathLike[str] | None = None,
+) -> list[Case]:
+    """Find the cases in a folder, sorted by case ID.
+
+    Images are the image files directly in ``images_dir`` plus its DICOM series sub-folders.
+    Without ``labels_dir``, files named ``<ID>_label.<ext>`` / ``<ID>_seg.<ext>`` in
+    ``images_dir`` are the labels (the ``<ID>_image.nrrd`` / ``<ID>_label.nrrd`` layout);
+    with ``labels_dir``, its image files are the labels, matched by case ID (nnU-Net's
+    ``imagesTr``/``labelsTr`` layout). Images without a label get ``label=None``
+    (see :func:`require_labels`). Raises DataError for a missing folder, a folder without
+    images, a label without an image, and duplicate case IDs.
+    """
+    img_dir = Path(images_dir)
+    if not img_dir.is_dir():
+        raise DataError(f"{img_dir}: image folder not found.")
+    entries = _scan(img_dir, include_dicom_dirs=True)
+    image_paths = [p for p in entries if not (p.is_file() and _is_label_name(p))]
+    label_paths = [p for p in entries if p.is_file() and _is_label_name(p)]
+    if labels_dir is not None:
+        lab_dir = Path(labels_dir)
+        if not lab_dir.is_dir():
+            raise DataError(f"{lab_dir}: label folder not found.")
+        if lab_dir.resolve() != img_dir.resolve():
+            label_paths += _scan(lab_dir, include_dicom_dirs=False)
+    images = _by_id(image_paths, "images")
+    labels = _by_id(label_paths, "labels")
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        listed = ", ".join(str(labels[c]) for c in orphans[:10])
+        more = f" (and {len(orphans) - 10} more)" if len(orphans) > 10 else ""
+        raise DataError(
+            f"label without an image: {listed}{more}. Add the image (same case ID, e.g. "
+            f"{orphans[0]}_image.nrrd or {orphans[0]}.nii.gz) or remove the label."
+        )
+    if not images:
+        where = img_dir if labels_dir is None else f"{img_dir} (labels: {labels_dir})"
+        raise DataError(f"no images found in {where}; supported: {', '.join(IMAGE_SUFFIXES)}, DICOM folders.")
+    return [Case(cid, images[cid], labels.get(cid)) for cid in sorted(images)]
+
+
+def require_labels(cases: Sequence[Case]) -> list[Case]:
+    """Return ``cases`` unchanged if every case has a label; else DataError listing those without."""
+    missing = [c.case_id for c in cases if c.label is None]
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" (and {len(missing) - 20} more)" if len(missing) > 20 else "")
+        raise DataError(
+            f"{len(missing)} case(s) have no label: {shown}. Add <ID>_label files (or files in the "
+            "label folder), or use these cases as unlabelled data."
+        )
+    return list(cases)
+
+
+# --------------------------------------------------------------------------- manifests and lists
+
+
+def _duplicates(items: Iterable[str]) -> list[str]:
+    return sorted(k for k, n in Counter(items).items() if n > 1)
+
+
+def _entry_path(manifest: Path, where: str, entry: dict, key: str) -> Path:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{manifest}: {where} needs a {key!r} path (a non-empty string), got {value!r}.")
+    p = Path(value).expanduser()
+    # Relative paths are relative to the manifest, so a folder with its manifest can be moved.
+    return p if p.is_absolute() else manifest.parent / p
+
+
+def load_case_list(path: str | os.PathLike[str]) -> tuple[list[Case], list[Case]]:
+    """Read a case manifest -> (labeled, unlabeled).
+
+    Format: ``{"labeled": [{"id", "image", "label"}], "unlabeled": [{"id", "image"}]}``;
+    ``id`` may be left out (derived from the image path), relative paths are relative to
+    the manifest's folder, either list may be missing or empty. Raises DataError naming
+    the manifest for bad JSON, a bad structure, missing files and duplicate IDs.
+    """
+    manifest = Path(path)
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{manifest}: case list not found.") from None
+    except OSError as exc:
+        raise DataError(f"{manifest}: cannot read the case list: {exc}") from exc
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise DataError(f"{manifest}: not valid JSON ({where}): {exc.msg}.") from exc
+    if not isinstance(doc, dict):
+        raise DataError(f"{manifest}: expected a JSON object with 'labeled' and 'unlabeled' lists.")
+    for british, american in (("labelled", "labeled"), ("unlabelled", "unlabeled")):
+        if british in doc:
+            raise DataError(f"{manifest}: unknown key {british!r}; the key is spelled {american!r}.")
+    result: dict[str, list[Case]] = {}
+    for key in ("labeled", "unlabeled"):
+        entries = doc.get(key, [])
+        if not isinstance(entries, list):
+            raise DataError(f"{manifest}: {key!r} must be a list of objects, got {type(entries).__name__}.")
+        cases = []
+        for i, entry in enumerate(entries):
+            where = f"{key}[{i}]"
+            if not isinstance(entry, dict):
+                raise DataError(f"{manifest}: {where} must be an object like {{'id', 'image', ...}}.")
+            image = _entry_path(manifest, where, entry, "image")
+            label = _entry_path(manifest, where, entry, "label") if key == "labeled" else None
+            cid = entry.get("id")
+            if cid is None:
+                cid = case_id_from_path(image)
+            elif not isinstance(cid, str) or not cid.strip():
+                raise DataError(f"{manifest}: {where} has an invalid 'id' {cid!r}; use a non-empty string.")
+            cases.append(Case(cid, image, label))
+        result[key] = cases
+    labeled, unlabeled = result["labeled"], result["unlabeled"]
+    dups = _duplicates(c.case_id for c in labeled + unlabeled)
+    if dups:
+        raise DataError(f"{manifest}: duplicate case IDs: {', '.join(dups)}. Each case may appear once.")
+    missing = [
+        f"{c.case_id}: {p}"
+        for c in labeled + unlabeled
+        for p in (c.image, c.label)
+        if p is not None and not p.exists()
+    ]
+    if missing:
+        shown = "; ".join(missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise DataError(f"{manifest}: {len(missing)} listed file(s) not found: {shown}.")
+    return labeled, unlabeled
+
+
+def write_case_list(path: str | os.PathLike[str], labeled: Sequence[Case], unlabeled: Sequence[Case]) -> None:
+    """Write a case manifest (atomically) that :func:`load_case_list` reads back.
+
+    Paths are written absolute so the manifest means the same from any working folder.
+    """
+    bad = [c.case_id for c in labeled if c.label is None]
+    if bad:
+        raise DataError(f"labelled cases without a label cannot be written to {path}: {', '.join(bad)}.")
+    doc = {
+        "labeled": [
+            {"id": c.case_id, "image": str(c.image.absolute()), "label": str(c.label.absolute())}
+            for c in labeled
+            if c.label is not None
+        ],
+        "unlabeled": [{"id": c.case_id, "image": str(c.image.absolute())} for c in unlabeled],
+    }
+    atomic_write_json(path, doc)
+
+
+def read_list_file(path: str | os.PathLike[str]) -> list[str]:
+    """Case IDs from a ``train.list``-style file: one per line; blank lines and ``#`` comments ignored."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{p}: list file not found.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: cannot read the list file: {exc}") from exc
+    ids = [ln.strip() for ln in text.splitlines()]
+    ids = [i for i in ids if i and not i.startswith("#")]
+    dups = _duplicates(ids)
+    if dups:
+        raise DataError(f"{p}: case IDs listed more than once: {', '.join(dups)}.")
+    return ids

@@ -1,0 +1,136 @@
+"""Preprocessing and its exact inverse.
+
+Forward: optional resampling to a target spacing (SimpleITK: linear for images, nearest
+for labels), then intensity normalisation (per-volume z-score by default, or a CT window
+scaled to [-1, 1]). Padding to the patch size happens at crop / window time.
+Inverse: predictions made on the preprocessed grid go back onto the scan's own grid
+(identity when no resampling was done, so labels come back voxel for voxel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    intensity: str = "zscore"
+    ct_window: tuple[float, float] = (-125.0, 275.0)
+    target_spacing: tuple[float, float, float] | None = None
+
+    @classmethod
+    def from_config(cls, config: object) -> Preprocessing:
+        spacing = getattr(config, "target_spacing", None)
+        return cls(
+            intensity=getattr(config, "intensity", "zscore"),
+            ct_window=tuple(getattr(config, "ct_window", (-125.0, 275.0))),
+            target_spacing=tuple(spacing) if spacing is not None else None,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "intensity": self.intensity,
+            "ct_window": list(self.ct_window),
+            "target_spacing": self.target_spacing,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        spacing = data.get("target_spacing")
+        return cls(data["intensity"], tuple(data["ct_window"]), tuple(spacing) if spacing else None)
+
+
+def normalize_intensity(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """Per-volume z-score (the paper's normalisation) or a CT window scaled to [-1, 1]."""
+    array = array.astype(np.float32, copy=False)
+    if prep.intensity == "ct":
+        lo, hi = prep.ct_window
+        return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32)
+    std = float(array.std())
+    if std == 0:
+        raise DataError("image has constant intensity: nothing to segment (check the file)")
+    return ((array - float(array.mean())) / std).astype(np.float32)
+
+
+def _resampled_grid(image: sitk.Image, spacing: tuple[float, float, float]) -> sitk.Image:
+    """An empty image covering the same physical extent at `spacing`."""
+    size = [
+        max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing, strict=True)
+    ]
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(spacing)
+    grid.SetOrigin(image.GetOrigin())
+    grid.SetDirection(image.GetDirection())
+    return grid
+
+
+def needs_resampling(image: sitk.Image, prep: Preprocessing, tol: float = 1e-3) -> bool:
+    if prep.target_spacing is None:
+        return False
+    return any(abs(a - b) > tol for a, b in zip(image.GetSpacing(), prep.target_spacing, strict=True))
+
+
+def to_working_grid(image: sitk.Image, prep: Preprocessing, is_label: bool = False) -> sitk.Image:
+    """Resample onto the training grid (no-op without a target spacing)."""
+    if not needs_resampling(image, prep):
+        return image
+    grid = _resampled_grid(image, prep.target_spacing)
+    interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+    return sitk.Resample(image, grid, sitk.Transform(), interp, 0.0, image.GetPixelID())
+
+
+def preprocess_image(image: sitk.Image, prep: Preprocessing) -> np.ndarray:
+    """Image -> float32 (z, y, x) array on the working grid, normalised."""
+    working = to_working_grid(sitk.Cast(image, sitk.sitkFloat32), prep)
+    return normalize_intensity(sitk.GetArrayFromImage(working), prep)
+
+
+def preprocess_label(label: sitk.Image, prep: Preprocessing) -> np.ndarray:
+    """Label map -> uint8 (z, y, x) array on the working grid."""
+    return sitk.GetArrayFromImage(to_working_grid(label, prep, is_label=True)).astype(np.uint8)
+
+
+def restore_probabilities(probs: np.ndarray, original: sitk.Image, prep: Preprocessing) -> np.ndarray:
+    """(C, z, y, x) class probabilities on the working grid -> on the scan's own grid."""
+    if not needs_resampling(original, prep):
+        return probs
+    working = _resampled_grid(original, prep.target_spacing)
+    out = []
+    for channel in probs:
+        img = sitk.GetImageFromArray(channel.astype(np.float32))
+        img.CopyInformation(working)
+        back = sitk.Resample(img, original, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        out.append(sitk.GetArrayFromImage(back))
+    return np.stack(out)
+
+
+def labels_to_image(labels: np.ndarray, original: sitk.Image) -> sitk.Image:
+    """A (z, y, x) label array on the scan's grid -> uint8 image carrying the scan's geometry."""
+    if labels.shape != original.GetSize()[::-1]:
+        raise DataError(
+            f"label array shape {labels.shape} does not match the scan {original.GetSize()[::-1]}"
+        )
+    img = sitk.GetImageFromArray(labels.astype(np.uint8))
+    img.CopyInformation(original)
+    return img
+
+
+def pad_to_at_least(
+    array: np.ndarray, shape: tuple[int, ...], value: float = 0.0
+) -> tuple[np.ndarray, tuple]:
+    """Pad the last len(shape) axes symmetrically up to `shape`; returns the slices that undo it."""
+    lead = array.ndim - len(shape)
+    pads = [(0, 0)] * lead
+    undo = [slice(None)] * lead
+    for n, target in zip(array.shape[lead:], shape, strict=True):
+        extra = max(target - n, 0)
+        pads.append((extra // 2, extra - extra // 2))
+        undo.append(slice(extra // 2, extra // 2 + n))
+    if not any(p for pair in pads for p in pair):
+        return array, tuple(undo)
+    return np.pad(array, pads, mode="constant", constant_values=value), tuple(undo)

@@ -1,0 +1,173 @@
+"""Training crops as in the paper: random rot90 + flip, random crop, streamed from disk.
+
+Each case is preprocessed once into a cache of `.npy` files that are memory-mapped, so a
+crop reads only its own voxels and memory stays flat however many cases there are (the
+complaint about tools that load the whole dataset into RAM at training start).
+
+The paper's RandomRotFlip rotates the whole volume by k*90 degrees in the x-y plane and
+flips it along x or y, then RandomCrop pads (zeros) to the patch size and crops. Rotation
+and flip commute with cropping, so we crop a window of the rotated shape first and
+rotate only the crop: the same distribution at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..atomic import atomic_path
+from ..errors import DataError
+from .io import Case, read_image
+from .preprocess import Preprocessing, preprocess_image, preprocess_label
+from .validation import check_label
+
+
+@dataclass(frozen=True)
+class CachedCase:
+    case_id: str
+    image: Path  # float32 (z, y, x) .npy, normalised, on the working grid
+    label: Path | None  # uint8 (z, y, x) .npy
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        image = np.load(self.image, mmap_mode="r")
+        label = np.load(self.label, mmap_mode="r") if self.label else None
+        return image, label
+
+
+def _cache_key(case: Case, prep: Preprocessing) -> str:
+    parts = [json.dumps(prep.to_dict(), sort_keys=True)]
+    for path in (case.image, case.label):
+        if path is not None:
+            stat = Path(path).stat()
+            parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def cache_case(case: Case, prep: Preprocessing, cache_dir: Path, n_classes: int | None = None) -> CachedCase:
+    """Preprocess one case into `cache_dir` (reused when the files and settings are unchanged)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(case, prep)
+    image_npy = cache_dir / f"{case.case_id}-{key}-image.npy"
+    label_npy = cache_dir / f"{case.case_id}-{key}-label.npy" if case.label else None
+    if image_npy.exists() and (label_npy is None or label_npy.exists()):
+        return CachedCase(case.case_id, image_npy, label_npy)
+    image = read_image(case.image)
+    if label_npy is not None:
+        label = read_image(case.label)
+        max_label = None if n_classes is None else n_classes - 1
+        check_label(label, image, str(case.label), max_label)
+        _save_npy(label_npy, preprocess_label(label, prep))
+    _save_npy(image_npy, preprocess_image(image, prep))
+    return CachedCase(case.case_id, image_npy, label_npy)
+
+
+def cache_cases(
+    cases: Sequence[Case], prep: Preprocessing, cache_dir: Path, n_classes: int | None = None
+) -> list[CachedCase]:
+    return [cache_case(c, prep, cache_dir, n_classes) for c in cases]
+
+
+def random_crop(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    patch_zyx: tuple[int, int, int],
+    rng: np.random.Generator,
+    augment: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One training crop (zero-padded where the volume is smaller than the patch)."""
+    k = int(rng.integers(0, 4)) if augment else 0
+    pz, py, px = patch_zyx
+    # Crop a window of the pre-rotation shape: odd k swaps the x and y extents.
+    window = (pz, px, py) if k % 2 else (pz, py, px)
+    starts = []
+    for n, w in zip(image.shape, window, strict=True):
+        pad = max(w - n, 0)
+        starts.append(int(rng.integers(0, max(n + pad - w, 0) + 1)) - pad // 2)
+    crops = []
+    for volume, fill in ((image, 0.0), (label, 0)):
+        if volume is None:
+            crops.append(None)
+            continue
+        out = np.full(window, fill, dtype=volume.dtype)
+        src, dst = [], []
+        for start, n, w in zip(starts, volume.shape, window, strict=True):
+            lo, hi = max(start, 0), min(start + w, n)
+            src.append(slice(lo, hi))
+            dst.append(slice(lo - start, hi - start))
+        out[tuple(dst)] = volume[tuple(src)]
+        if augment:
+            out = np.rot90(out, k, axes=(1, 2))
+        crops.append(out)
+    if augment:
+        axis = int(rng.integers(1, 3))  # the paper flips along x or y, never z
+        crops = [None if c is None else np.flip(c, axis=axis) for c in crops]
+    return tuple(None if c is None else np.ascontiguousarray(c) for c in crops)  # type: ignore[return-value]
+
+
+class CropStream(IterableDataset):
+    """An endless stream of random crops from cached cases (one stream per data loader)."""
+
+    def __init__(
+        self,
+        cases: Sequence[CachedCase],
+        patch_zyx: tuple[int, int, int],
+        seed: int,
+        augment: bool = True,
+        with_labels: bool = True,
+    ) -> None:
+        if not cases:
+            raise DataError("no cases to sample crops from")
+        self.cases, self.patch_zyx, self.seed = list(cases), patch_zyx, seed
+        self.augment, self.with_labels = augment, with_labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, worker])
+        while True:
+            case = self.cases[int(rng.integers(0, len(self.cases)))]
+            image, label = case.load()
+            if not self.with_labels:
+                label = None
+            img, lab = random_crop(image, label, self.patch_zyx, rng, self.augment)
+            lab_t = (
+                torch.from_numpy(lab.astype(np.int64))
+                if lab is not None
+                else torch.zeros(0, dtype=torch.int64)
+            )
+            yield torch.from_numpy(img)[None], lab_t
+
+
+def batch_iterator(
+    stream: CropStream, batch_size: int, num_workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches from a crop stream; workers each get their own random stream."""
+    loader = DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    return iter(loader)
+
+
+def default_num_workers() -> int:
+    """Workers keep a GPU fed; on a small CPU-only machine they only compete with training."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 4 or not torch.cuda.is_available() else min(8, cpus // 2)

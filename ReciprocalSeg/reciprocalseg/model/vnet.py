@@ -1,0 +1,103 @@
+"""V-Net as used by UA-MT and the reciprocal learning paper.
+
+Same layout as the published network: five resolution levels with 1-2-3-3-3 / 3-3-2-1
+convolutions, strided 2x2x2 convolutions down, transposed convolutions up, additive skip
+connections, and Dropout3d(0.5) after the bottleneck and before the output convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _norm(kind: str, channels: int) -> nn.Module | None:
+    if kind == "batchnorm":
+        return nn.BatchNorm3d(channels)
+    if kind == "groupnorm":
+        # 16 groups as in the paper's code; fewer when a small network has fewer channels.
+        return nn.GroupNorm(num_groups=min(16, channels), num_channels=channels)
+    if kind == "instancenorm":
+        return nn.InstanceNorm3d(channels)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown normalization {kind!r}")
+
+
+def _conv_norm_relu(conv: nn.Module, channels: int, norm: str) -> list[nn.Module]:
+    layers = [conv]
+    norm_layer = _norm(norm, channels)
+    if norm_layer is not None:
+        layers.append(norm_layer)
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class ConvStage(nn.Sequential):
+    """`n_convs` 3x3x3 convolutions, each followed by normalisation and ReLU."""
+
+    def __init__(self, n_convs: int, in_ch: int, out_ch: int, norm: str) -> None:
+        layers: list[nn.Module] = []
+        for i in range(n_convs):
+            conv = nn.Conv3d(in_ch if i == 0 else out_ch, out_ch, kernel_size=3, padding=1)
+            layers += _conv_norm_relu(conv, out_ch, norm)
+        super().__init__(*layers)
+
+
+class Down(nn.Sequential):
+    """Halve the resolution with a 2x2x2 stride-2 convolution."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: str) -> None:
+        super().__init__(*_conv_norm_relu(nn.Conv3d(in_ch, out_ch, 2, stride=2), out_ch, norm))
+
+
+class Up(nn.Sequential):
+    """Double the resolution with a 2x2x2 stride-2 transposed convolution."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: str) -> None:
+        super().__init__(*_conv_norm_relu(nn.ConvTranspose3d(in_ch, out_ch, 2, stride=2), out_ch, norm))
+
+
+class VNet(nn.Module):
+    """V-Net for (N, C, D, H, W) inputs whose spatial sides are multiples of 16."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        n_classes: int = 2,
+        n_filters: int = 16,
+        normalization: str = "batchnorm",
+        dropout: bool = True,
+    ) -> None:
+        super().__init__()
+        f, norm = n_filters, normalization
+        self.enc1, self.down1 = ConvStage(1, in_channels, f, norm), Down(f, 2 * f, norm)
+        self.enc2, self.down2 = ConvStage(2, 2 * f, 2 * f, norm), Down(2 * f, 4 * f, norm)
+        self.enc3, self.down3 = ConvStage(3, 4 * f, 4 * f, norm), Down(4 * f, 8 * f, norm)
+        self.enc4, self.down4 = ConvStage(3, 8 * f, 8 * f, norm), Down(8 * f, 16 * f, norm)
+        self.bottleneck, self.up4 = ConvStage(3, 16 * f, 16 * f, norm), Up(16 * f, 8 * f, norm)
+        self.dec4, self.up3 = ConvStage(3, 8 * f, 8 * f, norm), Up(8 * f, 4 * f, norm)
+        self.dec3, self.up2 = ConvStage(3, 4 * f, 4 * f, norm), Up(4 * f, 2 * f, norm)
+        self.dec2, self.up1 = ConvStage(2, 2 * f, 2 * f, norm), Up(2 * f, f, norm)
+        self.dec1 = ConvStage(1, f, f, norm)
+        self.head = nn.Conv3d(f, n_classes, kernel_size=1)
+        # Dropout3d(0.5) where the paper has it: after the bottleneck and before the head.
+        self.dropout = nn.Dropout3d(p=0.5) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.enc1(x)
+        x2 = self.enc2(self.down1(x1))
+        x3 = self.enc3(self.down2(x2))
+        x4 = self.enc4(self.down3(x3))
+        x5 = self.dropout(self.bottleneck(self.down4(x4)))
+        y = self.dec4(self.up4(x5) + x4)
+        y = self.dec3(self.up3(y) + x3)
+        y = self.dec2(self.up2(y) + x2)
+        y = self.dec1(self.up1(y) + x1)
+        return self.head(self.dropout(y))
+
+
+def build_model(
+    n_classes: int, n_filters: int = 16, normalization: str = "batchnorm", dropout: bool = True
+) -> VNet:
+    return VNet(1, n_classes, n_filters, normalization, dropout)

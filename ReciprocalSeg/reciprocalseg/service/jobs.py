@@ -1,0 +1,626 @@
+"""Training jobs: one child process per run, progress from the run's ``events.jsonl``.
+
+A run lives in ``WORKSPACE/runs/<RUN_ID>/`` (the training run directory of docs/DESIGN.md) with a
+``job.json`` written by the service: the request, the state and the worker's process id.  States::
+
+    running -> completed | failed | cancelled | interrupted
+
+* ``completed``: the child wrote ``done.json``; the run was registered as a new model round.
+* ``cancelled``: stopped on request (the child wrote a checkpoint); ``POST /training/resume``
+  continues it.
+* ``interrupted``: the worker died from a signal it did not ask for (SIGKILL, the OOM killer) or the
+  service went away while it ran.  Such a run is resumed from its last checkpoint automatically: at
+  once when the worker dies under a running service (at most ``max_auto_resumes`` times), and at
+  service start-up when the service itself was stopped or killed mid-run.
+* ``failed``: the child exited with an error; the message is the last ``error`` event or the tail
+  of its stderr.
+
+Only one run is active at a time (one training job per device); a second start is refused with
+409 and a message naming the active run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from reciprocalseg.data.io import Case, write_case_list
+
+from .workspace import Conflict, Invalid, NotFound, Workspace, now_iso
+
+log = logging.getLogger(__name__)
+
+EXIT_CANCELLED = 3
+ACTIVE_STATES = ("running",)
+RESUMABLE_STATES = ("cancelled", "interrupted", "failed")
+
+
+def default_train_command() -> list[str]:
+    """The command prefix that starts a training child: ``python -m reciprocalseg train``."""
+    return [sys.executable, "-m", "reciprocalseg", "train"]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a training child: it imports the same ``reciprocalseg`` as the service."""
+    import reciprocalseg
+
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    pkg_parent = str(Path(reciprocalseg.__file__).resolve().parent.parent)
+    parts = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *[p for p in parts if p != pkg_parent]])
+    return env
+
+
+class EventReader:
+    """Incremental reader of a run's ``events.jsonl`` (complete lines only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Read lines appended since the last call; return all events so far."""
+        with self._lock:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self.offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return self.events
+            end = data.rfind(b"\n")
+            if end < 0:
+                return self.events
+            for line in data[: end + 1].splitlines():
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    ev = {"event": "unparsable", "raw": line.decode("utf-8", "replace")[:200]}
+                if isinstance(ev, dict):
+                    self.events.append(ev)
+            self.offset += end + 1
+            return self.events
+
+
+def _process_matches(pid: int | None, create_time: float | None, run_dir: Path) -> psutil.Process | None:
+    """The live worker process of a run, if ``pid`` still names it (guards against pid reuse)."""
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if str(run_dir) not in " ".join(proc.cmdline()):
+            return None
+        return proc
+    except (psutil.Error, OSError):
+        return None
+
+
+def terminate_tree(proc: psutil.Process, timeout: float = 30.0) -> None:
+    """SIGTERM a process and its children; SIGKILL whatever is left after ``timeout`` seconds."""
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        procs = [proc]
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+class TrainingManager:
+    """Starts, watches, stops and resumes training runs in child processes."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        train_command: list[str] | None = None,
+        default_device: str = "auto",
+        max_auto_resumes: int = 3,
+        stop_timeout: float = 60.0,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.ws = ws
+        self.train_command = train_command or default_train_command()
+        self.default_device = default_device
+        self.max_auto_resumes = max_auto_resumes
+        self.stop_timeout = stop_timeout
+        self.on_round = on_round
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen | None = None
+        self._active: str | None = None
+        self._stopping = False
+        self._readers: dict[str, EventReader] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------ helpers
+    def _reader(self, run_id: str) -> EventReader:
+        r = self._readers.get(run_id)
+        if r is None:
+            r = self._readers[run_id] = EventReader(self.ws.runs_dir / run_id / "events.jsonl")
+        return r
+
+    def _new_run_id(self) -> str:
+        base = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
+        run_id, n = base, 1
+        while (self.ws.runs_dir / run_id).exists():
+            n += 1
+            run_id = f"{base}-{n}"
+        return run_id
+
+    def latest_run_id(self) -> str | None:
+        ids = self.ws.run_ids()
+        if not ids:
+            return None
+        return max(ids, key=lambda r: (self.ws.read_job(r).get("created", ""), r))
+
+    @property
+    def active_run(self) -> str | None:
+        with self._lock:
+            return self._active
+
+    # ------------------------------------------------------------------ start
+    def start(
+        self,
+        preset: str = "demo",
+        iterations: int | None = None,
+        supervised_iterations: int | None = None,
+        device: str | None = None,
+        warm_start: bool = True,
+        checkpoint_every: int | None = None,
+    ) -> dict[str, Any]:
+        """Start a new round on the current labels; 409 while another run is active."""
+        from reciprocalseg.config import PRESETS, make_config
+
+        if preset not in PRESETS:
+            raise Invalid(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        device = device or self.default_device
+        with self._lock:
+            self._refuse_if_active()
+            labeled, unlabeled, label_versions = [], [], {}
+            for rec in self.ws.all_cases():
+                cdir = self.ws.case_dir(rec["id"])
+                cur = self.ws.current_label(rec)
+                if cur is not None:
+                    labeled.append(Case(rec["id"], cdir / rec["image"], cdir / cur["file"]))
+                    label_versions[rec["id"]] = cur["version"]
+                else:
+                    unlabeled.append(Case(rec["id"], cdir / rec["image"], None))
+            if not labeled:
+                raise Conflict(
+                    "no labelled case yet: submit at least one label (PUT /cases/{id}/label) before training"
+                )
+            warm_from = None
+            if warm_start:
+                reg = self.ws.registry()
+                if reg.get("current") is not None:
+                    warm_from = self.ws.round_entry(reg["current"])
+                    old = warm_from.get("preset")
+                    if old and old in PRESETS and old != preset:
+                        a, b = make_config(old), make_config(preset)
+                        if (a.n_filters, a.normalization) != (b.n_filters, b.normalization):
+                            raise Conflict(
+                                f"cannot warm-start a {preset!r} round from round {warm_from['round']} "
+                                f"(preset {old!r}): the networks differ; use preset {old!r} or warm_start=false"
+                            )
+            run_id = self._new_run_id()
+            run_dir = self.ws.runs_dir / run_id
+            run_dir.mkdir(parents=True)
+            write_case_list(run_dir / "cases.json", labeled, unlabeled)
+            job = {
+                "run_id": run_id,
+                "state": "running",
+                "preset": preset,
+                "iterations": iterations,
+                "supervised_iterations": supervised_iterations,
+                "checkpoint_every": checkpoint_every,
+                "device": device,
+                "warm_start": warm_start,
+                "warm_start_round": warm_from["round"] if warm_from else None,
+                "warm_start_dir": warm_from["dir"] if warm_from else None,
+                "n_classes": self.ws.n_classes,
+                "n_labeled": len(labeled),
+                "n_unlabeled": len(unlabeled),
+                "label_versions": label_versions,
+                "created": now_iso(),
+                "started": None,
+                "finished": None,
+                "pid": None,
+                "pid_create_time": None,
+                "exit_code": None,
+                "message": None,
+                "launches": 0,
+                "auto_resumes": 0,
+                "round": None,
+            }
+            self._launch(job)
+            return job
+
+    def _refuse_if_active(self) -> None:
+        if self._active is not None:
+            raise Conflict(
+                f"training run {self._active} is still running; stop it (POST /training/stop) or wait for it "
+                "to finish before starting another (one training job at a time)"
+            )
+
+    def _command(self, job: dict[str, Any]) -> list[str]:
+        run_dir = self.ws.runs_dir / job["run_id"]
+        cmd = [
+            *self.train_command,
+            "--manifest",
+            str(run_dir / "cases.json"),
+            "--out",
+            str(run_dir),
+            "--preset",
+            job["preset"],
+            "--device",
+            job["device"],
+            "--n-classes",
+            str(int(job["n_classes"]) + 1),  # the CLI counts the background too
+            "--json",
+        ]
+        if job.get("iterations") is not None:
+            cmd += ["--iterations", str(job["iterations"])]
+        if job.get("supervised_iterations") is not None:
+            cmd += ["--supervised-iterations", str(job["supervised_iterations"])]
+        if job.get("checkpoint_every") is not None:
+            cmd += ["--checkpoint-every", str(job["checkpoint_every"])]
+        if job.get("warm_start_dir"):
+            cmd += ["--warm-start", str(self.ws.root / job["warm_start_dir"])]
+        return cmd
+
+    def _launch(self, job: dict[str, Any]) -> None:
+        """Start (or restart, resuming) the child of ``job``; caller holds ``self._lock``."""
+        run_dir = self.ws.runs_dir / job["run_id"]
+        (run_dir / "CANCEL").unlink(missing_ok=True)  # a stale cancel flag would stop the resumed run at once
+        cmd = self._command(job)
+        env = child_env()
+        stdout = open(run_dir / "stdout.log", "ab")
+        stderr = open(run_dir / "stderr.log", "ab")
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                cwd=str(run_dir),
+                env=env,
+                start_new_session=(os.name == "posix"),
+            )
+        finally:
+            stdout.close()
+            stderr.close()
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            create_time = None
+        job.update(
+            state="running",
+            pid=proc.pid,
+            pid_create_time=create_time,
+            started=job.get("started") or now_iso(),
+            finished=None,
+            exit_code=None,
+            message=None,
+            launches=int(job.get("launches", 0)) + 1,
+            command=cmd,
+        )
+        self.ws.write_job(job)
+        self._proc = proc
+        self._active = job["run_id"]
+        self._stopping = False
+        threading.Thread(
+            target=self._watch, args=(proc, job["run_id"]), daemon=True, name="train-watch"
+        ).start()
+
+    # ------------------------------------------------------------------ watch
+    def _watch(self, proc: subprocess.Popen, run_id: str) -> None:
+        code = proc.wait()
+        with self._lock:
+            if self._proc is not proc:
+                return
+            self._proc = None
+            self._active = None
+            if self._closed:
+                return  # shutdown() records the state
+            job = self.ws.read_job(run_id)
+            self._finish(job, code, stopping=self._stopping)
+
+    def _finish(self, job: dict[str, Any], code: int | None, stopping: bool) -> None:
+        """Record how a child ended; register a completed run; auto-resume a killed one."""
+        run_dir = self.ws.runs_dir / job["run_id"]
+        job["exit_code"] = code
+        job["pid"] = None
+        job["finished"] = now_iso()
+        if (run_dir / "done.json").exists() and code in (0, None):
+            self._complete(job)
+            return
+        if code == EXIT_CANCELLED or (stopping and (code is None or code < 0 or code == EXIT_CANCELLED)):
+            job["state"] = "cancelled"
+            job["message"] = "stopped on request; POST /training/resume continues from the last checkpoint"
+            self.ws.write_job(job)
+            return
+        if code is not None and code < 0:
+            signame = _signal_name(-code)
+            job["state"] = "interrupted"
+            job["message"] = f"the training worker was killed by {signame}"
+            if job.get("auto_resumes", 0) < self.max_auto_resumes:
+                job["auto_resumes"] = int(job.get("auto_resumes", 0)) + 1
+                log.warning(
+                    "run %s: worker killed by %s; resuming from its last checkpoint", job["run_id"], signame
+                )
+                self._launch(job)
+                return
+            job["message"] += f" {job['auto_resumes']} times; POST /training/resume to try again"
+            self.ws.write_job(job)
+            return
+        job["state"] = "failed"
+        job["message"] = self._failure_message(job["run_id"], code)
+        self.ws.write_job(job)
+
+    def _failure_message(self, run_id: str, code: int | None) -> str:
+        for ev in reversed(self._reader(run_id).refresh()):
+            if ev.get("event") == "error":
+                return str(ev.get("message") or ev.get("error") or ev)
+        try:
+            tail = (self.ws.runs_dir / run_id / "stderr.log").read_bytes()[-2000:].decode("utf-8", "replace")
+        except OSError:
+            tail = ""
+        tail = tail.strip().splitlines()
+        return f"training exited with code {code}: " + (tail[-1] if tail else "no error output")
+
+    def _complete(self, job: dict[str, Any]) -> None:
+        run_dir = self.ws.runs_dir / job["run_id"]
+        reg = self.ws.registry()
+        existing = [r for r in reg["rounds"] if r.get("run_id") == job["run_id"]]
+        if existing:
+            entry = existing[0]
+        else:
+            rel = run_dir.relative_to(self.ws.root).as_posix()
+
+            def make(number: int) -> dict[str, Any]:
+                return {
+                    "run_id": job["run_id"],
+                    "source": "trained",
+                    "created": now_iso(),
+                    "dir": rel,
+                    "teacher": f"{rel}/teacher.pt",
+                    "student": f"{rel}/student.pt",
+                    "preset": job["preset"],
+                    "n_classes": job["n_classes"],
+                    "n_labeled": job["n_labeled"],
+                    "n_unlabeled": job["n_unlabeled"],
+                    "warm_start_round": job.get("warm_start_round"),
+                }
+
+            entry = self.ws.add_round(make)
+        job["state"] = "completed"
+        job["round"] = entry["round"]
+        job["message"] = f"completed; model round {entry['round']} is now current"
+        self.ws.write_job(job)
+        if self.on_round is not None:
+            self.on_round(entry)
+
+    # ------------------------------------------------------------------ recover / resume / stop
+    def recover(self) -> list[str]:
+        """At start-up: register finished runs and resume runs the last service left running.
+
+        A worker that survived the previous service (it runs in its own session) is stopped
+        gracefully first, so the resumed run has a single writer.  Returns the resumed run ids.
+        """
+        resumed: list[str] = []
+        with self._lock:
+            for run_id in self.ws.run_ids():
+                try:
+                    job = self.ws.read_job(run_id)
+                except (OSError, ValueError) as exc:
+                    log.error("run %s has an unreadable job.json (%s); ignored", run_id, exc)
+                    continue
+                run_dir = self.ws.runs_dir / run_id
+                if job.get("state") == "completed":
+                    if not any(r.get("run_id") == run_id for r in self.ws.registry()["rounds"]):
+                        self._complete(job)
+                    continue
+                if job.get("state") not in ACTIVE_STATES:
+                    continue
+                proc = _process_matches(job.get("pid"), job.get("pid_create_time"), run_dir)
+                if proc is not None:
+                    log.warning(
+                        "run %s: stopping the worker left by the previous service (pid %s)", run_id, proc.pid
+                    )
+                    terminate_tree(proc, timeout=self.stop_timeout)
+                if (run_dir / "done.json").exists():
+                    self._complete(job)
+                    continue
+                if self._active is None:
+                    job["message"] = "the service stopped while this run was training; resumed at start-up"
+                    self._launch(job)
+                    resumed.append(run_id)
+                else:
+                    job["state"] = "interrupted"
+                    job["message"] = "the service stopped while this run was training; POST /training/resume"
+                    self.ws.write_job(job)
+        return resumed
+
+    def resume(self, run_id: str | None = None) -> dict[str, Any]:
+        """Continue a cancelled, interrupted or failed run from its last checkpoint."""
+        with self._lock:
+            self._refuse_if_active()
+            if run_id is None:
+                run_id = self.latest_run_id()
+                if run_id is None:
+                    raise NotFound("no training run to resume; start one with POST /training")
+            elif run_id not in self.ws.run_ids():
+                raise NotFound(f"no training run {run_id!r}")
+            job = self.ws.read_job(run_id)
+            if job["state"] not in RESUMABLE_STATES:
+                raise Conflict(
+                    f"run {run_id} is {job['state']}; only cancelled, interrupted or failed runs resume"
+                )
+            job["auto_resumes"] = 0
+            self._launch(job)
+            return job
+
+    def stop(self, wait: bool = True) -> dict[str, Any]:
+        """Ask the active worker to stop (it checkpoints and exits); kill it after the timeout."""
+        with self._lock:
+            proc, run_id = self._proc, self._active
+            if proc is None or run_id is None:
+                raise Conflict("no training run is active")
+            self._stopping = True
+        try:
+            (self.ws.runs_dir / run_id / "CANCEL").touch()  # also understood where signals are not (Windows)
+        except OSError:
+            pass
+        try:
+            terminate_tree(psutil.Process(proc.pid), timeout=self.stop_timeout)
+        except psutil.NoSuchProcess:
+            pass
+        if wait:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.active_run == run_id:
+                time.sleep(0.05)
+        return self.ws.read_job(run_id)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Service shutdown: stop the worker with a checkpoint; it is resumed at the next start-up."""
+        with self._lock:
+            self._closed = True
+            proc, run_id = self._proc, self._active
+        if proc is None or run_id is None:
+            return
+        try:
+            terminate_tree(psutil.Process(proc.pid), timeout=timeout or self.stop_timeout)
+        except psutil.NoSuchProcess:
+            pass
+        proc.wait()
+        with self._lock:
+            job = self.ws.read_job(run_id)
+            if (self.ws.runs_dir / run_id / "done.json").exists() and proc.returncode == 0:
+                self._proc = None
+                self._active = None
+                self._complete(job)
+                return
+            # Left "running" on purpose: recover() resumes it when the service starts again.
+            job["pid"] = None
+            job["message"] = "the service was stopped; the run resumes when the service starts again"
+            self.ws.write_job(job)
+            self._proc = None
+            self._active = None
+
+    # ------------------------------------------------------------------ status / events
+    def events(self, since: int = 0, run_id: str | None = None, limit: int = 1000) -> dict[str, Any]:
+        """Events ``since`` (0-based index) of a run (the latest by default)."""
+        run_id = self._pick_run(run_id)
+        if run_id is None:
+            return {"run_id": None, "events": [], "next": 0, "total": 0}
+        evs = self._reader(run_id).refresh()
+        chunk = evs[since : since + limit]
+        return {"run_id": run_id, "events": chunk, "next": since + len(chunk), "total": len(evs)}
+
+    def _pick_run(self, run_id: str | None) -> str | None:
+        if run_id is None:
+            return self.active_run or self.latest_run_id()
+        if run_id not in self.ws.run_ids():
+            raise NotFound(f"no training run {run_id!r}")
+        return run_id
+
+    def status(self, run_id: str | None = None) -> dict[str, Any]:
+        """State of a run (the active or latest one) with its latest progress event."""
+        run_id = self._pick_run(run_id)
+        reg = self.ws.registry()
+        base: dict[str, Any] = {
+            "state": "idle",
+            "run_id": None,
+            "current_round": reg.get("current"),
+            "rounds": len(reg["rounds"]),
+        }
+        if run_id is None:
+            return base
+        job = self.ws.read_job(run_id)
+        evs = self._reader(run_id).refresh()
+        last: dict[str, Any] = {}
+        device = None
+        for ev in reversed(evs):
+            if not last and ev.get("event") in ("progress", "checkpoint") and "iteration" in ev:
+                last = ev
+            if device is None and ev.get("device"):
+                device = ev["device"]
+            if last and device:
+                break
+        phase = last.get("phase")
+        for ev in reversed(evs):
+            if ev.get("phase"):
+                phase = ev["phase"]
+                break
+        base.update(
+            state=job["state"],
+            run_id=run_id,
+            round=job.get("round"),
+            preset=job.get("preset"),
+            phase=phase,
+            iteration=last.get("iteration"),
+            total=last.get("total"),
+            overall_iteration=last.get("overall_iteration"),
+            overall_total=last.get("overall_total"),
+            losses=last.get("losses") or {},
+            h=last.get("h"),
+            lr=last.get("lr"),
+            sec_per_iter=last.get("sec_per_iter"),
+            eta_s=last.get("eta_s"),
+            device=device or job.get("device"),
+            message=job.get("message"),
+            started=job.get("started"),
+            finished=job.get("finished"),
+            n_events=len(evs),
+            n_labeled=job.get("n_labeled"),
+            n_unlabeled=job.get("n_unlabeled"),
+            warm_start_round=job.get("warm_start_round"),
+        )
+        return base
+
+    def uses_case(self, case_id: str) -> bool:
+        """Whether the active run trains on ``case_id`` (such a case cannot be deleted now)."""
+        run_id = self.active_run
+        if run_id is None:
+            return False
+        try:
+            data = json.loads((self.ws.runs_dir / run_id / "cases.json").read_text())
+        except (OSError, ValueError):
+            return True
+        ids = [c.get("id") for c in data.get("labeled", []) + data.get("unlabeled", [])]
+        return case_id in ids
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"

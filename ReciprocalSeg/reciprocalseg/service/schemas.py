@@ -1,0 +1,200 @@
+"""Pydantic (v2) models of the service's requests and responses; they make up /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .workspace import CASE_ID_PATTERN
+
+CaseStatus = Literal["unlabelled", "labelled", "predicted"]
+TrainingState = Literal["idle", "running", "completed", "failed", "cancelled", "interrupted"]
+
+
+class Message(BaseModel):
+    """A plain answer to a request that has no other result."""
+
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: ``detail`` is a message meant for the user."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class Geometry(BaseModel):
+    size: list[int] = Field(description="voxels (x, y, z)")
+    spacing: list[float] = Field(description="mm (x, y, z)")
+    origin: list[float] = Field(description="LPS mm")
+    direction: list[float] = Field(description="9 direction cosines, row-major (LPS)")
+    pixel_type: str | None = None
+
+
+class LabelVersion(BaseModel):
+    version: int
+    kind: Literal["submitted", "draft"]
+    author: str | None = None
+    time: str
+    source: str | None = None
+    note: str | None = None
+
+
+class CaseInfo(BaseModel):
+    id: str
+    status: CaseStatus = Field(description="labelled: has a submitted label; predicted: has a prediction")
+    added: str
+    source: str | None = None
+    geometry: Geometry
+    label_version: int | None = Field(None, description="current (latest submitted) label version")
+    n_label_versions: int = 0
+    score: float | None = Field(None, description="teacher/student disagreement of the latest prediction")
+    score_round: int | None = Field(None, description="model round of that prediction")
+    score_current: bool = Field(False, description="whether the score comes from the current round")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class CaseList(BaseModel):
+    cases: list[CaseInfo]
+
+
+class RegisterCase(BaseModel):
+    """Add a case from a file or DICOM folder that is already on the server's disk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=4096, description="absolute path on the server")
+    case_id: str | None = Field(None, pattern=CASE_ID_PATTERN, description="default: from the file name")
+
+
+class LabelHistory(BaseModel):
+    case_id: str
+    current: int | None
+    versions: list[LabelVersion]
+
+
+class TrainingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field("demo", max_length=32, description="demo, lite, paper or improved")
+    iterations: int | None = Field(None, ge=1, le=1_000_000, description="reciprocal-phase iterations")
+    supervised_iterations: int | None = Field(
+        None, ge=0, le=1_000_000, description="supervised-phase iterations"
+    )
+    device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the service's device")
+    warm_start: bool = Field(True, description="start from the current round's models (False: from scratch)")
+    checkpoint_every: int | None = Field(None, ge=1, le=1_000_000, description="default: the preset's")
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class TrainingStatus(BaseModel):
+    state: TrainingState
+    run_id: str | None = None
+    round: int | None = Field(None, description="the model round this run produced (when completed)")
+    current_round: int | None = None
+    rounds: int = 0
+    preset: str | None = None
+    phase: str | None = None
+    iteration: int | None = Field(None, description="iteration within the phase")
+    total: int | None = Field(None, description="iterations of the phase")
+    overall_iteration: int | None = Field(None, description="iteration over both phases")
+    overall_total: int | None = None
+    losses: dict[str, Any] = Field(default_factory=dict)
+    h: float | None = None
+    lr: float | None = None
+    sec_per_iter: float | None = None
+    eta_s: float | None = None
+    device: str | None = None
+    message: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    n_events: int = 0
+    n_labeled: int | None = None
+    n_unlabeled: int | None = None
+    warm_start_round: int | None = None
+
+
+class TrainingEvents(BaseModel):
+    run_id: str | None
+    events: list[dict[str, Any]]
+    next: int = Field(description="pass as ?since= to get the events after these")
+    total: int
+
+
+class PredictionInfo(BaseModel):
+    case_id: str
+    round: int
+    score: float = Field(description="mean teacher/student disagreement (higher = more disagreement)")
+    time: str
+    files: dict[str, str] = Field(
+        description="teacher, student, disagreement: GET /cases/{id}/prediction/{kind}"
+    )
+
+
+class NextCase(BaseModel):
+    case_id: str | None = Field(description="None when every case is labelled")
+    score: float | None = None
+    round: int | None = None
+    n_candidates: int = 0
+    n_predicted_now: int = Field(0, description="unlabelled cases predicted to answer this request")
+
+
+class ModelRound(BaseModel):
+    round: int
+    source: Literal["trained", "imported"]
+    created: str
+    run_id: str | None = None
+    preset: str | None = None
+    n_classes: int | None = None
+    n_labeled: int | None = None
+    n_unlabeled: int | None = None
+    warm_start_round: int | None = None
+    current: bool = False
+    teacher_sha256: str | None = None
+    student_sha256: str | None = None
+
+
+class ModelList(BaseModel):
+    current: int | None
+    rounds: list[ModelRound]
+
+
+class SetCurrentModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    round: int = Field(ge=1)
+
+
+class DeviceInfo(BaseModel):
+    type: Literal["cuda", "cpu"]
+    name: str
+    memory_gb: float | None = None
+    cpu_count: int | None = None
+
+
+class Counts(BaseModel):
+    cases: int
+    labelled: int
+    unlabelled: int
+    predicted: int
+    rounds: int
+    corrupt: int
+
+
+class ServiceInfo(BaseModel):
+    version: str
+    workspace: str
+    device: DeviceInfo
+    counts: Counts
+    n_classes: int = Field(description="foreground classes; label values 0..n_classes")
+    current_round: int | None
+    training_state: str
+    max_upload_mb: float
+    auth: bool

@@ -1,0 +1,275 @@
+"""``reciprocalseg serve``: bind, write the URL file, check the token rules, run uvicorn.
+
+Hook for the command line (``cli.py``)::
+
+    from reciprocalseg.service.server import add_serve_arguments, run_serve
+    p = subparsers.add_parser("serve", help="run the local service")
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)       # run_serve(args) -> exit code
+
+or call :func:`serve_main` with an argv list.  ``python -m reciprocalseg.service.server`` works too
+(the launcher uses it, so it does not depend on the CLI).
+
+Start-up order: check the host/token rules; take the workspace lock (a second service on the same
+workspace is refused); open the workspace and resume interrupted training; bind and listen on the
+socket; write ``WORKSPACE/.service/url`` atomically; hand the socket to uvicorn.  Launchers poll the
+URL file, then ``GET /health``.  Connections made before uvicorn runs wait in the listen backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from reciprocalseg.atomic import atomic_write_text
+
+URL_FILE = "url"
+TOKEN_FILE = "token"
+LOCK_FILE = "lock"
+PID_FILE = "pid"
+
+log = logging.getLogger("reciprocalseg.service")
+
+
+class ServeError(Exception):
+    """The service cannot start (bad arguments, workspace in use, port taken...)."""
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` options to ``parser``."""
+    parser.add_argument("--workspace", required=True, help="workspace folder (created if missing)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="port (0: pick a free one; see WORKSPACE/.service/url)"
+    )
+    parser.add_argument(
+        "--token", default=None, help="require 'Authorization: Bearer TOKEN' on every request"
+    )
+    parser.add_argument(
+        "--token-file", default=None, help="read the token from this file (keep it mode 0600)"
+    )
+    parser.add_argument(
+        "--n-classes",
+        type=int,
+        default=None,
+        help="foreground classes (label values 0..K); set when the workspace is created (default 1)",
+    )
+    parser.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted upload (MiB)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="default device for training and prediction",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """The token from ``--token`` or ``--token-file`` (``ServeError`` if unusable)."""
+    token = args.token
+    if getattr(args, "token_file", None):
+        if token:
+            raise ServeError("give either --token or --token-file, not both")
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ServeError(f"cannot read the token file {args.token_file}: {exc}") from None
+        if not token:
+            raise ServeError(f"the token file {args.token_file} is empty")
+    if token is not None:
+        token = token.strip()
+        if len(token) < 8:
+            raise ServeError(
+                "the token is too short: use at least 8 characters (e.g. secrets.token_urlsafe())"
+            )
+        if any(c.isspace() for c in token) or not token.isprintable():
+            raise ServeError("the token must be printable and contain no spaces")
+    return token
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a non-loopback bind without a token."""
+    if not is_loopback(host) and not token:
+        raise ServeError(
+            f"refusing to listen on {host!r} without a token: anyone who can reach this address could read "
+            "and change the workspace. Pass --token or --token-file, or bind to 127.0.0.1."
+        )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically to a file only the current user can read (mode 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class WorkspaceLock:
+    """An exclusive advisory lock on ``.service/lock`` held for the life of the service."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.name == "posix":
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:  # pragma: no cover - Windows
+                import msvcrt
+
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            os.close(fd)
+            other = ""
+            try:
+                other = (self.path.parent / PID_FILE).read_text().strip()
+            except OSError:
+                pass
+            raise ServeError(
+                f"another service is already using the workspace {self.path.parent.parent}"
+                + (f" (pid {other})" if other else "")
+                + "; stop it first or use another workspace"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen; ``port=0`` picks a free port."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if os.name == "posix":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.set_inheritable(False)
+    return sock
+
+
+def url_for(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]
+    shown = host.strip("[]")
+    if shown in ("0.0.0.0", "::"):
+        shown = "127.0.0.1" if shown == "0.0.0.0" else "::1"
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the service until interrupted; returns the process exit code (2 for start-up errors)."""
+    import uvicorn
+
+    from .app import Service, ServiceConfig, create_app
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        token = resolve_token(args)
+        check_bind(args.host, token)
+        if args.max_upload_mb <= 0:
+            raise ServeError("--max-upload-mb must be positive")
+        ws_root = Path(args.workspace).expanduser().resolve()
+        service_dir = ws_root / ".service"
+        lock = WorkspaceLock(service_dir / LOCK_FILE)
+        lock.acquire()
+    except ServeError as exc:
+        print(f"reciprocalseg serve: error: {exc}", file=sys.stderr)
+        return 2
+    url_file = service_dir / URL_FILE
+    sock: socket.socket | None = None
+    service: Any = None
+    try:
+        url_file.unlink(missing_ok=True)
+        atomic_write_text(service_dir / PID_FILE, f"{os.getpid()}\n")
+        config = ServiceConfig(
+            workspace=ws_root,
+            n_classes=args.n_classes,
+            max_upload_mb=args.max_upload_mb,
+            token=token,
+            device=args.device,
+        )
+        try:
+            service = Service(config)
+        except Exception as exc:  # unreadable workspace settings and the like
+            print(f"reciprocalseg serve: error: {exc}", file=sys.stderr)
+            return 2
+        token_path = service_dir / TOKEN_FILE
+        if token:
+            given = Path(args.token_file).resolve() if args.token_file else None
+            if given != token_path.resolve():
+                write_private(token_path, token + "\n")
+        else:
+            token_path.unlink(missing_ok=True)
+        try:
+            sock = bind_socket(args.host, args.port)
+        except ServeError as exc:
+            print(f"reciprocalseg serve: error: {exc}", file=sys.stderr)
+            return 2
+        url = url_for(sock, args.host)
+        service.start()
+        app = create_app(service)
+        atomic_write_text(url_file, url + "\n")
+        log.info("ReciprocalSeg service for %s at %s%s", ws_root, url, " (token required)" if token else "")
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level == "debug", lifespan="on")
+        )
+        server.run(sockets=[sock])
+        return 0
+    finally:
+        url_file.unlink(missing_ok=True)
+        (service_dir / PID_FILE).unlink(missing_ok=True)
+        if sock is not None:
+            sock.close()
+        lock.release()
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) as ``serve`` options and run the service."""
+    parser = argparse.ArgumentParser(prog="reciprocalseg serve", description="Run the ReciprocalSeg service.")
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve_main())

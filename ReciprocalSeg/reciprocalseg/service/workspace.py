@@ -1,0 +1,529 @@
+"""The service's workspace on disk: cases, label versions, predictions, runs and the model registry.
+
+Layout (all paths relative to the workspace root)::
+
+    workspace.json                    settings: format version, n_classes, creation time
+    cases/<ID>/case.json              one small manifest per case (image geometry, label
+                                      versions, predictions); replaced atomically on every change
+    cases/<ID>/image.nrrd             the scan, converted to NRRD when it was added
+    cases/<ID>/labels/v0001.nrrd      label versions (drafts and submitted ones), never overwritten
+    cases/<ID>/predictions/r0001/     teacher.nrrd, student.nrrd, disagreement.nrrd of a model round
+    runs/<RUN_ID>/                    a training run directory (see docs/DESIGN.md) plus job.json
+    models/registry.json              model rounds and which one is current
+    models/r0001/                     teacher.pt, student.pt, meta.json of an imported round
+    tmp/                              uploads in flight; emptied at start-up
+    .service/                         url, token, lock and log of the running service
+
+Consistency rules:
+
+* Every file is written to a temporary name, fsynced and renamed over its final name, so a
+  reader (or a restarted service) sees either the old or the new content, never a mix.
+* A case is created by building ``cases/.incoming-<uuid>/`` completely and renaming it to
+  ``cases/<ID>``; it is deleted by renaming it to ``cases/.trash-...`` first.  Leftovers of an
+  interrupted create or delete are removed at start-up.
+* A label file is written before the case manifest that refers to it; a crash in between leaves an
+  unreferenced file that the next upload of that case overwrites.  What a successful response
+  reported is always in the manifest.
+* All manifest updates go through one process-wide lock; the service takes an exclusive lock on
+  ``.service/lock`` so a second service cannot open the same workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from reciprocalseg.atomic import atomic_write_json
+from reciprocalseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_CASE_ID_RE = re.compile(CASE_ID_PATTERN)
+
+#: Suffixes accepted for uploaded scans and labels (single-file formats only).
+UPLOAD_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
+#: Suffixes accepted when registering a file already on the server's disk (plus DICOM folders).
+PATH_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+LABEL_KINDS = ("submitted", "draft")
+
+
+def now_iso() -> str:
+    """Current UTC time as an ISO 8601 string with seconds precision."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+class ApiError(Exception):
+    """An error the service answers with an HTTP status and a message meant for the user."""
+
+    status_code = 400
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class BadRequest(ApiError):
+    status_code = 400
+
+
+class NotFound(ApiError):
+    status_code = 404
+
+
+class Conflict(ApiError):
+    status_code = 409
+
+
+class TooLarge(ApiError):
+    status_code = 413
+
+
+class UnsupportedType(ApiError):
+    status_code = 415
+
+
+class Invalid(ApiError):
+    status_code = 422
+
+
+def check_case_id(case_id: str) -> str:
+    """Return ``case_id`` if it matches the safe pattern, else raise :class:`Invalid`."""
+    if not isinstance(case_id, str) or not _CASE_ID_RE.match(case_id):
+        raise Invalid(
+            f"invalid case ID {case_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return case_id
+
+
+def file_suffix(name: str) -> str:
+    """The lower-case suffix of a file name, treating ``.nii.gz`` as one suffix."""
+    lower = name.lower()
+    if lower.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(lower).suffix
+
+
+def check_upload_suffix(name: str, what: str = "file") -> str:
+    """Return the suffix of an uploaded file name, or raise :class:`UnsupportedType`."""
+    suffix = file_suffix(name or "")
+    if suffix not in UPLOAD_SUFFIXES:
+        raise UnsupportedType(
+            f"unsupported {what} type {suffix or '(no extension)'!r} for {name!r}: "
+            f"upload one of {', '.join(UPLOAD_SUFFIXES)}"
+        )
+    return suffix
+
+
+def geometry_of(img: Any) -> dict[str, Any]:
+    """JSON-friendly geometry of a SimpleITK image (LPS, x/y/z order)."""
+    return {
+        "size": [int(v) for v in img.GetSize()],
+        "spacing": [float(v) for v in img.GetSpacing()],
+        "origin": [float(v) for v in img.GetOrigin()],
+        "direction": [float(v) for v in img.GetDirection()],
+        "pixel_type": img.GetPixelIDTypeAsString(),
+    }
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class Workspace:
+    """Cases, labels, predictions, runs and models of one annotation project on disk.
+
+    Methods that change state hold :attr:`lock` while they update manifests; slow work (reading
+    and validating images) happens before the lock is taken.
+    """
+
+    def __init__(self, root: str | Path, n_classes: int | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.lock = threading.RLock()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("cases", "runs", "models", "tmp", ".service"):
+            (self.root / sub).mkdir(exist_ok=True)
+        self.settings = self._load_settings(n_classes)
+        self._cases: dict[str, dict[str, Any]] = {}
+        self.corrupt: list[str] = []
+        self._cleanup()
+        self._load_cases()
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def cases_dir(self) -> Path:
+        return self.root / "cases"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def service_dir(self) -> Path:
+        return self.root / ".service"
+
+    @property
+    def n_classes(self) -> int:
+        """Number of foreground classes; label values must lie in ``0..n_classes``."""
+        return int(self.settings["n_classes"])
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.cases_dir / check_case_id(case_id)
+
+    def new_tmp_path(self, suffix: str = "") -> Path:
+        """A fresh path in the workspace's tmp folder (same file system as the data)."""
+        return self.tmp_dir / f"{uuid.uuid4().hex}{suffix}"
+
+    # ------------------------------------------------------------------ start-up
+    def _load_settings(self, n_classes: int | None) -> dict[str, Any]:
+        path = self.root / "workspace.json"
+        if path.exists():
+            try:
+                settings = _read_json(path)
+            except (OSError, ValueError) as exc:
+                raise DataError(
+                    f"workspace settings {path} are unreadable ({exc}); fix or remove them"
+                ) from exc
+            if n_classes is not None and int(settings.get("n_classes", 1)) != n_classes:
+                has_labels = any((self.root / "cases").glob("*/labels/*.nrrd"))
+                if has_labels:
+                    raise DataError(
+                        f"workspace {self.root} was created with n_classes={settings.get('n_classes')}; "
+                        f"cannot switch to {n_classes} once labels exist"
+                    )
+                settings["n_classes"] = n_classes
+                atomic_write_json(path, settings)
+            return settings
+        if n_classes is not None and n_classes < 1:
+            raise DataError(f"n_classes must be at least 1, got {n_classes}")
+        settings = {"format": FORMAT_VERSION, "n_classes": n_classes or 1, "created": now_iso()}
+        atomic_write_json(path, settings)
+        return settings
+
+    def _cleanup(self) -> None:
+        """Remove leftovers of interrupted operations (uploads, case creation or deletion)."""
+        for p in self.tmp_dir.iterdir():
+            _remove(p)
+        for p in self.cases_dir.glob(".*"):
+            if p.name.startswith((".incoming-", ".trash-")):
+                _remove(p)
+        for p in self.models_dir.glob(".incoming-*"):
+            _remove(p)
+
+    def _load_cases(self) -> None:
+        for d in sorted(self.cases_dir.iterdir()):
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            try:
+                rec = _read_json(d / "case.json")
+                if rec.get("id") != d.name:
+                    raise ValueError(f"id {rec.get('id')!r} does not match its folder")
+            except (OSError, ValueError) as exc:
+                log.error("case %s has an unreadable manifest (%s); it is ignored", d.name, exc)
+                self.corrupt.append(d.name)
+                continue
+            self._cases[d.name] = rec
+
+    # ------------------------------------------------------------------ cases
+    def case_ids(self) -> list[str]:
+        with self.lock:
+            return sorted(self._cases)
+
+    def has_case(self, case_id: str) -> bool:
+        with self.lock:
+            return case_id in self._cases
+
+    def get_case(self, case_id: str) -> dict[str, Any]:
+        """A copy of the case manifest; :class:`NotFound` if there is no such case."""
+        check_case_id(case_id)
+        with self.lock:
+            rec = self._cases.get(case_id)
+            if rec is None:
+                raise NotFound(f"no case {case_id!r} in this workspace")
+            return json.loads(json.dumps(rec))
+
+    def all_cases(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [json.loads(json.dumps(self._cases[k])) for k in sorted(self._cases)]
+
+    def image_path(self, case_id: str) -> Path:
+        rec = self.get_case(case_id)
+        return self.case_dir(case_id) / rec["image"]
+
+    def _write_case(self, rec: dict[str, Any]) -> None:
+        atomic_write_json(self.case_dir(rec["id"]) / "case.json", rec)
+        self._cases[rec["id"]] = rec
+
+    @contextmanager
+    def edit_case(self, case_id: str) -> Iterator[dict[str, Any]]:
+        """Lock, yield a copy of the manifest for editing, and commit it atomically on success."""
+        with self.lock:
+            rec = self.get_case(case_id)
+            yield rec
+            self._write_case(rec)
+
+    def add_case(self, image: Any, case_id: str, source: str, metadata: dict[str, Any] | None = None) -> dict:
+        """Add a case from a SimpleITK image (already read and checked by the caller).
+
+        The case folder is built under a temporary name and renamed into place, so a crash leaves
+        either no case or a complete one.
+        """
+        from reciprocalseg.data.io import write_image
+
+        check_case_id(case_id)
+        check_scan(image, source)
+        with self.lock:
+            if case_id in self._cases or (self.cases_dir / case_id).exists():
+                raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+            staging = self.cases_dir / f".incoming-{uuid.uuid4().hex}"
+            staging.mkdir()
+            try:
+                write_image(image, staging / "image.nrrd")
+                rec = {
+                    "id": case_id,
+                    "image": "image.nrrd",
+                    "source": source,
+                    "added": now_iso(),
+                    "geometry": geometry_of(image),
+                    "metadata": metadata or {},
+                    "labels": [],
+                    "predictions": {},
+                }
+                atomic_write_json(staging / "case.json", rec)
+                _fsync_dir(staging)
+                os.rename(staging, self.cases_dir / case_id)
+                _fsync_dir(self.cases_dir)
+            except BaseException:
+                _remove(staging)
+                raise
+            self._cases[case_id] = rec
+            return json.loads(json.dumps(rec))
+
+    def delete_case(self, case_id: str) -> None:
+        """Remove a case with all its labels and predictions."""
+        check_case_id(case_id)
+        with self.lock:
+            if case_id not in self._cases:
+                raise NotFound(f"no case {case_id!r} in this workspace")
+            trash = self.cases_dir / f".trash-{case_id}-{uuid.uuid4().hex[:8]}"
+            os.rename(self.cases_dir / case_id, trash)
+            _fsync_dir(self.cases_dir)
+            del self._cases[case_id]
+        _remove(trash)
+
+    # ------------------------------------------------------------------ labels
+    def add_label(
+        self,
+        case_id: str,
+        label: Any,
+        kind: str = "submitted",
+        author: str | None = None,
+        source: str | None = None,
+        note: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a new label version (a checked SimpleITK image on the case grid)."""
+        from reciprocalseg.data.io import write_image
+
+        if kind not in LABEL_KINDS:
+            raise Invalid(f"label kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
+        with self.lock:
+            rec = self.get_case(case_id)
+            version = max((v["version"] for v in rec["labels"]), default=0) + 1
+            rel = f"labels/v{version:04d}.nrrd"
+            path = self.case_dir(case_id) / rel
+            path.parent.mkdir(exist_ok=True)
+            write_image(label, path)
+            entry = {
+                "version": version,
+                "kind": kind,
+                "author": author,
+                "time": now_iso(),
+                "file": rel,
+                "source": source,
+                "note": note,
+            }
+            rec["labels"].append(entry)
+            self._write_case(rec)
+            return dict(entry)
+
+    @staticmethod
+    def current_label(rec: dict[str, Any]) -> dict[str, Any] | None:
+        """The latest submitted label version of a case manifest, or ``None``."""
+        submitted = [v for v in rec["labels"] if v["kind"] == "submitted"]
+        return submitted[-1] if submitted else None
+
+    def label_entry(self, case_id: str, version: int | None = None) -> tuple[dict[str, Any], Path]:
+        """A label version (the current submitted one by default) and its file path."""
+        rec = self.get_case(case_id)
+        if version is None:
+            entry = self.current_label(rec)
+            if entry is None:
+                raise NotFound(f"case {case_id!r} has no submitted label yet")
+        else:
+            matches = [v for v in rec["labels"] if v["version"] == version]
+            if not matches:
+                raise NotFound(f"case {case_id!r} has no label version {version}")
+            entry = matches[0]
+        return entry, self.case_dir(case_id) / entry["file"]
+
+    # ------------------------------------------------------------------ predictions
+    def store_prediction(
+        self, case_id: str, round_id: int, teacher: Any, student: Any, disagreement: Any, score: float
+    ) -> dict[str, Any]:
+        """Write a round's prediction files for a case and record them with the score."""
+        from reciprocalseg.data.io import write_image
+
+        with self.lock:
+            self.get_case(case_id)
+            folder = self.case_dir(case_id) / "predictions" / f"r{round_id:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            files = {}
+            for name, img in (("teacher", teacher), ("student", student), ("disagreement", disagreement)):
+                write_image(img, folder / f"{name}.nrrd")
+                files[name] = f"predictions/r{round_id:04d}/{name}.nrrd"
+            entry = {"round": round_id, "score": float(score), "time": now_iso(), "files": files}
+            with self.edit_case(case_id) as rec:
+                rec["predictions"][str(round_id)] = entry
+            return dict(entry)
+
+    # ------------------------------------------------------------------ model registry
+    @property
+    def registry_path(self) -> Path:
+        return self.models_dir / "registry.json"
+
+    def registry(self) -> dict[str, Any]:
+        """``{"current": round or None, "rounds": [...]}``; an absent file means no rounds."""
+        with self.lock:
+            if not self.registry_path.exists():
+                return {"current": None, "rounds": []}
+            return _read_json(self.registry_path)
+
+    def write_registry(self, reg: dict[str, Any]) -> None:
+        with self.lock:
+            atomic_write_json(self.registry_path, reg)
+
+    def round_entry(self, round_id: int | None = None) -> dict[str, Any]:
+        """The registry entry of a round (the current one by default)."""
+        reg = self.registry()
+        if round_id is None:
+            round_id = reg.get("current")
+            if round_id is None:
+                raise Conflict("no model yet: train a round (POST /training) or import models first")
+        for r in reg["rounds"]:
+            if r["round"] == round_id:
+                return r
+        raise NotFound(f"no model round {round_id}")
+
+    def model_paths(self, entry: dict[str, Any]) -> tuple[Path, Path]:
+        return self.root / entry["teacher"], self.root / entry["student"]
+
+    def add_round(self, make_entry: Callable[[int], dict[str, Any]], make_current: bool = True) -> dict:
+        """Append a round built by ``make_entry(round_number)`` and make it current."""
+        with self.lock:
+            reg = self.registry()
+            number = max((r["round"] for r in reg["rounds"]), default=0) + 1
+            entry = make_entry(number)
+            entry["round"] = number
+            reg["rounds"].append(entry)
+            if make_current:
+                reg["current"] = number
+            self.write_registry(reg)
+            return entry
+
+    # ------------------------------------------------------------------ runs
+    def run_ids(self) -> list[str]:
+        return sorted(p.name for p in self.runs_dir.iterdir() if (p / "job.json").exists())
+
+    def read_job(self, run_id: str) -> dict[str, Any]:
+        return _read_json(self.runs_dir / run_id / "job.json")
+
+    def write_job(self, job: dict[str, Any]) -> None:
+        with self.lock:
+            atomic_write_json(self.runs_dir / job["run_id"] / "job.json", job)
+
+    # ------------------------------------------------------------------ snapshot
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            cases = list(self._cases.values())
+        labelled = sum(1 for c in cases if self.current_label(c) is not None)
+        predicted = sum(1 for c in cases if c["predictions"])
+        return {
+            "cases": len(cases),
+            "labelled": labelled,
+            "unlabelled": len(cases) - labelled,
+            "predicted": predicted,
+            "rounds": len(self.registry()["rounds"]),
+            "corrupt": len(self.corrupt),
+        }
+
+
+def check_scan(image: Any, source: str) -> None:
+    """Raise :class:`Invalid` unless ``image`` is a 3D single-component image."""
+    if image.GetDimension() != 3:
+        raise Invalid(f"{source}: expected a 3D image, got {image.GetDimension()}D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise Invalid(
+            f"{source}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (colour/vector)"
+        )
+    if min(image.GetSize()) < 2:
+        raise Invalid(f"{source}: image size {image.GetSize()} is degenerate (a side shorter than 2 voxels)")
+
+
+def _remove(p: Path) -> None:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    except OSError as exc:  # pragma: no cover - best effort clean-up
+        log.warning("could not remove %s: %s", p, exc)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds pass; return its last value."""
+    end = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)

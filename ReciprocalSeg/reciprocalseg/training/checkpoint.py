@@ -1,0 +1,101 @@
+"""Checkpoints (atomic writes) and model files.
+
+`checkpoints/latest.pt` holds everything needed to resume: both networks, both
+optimisers, the phase and iteration, and the random states. Model files (`teacher.pt`,
+`student.pt`, `supervised.pt`) hold one network's weights plus the metadata needed to
+rebuild and apply it (architecture, classes, preprocessing, patch size).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_path
+from ..config import TrainConfig
+from ..data.preprocess import Preprocessing
+from ..errors import ReciprocalSegError
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file + fsync + rename: never a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def model_meta(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "n_classes": config.n_classes,
+        "n_filters": config.n_filters,
+        "normalization": config.normalization,
+        "dropout": config.dropout,
+        "patch_size": list(config.patch_size),
+        "preprocessing": Preprocessing.from_config(config).to_dict(),
+        "inference_overlap": config.inference_overlap,
+        "inference_weighting": config.inference_weighting,
+        "inference_batch": config.inference_batch,
+        "preset": config.preset,
+    }
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def save_model(model: nn.Module, config: TrainConfig, path: Path, **info: Any) -> None:
+    save_torch(
+        {
+            "format": "reciprocalseg-model-1",
+            "state_dict": _cpu_state(model),
+            "meta": model_meta(config),
+            "info": info,
+        },
+        path,
+    )
+
+
+def load_model_file(path: Path) -> dict[str, Any]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ReciprocalSegError(f"model file {path} does not exist") from None
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise ReciprocalSegError(f"model file {path} is unreadable or corrupt: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != "reciprocalseg-model-1":
+        raise ReciprocalSegError(f"{path} is not a ReciprocalSeg model file")
+    return data
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ReciprocalSegError(
+            f"checkpoint {path} is unreadable ({exc}); delete it to restart the run from scratch"
+        ) from exc

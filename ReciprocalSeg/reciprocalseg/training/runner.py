@@ -1,0 +1,475 @@
+"""A training run: supervised teacher start, then reciprocal learning (then an optional fine-tune).
+
+The run directory is the single source of truth (see docs/DESIGN.md): a rerun with the same
+directory resumes from `checkpoints/latest.pt`; a completed run (done.json) is not redone.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..atomic import atomic_write_json
+from ..config import TrainConfig
+from ..data.io import Case, write_case_list
+from ..data.preprocess import Preprocessing
+from ..data.sampling import CropStream, batch_iterator, cache_cases
+from ..errors import CancelledError, ReciprocalSegError, TrainingError
+from ..model.vnet import build_model
+from .checkpoint import load_checkpoint, load_model_file, rng_state, save_model, save_torch, set_rng_state
+from .events import EventLog, Listener, Pace
+from .reciprocal import ReciprocalStep, supervised_step
+
+PHASES = ("supervised", "reciprocal", "finetune")
+
+
+class CancelToken:
+    """Set by a signal handler, another thread, or a CANCEL file in the run directory."""
+
+    def __init__(self, flag_file: Path | None = None) -> None:
+        self._event = threading.Event()
+        self.flag_file = flag_file
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        if self.flag_file is not None and self.flag_file.exists():
+            self._event.set()
+        return self._event.is_set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM request a cancel; the loop stops after the current iteration."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.cancel())
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    teacher: Path
+    student: Path
+    supervised: Path | None
+    device: str
+    seconds: float
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto"
+        )
+    return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    return "cpu"
+
+
+def amp_dtype_for(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA GPUs that have it, in the fast step mode only."""
+    if config.amp == "off" or config.step_mode == "reference" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+
+
+def lr_at(config: TrainConfig, iteration: int) -> float:
+    """The paper's step schedule: lr x gamma every `lr_step` iterations (counted per phase)."""
+    return config.lr * config.lr_gamma ** (iteration // config.lr_step)
+
+
+def _sgd(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
+    fused = device.type == "cuda" and config.step_mode == "fast"
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        fused=fused or None,
+    )
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class _Batches:
+    """Labelled and unlabelled batch streams on the training device."""
+
+    def __init__(self, streams: dict[str, Iterator], device: torch.device, channels_last: bool) -> None:
+        self.streams, self.device, self.channels_last = streams, device, channels_last
+
+    def next(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(self.streams[name])
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x, y.to(self.device, non_blocking=True)
+
+
+class Trainer:
+    """Owns the two networks, their optimisers, the data streams and the run directory."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        labeled: Sequence[Case],
+        unlabeled: Sequence[Case],
+        run_dir: Path,
+        listeners: list[Listener] | None = None,
+        cancel: CancelToken | None = None,
+        warm_start: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        config.validate()
+        if not labeled:
+            raise TrainingError("training needs at least one labelled case")
+        if config.reciprocal_iterations > 0 and not unlabeled:
+            raise TrainingError(
+                "reciprocal learning needs unlabelled cases; add some or set reciprocal iterations to 0"
+            )
+        self.config, self.run_dir = config, Path(run_dir)
+        self.labeled, self.unlabeled = list(labeled), list(unlabeled)
+        self.cancel = cancel or CancelToken(self.run_dir / "CANCEL")
+        self.warm_start = warm_start
+        self.cache_dir = cache_dir or self.run_dir / "cache"
+        self.device = resolve_device(config.device)
+        self.device_name = describe_device(self.device)
+        self.amp_dtype = amp_dtype_for(config, self.device)
+        self.channels_last = self.device.type == "cuda" and config.step_mode == "fast"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_run_files()
+        self.events = EventLog(self.run_dir / "events.jsonl", listeners)
+        self.pace = Pace()
+
+    # -- run directory -------------------------------------------------------------------
+    def _write_run_files(self) -> None:
+        config_path = self.run_dir / "config.json"
+        if config_path.exists():
+            previous = json.loads(config_path.read_text())
+            changed = {
+                k for k, v in self.config.to_dict().items() if _jsonable(previous.get(k)) != _jsonable(v)
+            }
+            # Iteration counts and the device may change on resume; the recipe may not.
+            changed -= {
+                "device",
+                "supervised_iterations",
+                "reciprocal_iterations",
+                "finetune_iterations",
+                "checkpoint_every",
+                "num_workers",
+            }
+            if changed:
+                raise TrainingError(
+                    f"{self.run_dir} holds a run with a different configuration ({sorted(changed)}); "
+                    "use a new output folder or the same settings to resume"
+                )
+        atomic_write_json(config_path, self.config.to_dict())
+        write_case_list(self.run_dir / "cases.json", self.labeled, self.unlabeled)
+
+    # -- models --------------------------------------------------------------------------
+    def _new_model(self) -> nn.Module:
+        c = self.config
+        model = build_model(c.n_classes, c.n_filters, c.normalization, c.dropout).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        return model
+
+    def _load_weights(self, model: nn.Module, path: Path) -> None:
+        data = load_model_file(path)
+        meta = data["meta"]
+        for key in ("n_classes", "n_filters", "normalization"):
+            if meta[key] != getattr(self.config, key):
+                raise TrainingError(
+                    f"warm start from {path}: its {key}={meta[key]!r} differs from this run's "
+                    f"{getattr(self.config, key)!r}; train from scratch or use the same preset"
+                )
+        model.load_state_dict(data["state_dict"])
+
+    # -- main ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        start = time.perf_counter()
+        done = self.run_dir / "done.json"
+        if done.exists():
+            return self._result(time.perf_counter() - start)
+        torch.manual_seed(self.config.seed)
+        if self.device.type == "cuda" and self.config.step_mode == "fast":
+            torch.backends.cudnn.benchmark = True  # fixed crop shapes: autotuning pays off
+        self.teacher, self.student = self._new_model(), self._new_model()
+        self.teacher_opt = _sgd(self.teacher, self.config, self.device)
+        self.student_opt = _sgd(self.student, self.config, self.device)
+        self.student_ema = self._make_ema()
+        self.h_average = 0.0
+        phase, iteration = self._restore()
+        try:
+            self._prepare_data()
+            for name in PHASES[PHASES.index(phase) :]:
+                self._run_phase(name, iteration if name == phase else 0)
+            return self._finish(time.perf_counter() - start)
+        except torch.OutOfMemoryError as exc:
+            c = self.config
+            message = (
+                f"CUDA out of memory: patch {c.patch_size} batch {c.batch_labeled}+{c.batch_unlabeled} "
+                f"on {self.device_name}: use a smaller patch (e.g. --patch-size 96 96 64), a smaller batch, "
+                "close other GPU programs, or --device cpu"
+            )
+            self.events.emit("error", message=message)
+            raise TrainingError(message) from exc
+        except CancelledError:
+            raise
+        except ReciprocalSegError as exc:
+            self.events.emit("error", message=str(exc))
+            raise
+        finally:
+            self.events.close()
+
+    def _make_ema(self) -> torch.optim.swa_utils.AveragedModel | None:
+        if self.config.student_ema <= 0:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(
+            self.student, multi_avg_fn=get_ema_multi_avg_fn(self.config.student_ema), use_buffers=True
+        )
+
+    def _restore(self) -> tuple[str, int]:
+        checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "latest.pt")
+        if checkpoint is None:
+            if self.warm_start is not None:
+                self._load_weights(self.teacher, Path(self.warm_start) / "teacher.pt")
+                student_path = Path(self.warm_start) / "student.pt"
+                if student_path.exists():
+                    self._load_weights(self.student, student_path)
+                self.events.emit("warm_start", source=str(self.warm_start))
+            return PHASES[0], 0
+        self.teacher.load_state_dict(checkpoint["teacher"])
+        self.student.load_state_dict(checkpoint["student"])
+        self.teacher_opt.load_state_dict(checkpoint["teacher_opt"])
+        self.student_opt.load_state_dict(checkpoint["student_opt"])
+        if self.student_ema is not None and checkpoint.get("student_ema") is not None:
+            self.student_ema.load_state_dict(checkpoint["student_ema"])
+        self.h_average = checkpoint.get("h_average", 0.0)
+        set_rng_state(checkpoint["rng"])
+        self.events.emit("resumed", phase=checkpoint["phase"], iteration=checkpoint["iteration"])
+        return checkpoint["phase"], checkpoint["iteration"]
+
+    def _prepare_data(self) -> None:
+        prep = Preprocessing.from_config(self.config)
+        t0 = time.perf_counter()
+        self.events.emit("phase", phase="preprocess", total=len(self.labeled) + len(self.unlabeled))
+        self.labeled_cached = cache_cases(self.labeled, prep, self.cache_dir, self.config.n_classes)
+        self.unlabeled_cached = cache_cases(self.unlabeled, prep, self.cache_dir)
+        self.events.emit("preprocessed", seconds=round(time.perf_counter() - t0, 2))
+
+    def _streams(self, phase: str, start: int) -> _Batches:
+        c = self.config
+        # Seeded by phase and start iteration: a resumed run draws a fresh, reproducible stream.
+        seed = [c.seed, PHASES.index(phase), start]
+        workers, pin = c.num_workers, self.device.type == "cuda"
+        labeled_bs = c.supervised_batch if phase != "reciprocal" else c.batch_labeled
+        streams = {
+            "labeled": batch_iterator(
+                CropStream(self.labeled_cached, c.patch_zyx, _seed(seed, 0), c.augment),
+                labeled_bs,
+                workers,
+                pin,
+            )
+        }
+        if phase == "reciprocal":
+            stream = CropStream(
+                self.unlabeled_cached, c.patch_zyx, _seed(seed, 1), c.augment, with_labels=False
+            )
+            streams["unlabeled"] = batch_iterator(stream, c.batch_unlabeled, workers, pin)
+        return _Batches(streams, self.device, self.channels_last)
+
+    def _phase_total(self, phase: str) -> int:
+        c = self.config
+        return {
+            "supervised": c.supervised_iterations,
+            "reciprocal": c.reciprocal_iterations,
+            "finetune": c.finetune_iterations,
+        }[phase]
+
+    def _overall_offset(self, phase: str) -> int:
+        return sum(self._phase_total(p) for p in PHASES[: PHASES.index(phase)])
+
+    def _run_phase(self, phase: str, start: int) -> None:
+        total = self._phase_total(phase)
+        if phase == "reciprocal" and start == 0 and total > 0:
+            self._save_supervised()
+        if start >= total:
+            if phase == "supervised":
+                self._save_supervised()
+            return
+        self.events.emit("phase", phase=phase, iteration=start, total=total, device=self.device_name)
+        batches = self._streams(phase, start)
+        step = self._make_step() if phase == "reciprocal" else None
+        if phase == "finetune" and start == 0 and self.student_ema is not None:
+            self.student.load_state_dict(self.student_ema.module.state_dict())
+        model, opt = (
+            (self.student, self.student_opt) if phase == "finetune" else (self.teacher, self.teacher_opt)
+        )
+        self.pace.pause()
+        for it in range(start, total):
+            lr = lr_at(self.config, it)
+            _set_lr(self.teacher_opt, lr)
+            _set_lr(self.student_opt, lr)
+            if phase == "reciprocal":
+                x_l, y_l = batches.next("labeled")
+                x_u, _ = batches.next("unlabeled")
+                result = step(x_l, y_l, x_u, lr)
+                self.h_average = step.h_average
+                losses = {k: round(v, 6) for k, v in vars(result).items() if k != "h"}
+                h = result.h
+                if self.student_ema is not None:
+                    self.student_ema.update_parameters(self.student)
+            else:
+                x, y = batches.next("labeled")
+                losses, h = {"supervised": round(supervised_step(model, opt, x, y, self.amp_dtype), 6)}, None
+            self._progress(phase, it + 1, total, losses, h, lr)
+            if self.cancel.requested:
+                self._checkpoint(phase, it + 1)
+                self.events.emit("cancelled", phase=phase, iteration=it + 1)
+                raise CancelledError(f"training cancelled at {phase} iteration {it + 1}; checkpoint written")
+            if (it + 1) % self.config.checkpoint_every == 0 or it + 1 == total:
+                self._checkpoint(phase, it + 1)
+        if phase == "supervised":
+            self._save_supervised()
+
+    def _make_step(self) -> ReciprocalStep:
+        c = self.config
+        step = ReciprocalStep(
+            self.teacher,
+            self.student,
+            self.teacher_opt,
+            self.student_opt,
+            c.step_mode,
+            self.amp_dtype,
+            c.teacher_dice,
+            c.h_baseline,
+        )
+        step.h_average = self.h_average
+        return step
+
+    def _progress(
+        self, phase: str, iteration: int, total: int, losses: dict, h: float | None, lr: float
+    ) -> None:
+        sec = self.pace.tick()
+        offset = self._overall_offset(phase)
+        overall_total = self.config.total_iterations
+        remaining = overall_total - offset - iteration
+        self.events.emit(
+            "progress",
+            phase=phase,
+            iteration=iteration,
+            total=total,
+            overall_iteration=offset + iteration,
+            overall_total=overall_total,
+            losses=losses,
+            h=h,
+            lr=lr,
+            sec_per_iter=None if sec is None else round(sec, 4),
+            eta_s=self.pace.eta(remaining),
+            device=self.device_name,
+        )
+
+    def _checkpoint(self, phase: str, iteration: int) -> None:
+        state: dict[str, Any] = {
+            "phase": phase,
+            "iteration": iteration,
+            "teacher": self.teacher.state_dict(),
+            "student": self.student.state_dict(),
+            "teacher_opt": self.teacher_opt.state_dict(),
+            "student_opt": self.student_opt.state_dict(),
+            "student_ema": self.student_ema.state_dict() if self.student_ema is not None else None,
+            "h_average": self.h_average,
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+        }
+        path = self.run_dir / "checkpoints" / "latest.pt"
+        save_torch(state, path)
+        # Also usable on their own: the models so far, for prediction while training goes on.
+        save_model(
+            self.teacher,
+            self.config,
+            self.run_dir / "checkpoints" / "teacher.pt",
+            phase=phase,
+            iteration=iteration,
+        )
+        save_model(
+            self.student,
+            self.config,
+            self.run_dir / "checkpoints" / "student.pt",
+            phase=phase,
+            iteration=iteration,
+        )
+        self.events.emit("checkpoint", phase=phase, iteration=iteration, path=str(path))
+        self.pace.pause()
+
+    def _save_supervised(self) -> None:
+        path = self.run_dir / "supervised.pt"
+        if not path.exists():
+            save_model(self.teacher, self.config, path, phase="supervised")
+
+    def _finish(self, seconds: float) -> RunResult:
+        # The EMA is the evaluated student, unless a fine-tune (which starts from it) came after.
+        use_ema = self.student_ema is not None and self.config.finetune_iterations == 0
+        student = self.student_ema.module if use_ema else self.student
+        save_model(self.teacher, self.config, self.run_dir / "teacher.pt", phase="final")
+        save_model(student, self.config, self.run_dir / "student.pt", phase="final", ema=use_ema)
+        atomic_write_json(
+            self.run_dir / "done.json",
+            {"seconds": round(seconds, 2), "device": self.device_name, "time": time.time()},
+        )
+        self.events.emit("done", seconds=round(seconds, 2), device=self.device_name)
+        return self._result(seconds)
+
+    def _result(self, seconds: float) -> RunResult:
+        sup = self.run_dir / "supervised.pt"
+        return RunResult(
+            self.run_dir,
+            self.run_dir / "teacher.pt",
+            self.run_dir / "student.pt",
+            sup if sup.exists() else None,
+            self.device_name,
+            seconds,
+        )
+
+
+def _seed(parts: list[int], stream: int) -> int:
+    return hash((*parts, stream)) & 0x7FFFFFFF
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def train(
+    config: TrainConfig,
+    labeled: Sequence[Case],
+    unlabeled: Sequence[Case],
+    run_dir: Path,
+    listeners: list[Listener] | None = None,
+    cancel: CancelToken | None = None,
+    warm_start: Path | None = None,
+    cache_dir: Path | None = None,
+) -> RunResult:
+    """Run (or resume) a training run; see `Trainer`."""
+    return Trainer(config, labeled, unlabeled, run_dir, listeners, cancel, warm_start, cache_dir).run()

@@ -1,0 +1,134 @@
+"""The reciprocal update checked numerically against a by-hand computation on a tiny V-Net."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reciprocalseg.model.vnet import build_model
+from reciprocalseg.training.reciprocal import ReciprocalStep
+
+torch.set_default_dtype(torch.float64)  # the by-hand comparison is exact up to round-off
+
+
+def _pair(seed: int, norm: str = "groupnorm", dropout: bool = False):
+    torch.manual_seed(seed)
+    teacher = build_model(2, n_filters=4, normalization=norm, dropout=dropout)
+    student = build_model(2, n_filters=4, normalization=norm, dropout=dropout)
+    return teacher, student
+
+
+def _data(seed: int, size: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    x_l = torch.randn(2, 1, size, size, size, generator=g)
+    y_l = (x_l[:, 0] > 0.3).long()  # a learnable labelled target
+    x_u = torch.randn(2, 1, size, size, size, generator=g)
+    return x_l, y_l, x_u
+
+
+def _grads(model, loss):
+    return [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
+
+
+def _sgd(model, lr, momentum=0.9, wd=1e-4):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_h_and_teacher_gradient_match_hand_computation(mode: str) -> None:
+    lr, wd = 0.01, 1e-4
+    teacher, student = _pair(0)
+    x_l, y_l, x_u = _data(1)
+    t0, s0 = copy.deepcopy(teacher), copy.deepcopy(student)
+
+    step = ReciprocalStep(teacher, student, _sgd(teacher, lr), _sgd(student, lr), mode=mode)
+    out = step(x_l, y_l, x_u, lr)
+
+    # By hand, from the saved initial networks.
+    t0.train(), s0.train()
+    pseudo = t0(x_u).argmax(1)
+    g_u = _grads(s0, F.cross_entropy(s0(x_u), pseudo))
+    s1 = copy.deepcopy(s0)
+    with torch.no_grad():  # first SGD step with momentum: buffer = g + wd * p
+        for p, g in zip(s1.parameters(), g_u, strict=True):
+            p -= lr * (g + wd * p)
+    g_l = _grads(s1, F.cross_entropy(s1(x_l), y_l))
+    h = lr * sum(torch.sum(a * b) for a, b in zip(g_u, g_l, strict=True))
+    assert out.h == pytest.approx(float(h), rel=1e-9, abs=1e-15)
+    assert abs(out.h) > 0
+
+    # The student after its step equals the hand-stepped copy.
+    for p, q in zip(student.parameters(), s1.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+    # Teacher gradient = h * g_u(teacher) + g_l(teacher), then one SGD step.
+    g_tu = _grads(t0, F.cross_entropy(t0(x_u), pseudo))
+    g_tl = _grads(t0, F.cross_entropy(t0(x_l), y_l))
+    for p_new, p_old, a, b in zip(teacher.parameters(), t0.parameters(), g_tu, g_tl, strict=True):
+        expected_grad = h * a + b
+        torch.testing.assert_close(p_new, p_old - lr * (expected_grad + wd * p_old), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(p_new.grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_sign_of_h_agrees_with_change_of_student_labelled_loss() -> None:
+    """h > 0 means the pseudo-label step lowered the student's labelled loss (first order)."""
+    lr = 1e-4
+    signs = []
+    for seed in range(6):
+        teacher, student = _pair(10 + seed)
+        x_l, y_l, x_u = _data(20 + seed)
+        student.train()
+        with torch.no_grad():
+            before = float(F.cross_entropy(student(x_l), y_l))
+        step = ReciprocalStep(teacher, student, _sgd(teacher, lr, 0, 0), _sgd(student, lr, 0, 0), mode="fast")
+        out = step(x_l, y_l, x_u, lr)
+        with torch.no_grad():
+            after = float(F.cross_entropy(student(x_l), y_l))
+        assert abs(out.h) > 1e-12
+        # First order: L(after) - L(before) ~ -<g_l, g_u> * lr = -h.
+        assert (out.h > 0) == (after < before), (seed, out.h, after - before)
+        assert (after - before) == pytest.approx(-out.h, rel=0.1)
+        signs.append(out.h > 0)
+    assert any(signs) and not all(signs), "these seeds give both helpful and harmful pseudo-label steps"
+
+
+def test_fast_and_reference_steps_agree_over_several_steps() -> None:
+    """fp32 on the CPU: same parameters after several steps (dropout and batch norm on, as published)."""
+    torch.set_default_dtype(torch.float32)
+    try:
+        teacher, student = _pair(3, norm="batchnorm", dropout=True)
+        pairs = {m: (copy.deepcopy(teacher), copy.deepcopy(student)) for m in ("fast", "reference")}
+        steps = {m: ReciprocalStep(t, s, _sgd(t, 0.01), _sgd(s, 0.01), mode=m) for m, (t, s) in pairs.items()}
+        hs = {m: [] for m in steps}
+        for i in range(4):
+            x_l, y_l, x_u = (t.float() if t.is_floating_point() else t for t in _data(100 + i))
+            for mode, step in steps.items():
+                torch.manual_seed(1000 + i)  # the same dropout masks in both modes
+                hs[mode].append(step(x_l, y_l, x_u, 0.01).h)
+        for a, b in zip(hs["fast"], hs["reference"], strict=True):
+            assert a == pytest.approx(b, rel=1e-3, abs=1e-9)
+        for net in (0, 1):
+            fast = torch.cat([p.flatten() for p in pairs["fast"][net].parameters()])
+            ref = torch.cat([p.flatten() for p in pairs["reference"][net].parameters()])
+            rel = float((fast - ref).norm() / ref.norm())
+            assert rel < 1e-5, rel
+    finally:
+        torch.set_default_dtype(torch.float64)
+
+
+def test_student_never_sees_labels() -> None:
+    """Changing the labels changes the teacher's update but not the student's."""
+    teacher, student = _pair(5)
+    x_l, y_l, x_u = _data(6)
+    results = []
+    for labels in (y_l, 1 - y_l):
+        t, s = copy.deepcopy(teacher), copy.deepcopy(student)
+        ReciprocalStep(t, s, _sgd(t, 0.01), _sgd(s, 0.01))(x_l, labels, x_u, 0.01)
+        results.append((t, s))
+    (t_a, s_a), (t_b, s_b) = results
+    for p, q in zip(s_a.parameters(), s_b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert any(not torch.allclose(p, q) for p, q in zip(t_a.parameters(), t_b.parameters(), strict=True))
