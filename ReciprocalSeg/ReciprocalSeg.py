@@ -336,7 +336,9 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.nextCaseButton,
         ):
             widget.setEnabled(connected)
-        self.ui.addCurrentVolumeButton.setEnabled(connected and node is not None and node.inputVolume is not None)
+        self.ui.addCurrentVolumeButton.setEnabled(
+            connected and node is not None and node.inputVolume is not None
+        )
         for widget in (
             self.ui.removeCaseButton,
             self.ui.editLabelButton,
@@ -761,6 +763,7 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic):
         self.last_prediction_score = None
         self.learning_curve = LearningCurve()
         self._token = None
+        self._pollClient = None
         self._tempDir = None
         self._quitConnected = False
 
@@ -879,14 +882,17 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic):
         client = Client(url, token=token or None)
         info = client.info()
         self.client, self.url, self._token, self.info_ = client, url, token or None, info
+        self._pollClient = None
         return info
 
     def polling_client(self):
-        """A second client with a short timeout, for the training-progress worker thread."""
+        """A second client with a short timeout, used only by the training-progress worker thread."""
         from reciprocalseg.client import Client
 
         self._requireClient()
-        return Client(self.url, token=self._token, timeout=5.0)
+        if self._pollClient is None:
+            self._pollClient = Client(self.url, token=self._token, timeout=5.0)
+        return self._pollClient
 
     def info(self):
         self.info_ = self._requireClient().info()
@@ -895,6 +901,7 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic):
     def stop_service(self):
         """Disconnect; stop the local service if this logic started it."""
         self.client = None
+        self._pollClient = None
         service, self.service = self.service, None
         if service is not None:
             service.stop()  # also ends a training worker the service left behind
@@ -1341,7 +1348,7 @@ class ReciprocalSegTest(ScriptedLoadableModuleTest):
             teacher, student, disagreement = logic.predict(caseIds[2])
             for node, role in ((teacher, ROLE_TEACHER), (student, ROLE_STUDENT)):
                 self.assertTrue(node.IsA("vtkMRMLSegmentationNode"))
-                self.assertIs(logic.case_node(caseIds[2], role), node)
+                self.assertEqual(logic.case_node(caseIds[2], role).GetID(), node.GetID())
                 segmentation = node.GetSegmentation()
                 self.assertEqual(segmentation.GetNumberOfSegments(), 1)
                 self.assertEqual(segmentation.GetNthSegmentID(0), "class_1")

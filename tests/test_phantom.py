@@ -49,8 +49,9 @@ def test_image_and_label_are_valid_and_on_one_grid() -> None:
     assert set(np.unique(arr).tolist()) == {0, 1}
     image = sitk.GetArrayFromImage(img)
     assert 0.0 <= image.min() and image.max() <= 255.0
-    assert 100 < image[arr == 1].mean() < 220  # the target is bright, MRI-like 0..255 range
-    assert image[arr == 0].mean() < image[arr == 1].mean() - 40
+    organ, background = image[arr == 1].mean(), image[arr == 0].mean()
+    assert 70 < organ < 230  # MRI-like 0..255 range, target brighter than tissue
+    assert organ > 1.3 * background
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])

@@ -42,7 +42,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--intensity", choices=["zscore", "ct"])
     p.add_argument("--step-mode", choices=["fast", "reference"])
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--gpus", type=int, default=1, help="train on N local GPUs with torch.distributed")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="train on N local GPUs with torch.distributed (with --device cpu: N CPU processes)",
+    )
+    p.add_argument(
+        "--sync-bn", action="store_true", help="with --gpus N: batch-norm statistics over all GPUs"
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--num-workers", type=int)
@@ -76,7 +84,8 @@ def _infer_n_classes(labeled: list) -> int:
     from .data.io import read_image
     from .data.validation import infer_n_classes
 
-    maxima = [int(np.max(sitk.GetArrayViewFromImage(read_image(c.label)))) for c in labeled]
+    # GetArrayFromImage (a copy): a view of a temporary image would read freed memory.
+    maxima = [int(np.max(sitk.GetArrayFromImage(read_image(c.label)))) for c in labeled]
     return infer_n_classes(maxima) + 1
 
 

@@ -57,7 +57,13 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 1337
     checkpoint_every: int = 500
-    num_workers: int = 0
+    # DataLoader workers per run: -1 picks them (sampling.default_num_workers on CUDA, 0 on CPU).
+    num_workers: int = -1
+    # "auto": hold the cached cases on the GPU and crop there when they fit (data/gpu_sampler.py);
+    # "on": hold them on the training device whatever it is; "off": stream crops from disk.
+    data_on_gpu: str = "auto"
+    # torch.compile both networks (opt-in: minutes of compilation before the first iteration).
+    compile: bool = False
     # inference
     inference_overlap: float = 0.5
     inference_weighting: str = "gaussian"  # or "uniform"
@@ -101,6 +107,10 @@ class TrainConfig:
             problems.append("iteration counts must be >= 0")
         if not 0 <= self.inference_overlap < 1:
             problems.append(f"inference_overlap={self.inference_overlap}: must be in [0, 1)")
+        if self.data_on_gpu not in ("auto", "on", "off"):
+            problems.append(f"data_on_gpu={self.data_on_gpu!r}: use 'auto', 'on' or 'off'")
+        if self.num_workers < -1:
+            problems.append(f"num_workers={self.num_workers}: use -1 (automatic) or a count >= 0")
         if problems:
             raise ReciprocalSegError("Invalid training configuration: " + "; ".join(problems))
 
@@ -135,10 +145,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patch_size": (64, 64, 48),
         "n_filters": 8,
         "target_spacing": (1.25, 1.25, 1.25),
-        "supervised_iterations": 600,
-        "reciprocal_iterations": 600,
-        "lr_step": 500,
-        "checkpoint_every": 100,
+        # Sized for about 30 min on an idle 2-core CPU, evaluation included (benchmarks/la.py):
+        # one lr drop (x0.1) for the last 50 iterations of each phase.
+        "supervised_iterations": 300,
+        "reciprocal_iterations": 300,
+        "lr_step": 250,
+        "checkpoint_every": 50,
     },
     # The built-in phantom demo and fast tests: minutes on a laptop CPU.
     "demo": {

@@ -63,6 +63,8 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     module = build_model(meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"])
     module.load_state_dict(data["state_dict"])
     module.to(dev).eval()
+    if dev.type == "cuda":  # channels-last weights: the bf16 tensor-core convolutions' layout
+        module.to(memory_format=torch.channels_last_3d)
     return LoadedModel(module, meta, dev, Path(path))
 
 
@@ -106,8 +108,15 @@ def sliding_window_probabilities(
     batch_size: int | None = None,
     paper_stride: bool = False,
     mixed_precision: bool = True,
+    streaming: bool | None = None,
 ) -> np.ndarray:
-    """Class probabilities (C, z, y, x) for a preprocessed (z, y, x) volume."""
+    """Class probabilities (C, z, y, x) for a preprocessed (z, y, x) volume.
+
+    `streaming`: None decides by itself: the scan and the probabilities stay on the GPU
+    when they fit in its free memory, else (or on running out of memory) they are
+    accumulated in host memory while only the windows visit the GPU. Both give the same
+    numbers.
+    """
     meta = model.meta
     overlap = meta.get("inference_overlap", 0.5) if overlap is None else overlap
     weighting = meta.get("inference_weighting", "gaussian") if weighting is None else weighting
@@ -115,18 +124,16 @@ def sliding_window_probabilities(
     patch = model.patch_zyx
     if paper_stride:
         x, y, z = PAPER_STRIDE_XYZ
-        steps, weighting, batch_size, mixed_precision = (z, y, x), "uniform", 1, False
+        # min(): with patches smaller than the paper's stride, windows must still tile the scan.
+        steps = tuple(min(s, p) for s, p in zip((z, y, x), patch, strict=True))
+        weighting, batch_size, mixed_precision = "uniform", 1, False
     else:
         steps = tuple(max(1, round(p * (1 - overlap))) for p in patch)
 
     padded, undo = pad_to_at_least(volume.astype(np.float32, copy=False), patch)
-    device = model.device
-    image = torch.from_numpy(np.ascontiguousarray(padded)).to(device)
-    shape = image.shape
-    weight = (gaussian_weights(patch) if weighting == "gaussian" else torch.ones(patch)).to(device)
-    probs = torch.zeros((model.n_classes, *shape), dtype=torch.float32, device=device)
-    counts = torch.zeros(shape, dtype=torch.float32, device=device)
-
+    image = torch.from_numpy(np.ascontiguousarray(padded))
+    shape = tuple(image.shape)
+    weight = gaussian_weights(patch) if weighting == "gaussian" else torch.ones(patch)
     corners = [
         (z0, y0, x0)
         for z0 in window_starts(shape[0], patch[0], steps[0])
@@ -134,20 +141,82 @@ def sliding_window_probabilities(
         for x0 in window_starts(shape[2], patch[2], steps[2])
     ]
     model.module.eval()
-    for i in range(0, len(corners), batch_size):
-        batch_corners = corners[i : i + batch_size]
-        crops = torch.stack(
-            [image[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch_corners]
-        )[:, None]
-        with _autocast(device, mixed_precision):
-            logits = model.module(crops)
-        out = torch.softmax(logits.float(), dim=1)
-        for (z, y, x), p in zip(batch_corners, out, strict=True):
-            region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
-            probs[(slice(None), *region)] += p * weight
-            counts[region] += weight
-    probs /= counts
+    windows = _Windows(model, patch, weight, corners, batch_size, mixed_precision)
+    if streaming is None:
+        streaming = not _fits_on_device(model.device, model.n_classes, shape)
+    if not streaming:
+        try:
+            probs = windows.accumulate(image, on_device=True)
+        except torch.OutOfMemoryError:
+            streaming = True  # handled below, once this frame's device tensors are released
+    if streaming:
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        probs = windows.accumulate(image, on_device=False)
     return probs[(slice(None), *undo)].cpu().numpy()
+
+
+# The scan, its probabilities and the weight sums stay on the GPU when they take less than this
+# share of its free memory; the network's activations for a batch of windows need the rest.
+DEVICE_ACCUMULATION_FRACTION = 0.5
+
+
+def _fits_on_device(device: torch.device, n_classes: int, shape: tuple[int, ...]) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    need = (n_classes + 2) * math.prod(shape) * 4  # fp32 probabilities + weight sums + scan
+    return need < DEVICE_ACCUMULATION_FRACTION * free
+
+
+@dataclass
+class _Windows:
+    """Runs batches of windows through the network and sums their weighted probabilities."""
+
+    model: LoadedModel
+    patch: tuple[int, int, int]
+    weight: torch.Tensor  # (D, H, W) on the CPU
+    corners: list[tuple[int, int, int]]
+    batch_size: int
+    mixed_precision: bool
+
+    def accumulate(self, image: torch.Tensor, on_device: bool) -> torch.Tensor:
+        """Weighted mean probabilities (C, z, y, x) of the host tensor `image` (z, y, x).
+
+        on_device: the scan and the sums live on the model's device. Otherwise (streaming)
+        they stay in host memory; each batch of windows goes to the device through a pinned
+        buffer and its weighted probabilities come back through another. The arithmetic is
+        the same elementwise fp32 in both, so the results are identical.
+        """
+        device, patch = self.model.device, self.patch
+        home = device if on_device else torch.device("cpu")
+        pin = not on_device and device.type == "cuda"
+        image = image.to(home)
+        weight_device, weight_home = self.weight.to(device), self.weight.to(home)
+        probs = torch.zeros((self.model.n_classes, *image.shape), dtype=torch.float32, device=home)
+        counts = torch.zeros(image.shape, dtype=torch.float32, device=home)
+        # bf16 tensor-core kernels want channels-last activations; the fp32 paper mode stays as published.
+        channels_last = device.type == "cuda" and self.mixed_precision
+        for i in range(0, len(self.corners), self.batch_size):
+            batch = self.corners[i : i + self.batch_size]
+            crops = torch.stack(
+                [image[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch]
+            )
+            crops = (crops.pin_memory() if pin else crops).to(device, non_blocking=pin)[:, None]
+            if channels_last:
+                crops = crops.contiguous(memory_format=torch.channels_last_3d)
+            with _autocast(device, self.mixed_precision):
+                logits = self.model.module(crops)
+            out = torch.softmax(logits.float(), dim=1) * weight_device
+            if not on_device:
+                staging = torch.empty(out.shape, dtype=out.dtype, pin_memory=pin)
+                out = staging.copy_(out)
+            for (z, y, x), p in zip(batch, out, strict=True):
+                region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+                probs[(slice(None), *region)] += p
+                counts[region] += weight_home
+        probs /= counts
+        return probs
 
 
 @dataclass

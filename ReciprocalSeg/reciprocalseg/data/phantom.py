@@ -3,10 +3,11 @@
 Each volume holds an organ-like target (an ellipsoid with random size, position and
 orientation, deformed by a smooth random displacement field) surrounded by a thin dark
 wall; for K > 1 classes, further blobs adjacent to it are labelled 2..K. The background
-has textured tissue inside a body outline and *distractors* of nearly the target's
-intensity (smaller blobs and vessel-like tubes), then a smooth multiplicative bias field
-and Gaussian noise. So a global threshold cannot solve the task (the distractors and the
-bias field defeat it), while a small 3D CNN can learn it from local shape and the wall.
+has textured tissue inside a body outline and *distractors* (smaller blobs and vessel-like
+tubes) 10-30 % darker or brighter than the target, then a smooth multiplicative bias field
+(about +-25 %) and Gaussian noise. So a global threshold cannot solve the task (the bias
+field moves distractors across any threshold; best-threshold Dice is about 0.5-0.8),
+while a small 3D CNN learns it from local contrast, shape and the wall.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same
 arrays. Smooth random fields are sums of a few random plane waves, evaluated separably
@@ -29,7 +30,7 @@ from .io import Case, write_image
 
 __all__ = ["make_phantom", "phantom_case_seed", "write_phantom_cohort"]
 
-_ORGAN_WALL_FACTOR = 0.35  # wall intensity relative to the target's (dark rim, like a vessel wall)
+_ORGAN_WALL_FACTOR = 0.3  # wall intensity relative to the target's (dark rim, like a vessel wall)
 _MIN_CLASS_VOXELS = 30  # every labelled class must be visible; otherwise the draw is repeated
 
 
@@ -177,7 +178,7 @@ def _draw_targets(
         counts = np.bincount(label.ravel(), minlength=n_classes + 1)
         if counts[1:].min() >= _MIN_CLASS_VOXELS:
             return label, intensities, centre, float(axes.mean())
-    raise RuntimeError(
+    raise ValueError(
         f"could not place {n_classes} classes in a volume of shape {grid.shape}; use a larger one"
     )
 
@@ -195,8 +196,8 @@ def make_phantom(
     """
     if n_classes < 1:
         raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-    if len(shape_zyx) != 3 or min(shape_zyx) < 8:
-        raise ValueError(f"shape_zyx must be 3 sizes of at least 8 voxels, got {tuple(shape_zyx)}")
+    if len(shape_zyx) != 3 or min(shape_zyx) < 16:
+        raise ValueError(f"shape_zyx must be 3 sizes of at least 16 voxels, got {tuple(shape_zyx)}")
     rng = np.random.default_rng(seed)
     grid = _Grid(shape_zyx, spacing_xyz)
 
@@ -210,24 +211,30 @@ def make_phantom(
     tissue = rng.uniform(60, 80) + rng.uniform(8, 14) * grid.wave_field(rng, 8, (8.0, 24.0))
     clean = np.where(body, tissue, np.float32(8.0)).astype(np.float32)
 
-    # Distractors: blobs and vessels of nearly the organ's intensity, kept off the target.
+    # Distractors: blobs and vessels a little darker or brighter than the organ (never equal,
+    # so they are distinguishable locally; the bias field still mixes them up globally).
     organ_intensity = intensities[0]
-    forbidden = _dilate(foreground, 2)
+
+    def distractor_intensity() -> float:
+        factor = rng.uniform(0.75, 0.9) if rng.random() < 0.5 else rng.uniform(1.12, 1.3)
+        return float(organ_intensity * factor)
+
+    forbidden = _dilate(foreground, 3)
     for _ in range(int(rng.integers(2, 5))):
         for _attempt in range(10):
             axes = organ_size * rng.uniform(0.45, 0.75) * rng.uniform(0.8, 1.2, size=3)
             centre = rng.uniform(-grid.extent / 2 * 0.8, grid.extent / 2 * 0.8)
             blob = grid.ellipsoid(centre, axes, Rotation.random(random_state=rng).as_matrix()) & body
             if blob.any() and not (blob & forbidden).any():
-                clean[blob] = organ_intensity * rng.uniform(0.9, 1.1)
+                clean[blob] = distractor_intensity()
                 break
     for _ in range(int(rng.integers(1, 3))):
         point = rng.uniform(-grid.extent / 2 * 0.7, grid.extent / 2 * 0.7)
         tube = grid.tube(point, _random_unit(rng), rng.uniform(1.5, 3.0) * grid.voxel) & body & ~forbidden
-        clean[tube] = organ_intensity * rng.uniform(0.9, 1.1)
+        clean[tube] = distractor_intensity()
 
-    # The target: a dark wall one voxel thick around the labelled structures, then the classes.
-    wall = _dilate(foreground, 1) & ~foreground
+    # The target: a dark wall two voxels thick around the labelled structures, then the classes.
+    wall = _dilate(foreground, 2) & ~foreground
     clean[wall] = organ_intensity * _ORGAN_WALL_FACTOR
     texture = 6.0 * grid.wave_field(rng, 6, (6.0, 16.0))
     for k, value in enumerate(intensities, start=1):

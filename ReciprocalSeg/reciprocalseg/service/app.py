@@ -90,6 +90,7 @@ class Service:
         self._predictor_key: tuple[int, str, str] | None = None
         self._predict_lock = threading.Lock()
         self._device_info: dict[str, Any] | None = None
+        self.closed = False
 
     @property
     def max_upload_bytes(self) -> int:
@@ -102,7 +103,10 @@ class Service:
             log.warning("resumed training run(s) %s", ", ".join(resumed))
 
     def close(self) -> None:
-        self.jobs.shutdown()
+        """Stop a running training worker (with a checkpoint); it resumes at the next start-up."""
+        if not self.closed:
+            self.closed = True
+            self.jobs.shutdown()
 
     def _new_round(self, entry: dict[str, Any]) -> None:
         log.info("model round %s is now current", entry["round"])
@@ -155,6 +159,12 @@ class Service:
             raise Invalid(f"path {req.path!r} must be an absolute path on the server")
         if not path.exists():
             raise NotFound(f"{path}: no such file or folder on the server")
+        if any(str(path).startswith(p) for p in ("/proc", "/sys", "/dev")):
+            raise Invalid(f"{path}: not an image location")
+        if path.is_dir() and not looks_like_dicom_folder(path):
+            raise Invalid(f"{path}: a folder must hold a DICOM series (files with the DICM marker)")
+        if not path.is_dir() and not path.is_file():
+            raise Invalid(f"{path}: not a regular file or folder")
         if path.is_file() and image_suffix(path) is None:
             raise UnsupportedType(
                 f"{path}: unsupported file type; use NRRD, NIfTI, MetaImage or a DICOM folder"
@@ -457,6 +467,25 @@ def read_upload(tmp: Path, filename: str) -> Any:
     return img
 
 
+def looks_like_dicom_folder(folder: Path, max_files: int = 200) -> bool:
+    """Whether a folder holds at least one DICOM Part 10 file (checks a few files' ``DICM`` marker)."""
+    try:
+        for i, f in enumerate(folder.iterdir()):
+            if i >= max_files:
+                break
+            try:
+                if f.is_file() and f.stat().st_size >= 132:
+                    with open(f, "rb") as fh:
+                        fh.seek(128)
+                        if fh.read(4) == b"DICM":
+                            return True
+            except OSError:
+                continue
+    except OSError:
+        return False
+    return False
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -486,6 +515,12 @@ def _format_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
+        if loc.endswith(("case_id", "run_id")) and err.get("type") == "string_pattern_mismatch":
+            parts.append(
+                f"{loc}: invalid ID {err.get('input')!r}; use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+            continue
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
 

@@ -228,7 +228,8 @@ class TrainingManager:
                         if (a.n_filters, a.normalization) != (b.n_filters, b.normalization):
                             raise Conflict(
                                 f"cannot warm-start a {preset!r} round from round {warm_from['round']} "
-                                f"(preset {old!r}): the networks differ; use preset {old!r} or warm_start=false"
+                                f"(preset {old!r}): the networks differ; "
+                                f"use preset {old!r} or warm_start=false"
                             )
             run_id = self._new_run_id()
             run_dir = self.ws.runs_dir / run_id
@@ -566,28 +567,30 @@ class TrainingManager:
             return base
         job = self.ws.read_job(run_id)
         evs = self._reader(run_id).refresh()
-        last: dict[str, Any] = {}
+        last: dict[str, Any] = {}  # the latest progress event: losses, h, lr, pace, ETA
+        pos: dict[str, Any] = {}  # the latest event that says where the run is
+        total = None
         device = None
         for ev in reversed(evs):
-            if not last and ev.get("event") in ("progress", "checkpoint") and "iteration" in ev:
+            kind = ev.get("event")
+            if not last and kind == "progress":
                 last = ev
+            if not pos and kind in ("progress", "phase", "checkpoint", "resumed") and "iteration" in ev:
+                pos = ev
+            if pos and total is None and ev.get("phase") == pos.get("phase") and "total" in ev:
+                total = ev["total"]
             if device is None and ev.get("device"):
                 device = ev["device"]
-            if last and device:
-                break
-        phase = last.get("phase")
-        for ev in reversed(evs):
-            if ev.get("phase"):
-                phase = ev["phase"]
+            if last and pos and total is not None and device:
                 break
         base.update(
             state=job["state"],
             run_id=run_id,
             round=job.get("round"),
             preset=job.get("preset"),
-            phase=phase,
-            iteration=last.get("iteration"),
-            total=last.get("total"),
+            phase=pos.get("phase"),
+            iteration=pos.get("iteration"),
+            total=total,
             overall_iteration=last.get("overall_iteration"),
             overall_total=last.get("overall_total"),
             losses=last.get("losses") or {},

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from .jobs import child_env
 from .server import TOKEN_FILE, URL_FILE, write_private
 
 
@@ -100,8 +101,7 @@ class LocalService:
         write_private(token_file, token + "\n")
         url_file = self.service_dir / URL_FILE
         url_file.unlink(missing_ok=True)
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = child_env() if self.env is None else dict(self.env)
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
@@ -118,9 +118,8 @@ class LocalService:
         url = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise LaunchError(
-                    f"the service exited with code {self.process.returncode} while starting:\n{self.log_tail()}"
-                )
+                code = self.process.returncode
+                raise LaunchError(f"the service exited with code {code} while starting:\n{self.log_tail()}")
             if url is None and url_file.exists():
                 url = url_file.read_text(encoding="utf-8").strip() or None
             if url is not None:

@@ -79,7 +79,7 @@ class TrainingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: str = Field("demo", max_length=32, description="demo, lite, paper or improved")
-    iterations: int | None = Field(None, ge=1, le=1_000_000, description="reciprocal-phase iterations")
+    iterations: int | None = Field(None, ge=0, le=1_000_000, description="reciprocal-phase iterations")
     supervised_iterations: int | None = Field(
         None, ge=0, le=1_000_000, description="supervised-phase iterations"
     )

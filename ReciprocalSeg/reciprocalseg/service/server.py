@@ -22,8 +22,10 @@ import argparse
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,14 @@ LOCK_FILE = "lock"
 PID_FILE = "pid"
 
 log = logging.getLogger("reciprocalseg.service")
+
+
+class _Terminated(BaseException):
+    """Raised by our SIGTERM handler so that clean-up (``finally``) runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
 
 
 class ServeError(Exception):
@@ -219,6 +229,10 @@ def run_serve(args: argparse.Namespace) -> int:
     url_file = service_dir / URL_FILE
     sock: socket.socket | None = None
     service: Any = None
+    # uvicorn handles SIGTERM/SIGINT while it runs and re-raises them once it has shut down
+    # gracefully; this handler turns that (or a signal during start-up) into a clean exit.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         url_file.unlink(missing_ok=True)
         atomic_write_text(service_dir / PID_FILE, f"{os.getpid()}\n")
@@ -256,7 +270,12 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         server.run(sockets=[sock])
         return 0
+    except (_Terminated, KeyboardInterrupt):
+        log.info("service stopped")
+        return 0
     finally:
+        if service is not None and not getattr(service, "closed", True):
+            service.close()
         url_file.unlink(missing_ok=True)
         (service_dir / PID_FILE).unlink(missing_ok=True)
         if sock is not None:

@@ -488,7 +488,8 @@ def check_scan(image: Any, source: str) -> None:
         raise Invalid(f"{source}: expected a 3D image, got {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise Invalid(
-            f"{source}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (colour/vector)"
+            f"{source}: expected one value per voxel, "
+            f"got {image.GetNumberOfComponentsPerPixel()} (colour/vector)"
         )
     if min(image.GetSize()) < 2:
         raise Invalid(f"{source}: image size {image.GetSize()} is degenerate (a side shorter than 2 voxels)")

@@ -20,14 +20,15 @@ from torch import nn
 
 from ..atomic import atomic_write_json
 from ..config import TrainConfig
+from ..data.gpu_sampler import HeldCases
 from ..data.io import Case, write_case_list
 from ..data.preprocess import Preprocessing
-from ..data.sampling import CropStream, batch_iterator, cache_cases
+from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num_workers
 from ..errors import CancelledError, ReciprocalSegError, TrainingError
 from ..model.vnet import build_model
 from .checkpoint import load_checkpoint, load_model_file, rng_state, save_model, save_torch, set_rng_state
 from .events import EventLog, Listener, Pace
-from .reciprocal import ReciprocalStep, supervised_step
+from .reciprocal import GradSync, ReciprocalStep, supervised_step
 
 PHASES = ("supervised", "reciprocal", "finetune")
 
@@ -158,6 +159,10 @@ class Trainer:
         self._write_run_files()
         self.events = EventLog(self.run_dir / "events.jsonl", listeners)
         self.pace = Pace()
+        # torch.distributed (distributed.DistributedTrainer sets them): this process's rank, which
+        # seeds its crop streams, and the all-reduce that averages gradients over the ranks.
+        self.rank = 0
+        self.grad_sync: GradSync | None = None
 
     # -- run directory -------------------------------------------------------------------
     def _write_run_files(self) -> None:
@@ -175,6 +180,8 @@ class Trainer:
                 "finetune_iterations",
                 "checkpoint_every",
                 "num_workers",
+                "data_on_gpu",
+                "compile",
             }
             if changed:
                 raise TrainingError(
@@ -190,6 +197,9 @@ class Trainer:
         model = build_model(c.n_classes, c.n_filters, c.normalization, c.dropout).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
+        if c.compile:
+            # In place (nn.Module.compile): state_dict keys stay those of the plain model.
+            model.compile()
         return model
 
     def _load_weights(self, model: nn.Module, path: Path) -> None:
@@ -278,12 +288,31 @@ class Trainer:
         self.unlabeled_cached = cache_cases(self.unlabeled, prep, self.cache_dir)
         self.events.emit("preprocessed", seconds=round(time.perf_counter() - t0, 2))
 
+    def _held_cases(self) -> HeldCases | None:
+        """The cases held on the training device (loaded once, on first use), or None: stream from disk."""
+        if not hasattr(self, "_device_cases"):
+            self._device_cases = HeldCases.load_if_fits(
+                self.labeled_cached, self.unlabeled_cached, self.device, self.config.data_on_gpu
+            )
+        return self._device_cases
+
     def _streams(self, phase: str, start: int) -> _Batches:
         c = self.config
         # Seeded by phase and start iteration: a resumed run draws a fresh, reproducible stream.
-        seed = [c.seed, PHASES.index(phase), start]
-        workers, pin = c.num_workers, self.device.type == "cuda"
+        seed = [c.seed, PHASES.index(phase), start, *([self.rank] if self.rank else [])]
         labeled_bs = c.supervised_batch if phase != "reciprocal" else c.batch_labeled
+        held = self._held_cases()
+        if held is not None:  # crops cut on the device: no host copies, no workers
+            unlabeled_bs = c.batch_unlabeled if phase == "reciprocal" else None
+            seeds = (_seed(seed, 0), _seed(seed, 1))
+            streams = held.streams(c.patch_zyx, labeled_bs, unlabeled_bs, seeds, c.augment)
+            return _Batches(streams, self.device, self.channels_last)
+        pin = self.device.type == "cuda"
+        workers = c.num_workers
+        if workers < 0:  # automatic: workers keep a GPU fed; on CPU they only compete with training
+            workers = default_num_workers() if pin else 0
+            if phase == "reciprocal" and workers:
+                workers = max(1, workers // 2)  # two streams share the machine's cores
         streams = {
             "labeled": batch_iterator(
                 CropStream(self.labeled_cached, c.patch_zyx, _seed(seed, 0), c.augment),
@@ -342,7 +371,8 @@ class Trainer:
                     self.student_ema.update_parameters(self.student)
             else:
                 x, y = batches.next("labeled")
-                losses, h = {"supervised": round(supervised_step(model, opt, x, y, self.amp_dtype), 6)}, None
+                loss = supervised_step(model, opt, x, y, self.amp_dtype, self.grad_sync)
+                losses, h = {"supervised": round(loss, 6)}, None
             self._progress(phase, it + 1, total, losses, h, lr)
             if self.cancel.requested:
                 self._checkpoint(phase, it + 1)
@@ -364,6 +394,7 @@ class Trainer:
             self.amp_dtype,
             c.teacher_dice,
             c.h_baseline,
+            self.grad_sync,
         )
         step.h_average = self.h_average
         return step

@@ -1,0 +1,224 @@
+"""Training crops drawn on the compute device from cases held there.
+
+When the preprocessed cases fit in GPU memory (80 left-atrium scans are well under 1 GiB),
+copying every crop from host memory through a DataLoader is the slowest part of an
+iteration. `DeviceCases` loads the cached `.npy` volumes once onto the device and
+`DeviceCases.batches` cuts the crops there, with the paper's augmentation (random rot90 in
+the x-y plane, then a flip along x or y), in the same distribution as
+`sampling.random_crop`: zero padding where a volume is smaller than the patch, and the
+crop window taken in the pre-rotation shape, so only the crop is rotated.
+
+The random draws (case, rotation, window start, flip axis) are a handful of integers per
+crop and come from a CPU `torch.Generator`: drawing them on the GPU would need a
+device-to-host synchronisation to turn them into slice bounds, and a CPU generator makes a
+seed give the same crops on any device (tests run the sampler on CPU tensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .sampling import CachedCase
+
+Triple = tuple[int, int, int]
+
+# "auto" holds the cases on the GPU only when they take less than this share of its free
+# memory: a 112x112x80 reciprocal step needs a few GiB of activations besides.
+DEVICE_MEMORY_FRACTION = 0.4
+
+
+def cached_bytes(cases: Sequence[CachedCase], with_labels: bool = True) -> int:
+    """Bytes the cases take once loaded (read from the .npy headers; no voxel is read)."""
+    total = 0
+    for case in cases:
+        image, label = case.load()  # memory-mapped: only the header is parsed
+        total += image.size * 4  # held as float32
+        if with_labels and label is not None:
+            total += label.size  # held as uint8
+    return total
+
+
+def should_hold_on_device(cases: Sequence[CachedCase], device: torch.device, setting: str = "auto") -> bool:
+    """Whether to use `DeviceCases` for `setting` ("auto", "on" or "off") on `device`.
+
+    "on" holds the cases on the training device whatever it is (CPU included: tests, and
+    machines with memory to spare); "auto" only on a CUDA device with room for them.
+    """
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"data_on_gpu={setting!r}: use 'auto', 'on' or 'off'")
+    if setting == "off" or not cases:
+        return False
+    if setting == "on":
+        return True
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return cached_bytes(cases) < DEVICE_MEMORY_FRACTION * free
+
+
+def crop_on_device(
+    volume: torch.Tensor,
+    starts: Sequence[int],
+    window: Sequence[int],
+    k: int,
+    flip_axis: int | None,
+    fill: float | int = 0,
+) -> torch.Tensor:
+    """The window at `starts` (zero-filled outside the volume), rotated k*90 deg in (y, x), flipped.
+
+    Mirrors `sampling.random_crop` for given draws: rot90 over axes (1, 2) as numpy's, then
+    a flip along `flip_axis` (1 = y, 2 = x; None = no flip).
+    """
+    src, dst = [], []
+    for start, n, w in zip(starts, volume.shape, window, strict=True):
+        lo, hi = max(start, 0), min(start + w, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    inside = all(d.start == 0 and d.stop == w for d, w in zip(dst, window, strict=True))
+    if inside:
+        crop = volume[tuple(src)]  # a view; the rotation/flip/stack below copy it once
+    else:
+        crop = volume.new_full(tuple(window), fill)
+        crop[tuple(dst)] = volume[tuple(src)]
+    if k % 4:
+        crop = torch.rot90(crop, k, dims=(1, 2))
+    if flip_axis is not None:
+        crop = torch.flip(crop, dims=(flip_axis,))
+    return crop
+
+
+class DeviceCases:
+    """Cached cases held as tensors on one device, and endless crop batches drawn from them."""
+
+    def __init__(self, cases: Sequence[CachedCase], device: torch.device | str, with_labels: bool = True):
+        if not cases:
+            raise DataError("no cases to sample crops from")
+        self.device = torch.device(device)
+        self.case_ids = [c.case_id for c in cases]
+        self.images: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor | None] = []
+        for case in cases:
+            image, label = case.load()
+            self.images.append(_to_device(image, torch.float32, self.device))
+            keep = with_labels and label is not None
+            self.labels.append(_to_device(label, torch.uint8, self.device) if keep else None)
+
+    @property
+    def has_labels(self) -> bool:
+        return all(lab is not None for lab in self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        sizes = [t.numel() * t.element_size() for t in (*self.images, *self.labels) if t is not None]
+        return sum(sizes)
+
+    def draw(self, patch_zyx: Triple, generator: torch.Generator, augment: bool = True) -> tuple:
+        """One crop's random choices, in `random_crop`'s order: (case, k, starts, flip axis)."""
+        index = _randint(generator, len(self.images))
+        k = _randint(generator, 4) if augment else 0
+        pz, py, px = patch_zyx
+        window = (pz, px, py) if k % 2 else (pz, py, px)
+        starts = []
+        for n, w in zip(self.images[index].shape, window, strict=True):
+            pad = max(w - n, 0)
+            starts.append(_randint(generator, max(n + pad - w, 0) + 1) - pad // 2)
+        flip_axis = 1 + _randint(generator, 2) if augment else None
+        return index, k, tuple(starts), window, flip_axis
+
+    def sample(
+        self,
+        patch_zyx: Triple,
+        batch_size: int,
+        generator: torch.Generator,
+        augment: bool = True,
+        with_labels: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: images (N, 1, D, H, W) float32 and labels (N, D, H, W) int64.
+
+        Without labels the second tensor is empty, shape (N, 0), like the DataLoader path's.
+        """
+        if with_labels and not self.has_labels:
+            raise DataError("labels were asked for but these cases were loaded without them")
+        images, labels = [], []
+        for _ in range(batch_size):
+            index, k, starts, window, flip_axis = self.draw(patch_zyx, generator, augment)
+            images.append(crop_on_device(self.images[index], starts, window, k, flip_axis, 0.0))
+            if with_labels:
+                label = self.labels[index]
+                assert label is not None  # checked by has_labels
+                labels.append(crop_on_device(label, starts, window, k, flip_axis, 0))
+        x = torch.stack(images)[:, None]
+        if with_labels:
+            y = torch.stack(labels).long()
+        else:
+            y = torch.zeros((batch_size, 0), dtype=torch.int64, device=self.device)
+        return x, y
+
+    def batches(
+        self,
+        patch_zyx: Triple,
+        batch_size: int,
+        seed: int,
+        augment: bool = True,
+        with_labels: bool = True,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless batches from a generator seeded with `seed` (same seed, same crops)."""
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        while True:
+            yield self.sample(patch_zyx, batch_size, generator, augment, with_labels)
+
+
+@dataclass
+class HeldCases:
+    """A run's labelled and unlabelled cases held on its device (what `Trainer` streams from)."""
+
+    labeled: DeviceCases
+    unlabeled: DeviceCases | None
+
+    @classmethod
+    def load_if_fits(
+        cls,
+        labeled: Sequence[CachedCase],
+        unlabeled: Sequence[CachedCase],
+        device: torch.device,
+        setting: str = "auto",
+    ) -> HeldCases | None:
+        """Load the cases onto `device` when `should_hold_on_device` says so, else None."""
+        if not should_hold_on_device([*labeled, *unlabeled], device, setting):
+            return None
+        held_unlabeled = DeviceCases(unlabeled, device, with_labels=False) if unlabeled else None
+        return cls(DeviceCases(labeled, device), held_unlabeled)
+
+    def streams(
+        self,
+        patch_zyx: Triple,
+        labeled_batch: int,
+        unlabeled_batch: int | None,
+        seeds: tuple[int, int],
+        augment: bool = True,
+    ) -> dict[str, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        """{"labeled": ..., and "unlabeled": ... when `unlabeled_batch` is given} batch streams."""
+        out = {"labeled": self.labeled.batches(patch_zyx, labeled_batch, seeds[0], augment)}
+        if unlabeled_batch is not None:
+            if self.unlabeled is None:
+                raise DataError("an unlabelled stream was asked for but there are no unlabelled cases")
+            out["unlabeled"] = self.unlabeled.batches(
+                patch_zyx, unlabeled_batch, seeds[1], augment, with_labels=False
+            )
+        return out
+
+
+def _randint(generator: torch.Generator, high: int) -> int:
+    """A uniform integer in [0, high), from the CPU generator (no device synchronisation)."""
+    return int(torch.randint(high, (), generator=generator))
+
+
+def _to_device(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # One read of the memory-mapped file into a private (writable) host copy, then one transfer.
+    host = torch.from_numpy(np.array(array, copy=True)).to(dtype)
+    return host.to(device)

@@ -1,0 +1,557 @@
+"""Speed (issue 5): `python -m benchmarks.speed --tier cpu|gpu [--json-only] [--compile]`.
+
+In one process, on the same inputs and from the same initial weights:
+
+(a) the reciprocal training step: `reference` (the published arithmetic: fp32, one backward
+    per loss, deep-copied gradient lists, cuDNN deterministic, no autotuning) against `fast`
+    (the default configuration: bf16 autocast where the GPU has it, channels_last_3d, fused
+    SGD, cuDNN autotuning, one teacher backward). Iterations alternate between the two so
+    that load from other programs hits both alike; median ms per step after warm-up. Peak
+    GPU memory of each is its own: the allocator's peak during its steps minus what the
+    other pair of networks holds meanwhile.
+(b) inference of one 144x144x88 (x, y, z) scan: the paper's stride (18, 18, 4), one window
+    at a time in fp32, against the fast path (50% overlap, batched windows, Gaussian
+    weighting, bf16 on the GPU, the scan kept on the device).
+(c) gpu tier: a whole uncropped 576x576x88 scan with the fast path.
+(d) gpu tier: the full training loop through the real `Trainer` on synthetic cases held on the
+    GPU (data/gpu_sampler.py), supervised and reciprocal ms per iteration, and the projected
+    time of a paper round (6000 supervised + 6000 reciprocal iterations).
+
+Tiers: `gpu` is the paper's setting (112x112x80 crops, batch 2+2, V-Net n_filters 16);
+`cpu` is sized for a small CPU machine (64x64x48 crops, n_filters 8; the scans of (b) are
+the same size, so the windows are smaller and more numerous); `tiny` runs every section at
+toy sizes on the CPU (the test suite uses it to exercise this code, not to time anything).
+
+A table goes to stdout, then, as the LAST line, one JSON object (see `run`). Scans are never
+read or written: SimpleITK is not needed (a placeholder module stands in when it is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class _MissingModule(types.ModuleType):
+    """Stands in for an uninstalled module that is imported but never used on this path."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ModuleNotFoundError(
+            f"{self.__name__} is not installed; {self.__name__}.{name} was asked for by a code path "
+            "the speed benchmark is not meant to take"
+        )
+
+
+def _allow_missing_simpleitk() -> None:
+    """The benchmark never reads or writes a scan, but reciprocalseg modules import SimpleITK at
+    the top; let it run on machines without it (the lent GPU machines have no SimpleITK)."""
+    try:
+        import SimpleITK  # noqa: F401
+    except ImportError:
+        sys.modules["SimpleITK"] = _MissingModule("SimpleITK")
+
+
+_allow_missing_simpleitk()
+
+from reciprocalseg.config import TrainConfig, make_config  # noqa: E402
+from reciprocalseg.data.io import Case  # noqa: E402
+from reciprocalseg.data.sampling import CachedCase  # noqa: E402
+from reciprocalseg.inference import (  # noqa: E402
+    PAPER_STRIDE_XYZ,
+    LoadedModel,
+    from_module,
+    sliding_window_probabilities,
+    window_starts,
+)
+from reciprocalseg.model.vnet import build_model  # noqa: E402
+from reciprocalseg.training.reciprocal import ReciprocalStep  # noqa: E402
+from reciprocalseg.training.runner import Trainer, _sgd, amp_dtype_for  # noqa: E402
+
+Triple = tuple[int, int, int]
+PAPER_ITERATIONS = (6000, 6000)  # supervised teacher start, then reciprocal learning
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Sizes and repetition counts of one benchmark tier."""
+
+    name: str
+    device: str
+    patch_xyz: Triple
+    n_filters: int
+    warmup_steps: int  # per step mode, untimed (cuDNN autotuning happens here)
+    timed_steps: int  # per step mode
+    scan_xyz: Triple
+    inference_warmup: int
+    paper_repeats: int
+    fast_repeats: int
+    whole_scan_xyz: Triple | None  # (c); None skips it
+    loop_iterations: int  # (d) per phase; 0 skips it
+    loop_warmup: int  # leading iterations of each phase left out of the median
+    loop_cases: tuple[int, int] = (16, 64)  # labelled, unlabelled (the paper's 20% of 80 LA scans)
+    loop_case_xyz: Triple = (144, 144, 88)
+
+
+TIERS = {
+    "gpu": Tier(
+        "gpu",
+        "cuda",
+        (112, 112, 80),
+        16,
+        warmup_steps=5,
+        timed_steps=20,
+        scan_xyz=(144, 144, 88),
+        inference_warmup=1,
+        paper_repeats=3,
+        fast_repeats=10,
+        whole_scan_xyz=(576, 576, 88),
+        loop_iterations=120,
+        loop_warmup=20,
+    ),
+    "cpu": Tier(
+        "cpu",
+        "cpu",
+        (64, 64, 48),
+        8,
+        warmup_steps=1,
+        timed_steps=4,
+        scan_xyz=(144, 144, 88),
+        inference_warmup=0,
+        paper_repeats=1,
+        fast_repeats=2,
+        whole_scan_xyz=None,
+        loop_iterations=0,
+        loop_warmup=0,
+    ),
+    "tiny": Tier(
+        "tiny",
+        "cpu",
+        (32, 32, 16),
+        4,
+        warmup_steps=1,
+        timed_steps=2,
+        scan_xyz=(48, 40, 24),
+        inference_warmup=1,
+        paper_repeats=1,
+        fast_repeats=1,
+        whole_scan_xyz=(64, 64, 24),
+        loop_iterations=4,
+        loop_warmup=1,
+        loop_cases=(2, 2),
+        loop_case_xyz=(40, 36, 20),
+    ),
+}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds `fn` takes, with the GPU's queue drained before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _cudnn(published: bool) -> None:
+    """The published settings (deterministic, no autotuning) or the fast path's (autotuning)."""
+    torch.backends.cudnn.deterministic = published
+    torch.backends.cudnn.benchmark = not published
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> dict[int, int]:
+    """{data pointer: bytes} of the given tensors' storages (each storage counted once)."""
+    out: dict[int, int] = {}
+    for t in tensors:
+        if t is not None and t.device.type == "cuda":
+            storage = t.untyped_storage()
+            out[storage.data_ptr()] = storage.nbytes()
+    return out
+
+
+def _resident(models: Sequence[torch.nn.Module], opts: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
+    """Tensors a pair of networks keeps between steps: weights, buffers, gradients, optimiser state."""
+    out: list[torch.Tensor] = []
+    for m in models:
+        out += list(m.parameters()) + list(m.buffers())
+        out += [p.grad for p in m.parameters() if p.grad is not None]
+    for opt in opts:
+        for state in opt.state.values():
+            out += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    return out
+
+
+def _synthetic_volume(shape_zyx: Triple, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A z-scored noisy scan with a bright ellipsoid, and the ellipsoid's label (uint8)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape_zyx), indexing="ij")
+    label = ((zz / 0.5) ** 2 + (yy / 0.35) ** 2 + (xx / 0.3) ** 2 < 1).astype(np.uint8)
+    image = rng.standard_normal(shape_zyx, dtype=np.float32) + 2.0 * label
+    image = (image - image.mean()) / image.std()
+    return image.astype(np.float32), label
+
+
+def _config(tier: Tier, **changes: Any) -> TrainConfig:
+    return make_config(
+        "paper", patch_size=tier.patch_xyz, n_filters=tier.n_filters, device=tier.device, **changes
+    )
+
+
+# -- (a) the training step ---------------------------------------------------------------------
+def bench_step(tier: Tier, device: torch.device, compile_fast: bool = False) -> dict[str, Any]:
+    """Median ms per reciprocal step and peak GPU memory, reference vs fast."""
+    config = _config(tier)
+    torch.manual_seed(0)
+    init = (build_model(2, tier.n_filters), build_model(2, tier.n_filters))
+    g = torch.Generator().manual_seed(1)
+    pz, py, px = config.patch_zyx
+    x_l = torch.randn(config.batch_labeled, 1, pz, py, px, generator=g)
+    y_l = (x_l[:, 0] > 0.5).long()
+    x_u = torch.randn(config.batch_unlabeled, 1, pz, py, px, generator=g)
+
+    pairs: dict[str, dict[str, Any]] = {}
+    for mode in ("reference", "fast"):
+        cfg = config.replace(step_mode=mode)
+        nets = [copy.deepcopy(m).to(device) for m in init]
+        inputs = [t.to(device) for t in (x_l, y_l, x_u)]
+        fast_gpu = mode == "fast" and device.type == "cuda"
+        if fast_gpu:  # what Trainer does for the fast mode on CUDA
+            nets = [m.to(memory_format=torch.channels_last_3d) for m in nets]
+            inputs = [
+                t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t for t in inputs
+            ]
+        if mode == "fast" and compile_fast:
+            for m in nets:
+                m.compile()
+        opts = [_sgd(m, cfg, device) for m in nets]
+        amp = amp_dtype_for(cfg, device)
+        step = ReciprocalStep(nets[0], nets[1], opts[0], opts[1], mode=mode, amp_dtype=amp)
+        pairs[mode] = {"nets": nets, "opts": opts, "inputs": inputs, "step": step, "amp": amp, "times": []}
+        pairs[mode]["peak"] = 0
+
+    cuda = device.type == "cuda"
+    for i in range(tier.warmup_steps + tier.timed_steps):
+        # Alternate which mode goes first, so neither always follows the other.
+        order = ("reference", "fast") if i % 2 == 0 else ("fast", "reference")
+        for mode in order:
+            pair, other = pairs[mode], pairs["fast" if mode == "reference" else "reference"]
+            _cudnn(published=mode == "reference")
+            x_l_d, y_l_d, x_u_d = pair["inputs"]
+            if cuda:
+                mine = _tensor_bytes(_resident(pair["nets"], pair["opts"]) + pair["inputs"])
+                theirs = _tensor_bytes(_resident(other["nets"], other["opts"]) + other["inputs"])
+                other_only = sum(n for ptr, n in theirs.items() if ptr not in mine)
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = _timed(lambda p=pair, a=x_l_d, b=y_l_d, c=x_u_d: p["step"](a, b, c, config.lr), device)
+            if i >= tier.warmup_steps:
+                pair["times"].append(seconds)
+                if cuda:
+                    pair["peak"] = max(pair["peak"], torch.cuda.max_memory_allocated(device) - other_only)
+    ref_ms = 1000 * statistics.median(pairs["reference"]["times"])
+    fast_ms = 1000 * statistics.median(pairs["fast"]["times"])
+    result: dict[str, Any] = {
+        "reference_step_ms": round(ref_ms, 2),
+        "fast_step_ms": round(fast_ms, 2),
+        "train_step_ratio": round(ref_ms / fast_ms, 3),
+        "reference_peak_mib": None,
+        "fast_peak_mib": None,
+        "peak_memory_ratio": None,
+        "fast_amp": str(pairs["fast"]["amp"]).replace("torch.", "") if pairs["fast"]["amp"] else "fp32",
+        "fast_compiled": compile_fast,
+    }
+    if cuda:
+        ref_peak, fast_peak = pairs["reference"]["peak"], pairs["fast"]["peak"]
+        result.update(
+            reference_peak_mib=round(ref_peak / 2**20, 1),
+            fast_peak_mib=round(fast_peak / 2**20, 1),
+            peak_memory_ratio=round(fast_peak / ref_peak, 3),
+        )
+    del pairs
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+# -- (b), (c) inference ------------------------------------------------------------------------
+def _inference_models(tier: Tier, device: torch.device) -> tuple[LoadedModel, LoadedModel]:
+    """The same weights twice: as published (NCDHW) and as the fast path holds them on a GPU."""
+    config = _config(tier)
+    torch.manual_seed(2)
+    net = build_model(2, tier.n_filters).to(device).eval()
+    meta = {
+        "n_classes": 2,
+        "patch_size": list(tier.patch_xyz),
+        "inference_overlap": config.inference_overlap,
+        "inference_weighting": config.inference_weighting,
+        "inference_batch": config.inference_batch,
+    }
+    fast = copy.deepcopy(net)
+    if device.type == "cuda":
+        fast = fast.to(memory_format=torch.channels_last_3d)
+    return from_module(net, meta), from_module(fast, meta)
+
+
+def _window_count(scan_zyx: Triple, patch_zyx: Triple, steps_zyx: Sequence[int]) -> int:
+    counts = [
+        len(window_starts(max(n, p), p, s)) for n, p, s in zip(scan_zyx, patch_zyx, steps_zyx, strict=True)
+    ]
+    return math.prod(counts)
+
+
+def bench_inference(tier: Tier, device: torch.device) -> dict[str, Any]:
+    """Paper-stride vs fast sliding-window inference of one scan; and (c) a whole scan."""
+    reference, fast = _inference_models(tier, device)
+    x, y, z = tier.scan_xyz
+    volume, _ = _synthetic_volume((z, y, x), seed=3)
+    patch = reference.patch_zyx
+    paper_steps = [min(s, p) for s, p in zip(PAPER_STRIDE_XYZ[::-1], patch, strict=True)]
+    overlap = reference.meta["inference_overlap"]
+    fast_steps = [max(1, round(p * (1 - overlap))) for p in patch]
+
+    def paper() -> np.ndarray:
+        _cudnn(published=True)
+        return sliding_window_probabilities(reference, volume, paper_stride=True)
+
+    def fast_run(vol: np.ndarray = volume) -> np.ndarray:
+        _cudnn(published=False)
+        return sliding_window_probabilities(fast, vol)
+
+    for _ in range(tier.inference_warmup):
+        paper()
+        fast_run()
+    paper_s = statistics.median(_timed(paper, device) for _ in range(tier.paper_repeats))
+    fast_s = statistics.median(_timed(fast_run, device) for _ in range(tier.fast_repeats))
+    result: dict[str, Any] = {
+        "scan_xyz": list(tier.scan_xyz),
+        "paper_stride_windows": _window_count((z, y, x), patch, paper_steps),
+        "fast_windows": _window_count((z, y, x), patch, fast_steps),
+        "paper_stride_inference_s": round(paper_s, 4),
+        "fast_inference_s": round(fast_s, 4),
+        "inference_ratio": round(paper_s / fast_s, 2),
+        "whole_scan_xyz": None,
+        "whole_scan_windows": None,
+        "whole_scan_s": None,
+    }
+    if tier.whole_scan_xyz is not None:
+        wx, wy, wz = tier.whole_scan_xyz
+        whole, _ = _synthetic_volume((wz, wy, wx), seed=4)
+        for _ in range(tier.inference_warmup):
+            fast_run(whole)
+        whole_s = statistics.median(_timed(lambda: fast_run(whole), device) for _ in range(3))
+        result.update(
+            whole_scan_xyz=list(tier.whole_scan_xyz),
+            whole_scan_windows=_window_count((wz, wy, wx), patch, fast_steps),
+            whole_scan_s=round(whole_s, 4),
+        )
+    return result
+
+
+# -- (d) the training loop ---------------------------------------------------------------------
+class _PrecachedTrainer(Trainer):
+    """The real Trainer, on cases already in its .npy cache format (no scan is read)."""
+
+    def __init__(self, *args: Any, cached: tuple[list[CachedCase], list[CachedCase]], **kwargs: Any):
+        self._cached = cached
+        super().__init__(*args, **kwargs)
+
+    def _prepare_data(self) -> None:
+        self.labeled_cached, self.unlabeled_cached = self._cached
+
+
+class _IterationClock:
+    """Listener: wall time between consecutive progress events of each phase."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.seconds: dict[str, list[float]] = {}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["event"] != "progress":
+            return
+        now, phase = time.perf_counter(), event["phase"]
+        if phase in self.last:
+            self.seconds.setdefault(phase, []).append(now - self.last[phase])
+        self.last[phase] = now
+
+
+def _write_cases(
+    tier: Tier, folder: Path
+) -> tuple[list[Case], list[Case], list[CachedCase], list[CachedCase]]:
+    x, y, z = tier.loop_case_xyz
+    n_labeled, n_unlabeled = tier.loop_cases
+    cases: tuple[list[Case], list[Case], list[CachedCase], list[CachedCase]] = ([], [], [], [])
+    for i in range(n_labeled + n_unlabeled):
+        image, label = _synthetic_volume((z, y, x), seed=100 + i)
+        case_id = f"case{i:03d}"
+        image_path = folder / f"{case_id}-image.npy"
+        np.save(image_path, image)
+        if i < n_labeled:
+            label_path = folder / f"{case_id}-label.npy"
+            np.save(label_path, label)
+            cases[0].append(Case(case_id, image_path, label_path))
+            cases[2].append(CachedCase(case_id, image_path, label_path))
+        else:
+            cases[1].append(Case(case_id, image_path))
+            cases[3].append(CachedCase(case_id, image_path, None))
+    return cases
+
+
+def bench_loop(tier: Tier, device: torch.device) -> dict[str, Any]:
+    """ms per iteration of both phases of the real training loop, crops cut on the device."""
+    n = tier.loop_iterations
+    config = _config(
+        tier,
+        supervised_iterations=n,
+        reciprocal_iterations=n,
+        checkpoint_every=10**9,  # only the end-of-phase checkpoints, which are not timed
+        data_on_gpu="on",
+    )
+    clock = _IterationClock()
+    with tempfile.TemporaryDirectory(prefix="speed-loop-") as tmp:
+        labeled, unlabeled, labeled_cached, unlabeled_cached = _write_cases(tier, Path(tmp))
+        trainer = _PrecachedTrainer(
+            config, labeled, unlabeled, Path(tmp) / "run", [clock], cached=(labeled_cached, unlabeled_cached)
+        )
+        trainer.run()
+        held = trainer._held_cases()
+        on_device = held is not None and held.labeled.device.type == device.type
+    per_iter = {}
+    for phase in ("supervised", "reciprocal"):
+        times = clock.seconds[phase][max(0, tier.loop_warmup - 1) :]
+        per_iter[phase] = 1000 * statistics.median(times)
+    sup_iters, rec_iters = PAPER_ITERATIONS
+    round_s = (sup_iters * per_iter["supervised"] + rec_iters * per_iter["reciprocal"]) / 1000
+    return {
+        "loop_cases": list(tier.loop_cases),
+        "loop_case_xyz": list(tier.loop_case_xyz),
+        "loop_cases_on_device": on_device,
+        "supervised_ms_per_iter": round(per_iter["supervised"], 2),
+        "reciprocal_ms_per_iter": round(per_iter["reciprocal"], 2),
+        "projected_round_min": round(round_s / 60, 2),
+    }
+
+
+# -- the whole benchmark -----------------------------------------------------------------------
+def run(tier_name: str, compile_fast: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """All sections of one tier; returns the result that the JSON line holds."""
+    tier = TIERS[tier_name]
+    if tier.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("the gpu tier needs a CUDA GPU; use --tier cpu here")
+    device = torch.device(tier.device)
+    result: dict[str, Any] = {
+        "tier": tier.name,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "patch_xyz": list(tier.patch_xyz),
+        "n_filters": tier.n_filters,
+        "batch": "2+2",
+        "threads": torch.get_num_threads(),
+    }
+    t0 = time.perf_counter()
+    log(f"[speed] tier {tier.name} on {result['device']}, torch {result['torch']}")
+    result.update(bench_step(tier, device, compile_fast))
+    log(f"[speed] training step done ({time.perf_counter() - t0:.0f} s)")
+    result.update(bench_inference(tier, device))
+    log(f"[speed] inference done ({time.perf_counter() - t0:.0f} s)")
+    loop_keys = ("supervised_ms_per_iter", "reciprocal_ms_per_iter", "projected_round_min")
+    result.update(dict.fromkeys(loop_keys))
+    if tier.loop_iterations:
+        result.update(bench_loop(tier, device))
+        log(f"[speed] training loop done ({time.perf_counter() - t0:.0f} s)")
+    result["benchmark_s"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    return "-" if value is None else f"{value}{unit}"
+
+
+def table(r: dict[str, Any]) -> str:
+    """The human-readable summary (Markdown)."""
+    patch = "x".join(map(str, r["patch_xyz"]))
+    rows = [
+        "| measurement | reference / paper | fast | ratio |",
+        "|---|---|---|---|",
+        f"| reciprocal step {patch}, batch {r['batch']}, n_filters {r['n_filters']} (ms) "
+        f"| {r['reference_step_ms']} | {r['fast_step_ms']} ({r['fast_amp']}) | {r['train_step_ratio']}x |",
+        f"| peak GPU memory of a step (MiB) | {_fmt(r['reference_peak_mib'])} | {_fmt(r['fast_peak_mib'])} "
+        f"| {_fmt(r['peak_memory_ratio'])} |",
+        f"| inference {'x'.join(map(str, r['scan_xyz']))} scan (s; windows {r['paper_stride_windows']} / "
+        f"{r['fast_windows']}) | {r['paper_stride_inference_s']} | {r['fast_inference_s']} "
+        f"| {r['inference_ratio']}x |",
+    ]
+    if r.get("whole_scan_s") is not None:
+        rows.append(
+            f"| whole {'x'.join(map(str, r['whole_scan_xyz']))} scan, fast path "
+            f"(s; {r['whole_scan_windows']} windows) | | {r['whole_scan_s']} | |"
+        )
+    if r.get("supervised_ms_per_iter") is not None:
+        rows += [
+            f"| training loop, supervised (ms/iteration) | | {r['supervised_ms_per_iter']} | |",
+            f"| training loop, reciprocal (ms/iteration) | | {r['reciprocal_ms_per_iter']} | |",
+            f"| projected paper round, 6000 + 6000 iterations (min) | | {r['projected_round_min']} | |",
+        ]
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n")[0])
+    parser.add_argument("--tier", choices=sorted(TIERS), default="cpu")
+    parser.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast step's networks")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        if not args.json_only:
+            print(message, file=sys.stderr, flush=True)
+
+    result = run(args.tier, args.compile, log)
+    if not args.json_only:
+        print(table(result))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""The training run: events, checkpoints, cancel, resume, warm start, configuration errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reciprocalseg.config import make_config
+from reciprocalseg.data.io import Case
+from reciprocalseg.data.phantom import write_phantom_cohort
+from reciprocalseg.errors import CancelledError, TrainingError
+from reciprocalseg.training.checkpoint import load_checkpoint, load_model_file
+from reciprocalseg.training.events import read_events
+from reciprocalseg.training.runner import CancelToken, lr_at, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**changes):
+    values = dict(
+        patch_size=(16, 16, 16), n_filters=4, supervised_iterations=3, reciprocal_iterations=4,
+        checkpoint_every=2, device="cpu", supervised_batch=2,
+    )
+    values.update(changes)
+    return make_config("demo", **values)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> tuple[list[Case], list[Case]]:
+    cases = write_phantom_cohort(tmp_path_factory.mktemp("cohort"), 5, seed=3, shape_zyx=(24, 24, 24))
+    unlabeled = [Case(c.case_id, c.image, None) for c in cases[2:]]
+    return cases[:2], unlabeled
+
+
+def test_events_checkpoints_and_models(cohort, tmp_path: Path) -> None:
+    labeled, unlabeled = cohort
+    result = train(tiny_config(), labeled, unlabeled, tmp_path / "run")
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [(e["phase"], e["iteration"]) for e in progress] == [("supervised", i) for i in (1, 2, 3)] + [
+        ("reciprocal", i) for i in (1, 2, 3, 4)
+    ]
+    for e in progress:
+        assert {"phase", "iteration", "total", "losses", "h", "lr", "sec_per_iter", "eta_s", "device"} <= e.keys()
+    assert all(isinstance(e["h"], float) for e in progress if e["phase"] == "reciprocal")
+    assert all(e["h"] is None for e in progress if e["phase"] == "supervised")
+    assert progress[-1]["eta_s"] == 0.0 and progress[-1]["overall_iteration"] == 7
+    assert events[-1]["event"] == "done"
+    for path in (result.teacher, result.student, result.supervised):
+        data = load_model_file(path)
+        assert data["meta"]["n_classes"] == 2 and data["meta"]["n_filters"] == 4
+    # The supervised-only model is the teacher before reciprocal learning changed it.
+    sup, teacher = load_model_file(result.supervised), load_model_file(result.teacher)
+    assert any(not torch.equal(sup["state_dict"][k], teacher["state_dict"][k]) for k in sup["state_dict"])
+    assert (tmp_path / "run" / "done.json").exists()
+    # A completed run is not redone.
+    mtime = result.teacher.stat().st_mtime_ns
+    train(tiny_config(), labeled, unlabeled, tmp_path / "run")
+    assert result.teacher.stat().st_mtime_ns == mtime
+
+
+def test_cancel_leaves_a_checkpoint_and_resume_continues(cohort, tmp_path: Path) -> None:
+    labeled, unlabeled = cohort
+    run = tmp_path / "run"
+    token = CancelToken()
+
+    def cancel_at_reciprocal_2(event: dict) -> None:
+        if event["event"] == "progress" and event["phase"] == "reciprocal" and event["iteration"] == 1:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        train(tiny_config(checkpoint_every=100), labeled, unlabeled, run, [cancel_at_reciprocal_2], token)
+    checkpoint = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert (checkpoint["phase"], checkpoint["iteration"]) == ("reciprocal", 1)
+    assert load_model_file(run / "checkpoints" / "student.pt")["info"]["iteration"] == 1
+    assert not (run / "done.json").exists()
+
+    train(tiny_config(checkpoint_every=100), labeled, unlabeled, run)
+    events = read_events(run / "events.jsonl")
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert resumed and resumed[0]["phase"] == "reciprocal" and resumed[0]["iteration"] == 1
+    after = events[events.index(resumed[0]) :]
+    iterations = [(e["phase"], e["iteration"]) for e in after if e["event"] == "progress"]
+    assert iterations == [("reciprocal", 2), ("reciprocal", 3), ("reciprocal", 4)]
+    assert (run / "done.json").exists()
+
+
+def test_cancel_flag_file_stops_within_one_iteration(cohort, tmp_path: Path) -> None:
+    labeled, unlabeled = cohort
+    run = tmp_path / "run"
+
+    def touch_flag(event: dict) -> None:
+        if event["event"] == "progress" and event["iteration"] == 2 and event["phase"] == "supervised":
+            (run / "CANCEL").touch()
+
+    with pytest.raises(CancelledError):
+        train(tiny_config(), labeled, unlabeled, run, [touch_flag])
+    last = [e for e in read_events(run / "events.jsonl") if e["event"] == "progress"][-1]
+    assert (last["phase"], last["iteration"]) == ("supervised", 2)
+
+
+def test_sigkill_then_rerun_resumes_from_last_checkpoint(cohort, tmp_path: Path) -> None:
+    """A worker killed with SIGKILL loses at most the iterations since its last checkpoint."""
+    labeled, unlabeled = cohort
+    images = tmp_path / "images"
+    images.mkdir()
+    for c in labeled:
+        os.symlink(c.image, images / c.image.name)
+        os.symlink(c.label, images / c.label.name)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "reciprocalseg", "train", "--images", str(images), "--out", str(run),
+           "--preset", "demo", "--patch-size", "16", "16", "16", "--n-filters", "4", "--supervised-iterations",
+           "20", "--iterations", "0", "--checkpoint-every", "3", "--device", "cpu", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "ReciprocalSeg")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "checkpoint" and event["iteration"] >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+        assert time.time() < deadline
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    saved = load_checkpoint(run / "checkpoints" / "latest.pt")["iteration"]
+    assert 6 <= saved < 20
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    events = read_events(run / "events.jsonl")
+    resumed = [e for e in events if e["event"] == "resumed"]
+    assert resumed and resumed[-1]["iteration"] == saved
+    assert events[-1]["event"] == "done"
+
+
+def test_sigterm_cancels_with_exit_code_3(cohort, tmp_path: Path) -> None:
+    labeled, _ = cohort
+    images = tmp_path / "images"
+    images.mkdir()
+    for c in labeled:
+        os.symlink(c.image, images / c.image.name)
+        os.symlink(c.label, images / c.label.name)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "reciprocalseg", "train", "--images", str(images), "--out", str(run),
+           "--preset", "demo", "--patch-size", "16", "16", "16", "--n-filters", "4", "--supervised-iterations",
+           "500", "--iterations", "0", "--device", "cpu", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "ReciprocalSeg")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    for line in proc.stdout:
+        if json.loads(line).get("iteration") == 3:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "cancelled" in err and "resume" in err
+    checkpoint = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert checkpoint["phase"] == "supervised" and 3 <= checkpoint["iteration"] <= 5
+
+
+def test_changed_recipe_in_same_folder_is_refused(cohort, tmp_path: Path) -> None:
+    labeled, unlabeled = cohort
+    train(tiny_config(supervised_iterations=1, reciprocal_iterations=1), labeled, unlabeled, tmp_path / "run")
+    with pytest.raises(TrainingError, match="different configuration"):
+        train(tiny_config(lr=0.5), labeled, unlabeled, tmp_path / "run")
+
+
+def test_warm_start_loads_previous_models_and_checks_architecture(cohort, tmp_path: Path) -> None:
+    labeled, unlabeled = cohort
+    first = train(tiny_config(supervised_iterations=2, reciprocal_iterations=2), labeled, unlabeled, tmp_path / "a")
+    cfg = tiny_config(supervised_iterations=0, reciprocal_iterations=1)
+    second = train(cfg, labeled, unlabeled, tmp_path / "b", warm_start=first.run_dir)
+    # With no supervised iterations, the second round's supervised model is the first round's teacher.
+    a, b = load_model_file(first.teacher)["state_dict"], load_model_file(second.supervised)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainingError, match="n_filters"):
+        train(tiny_config(n_filters=8), labeled, unlabeled, tmp_path / "c", warm_start=first.run_dir)
+
+
+def test_bad_inputs_are_refused_with_clear_messages(cohort, tmp_path: Path) -> None:
+    labeled, unlabeled = cohort
+    with pytest.raises(TrainingError, match="unlabelled"):
+        train(tiny_config(), labeled, [], tmp_path / "x")
+    with pytest.raises(TrainingError, match="labelled case"):
+        train(tiny_config(), [], unlabeled, tmp_path / "y")
+    with pytest.raises(Exception, match="multiple of 16"):
+        tiny_config(patch_size=(20, 16, 16))
+
+
+def test_paper_learning_rate_schedule() -> None:
+    cfg = make_config("paper")
+    assert lr_at(cfg, 0) == pytest.approx(0.01)
+    assert lr_at(cfg, 2499) == pytest.approx(0.01)
+    assert lr_at(cfg, 2500) == pytest.approx(0.001)
+    assert lr_at(cfg, 5999) == pytest.approx(0.0001)
+    assert (cfg.supervised_iterations, cfg.reciprocal_iterations, cfg.patch_size) == (6000, 6000, (112, 112, 80))
+    assert (cfg.batch_labeled, cfg.batch_unlabeled, cfg.n_filters, cfg.normalization) == (2, 2, 16, "batchnorm")
+    assert (cfg.teacher_dice, cfg.student_ema, cfg.finetune_iterations, cfg.h_baseline) == (False, 0.0, 0, 0.0)
