@@ -20,16 +20,26 @@ TINY = ["--preset", "demo", "--patch-size", "16", "16", "16", "--n-filters", "4"
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reciprocalseg", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "reciprocalseg", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cli")
     cases = write_phantom_cohort(root / "all", 6, seed=11, shape_zyx=(24, 24, 24), layout="split")
-    layout = {"images": root / "images", "labels": root / "labels", "unlabeled": root / "unlabeled",
-              "test": root / "test", "test_labels": root / "test_labels"}
+    layout = {
+        "images": root / "images",
+        "labels": root / "labels",
+        "unlabeled": root / "unlabeled",
+        "test": root / "test",
+        "test_labels": root / "test_labels",
+    }
     for p in layout.values():
         p.mkdir()
     for i, c in enumerate(cases):
@@ -46,9 +56,23 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 def test_train_predict_evaluate(folders: dict[str, Path]) -> None:
     run = folders["root"] / "run"
-    res = run_cli("train", "--images", str(folders["images"]), "--labels", str(folders["labels"]),
-                  "--unlabeled", str(folders["unlabeled"]), "--out", str(run), "--iterations", "2",
-                  "--supervised-iterations", "2", "--json", *TINY)
+    res = run_cli(
+        "train",
+        "--images",
+        str(folders["images"]),
+        "--labels",
+        str(folders["labels"]),
+        "--unlabeled",
+        str(folders["unlabeled"]),
+        "--out",
+        str(run),
+        "--iterations",
+        "2",
+        "--supervised-iterations",
+        "2",
+        "--json",
+        *TINY,
+    )
     assert res.returncode == 0, res.stderr
     events = [json.loads(line) for line in res.stdout.splitlines()]
     assert events[-1]["event"] == "done"
@@ -56,18 +80,46 @@ def test_train_predict_evaluate(folders: dict[str, Path]) -> None:
     assert json.loads((run / "cases.json").read_text())["unlabeled"][0]["id"] == "phantom_002"
 
     out = folders["root"] / "pred"
-    res = run_cli("predict", "--run", str(run), "--images", str(folders["test"]), "--out", str(out),
-                  "--model", "both", "--disagreement", "--device", "cpu", "--format", ".nrrd")
+    res = run_cli(
+        "predict",
+        "--run",
+        str(run),
+        "--images",
+        str(folders["test"]),
+        "--out",
+        str(out),
+        "--model",
+        "both",
+        "--disagreement",
+        "--device",
+        "cpu",
+        "--format",
+        ".nrrd",
+    )
     assert res.returncode == 0, res.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"phantom_00{i}_{k}.nrrd" for i in (4, 5) for k in ("teacher", "student", "disagreement"))
+    assert names == sorted(
+        f"phantom_00{i}_{k}.nrrd" for i in (4, 5) for k in ("teacher", "student", "disagreement")
+    )
     pred = sitk.ReadImage(str(out / "phantom_004_student.nrrd"))
     src = sitk.ReadImage(str(next(folders["test"].glob("phantom_004*"))))
     assert pred.GetSize() == src.GetSize() and pred.GetOrigin() == src.GetOrigin()
 
     student_only = folders["root"] / "pred_student"
-    assert run_cli("predict", "--run", str(run), "--images", str(folders["test"]), "--out",
-                   str(student_only), "--device", "cpu").returncode == 0
+    assert (
+        run_cli(
+            "predict",
+            "--run",
+            str(run),
+            "--images",
+            str(folders["test"]),
+            "--out",
+            str(student_only),
+            "--device",
+            "cpu",
+        ).returncode
+        == 0
+    )
     res = run_cli("evaluate", "--pred", str(student_only), "--labels", str(folders["test_labels"]))
     assert res.returncode == 0, res.stderr
     assert "mean" in res.stdout
@@ -81,9 +133,20 @@ def test_clear_errors_and_exit_codes(folders: dict[str, Path], tmp_path: Path) -
     assert res.returncode == 1 and "error:" in res.stderr and "nope" in res.stderr
     res = run_cli("train", "--images", str(folders["unlabeled"]), "--out", str(tmp_path / "r"), *TINY)
     assert res.returncode == 1 and "label" in res.stderr.lower()
-    res = run_cli("predict", "--run", str(tmp_path), "--images", str(folders["test"]), "--out", str(tmp_path / "p"))
+    res = run_cli(
+        "predict", "--run", str(tmp_path), "--images", str(folders["test"]), "--out", str(tmp_path / "p")
+    )
     assert res.returncode == 1 and "finished" in res.stderr
-    res = run_cli("train", "--out", str(tmp_path / "r"), "--preset", "nosuch", "--images", str(folders["images"]),
-                  "--labels", str(folders["labels"]))
+    res = run_cli(
+        "train",
+        "--out",
+        str(tmp_path / "r"),
+        "--preset",
+        "nosuch",
+        "--images",
+        str(folders["images"]),
+        "--labels",
+        str(folders["labels"]),
+    )
     assert res.returncode == 1 and "Unknown preset" in res.stderr
     assert run_cli("--version").stdout.startswith("reciprocalseg ")

@@ -103,7 +103,9 @@ def test_prediction_comes_back_on_the_scans_own_grid() -> None:
 
 def test_resampled_prediction_is_restored_to_the_original_grid() -> None:
     img = _scan()
-    meta = model_meta(make_config("demo", n_classes=3, patch_size=(16, 16, 16), target_spacing=(1.5, 1.5, 1.5)))
+    meta = model_meta(
+        make_config("demo", n_classes=3, patch_size=(16, 16, 16), target_spacing=(1.5, 1.5, 1.5))
+    )
     model = LoadedModel(PointwiseNet().eval(), meta, torch.device("cpu"))
     pred = predict_image(model, img, return_probabilities=True)
     assert pred.labels.GetSize() == img.GetSize() and pred.labels.GetOrigin() == img.GetOrigin()

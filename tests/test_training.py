@@ -26,8 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_config(**changes):
     values = dict(
-        patch_size=(16, 16, 16), n_filters=4, supervised_iterations=3, reciprocal_iterations=4,
-        checkpoint_every=2, device="cpu", supervised_batch=2,
+        patch_size=(16, 16, 16),
+        n_filters=4,
+        supervised_iterations=3,
+        reciprocal_iterations=4,
+        checkpoint_every=2,
+        device="cpu",
+        supervised_batch=2,
     )
     values.update(changes)
     return make_config("demo", **values)
@@ -49,7 +54,17 @@ def test_events_checkpoints_and_models(cohort, tmp_path: Path) -> None:
         ("reciprocal", i) for i in (1, 2, 3, 4)
     ]
     for e in progress:
-        assert {"phase", "iteration", "total", "losses", "h", "lr", "sec_per_iter", "eta_s", "device"} <= e.keys()
+        assert {
+            "phase",
+            "iteration",
+            "total",
+            "losses",
+            "h",
+            "lr",
+            "sec_per_iter",
+            "eta_s",
+            "device",
+        } <= e.keys()
     assert all(isinstance(e["h"], float) for e in progress if e["phase"] == "reciprocal")
     assert all(e["h"] is None for e in progress if e["phase"] == "supervised")
     assert progress[-1]["eta_s"] == 0.0 and progress[-1]["overall_iteration"] == 7
@@ -116,9 +131,33 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(cohort, tmp_path: Path)
         os.symlink(c.image, images / c.image.name)
         os.symlink(c.label, images / c.label.name)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "reciprocalseg", "train", "--images", str(images), "--out", str(run),
-           "--preset", "demo", "--patch-size", "16", "16", "16", "--n-filters", "4", "--supervised-iterations",
-           "20", "--iterations", "0", "--checkpoint-every", "3", "--device", "cpu", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reciprocalseg",
+        "train",
+        "--images",
+        str(images),
+        "--out",
+        str(run),
+        "--preset",
+        "demo",
+        "--patch-size",
+        "16",
+        "16",
+        "16",
+        "--n-filters",
+        "4",
+        "--supervised-iterations",
+        "20",
+        "--iterations",
+        "0",
+        "--checkpoint-every",
+        "3",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "ReciprocalSeg")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     deadline = time.time() + 120
@@ -148,9 +187,31 @@ def test_sigterm_cancels_with_exit_code_3(cohort, tmp_path: Path) -> None:
         os.symlink(c.image, images / c.image.name)
         os.symlink(c.label, images / c.label.name)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "reciprocalseg", "train", "--images", str(images), "--out", str(run),
-           "--preset", "demo", "--patch-size", "16", "16", "16", "--n-filters", "4", "--supervised-iterations",
-           "500", "--iterations", "0", "--device", "cpu", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reciprocalseg",
+        "train",
+        "--images",
+        str(images),
+        "--out",
+        str(run),
+        "--preset",
+        "demo",
+        "--patch-size",
+        "16",
+        "16",
+        "16",
+        "--n-filters",
+        "4",
+        "--supervised-iterations",
+        "500",
+        "--iterations",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "ReciprocalSeg")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     for line in proc.stdout:
@@ -173,7 +234,9 @@ def test_changed_recipe_in_same_folder_is_refused(cohort, tmp_path: Path) -> Non
 
 def test_warm_start_loads_previous_models_and_checks_architecture(cohort, tmp_path: Path) -> None:
     labeled, unlabeled = cohort
-    first = train(tiny_config(supervised_iterations=2, reciprocal_iterations=2), labeled, unlabeled, tmp_path / "a")
+    first = train(
+        tiny_config(supervised_iterations=2, reciprocal_iterations=2), labeled, unlabeled, tmp_path / "a"
+    )
     cfg = tiny_config(supervised_iterations=0, reciprocal_iterations=1)
     second = train(cfg, labeled, unlabeled, tmp_path / "b", warm_start=first.run_dir)
     # With no supervised iterations, the second round's supervised model is the first round's teacher.
@@ -199,6 +262,40 @@ def test_paper_learning_rate_schedule() -> None:
     assert lr_at(cfg, 2499) == pytest.approx(0.01)
     assert lr_at(cfg, 2500) == pytest.approx(0.001)
     assert lr_at(cfg, 5999) == pytest.approx(0.0001)
-    assert (cfg.supervised_iterations, cfg.reciprocal_iterations, cfg.patch_size) == (6000, 6000, (112, 112, 80))
-    assert (cfg.batch_labeled, cfg.batch_unlabeled, cfg.n_filters, cfg.normalization) == (2, 2, 16, "batchnorm")
-    assert (cfg.teacher_dice, cfg.student_ema, cfg.finetune_iterations, cfg.h_baseline) == (False, 0.0, 0, 0.0)
+    assert (cfg.supervised_iterations, cfg.reciprocal_iterations, cfg.patch_size) == (
+        6000,
+        6000,
+        (112, 112, 80),
+    )
+    assert (cfg.batch_labeled, cfg.batch_unlabeled, cfg.n_filters, cfg.normalization) == (
+        2,
+        2,
+        16,
+        "batchnorm",
+    )
+    assert (cfg.teacher_dice, cfg.student_ema, cfg.finetune_iterations, cfg.h_baseline) == (
+        False,
+        0.0,
+        0,
+        0.0,
+    )
+
+
+def test_multi_class_labels_train_and_predict(tmp_path: Path) -> None:
+    """K=2 foreground classes: the class count reaches the network and the predictions."""
+    import SimpleITK as sitk
+
+    from reciprocalseg.data.io import read_image
+    from reciprocalseg.inference import load_model, predict_image
+
+    cases = write_phantom_cohort(tmp_path / "mc", 3, seed=5, n_classes=2, shape_zyx=(24, 24, 24))
+    assert int(sitk.GetArrayFromImage(read_image(cases[0].label)).max()) == 2
+    unlabeled = [Case(c.case_id, c.image, None) for c in cases[2:]]
+    cfg = tiny_config(n_classes=3, supervised_iterations=2, reciprocal_iterations=1)
+    result = train(cfg, cases[:2], unlabeled, tmp_path / "run")
+    model = load_model(result.student, "cpu")
+    assert model.n_classes == 3
+    pred = predict_image(model, read_image(cases[2].image), return_probabilities=True)
+    assert pred.probabilities.shape[0] == 3
+    with pytest.raises(Exception, match="K=1"):
+        train(tiny_config(n_classes=2), cases[:2], unlabeled, tmp_path / "run2")
