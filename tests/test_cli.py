@@ -150,3 +150,15 @@ def test_clear_errors_and_exit_codes(folders: dict[str, Path], tmp_path: Path) -
     )
     assert res.returncode == 1 and "Unknown preset" in res.stderr
     assert run_cli("--version").stdout.startswith("reciprocalseg ")
+
+
+def test_evaluate_accepts_a_folder_of_label_maps_alone(tmp_path: Path) -> None:
+    from reciprocalseg.cli import _label_files
+
+    cases = write_phantom_cohort(tmp_path / "pairs", 2, seed=1, shape_zyx=(16, 16, 16))
+    only = tmp_path / "only_labels"
+    only.mkdir()
+    for c in cases:
+        os.symlink(c.label, only / c.label.name)
+    assert _label_files(only) == {c.case_id: only / c.label.name for c in cases}
+    assert _label_files(tmp_path / "pairs") == {c.case_id: c.label for c in cases}

@@ -250,6 +250,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _label_files(label_dir: Path) -> dict[str, Path]:
+    """Labels by case ID, from `<ID>_image`/`<ID>_label` pairs or a folder of label maps alone."""
+    from .data.io import discover_cases, files_by_case_id
+    from .errors import DataError
+
+    try:
+        return {c.case_id: (c.label or c.image) for c in discover_cases(label_dir)}
+    except DataError:
+        return files_by_case_id(label_dir, "labels")
+
+
 def evaluate_folders(pred_dir: Path, label_dir: Path) -> list[dict[str, Any]]:
     """Per-case, per-class metrics for predictions and labels matched by case ID."""
     import SimpleITK as sitk
@@ -259,7 +270,7 @@ def evaluate_folders(pred_dir: Path, label_dir: Path) -> list[dict[str, Any]]:
     from .metrics import evaluate_case
 
     preds = {c.case_id: c.image for c in discover_cases(pred_dir)}
-    labels = {c.case_id: (c.label or c.image) for c in discover_cases(label_dir)}
+    labels = _label_files(label_dir)
     missing = sorted(set(labels) - set(preds))
     if not preds.keys() & labels.keys():
         raise ReciprocalSegError(f"no case IDs in common between {pred_dir} and {label_dir}")

@@ -273,6 +273,11 @@ def _scan(folder: Path, include_dicom_dirs: bool) -> list[Path]:
     return found
 
 
+def files_by_case_id(folder: str | os.PathLike[str], what: str = "files") -> dict[str, Path]:
+    """Image files directly in ``folder`` keyed by case ID (e.g. a folder holding only labels)."""
+    return _by_id(_scan(Path(folder), include_dicom_dirs=False), what)
+
+
 def _by_id(paths: Iterable[Path], what: str) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in paths:
