@@ -96,10 +96,17 @@ def test_sign_of_h_agrees_with_change_of_student_labelled_loss() -> None:
 
 
 def test_fast_and_reference_steps_agree_over_several_steps() -> None:
-    """fp32 on the CPU: same parameters after several steps (dropout and batch norm on, as published)."""
+    """fp32 on the CPU: same parameters after several steps.
+
+    Group norm without dropout: the pseudo labels are an argmax, and with batch norm over a batch
+    of two this tiny untrained network sits so close to its decision boundary that fp32 round-off
+    flips pseudo-label voxels after a couple of steps in either mode (a discontinuity of the
+    method, not a difference between the modes). One step with batch norm and dropout, as
+    published, is compared in the next test.
+    """
     torch.set_default_dtype(torch.float32)
     try:
-        teacher, student = _pair(3, norm="batchnorm", dropout=True)
+        teacher, student = _pair(3, norm="groupnorm", dropout=False)
         pairs = {m: (copy.deepcopy(teacher), copy.deepcopy(student)) for m in ("fast", "reference")}
         steps = {m: ReciprocalStep(t, s, _sgd(t, 0.01), _sgd(s, 0.01), mode=m) for m, (t, s) in pairs.items()}
         hs = {m: [] for m in steps}
@@ -115,6 +122,23 @@ def test_fast_and_reference_steps_agree_over_several_steps() -> None:
             ref = torch.cat([p.flatten() for p in pairs["reference"][net].parameters()])
             rel = float((fast - ref).norm() / ref.norm())
             assert rel < 1e-5, rel
+    finally:
+        torch.set_default_dtype(torch.float64)
+
+
+def test_fast_and_reference_agree_for_one_step_with_dropout() -> None:
+    torch.set_default_dtype(torch.float32)
+    try:
+        teacher, student = _pair(3, norm="batchnorm", dropout=True)
+        x_l, y_l, x_u = (t.float() if t.is_floating_point() else t for t in _data(100))
+        nets, hs = [], []
+        for mode in ("fast", "reference"):
+            t, s = copy.deepcopy(teacher), copy.deepcopy(student)
+            torch.manual_seed(7)  # the same dropout masks in both modes
+            hs.append(ReciprocalStep(t, s, _sgd(t, 0.01), _sgd(s, 0.01), mode=mode)(x_l, y_l, x_u, 0.01).h)
+            nets.append(torch.cat([p.flatten() for p in (*t.parameters(), *s.parameters())]))
+        assert hs[0] == pytest.approx(hs[1], rel=1e-4)
+        assert float((nets[0] - nets[1]).norm() / nets[1].norm()) < 1e-6
     finally:
         torch.set_default_dtype(torch.float64)
 

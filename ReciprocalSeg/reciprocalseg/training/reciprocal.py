@@ -51,6 +51,18 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def like_param(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`grad` in `param`'s memory layout, copied only when the strides differ.
+
+    `.backward()` guarantees this (AccumulateGrad's layout contract); `autograd.grad` does not,
+    and the fused CUDA SGD refuses gradients whose strides differ from their parameters'. As in
+    both of those, strides of size-1 dimensions do not count (a channels-last 1x1x1 conv's
+    weight gradient may come back "contiguous", which is the same memory).
+    """
+    same = all(n == 1 or a == b for n, a, b in zip(grad.shape, grad.stride(), param.stride(), strict=True))
+    return grad if same else torch.empty_like(param).copy_(grad)
+
+
 def gradient_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     """<a, b> over all parameters, accumulated in fp32 (or wider)."""
     dtype = torch.promote_types(a[0].dtype, torch.float32)
@@ -124,7 +136,7 @@ class ReciprocalStep:
         grad_u = torch.autograd.grad(loss_su, student_params)
         self._sync(grad_u)
         for p, g in zip(student_params, grad_u, strict=True):
-            p.grad = g
+            p.grad = like_param(g, p)
         self.student_opt.step()
         self.student_opt.zero_grad(set_to_none=True)
 
@@ -213,4 +225,4 @@ def supervised_step(
     if grad_sync is not None:
         grad_sync([p.grad for p in model.parameters() if p.grad is not None])
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
