@@ -321,16 +321,23 @@ PHASE2_ONLY = {
 }
 
 
-class SupervisedSnapshot:
-    """Copies the run's checkpoint at the end of phase 1 to checkpoints/supervised_end.pt."""
+RECIPROCAL_CHECKPOINT = "reciprocal_end.pt"
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+
+class PhaseSnapshot:
+    """Copies the run's latest checkpoint when `phase` starts (the end of the phase before it).
+
+    `reciprocal` -> checkpoints/supervised_end.pt (phase 1, shareable between runs);
+    `finetune` -> checkpoints/reciprocal_end.pt (the student and its EMA before the fine-tune).
+    """
+
+    def __init__(self, run_dir: Path, phase: str, name: str) -> None:
+        self.run_dir, self.phase, self.name = run_dir, phase, name
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if (event.get("event"), event.get("phase"), event.get("iteration")) == ("phase", "reciprocal", 0):
+        if (event.get("event"), event.get("phase"), event.get("iteration")) == ("phase", self.phase, 0):
             latest = self.run_dir / "checkpoints" / "latest.pt"
-            target = self.run_dir / "checkpoints" / SUPERVISED_CHECKPOINT
+            target = self.run_dir / "checkpoints" / self.name
             if latest.exists() and not target.exists():
                 shutil.copyfile(latest, target)
 
@@ -392,6 +399,19 @@ def cut_run_models(run_dir: Path, config: TrainConfig, device: str) -> dict[str,
     else:
         models["student"] = _model_from_state(checkpoint["student"], config, device)
     return models
+
+
+def intermediate_models(checkpoint_path: Path, config: TrainConfig) -> dict[str, LoadedModel]:
+    """The student (and its EMA, if kept) at the end of the reciprocal phase, before a fine-tune."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint is None:
+        return {}
+    out = {"student_before_finetune": _model_from_state(checkpoint["student"], config, config.device)}
+    ema = checkpoint.get("student_ema")
+    if ema is not None:
+        state = {k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")}
+        out["student_ema_before_finetune"] = _model_from_state(state, config, config.device)
+    return out
 
 
 @dataclass
@@ -533,6 +553,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mt-rampup", type=float, default=0.4, help="ramp-up as a fraction of the iterations")
     p.add_argument("--no-paper-stride", action="store_true", help="evaluate with the default overlap")
     p.add_argument("--largest-component", action="store_true", help="post-process (off in the paper)")
+    p.add_argument("--skip-eval", default="", help="models not to evaluate, e.g. supervised")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default OUT/cache)")
@@ -541,9 +562,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the full record (also written to OUT/result.json)."""
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     protocol = PROTOCOLS[args.protocol]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -609,7 +639,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         cut = False
         try:
-            listeners = [budget, printer, SupervisedSnapshot(run_dir)]
+            listeners = [
+                budget,
+                printer,
+                PhaseSnapshot(run_dir, "reciprocal", SUPERVISED_CHECKPOINT),
+                PhaseSnapshot(run_dir, "finetune", RECIPROCAL_CHECKPOINT),
+            ]
             train(run_config, split.labeled, split.unlabeled, run_dir, listeners, token, cache_dir=cache)
         except CancelledError:
             cut = True
@@ -622,8 +657,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if (run_dir / "supervised.pt").exists():
             models["supervised"] = load_model(run_dir / "supervised.pt", config.device)
         if cut:
+            why = f"the {args.time_budget_min} min budget" if budget.fired else "a cancel request"
             note = (
-                f"reciprocal run CUT by the {args.time_budget_min} min budget at {reached.get('phase')} "
+                f"reciprocal run CUT by {why} at {reached.get('phase')} "
                 f"iteration {reached.get('iteration')} of {reached.get('of')}"
             )
             notes.append(note)
@@ -636,6 +672,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:
             models["teacher"] = load_model(run_dir / "teacher.pt", config.device)
             models["student"] = load_model(run_dir / "student.pt", config.device)
+            if config.student_ema > 0 and config.finetune_iterations == 0:  # student.pt is the EMA
+                models["student_raw"] = load_model(run_dir / "checkpoints" / "student.pt", config.device)
+        if "student" in models and (run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT).exists():
+            # Each addition on its own: the raw student and its EMA before the fine-tune.
+            models.update(intermediate_models(run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT, config))
         runs["reciprocal"] = info
         if "reciprocal" not in methods:
             models.pop("teacher", None)
@@ -666,15 +707,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "init": args.mt_init,
         }
         if result.cut:
-            note = (
-                f"mean teacher CUT by the {args.time_budget_min} min budget at iteration "
-                f"{result.iterations} of {result.planned}"
-            )
+            why = f"the {args.time_budget_min} min budget" if budget.fired else "a cancel request"
+            note = f"mean teacher CUT by {why} at iteration {result.iterations} of {result.planned}"
             notes.append(note)
             log(note)
         models["mean_teacher_student"] = load_model(result.student, config.device)
         models["mean_teacher_ema"] = load_model(result.teacher, config.device)
 
+    for name in args.skip_eval.split(","):
+        if models.pop(name.strip(), None) is not None:
+            notes.append(f"{name.strip()} not evaluated here (--skip-eval)")
     results: dict[str, list[dict[str, Any]]] = {}
     eval_seconds = {}
     for name, model in models.items():

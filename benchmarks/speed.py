@@ -10,17 +10,21 @@ In one process, on the same inputs and from the same initial weights:
     GPU memory of each is its own: the allocator's peak during its steps minus what the
     other pair of networks holds meanwhile.
 (b) inference of one 144x144x88 (x, y, z) scan: the paper's stride (18, 18, 4), one window
-    at a time in fp32, against the fast path (50% overlap, batched windows, Gaussian
-    weighting, bf16 on the GPU, the scan kept on the device).
+    at a time in fp32 (cuDNN defaults, as the published evaluation script), against the fast
+    path (50% overlap, batched windows, Gaussian weighting, bf16 on the GPU, channels-last,
+    the scan kept on the device).
 (c) gpu tier: a whole uncropped 576x576x88 scan with the fast path.
 (d) gpu tier: the full training loop through the real `Trainer` on synthetic cases held on the
     GPU (data/gpu_sampler.py), supervised and reciprocal ms per iteration, and the projected
     time of a paper round (6000 supervised + 6000 reciprocal iterations).
 
 Tiers: `gpu` is the paper's setting (112x112x80 crops, batch 2+2, V-Net n_filters 16);
-`cpu` is sized for a small CPU machine (64x64x48 crops, n_filters 8; the scans of (b) are
-the same size, so the windows are smaller and more numerous); `tiny` runs every section at
-toy sizes on the CPU (the test suite uses it to exercise this code, not to time anything).
+`cpu` is sized for a small CPU machine (64x64x48 crops, n_filters 8). Its scan for (b) is
+96x96x56: the same margins around its patch as 144x144x88 has around 112x112x80, so both
+tiers compare the same 27 paper-stride windows with 8 fast ones (a 144x144x88 scan would
+need 396 paper-stride windows of 64x64x48: many minutes on a small CPU; `--scan 144 144 88`
+runs it anyway). `tiny` runs every section at toy sizes on the CPU (the test suite uses it
+to exercise this code, not to time anything).
 
 A table goes to stdout, then, as the LAST line, one JSON object (see `run`). Scans are never
 read or written: SimpleITK is not needed (a placeholder module stands in when it is missing).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import math
@@ -39,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,8 +139,8 @@ TIERS = {
         (64, 64, 48),
         8,
         warmup_steps=1,
-        timed_steps=4,
-        scan_xyz=(144, 144, 88),
+        timed_steps=6,
+        scan_xyz=(96, 96, 56),
         inference_warmup=0,
         paper_repeats=1,
         fast_repeats=2,
@@ -177,10 +183,12 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _cudnn(published: bool) -> None:
-    """The published settings (deterministic, no autotuning) or the fast path's (autotuning)."""
-    torch.backends.cudnn.deterministic = published
-    torch.backends.cudnn.benchmark = not published
+def _cudnn(benchmark: bool, deterministic: bool = False) -> None:
+    """cuDNN settings: the published training script's are deterministic=True, benchmark=False
+    (UA-MT/RLSSS); its evaluation script leaves PyTorch's defaults (both False); the fast path
+    autotunes (benchmark=True)."""
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def device_name(device: torch.device) -> str:
@@ -253,15 +261,14 @@ def bench_step(tier: Tier, device: torch.device, compile_fast: bool = False) -> 
         cfg = config.replace(step_mode=mode)
         nets = [copy.deepcopy(m).to(device) for m in init]
         inputs = [t.to(device) for t in (x_l, y_l, x_u)]
-        fast_gpu = mode == "fast" and device.type == "cuda"
-        if fast_gpu:  # what Trainer does for the fast mode on CUDA
+        if mode == "fast":  # what Trainer does for the fast mode (channels-last, on any device)
             nets = [m.to(memory_format=torch.channels_last_3d) for m in nets]
             inputs = [
                 t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t for t in inputs
             ]
         if mode == "fast" and compile_fast:
             for m in nets:
-                m.compile()
+                m.compile(dynamic=False)  # as Trainer does with `compile: true`
         opts = [_sgd(m, cfg, device) for m in nets]
         amp = amp_dtype_for(cfg, device)
         step = ReciprocalStep(nets[0], nets[1], opts[0], opts[1], mode=mode, amp_dtype=amp)
@@ -274,7 +281,8 @@ def bench_step(tier: Tier, device: torch.device, compile_fast: bool = False) -> 
         order = ("reference", "fast") if i % 2 == 0 else ("fast", "reference")
         for mode in order:
             pair, other = pairs[mode], pairs["fast" if mode == "reference" else "reference"]
-            _cudnn(published=mode == "reference")
+            reference = mode == "reference"
+            _cudnn(benchmark=not reference, deterministic=reference)
             x_l_d, y_l_d, x_u_d = pair["inputs"]
             if cuda:
                 mine = _tensor_bytes(_resident(pair["nets"], pair["opts"]) + pair["inputs"])
@@ -313,7 +321,7 @@ def bench_step(tier: Tier, device: torch.device, compile_fast: bool = False) -> 
 
 # -- (b), (c) inference ------------------------------------------------------------------------
 def _inference_models(tier: Tier, device: torch.device) -> tuple[LoadedModel, LoadedModel]:
-    """The same weights twice: as published (NCDHW) and as the fast path holds them on a GPU."""
+    """The same weights twice: as published (NCDHW) and as the fast path holds them (channels-last)."""
     config = _config(tier)
     torch.manual_seed(2)
     net = build_model(2, tier.n_filters).to(device).eval()
@@ -324,9 +332,7 @@ def _inference_models(tier: Tier, device: torch.device) -> tuple[LoadedModel, Lo
         "inference_weighting": config.inference_weighting,
         "inference_batch": config.inference_batch,
     }
-    fast = copy.deepcopy(net)
-    if device.type == "cuda":
-        fast = fast.to(memory_format=torch.channels_last_3d)
+    fast = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)  # as load_model holds it
     return from_module(net, meta), from_module(fast, meta)
 
 
@@ -348,11 +354,11 @@ def bench_inference(tier: Tier, device: torch.device) -> dict[str, Any]:
     fast_steps = [max(1, round(p * (1 - overlap))) for p in patch]
 
     def paper() -> np.ndarray:
-        _cudnn(published=True)
+        _cudnn(benchmark=False)
         return sliding_window_probabilities(reference, volume, paper_stride=True)
 
     def fast_run(vol: np.ndarray = volume) -> np.ndarray:
-        _cudnn(published=False)
+        _cudnn(benchmark=True)
         return sliding_window_probabilities(fast, vol)
 
     for _ in range(tier.inference_warmup):
@@ -389,7 +395,7 @@ def bench_inference(tier: Tier, device: torch.device) -> dict[str, Any]:
 class _PrecachedTrainer(Trainer):
     """The real Trainer, on cases already in its .npy cache format (no scan is read)."""
 
-    def __init__(self, *args: Any, cached: tuple[list[CachedCase], list[CachedCase]], **kwargs: Any):
+    def __init__(self, *args: Any, cached: tuple[list[CachedCase], list[CachedCase]], **kwargs: Any) -> None:
         self._cached = cached
         super().__init__(*args, **kwargs)
 
@@ -435,7 +441,7 @@ def _write_cases(
     return cases
 
 
-def bench_loop(tier: Tier, device: torch.device) -> dict[str, Any]:
+def bench_loop(tier: Tier, device: torch.device, compile_models: bool = False) -> dict[str, Any]:
     """ms per iteration of both phases of the real training loop, crops cut on the device."""
     n = tier.loop_iterations
     config = _config(
@@ -444,7 +450,9 @@ def bench_loop(tier: Tier, device: torch.device) -> dict[str, Any]:
         reciprocal_iterations=n,
         checkpoint_every=10**9,  # only the end-of-phase checkpoints, which are not timed
         data_on_gpu="on",
+        compile=compile_models,  # compilation happens in the warm-up iterations, left out of the median
     )
+    _cudnn(benchmark=True)  # what Trainer sets for the fast mode on CUDA (and no leftover determinism)
     clock = _IterationClock()
     with tempfile.TemporaryDirectory(prefix="speed-loop-") as tmp:
         labeled, unlabeled, labeled_cached, unlabeled_cached = _write_cases(tier, Path(tmp))
@@ -471,9 +479,20 @@ def bench_loop(tier: Tier, device: torch.device) -> dict[str, Any]:
 
 
 # -- the whole benchmark -----------------------------------------------------------------------
-def run(tier_name: str, compile_fast: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """All sections of one tier; returns the result that the JSON line holds."""
+def run(
+    tier_name: str,
+    compile_fast: bool = False,
+    log: Callable[[str], None] = print,
+    scan_xyz: Triple | None = None,
+    only: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The sections of one tier (`only`: a subset of SECTIONS; `scan_xyz` replaces its scan for (b)).
+
+    Returns the JSON line's object.
+    """
     tier = TIERS[tier_name]
+    if scan_xyz is not None:
+        tier = dataclasses.replace(tier, scan_xyz=scan_xyz)
     if tier.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("the gpu tier needs a CUDA GPU; use --tier cpu here")
     device = torch.device(tier.device)
@@ -488,50 +507,106 @@ def run(tier_name: str, compile_fast: bool = False, log: Callable[[str], None] =
         "batch": "2+2",
         "threads": torch.get_num_threads(),
     }
+    result.update(dict.fromkeys(RESULT_KEYS))
+    result["errors"] = {}
     t0 = time.perf_counter()
     log(f"[speed] tier {tier.name} on {result['device']}, torch {result['torch']}")
-    result.update(bench_step(tier, device, compile_fast))
-    log(f"[speed] training step done ({time.perf_counter() - t0:.0f} s)")
-    result.update(bench_inference(tier, device))
-    log(f"[speed] inference done ({time.perf_counter() - t0:.0f} s)")
-    loop_keys = ("supervised_ms_per_iter", "reciprocal_ms_per_iter", "projected_round_min")
-    result.update(dict.fromkeys(loop_keys))
+    sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("step", lambda: bench_step(tier, device, compile_fast)),
+        ("inference", lambda: bench_inference(tier, device)),
+    ]
     if tier.loop_iterations:
-        result.update(bench_loop(tier, device))
-        log(f"[speed] training loop done ({time.perf_counter() - t0:.0f} s)")
+        sections.append(("loop", lambda: bench_loop(tier, device, compile_fast)))
+    for name, section in sections:
+        if only and name not in only:
+            continue
+        # One failing section (on a GPU session that cannot be repeated at will) keeps the others.
+        try:
+            result.update(section())
+            log(f"[speed] {name} done ({time.perf_counter() - t0:.0f} s)")
+        except Exception as exc:  # reported in the JSON line and the exit status
+            log(traceback.format_exc())
+            result["errors"][name] = f"{type(exc).__name__}: {exc}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     result["benchmark_s"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+SECTIONS = ("step", "inference", "loop")  # (a), (b) with (c), (d)
+
+# Every key the JSON line has (None where a section did not run or does not apply).
+RESULT_KEYS = (
+    "reference_step_ms",
+    "fast_step_ms",
+    "train_step_ratio",
+    "reference_peak_mib",
+    "fast_peak_mib",
+    "peak_memory_ratio",
+    "fast_amp",
+    "fast_compiled",
+    "scan_xyz",
+    "paper_stride_windows",
+    "fast_windows",
+    "paper_stride_inference_s",
+    "fast_inference_s",
+    "inference_ratio",
+    "whole_scan_xyz",
+    "whole_scan_windows",
+    "whole_scan_s",
+    "loop_cases",
+    "loop_case_xyz",
+    "loop_cases_on_device",
+    "supervised_ms_per_iter",
+    "reciprocal_ms_per_iter",
+    "projected_round_min",
+)
 
 
 def _fmt(value: Any, unit: str = "") -> str:
     return "-" if value is None else f"{value}{unit}"
 
 
+def _xyz(value: Sequence[int] | None) -> str:
+    return "-" if value is None else "x".join(map(str, value))
+
+
+# Issue 5's targets, per tier, for the table's last column.
+TARGETS = {
+    "gpu": {"step": ">= 4x", "memory": "<= 0.6", "inference": ">= 30x", "whole": "< 1 s", "round": "< 6 min"},
+    "cpu": {"step": ">= 1x", "memory": "", "inference": ">= 5x", "whole": "", "round": ""},
+}
+
+
 def table(r: dict[str, Any]) -> str:
-    """The human-readable summary (Markdown)."""
-    patch = "x".join(map(str, r["patch_xyz"]))
+    """The human-readable summary (Markdown); "-" where a section did not run."""
+    target = TARGETS.get(r["tier"], dict.fromkeys(TARGETS["gpu"], ""))
     rows = [
-        "| measurement | reference / paper | fast | ratio |",
-        "|---|---|---|---|",
-        f"| reciprocal step {patch}, batch {r['batch']}, n_filters {r['n_filters']} (ms) "
-        f"| {r['reference_step_ms']} | {r['fast_step_ms']} ({r['fast_amp']}) | {r['train_step_ratio']}x |",
+        "| measurement | reference / paper | fast | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| reciprocal step {_xyz(r['patch_xyz'])}, batch {r['batch']}, n_filters {r['n_filters']} (ms) "
+        f"| {_fmt(r['reference_step_ms'])} | {_fmt(r['fast_step_ms'])} ({_fmt(r['fast_amp'])}) "
+        f"| {_fmt(r['train_step_ratio'], 'x')} | {target['step']} |",
         f"| peak GPU memory of a step (MiB) | {_fmt(r['reference_peak_mib'])} | {_fmt(r['fast_peak_mib'])} "
-        f"| {_fmt(r['peak_memory_ratio'])} |",
-        f"| inference {'x'.join(map(str, r['scan_xyz']))} scan (s; windows {r['paper_stride_windows']} / "
-        f"{r['fast_windows']}) | {r['paper_stride_inference_s']} | {r['fast_inference_s']} "
-        f"| {r['inference_ratio']}x |",
+        f"| {_fmt(r['peak_memory_ratio'])} | {target['memory']} |",
+        f"| inference of a {_xyz(r['scan_xyz'])} scan (s; {_fmt(r['paper_stride_windows'])} vs "
+        f"{_fmt(r['fast_windows'])} windows) | {_fmt(r['paper_stride_inference_s'])} "
+        f"| {_fmt(r['fast_inference_s'])} | {_fmt(r['inference_ratio'], 'x')} | {target['inference']} |",
     ]
     if r.get("whole_scan_s") is not None:
         rows.append(
-            f"| whole {'x'.join(map(str, r['whole_scan_xyz']))} scan, fast path "
-            f"(s; {r['whole_scan_windows']} windows) | | {r['whole_scan_s']} | |"
+            f"| whole {_xyz(r['whole_scan_xyz'])} scan, fast path (s; {r['whole_scan_windows']} windows) "
+            f"| | {r['whole_scan_s']} | | {target['whole']} |"
         )
     if r.get("supervised_ms_per_iter") is not None:
         rows += [
-            f"| training loop, supervised (ms/iteration) | | {r['supervised_ms_per_iter']} | |",
-            f"| training loop, reciprocal (ms/iteration) | | {r['reciprocal_ms_per_iter']} | |",
-            f"| projected paper round, 6000 + 6000 iterations (min) | | {r['projected_round_min']} | |",
+            f"| training loop, supervised (ms/iteration) | | {r['supervised_ms_per_iter']} | | |",
+            f"| training loop, reciprocal (ms/iteration) | | {r['reciprocal_ms_per_iter']} | | |",
+            f"| projected paper round, 6000 + 6000 iterations (min) | | {r['projected_round_min']} | "
+            f"| {target['round']} |",
         ]
+    for name, error in (r.get("errors") or {}).items():
+        rows.append(f"| FAILED: {name} | {error} | | | |")
     return "\n".join(rows)
 
 
@@ -539,18 +614,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n")[0])
     parser.add_argument("--tier", choices=sorted(TIERS), default="cpu")
     parser.add_argument("--json-only", action="store_true", help="print only the JSON line")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the fast step's networks")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the networks of the fast step and the loop"
+    )
+    parser.add_argument("--scan", type=int, nargs=3, metavar=("X", "Y", "Z"), help="scan size for (b)")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; 1 on a machine shared with other jobs, "
+        "where spinning OpenMP threads slow everything down many times over)",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     def log(message: str) -> None:
         if not args.json_only:
             print(message, file=sys.stderr, flush=True)
 
-    result = run(args.tier, args.compile, log)
+    result = run(args.tier, args.compile, log, tuple(args.scan) if args.scan else None, args.only)
     if not args.json_only:
         print(table(result))
     print(json.dumps(result), flush=True)
-    return 0
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":

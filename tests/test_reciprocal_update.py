@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from reciprocalseg.model.vnet import build_model
 from reciprocalseg.training.reciprocal import ReciprocalStep
 
-torch.set_default_dtype(torch.float64)  # the by-hand comparison is exact up to round-off
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """The by-hand comparison is exact up to round-off in float64; restored for other test files."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _pair(seed: int, norm: str = "groupnorm", dropout: bool = False):

@@ -293,7 +293,8 @@ class DistributedTrainer(Trainer):
         self.rank = ctx.rank
         self.grad_sync = AllReduceMean()
         self.cancel = AgreedCancel(self.cancel, ctx)
-        self.device_name = f"{describe_device(self.device)} x {ctx.world_size} ranks ({ctx.backend})"
+        ranks = f"{ctx.world_size} rank{'s' if ctx.world_size > 1 else ''}"
+        self.device_name = f"{describe_device(self.device)} x {ranks} ({ctx.backend})"
 
     # Rank 0 writes, the others wait: run files, preprocessing cache, checkpoints, models.
     def _write_run_files(self) -> None:
@@ -465,7 +466,7 @@ def run_ranks(
             try:
                 while not context.join(timeout=1.0, **join_kwargs):
                     pass
-            except mp.ProcessException as exc:
+            except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
                 failed_rank = exc.error_index
         outcomes = _load_outcomes(result_dir, world_size)
     _raise_first_error(outcomes, failed_rank)

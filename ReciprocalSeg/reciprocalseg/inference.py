@@ -9,6 +9,7 @@ stride (x, y, z) = (18, 18, 4), uniform weights, one window at a time, fp32.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +63,8 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     dev = resolve_device(device)
     module = build_model(meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"])
     module.load_state_dict(data["state_dict"])
-    module.to(dev).eval()
-    if dev.type == "cuda":  # channels-last weights: the bf16 tensor-core convolutions' layout
-        module.to(memory_format=torch.channels_last_3d)
+    # Channels-last weights: the layout cuDNN's bf16 tensor-core and oneDNN's CPU convolutions want.
+    module.to(dev, memory_format=torch.channels_last_3d).eval()
     return LoadedModel(module, meta, dev, Path(path))
 
 
@@ -91,6 +91,19 @@ def gaussian_weights(patch_zyx: tuple[int, int, int], sigma_scale: float = 0.125
     weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     weights = weights / weights.max()
     return weights.clamp_min(float(weights[weights > 0].min()))
+
+
+@functools.lru_cache(maxsize=8)
+def _window_weights(patch_zyx: tuple[int, int, int], weighting: str) -> torch.Tensor:
+    """Cached (read-only) window weights: the Gaussian map of a 112x112x80 patch takes
+    milliseconds to build, as long as the whole fast inference of a small scan on a GPU."""
+    return gaussian_weights(patch_zyx) if weighting == "gaussian" else torch.ones(patch_zyx)
+
+
+@functools.lru_cache(maxsize=8)
+def _on(weights: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A cached copy of the (cached, never modified) `weights` on `device`."""
+    return weights.to(device)
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -133,7 +146,7 @@ def sliding_window_probabilities(
     padded, undo = pad_to_at_least(volume.astype(np.float32, copy=False), patch)
     image = torch.from_numpy(np.ascontiguousarray(padded))
     shape = tuple(image.shape)
-    weight = gaussian_weights(patch) if weighting == "gaussian" else torch.ones(patch)
+    weight = _window_weights(patch, weighting)
     corners = [
         (z0, y0, x0)
         for z0 in window_starts(shape[0], patch[0], steps[0])
@@ -192,11 +205,12 @@ class _Windows:
         home = device if on_device else torch.device("cpu")
         pin = not on_device and device.type == "cuda"
         image = image.to(home)
-        weight_device, weight_home = self.weight.to(device), self.weight.to(home)
+        weight_device, weight_home = _on(self.weight, device), _on(self.weight, home)
         probs = torch.zeros((self.model.n_classes, *image.shape), dtype=torch.float32, device=home)
         counts = torch.zeros(image.shape, dtype=torch.float32, device=home)
-        # bf16 tensor-core kernels want channels-last activations; the fp32 paper mode stays as published.
-        channels_last = device.type == "cuda" and self.mixed_precision
+        # The fast path feeds channels-last windows (cuDNN bf16 tensor cores, oneDNN on the CPU); the
+        # paper mode (fp32, mixed_precision off) stays as published.
+        channels_last = self.mixed_precision
         for i in range(0, len(self.corners), self.batch_size):
             batch = self.corners[i : i + self.batch_size]
             crops = torch.stack(

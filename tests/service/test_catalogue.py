@@ -54,7 +54,8 @@ def files(tmp_path_factory: pytest.TempPathFactory, phantoms: list[Case]) -> dic
     out["label_float"] = like(arr.astype(np.float32) * 0.5)
     out["label_negative"] = like(np.where(arr > 0, -1, 0).astype(np.int16))
     out["label_nan"] = like(np.where(arr > 0, np.nan, 0).astype(np.float32))
-    out["big"] = b"\0" * (1024 * 1024 + 4096)
+    out["big"] = b"\0" * (1024 * 1024 + 4096)  # over the limit, but not the request limit (limit + 1 MiB)
+    out["huge"] = b"\0" * (3 * 1024 * 1024)  # refused from Content-Length, before the body is read
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("teacher.pt", b"x")
@@ -143,6 +144,7 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
         lambda s, u, f: s.post(f"{u}/cases", files=up(f"{C0}_image.nrrd", f["image"])),
     ),
     "upload over the size limit": (413, lambda s, u, f: s.post(f"{u}/cases", files=up("big.nrrd", f["big"]))),
+    "upload far over the limit": (413, lambda s, u, f: s.post(f"{u}/cases", files=up("h.nrrd", f["huge"]))),
     # --- cases: register / get / delete
     "register relative path": (
         422,

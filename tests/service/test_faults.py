@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 # Supervised-only rounds with a checkpoint every iteration: many checkpoint-write windows to hit.
 TRAIN_CKPT = {
     "preset": "demo",
-    "supervised_iterations": 6,
+    "supervised_iterations": 4,
     "iterations": 0,
     "device": "cpu",
     "checkpoint_every": 1,
@@ -108,9 +108,9 @@ def test_worker_sigkill_resumes(service: Running, phantoms: list[Case]) -> None:
 
 
 def test_service_sigkill_mid_training_resumes_on_restart(service: Running, phantoms: list[Case]) -> None:
-    ws, c = service.workspace, service.client
+    ws = service.workspace
     _setup(service, phantoms)
-    st = c.start_training(**TRAIN_CKPT)
+    st = service.client.start_training(**TRAIN_CKPT)
     run_dir = ws / "runs" / st.run_id
     worker = _job(ws, st.run_id)["pid"]
     # kill the service (not the worker) while the worker writes a checkpoint
@@ -128,7 +128,7 @@ def test_service_sigkill_mid_training_resumes_on_restart(service: Running, phant
     assert service.client.list_models().current == 1
     assert any(e["event"] == "resumed" for e in _events(ws, st.run_id))
     # a graceful stop mid-run: the run is cancelled with a checkpoint; resume continues it
-    st = service.client.start_training(**{**TRAIN_CKPT, "supervised_iterations": 8, "warm_start": True})
+    st = service.client.start_training(**{**TRAIN_CKPT, "supervised_iterations": 4, "warm_start": True})
     _wait(lambda: (ws / "runs" / st.run_id / "checkpoints" / "latest.pt").exists(), 600, "first checkpoint")
     stopped = service.client.stop_training()
     assert stopped.state == "cancelled", stopped
@@ -139,7 +139,6 @@ def test_service_sigkill_mid_training_resumes_on_restart(service: Running, phant
     assert resumed.state == "running" and resumed.run_id == st.run_id
     st = service.client.wait_for_training(poll=0.5, timeout=900)
     assert st.state == "completed" and service.client.list_models().current == 2
-    del c
 
 
 def _label_array(path: Path) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -92,10 +93,22 @@ def crop_on_device(
     return crop
 
 
+class CropDraw(NamedTuple):
+    """The random choices behind one crop."""
+
+    index: int  # which case
+    k: int  # rot90 count in the (y, x) plane
+    starts: Triple  # window corner (z, y, x) in the unrotated volume; negative = zero padding before
+    window: Triple  # window shape in the unrotated volume (y and x swapped for odd k)
+    flip_axis: int | None  # 1 = y, 2 = x; None without augmentation
+
+
 class DeviceCases:
     """Cached cases held as tensors on one device, and endless crop batches drawn from them."""
 
-    def __init__(self, cases: Sequence[CachedCase], device: torch.device | str, with_labels: bool = True):
+    def __init__(
+        self, cases: Sequence[CachedCase], device: torch.device | str, with_labels: bool = True
+    ) -> None:
         if not cases:
             raise DataError("no cases to sample crops from")
         self.device = torch.device(device)
@@ -117,8 +130,8 @@ class DeviceCases:
         sizes = [t.numel() * t.element_size() for t in (*self.images, *self.labels) if t is not None]
         return sum(sizes)
 
-    def draw(self, patch_zyx: Triple, generator: torch.Generator, augment: bool = True) -> tuple:
-        """One crop's random choices, in `random_crop`'s order: (case, k, starts, flip axis)."""
+    def draw(self, patch_zyx: Triple, generator: torch.Generator, augment: bool = True) -> CropDraw:
+        """One crop's random choices, drawn in `random_crop`'s order (case first, as CropStream)."""
         index = _randint(generator, len(self.images))
         k = _randint(generator, 4) if augment else 0
         pz, py, px = patch_zyx
@@ -128,7 +141,14 @@ class DeviceCases:
             pad = max(w - n, 0)
             starts.append(_randint(generator, max(n + pad - w, 0) + 1) - pad // 2)
         flip_axis = 1 + _randint(generator, 2) if augment else None
-        return index, k, tuple(starts), window, flip_axis
+        return CropDraw(index, k, (starts[0], starts[1], starts[2]), window, flip_axis)
+
+    def crop(self, draw: CropDraw, with_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (D, H, W) image crop and, when asked for, its label crop, for one draw."""
+        args = (draw.starts, draw.window, draw.k, draw.flip_axis)
+        image = crop_on_device(self.images[draw.index], *args, fill=0.0)
+        label = self.labels[draw.index] if with_labels else None
+        return image, None if label is None else crop_on_device(label, *args, fill=0)
 
     def sample(
         self,
@@ -146,12 +166,10 @@ class DeviceCases:
             raise DataError("labels were asked for but these cases were loaded without them")
         images, labels = [], []
         for _ in range(batch_size):
-            index, k, starts, window, flip_axis = self.draw(patch_zyx, generator, augment)
-            images.append(crop_on_device(self.images[index], starts, window, k, flip_axis, 0.0))
-            if with_labels:
-                label = self.labels[index]
-                assert label is not None  # checked by has_labels
-                labels.append(crop_on_device(label, starts, window, k, flip_axis, 0))
+            image, label = self.crop(self.draw(patch_zyx, generator, augment), with_labels)
+            images.append(image)
+            if label is not None:
+                labels.append(label)
         x = torch.stack(images)[:, None]
         if with_labels:
             y = torch.stack(labels).long()

@@ -8,6 +8,7 @@ nothing is stored unless the whole request succeeded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import io
@@ -533,10 +534,11 @@ class _BodyTooLarge(Exception):
 class GuardMiddleware:
     """Token check (``Authorization: Bearer``) and request body size limit, before any parsing."""
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, max_body: int, upload_limit: int) -> None:
         self.app = app
         self.token = token
         self.max_body = max_body
+        self.upload_limit = upload_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -565,7 +567,7 @@ class GuardMiddleware:
                 await _send_json(send, 400, {"detail": "invalid Content-Length header"})
                 return
             if too_big:
-                await _send_json(send, 413, {"detail": _too_large_msg(self.max_body)})
+                await _send_json(send, 413, {"detail": _too_large_msg(self.upload_limit)})
                 return
         received = 0
         started = False
@@ -589,7 +591,7 @@ class GuardMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _send_json(send, 413, {"detail": _too_large_msg(self.max_body)})
+                await _send_json(send, 413, {"detail": _too_large_msg(self.upload_limit)})
 
 
 def _too_large_msg(limit: int) -> str:
@@ -633,7 +635,9 @@ def create_app(service: Service, manage_lifecycle: bool = True) -> FastAPI:
     app.state.service = service
     ws = service.ws
     max_body = service.max_upload_bytes + (1 << 20)  # room for the multipart envelope
-    app.add_middleware(GuardMiddleware, token=service.config.token, max_body=max_body)
+    app.add_middleware(
+        GuardMiddleware, token=service.config.token, max_body=max_body, upload_limit=service.max_upload_bytes
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -651,6 +655,16 @@ def create_app(service: Service, manage_lifecycle: bool = True) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return JSONResponse(
+                {"detail": f"no space left for the workspace {ws.root}: free some disk space and retry"},
+                status_code=507,
+            )
+        log.exception("I/O error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"I/O error in the workspace: {exc}"}, status_code=500)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

