@@ -472,13 +472,13 @@ def write_outputs(
     header: dict[str, Any],
 ) -> None:
     """per_case.csv, summary.csv and results.md in `out`."""
-    with open(out / "per_case.csv", "w", newline="") as f:
+    with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "case", *METRICS])
         for name, rows in results.items():
             for r in rows:
                 writer.writerow([name, r["case"], *(f"{r[k]:.6g}" for k in METRICS)])
-    with open(out / "summary.csv", "w", newline="") as f:
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "n", *(f"{k}_{s}" for k in METRICS for s in ("mean", "std")), "n_nan"])
         for name, s in summary.items():
@@ -504,7 +504,7 @@ def write_outputs(
     ]
     for note in header.get("notes", []):
         lines.append(f"- {note}")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def markdown_table(results: dict[str, list[dict[str, Any]]], summary: dict[str, dict[str, Any]]) -> str:
