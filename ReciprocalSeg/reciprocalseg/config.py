@@ -73,6 +73,9 @@ class TrainConfig:
     student_ema: float = 0.0  # >0: keep an EMA of the student for evaluation
     h_baseline: float = 0.0  # >0: subtract a moving average of h (momentum) from h
     finetune_iterations: int = 0  # supervised fine-tune of the student on labelled scans at the end
+    # "scratch" (the paper) or "teacher": start the student from the supervised teacher, which short
+    # runs need (a from-scratch student gets too few iterations to leave the all-background optimum).
+    student_init: str = "scratch"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -97,6 +100,8 @@ class TrainConfig:
             problems.append(
                 f"normalization={self.normalization!r}: use batchnorm, groupnorm, instancenorm or none"
             )
+        if self.student_init not in ("scratch", "teacher"):
+            problems.append(f"student_init={self.student_init!r}: use 'scratch' or 'teacher'")
         if self.step_mode not in ("fast", "reference"):
             problems.append(f"step_mode={self.step_mode!r}: use 'fast' or 'reference'")
         if self.intensity not in ("zscore", "ct"):
@@ -154,6 +159,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The built-in phantom demo and fast tests: minutes on a laptop CPU.
     "demo": {
+        "student_init": "teacher",
         "patch_size": (48, 48, 32),
         "n_filters": 8,
         "supervised_iterations": 150,

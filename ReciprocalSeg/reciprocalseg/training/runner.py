@@ -354,6 +354,13 @@ class Trainer:
         self.events.emit("phase", phase=phase, iteration=start, total=total, device=self.device_name)
         batches = self._streams(phase, start)
         step = self._make_step() if phase == "reciprocal" else None
+        if (
+            phase == "reciprocal"
+            and start == 0
+            and self.warm_start is None
+            and self.config.student_init == "teacher"
+        ):
+            self.student.load_state_dict(self.teacher.state_dict())
         if phase == "finetune" and start == 0 and self.student_ema is not None:
             self.student.load_state_dict(self.student_ema.module.state_dict())
         model, opt = (
