@@ -299,3 +299,27 @@ def test_multi_class_labels_train_and_predict(tmp_path: Path) -> None:
     assert pred.probabilities.shape[0] == 3
     with pytest.raises(Exception, match="K=1"):
         train(tiny_config(n_classes=2), cases[:2], unlabeled, tmp_path / "run2")
+
+
+def test_student_init_teacher_is_opt_in_and_starts_from_the_supervised_teacher(
+    cohort, tmp_path: Path
+) -> None:
+    assert make_config("paper").student_init == "scratch"
+    labeled, unlabeled = cohort
+    token = CancelToken()
+
+    def stop_before_any_student_step(event: dict) -> None:
+        if event["event"] == "progress" and event["phase"] == "supervised" and event["iteration"] == 2:
+            token.cancel()
+
+    cfg = tiny_config(supervised_iterations=2, reciprocal_iterations=1, student_init="teacher")
+    with pytest.raises(CancelledError):
+        train(cfg, labeled, unlabeled, tmp_path / "run", [stop_before_any_student_step], token)
+    result = train(cfg, labeled, unlabeled, tmp_path / "run")
+    # After one reciprocal step the student is one SGD step away from the supervised teacher,
+    # far closer than a freshly initialised network would be.
+    sup = load_model_file(result.supervised)["state_dict"]
+    student = load_model_file(result.student)["state_dict"]
+    weights = [k for k in sup if k.endswith("weight") and sup[k].dim() == 5]
+    rel = max(float((student[k] - sup[k]).norm() / sup[k].norm()) for k in weights)
+    assert rel < 0.2, rel
