@@ -581,7 +581,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         raise BenchmarkError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
     out = args.out or Path(f"/tmp/la-{protocol.name}")
     out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.txt", "a", buffering=1)
+    log_file = open(out / "log.txt", "a", buffering=1, encoding="utf-8")
 
     def log(msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"

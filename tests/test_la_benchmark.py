@@ -113,11 +113,11 @@ def test_harness_end_to_end(small_la: Path, tmp_path: Path, capsys: pytest.Captu
     assert record["summary"]["student"]["dice"]["n"] == 1
 
     models = {"supervised", "teacher", "student", "mean_teacher_student", "mean_teacher_ema"}
-    with open(out / "per_case.csv") as f:
+    with open(out / "per_case.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert {r["model"] for r in rows} == models
     assert set(rows[0]) == {"model", "case", *la.METRICS}
-    with open(out / "summary.csv") as f:
+    with open(out / "summary.csv", encoding="utf-8") as f:
         summary = list(csv.DictReader(f))
     assert {r["model"] for r in summary} == models and "hd95_vox_mean" in summary[0]
     md = (out / "results.md").read_text()
