@@ -54,14 +54,22 @@ def downsample_cases(src: Path, dst: Path, ids: list[str], spacing: float = 2.5)
 
 @pytest.fixture(scope="module")
 def small_la(la_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ids = [line.strip() for line in (la_dir / "train.list").read_text().splitlines() if line.strip()]
+    ids = [
+        line.strip()
+        for line in (la_dir / "train.list").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     dst = tmp_path_factory.mktemp("la_small")
     downsample_cases(la_dir, dst, ids[:3] + ids[-1:])
     return dst
 
 
 def _ids(path: Path) -> list[str]:
-    return [line.strip() for line in (path / "train.list").read_text().splitlines() if line.strip()]
+    return [
+        line.strip()
+        for line in (path / "train.list").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
 
 
 def test_default_split_is_disjoint_and_ordered(small_la: Path) -> None:
@@ -120,9 +128,9 @@ def test_harness_end_to_end(small_la: Path, tmp_path: Path, capsys: pytest.Captu
     with open(out / "summary.csv", encoding="utf-8") as f:
         summary = list(csv.DictReader(f))
     assert {r["model"] for r in summary} == models and "hd95_vox_mean" in summary[0]
-    md = (out / "results.md").read_text()
+    md = (out / "results.md").read_text(encoding="utf-8")
     assert "| model | n | Dice %" in md and "labelled = the first 2" in md
-    split = json.loads((out / "split.json").read_text())
+    split = json.loads((out / "split.json").read_text(encoding="utf-8"))
     assert not set(split["labeled"]) & set(split["unlabeled"])
     assert not (set(split["labeled"]) | set(split["unlabeled"])) & set(split["evaluation"])
     assert (out / "runs" / "reciprocal" / "supervised.pt").exists()
@@ -137,7 +145,7 @@ def test_harness_end_to_end(small_la: Path, tmp_path: Path, capsys: pytest.Captu
     record2 = la.main(argv2)
     assert record2["preset"] == "lite+improved"
     assert "shared with" in record2["runs"]["reciprocal"]["phase1"]
-    events = (out2 / "runs" / "reciprocal" / "events.jsonl").read_text()
+    events = (out2 / "runs" / "reciprocal" / "events.jsonl").read_text(encoding="utf-8")
     assert '"phase": "supervised", "iteration": 1' not in events  # phase 1 was not retrained
 
 
@@ -151,4 +159,4 @@ def test_time_budget_cuts_the_reciprocal_phase_honestly(small_la: Path, tmp_path
     assert record["cut"] is True and run["cut"] is True
     assert run["reached"]["phase"] == "reciprocal" and run["reached"]["iteration"] < 50
     assert record["student_dice"] is not None and record["supervised_dice"] is not None
-    assert "CUT" in (out / "results.md").read_text()
+    assert "CUT" in (out / "results.md").read_text(encoding="utf-8")
