@@ -122,44 +122,28 @@ def test_cancel_flag_file_stops_within_one_iteration(cohort, tmp_path: Path) -> 
     assert (last["phase"], last["iteration"]) == ("supervised", 2)
 
 
-def test_sigkill_then_rerun_resumes_from_last_checkpoint(cohort, tmp_path: Path) -> None:
-    """A worker killed with SIGKILL loses at most the iterations since its last checkpoint."""
-    labeled, unlabeled = cohort
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "ReciprocalSeg")}
+
+
+def cli_train_command(labeled: list[Case], tmp_path: Path, *extra: str) -> tuple[list[str], Path]:
+    """`reciprocalseg train` on a folder of the labelled pairs, a tiny supervised-only run."""
     images = tmp_path / "images"
     images.mkdir()
     for c in labeled:
         os.symlink(c.image, images / c.image.name)
         os.symlink(c.label, images / c.label.name)
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "reciprocalseg",
-        "train",
-        "--images",
-        str(images),
-        "--out",
-        str(run),
-        "--preset",
-        "demo",
-        "--patch-size",
-        "16",
-        "16",
-        "16",
-        "--n-filters",
-        "4",
-        "--supervised-iterations",
-        "20",
-        "--iterations",
-        "0",
-        "--checkpoint-every",
-        "3",
-        "--device",
-        "cpu",
-        "--json",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "ReciprocalSeg")}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    cmd = [sys.executable, "-m", "reciprocalseg", "train", "--images", str(images), "--out", str(run)]
+    cmd += ["--preset", "demo", "--patch-size", "16", "16", "16", "--n-filters", "4", "--iterations", "0"]
+    return [*cmd, "--device", "cpu", "--json", *extra], run
+
+
+def test_sigkill_then_rerun_resumes_from_last_checkpoint(cohort, tmp_path: Path) -> None:
+    """A worker killed with SIGKILL loses at most the iterations since its last checkpoint."""
+    cmd, run = cli_train_command(
+        cohort[0], tmp_path, "--supervised-iterations", "20", "--checkpoint-every", "3"
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, text=True)
     deadline = time.time() + 120
     for line in proc.stdout:
         event = json.loads(line)
@@ -171,7 +155,7 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(cohort, tmp_path: Path)
     assert proc.returncode == -signal.SIGKILL
     saved = load_checkpoint(run / "checkpoints" / "latest.pt")["iteration"]
     assert 6 <= saved < 20
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     events = read_events(run / "events.jsonl")
     resumed = [e for e in events if e["event"] == "resumed"]
@@ -180,40 +164,8 @@ def test_sigkill_then_rerun_resumes_from_last_checkpoint(cohort, tmp_path: Path)
 
 
 def test_sigterm_cancels_with_exit_code_3(cohort, tmp_path: Path) -> None:
-    labeled, _ = cohort
-    images = tmp_path / "images"
-    images.mkdir()
-    for c in labeled:
-        os.symlink(c.image, images / c.image.name)
-        os.symlink(c.label, images / c.label.name)
-    run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "reciprocalseg",
-        "train",
-        "--images",
-        str(images),
-        "--out",
-        str(run),
-        "--preset",
-        "demo",
-        "--patch-size",
-        "16",
-        "16",
-        "16",
-        "--n-filters",
-        "4",
-        "--supervised-iterations",
-        "500",
-        "--iterations",
-        "0",
-        "--device",
-        "cpu",
-        "--json",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "ReciprocalSeg")}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    cmd, run = cli_train_command(cohort[0], tmp_path, "--supervised-iterations", "500")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, text=True)
     for line in proc.stdout:
         if json.loads(line).get("iteration") == 3:
             proc.send_signal(signal.SIGTERM)
