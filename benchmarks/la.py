@@ -47,13 +47,14 @@ import torch  # noqa: E402
 
 from reciprocalseg.config import PRESETS, TrainConfig  # noqa: E402
 from reciprocalseg.data.io import Case, discover_cases, read_image, read_list_file  # noqa: E402
+from reciprocalseg.device import describe_device, resolve_device  # noqa: E402
 from reciprocalseg.errors import CancelledError, ReciprocalSegError  # noqa: E402
 from reciprocalseg.inference import LoadedModel, load_model, predict_image  # noqa: E402
 from reciprocalseg.metrics import evaluate_case, summarize  # noqa: E402
 from reciprocalseg.model.vnet import build_model  # noqa: E402
 from reciprocalseg.training.checkpoint import load_checkpoint, model_meta  # noqa: E402
 from reciprocalseg.training.mean_teacher import MeanTeacherSettings, train_mean_teacher  # noqa: E402
-from reciprocalseg.training.runner import CancelToken, describe_device, resolve_device, train  # noqa: E402
+from reciprocalseg.training.runner import CancelToken, train  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "la"
 METRICS = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")

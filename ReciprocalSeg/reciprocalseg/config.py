@@ -149,6 +149,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lite": {
         "patch_size": (64, 64, 48),
         "n_filters": 8,
+        # Channel dropout (p 0.5) over the 8 channels before the head makes the teacher's
+        # train-mode pseudo labels noise (on LA crops its foreground fraction swung 0-15% between
+        # draws) and the student collapses to background; the paper's 16 channels survive it.
+        "dropout": False,
         "target_spacing": (1.25, 1.25, 1.25),
         # Sized for about 30 min on an idle 2-core CPU, evaluation included (benchmarks/la.py):
         # one lr drop (x0.1) for the last 50 iterations of each phase.
@@ -162,6 +166,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "student_init": "teacher",
         "patch_size": (48, 48, 32),
         "n_filters": 8,
+        "dropout": False,  # as in `lite`: 8 channels are too few for channel dropout's noise
         "supervised_iterations": 150,
         "reciprocal_iterations": 150,
         "lr_step": 10_000,

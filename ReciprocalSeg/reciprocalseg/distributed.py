@@ -53,9 +53,10 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from .config import TrainConfig
 from .data.io import Case
+from .device import describe_device
 from .errors import CancelledError, ReciprocalSegError, TrainingError
 from .training.events import EventLog, Listener
-from .training.runner import PHASES, CancelToken, RunResult, Trainer, _seed, describe_device
+from .training.runner import PHASES, CancelToken, RunResult, Trainer, _seed
 
 __all__ = [
     "AllReduceMean",

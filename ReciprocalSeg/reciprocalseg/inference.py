@@ -25,10 +25,10 @@ from .data.preprocess import (
     preprocess_image,
     restore_probabilities,
 )
+from .device import resolve_device
 from .model.vnet import build_model
 from .postprocess import largest_connected_component
 from .training.checkpoint import load_model_file
-from .training.runner import resolve_device
 
 PAPER_STRIDE_XYZ = (18, 18, 4)
 

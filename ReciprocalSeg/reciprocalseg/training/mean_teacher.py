@@ -37,12 +37,13 @@ from ..config import TrainConfig
 from ..data.io import Case, write_case_list
 from ..data.preprocess import Preprocessing
 from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num_workers
+from ..device import describe_device, resolve_device
 from ..errors import TrainingError
 from ..model.vnet import build_model
 from .checkpoint import load_model_file, save_model
 from .events import EventLog, Listener, Pace
 from .losses import at_least_fp32, supervised_loss
-from .runner import CancelToken, amp_dtype_for, describe_device, lr_at, resolve_device
+from .runner import CancelToken, amp_dtype_for, lr_at
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

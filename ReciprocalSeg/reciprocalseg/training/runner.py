@@ -24,6 +24,7 @@ from ..data.gpu_sampler import HeldCases
 from ..data.io import Case, write_case_list
 from ..data.preprocess import Preprocessing
 from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num_workers
+from ..device import describe_device, resolve_device
 from ..errors import CancelledError, ReciprocalSegError, TrainingError
 from ..model.vnet import build_model
 from .checkpoint import load_checkpoint, load_model_file, rng_state, save_model, save_torch, set_rng_state
@@ -63,24 +64,6 @@ class RunResult:
     supervised: Path | None
     device: str
     seconds: float
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(
-            "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto"
-        )
-    return torch.device(name)
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
-    return "cpu"
 
 
 def amp_dtype_for(config: TrainConfig, device: torch.device) -> torch.dtype | None:
