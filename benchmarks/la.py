@@ -316,6 +316,7 @@ PHASE2_ONLY = {
     "teacher_dice",
     "student_ema",
     "h_baseline",
+    "student_init",
     "checkpoint_every",
     "num_workers",
     "extra",
