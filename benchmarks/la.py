@@ -553,6 +553,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--mt-init", choices=("scratch", "supervised"), default="scratch")
     p.add_argument("--mt-rampup", type=float, default=0.4, help="ramp-up as a fraction of the iterations")
+    p.add_argument(
+        "--mt-consistency",
+        type=float,
+        default=0.1,
+        help="final consistency weight; 0 makes the run a supervised-only continuation (a control)",
+    )
     p.add_argument("--no-paper-stride", action="store_true", help="evaluate with the default overlap")
     p.add_argument("--largest-component", action="store_true", help="post-process (off in the paper)")
     p.add_argument("--skip-eval", default="", help="models not to evaluate, e.g. supervised")
@@ -581,6 +587,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise BenchmarkError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+    if args.mt_consistency < 0:
+        raise BenchmarkError(f"--mt-consistency {args.mt_consistency}: must be >= 0")
     out = args.out or Path(f"/tmp/la-{protocol.name}")
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "log.txt", "a", buffering=1, encoding="utf-8")
@@ -699,7 +707,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
             token,
             cache,
             init,
-            MeanTeacherSettings(rampup_fraction=args.mt_rampup),
+            MeanTeacherSettings(consistency=args.mt_consistency, rampup_fraction=args.mt_rampup),
         )
         t_train["mean_teacher"] = time.perf_counter() - t0
         runs["mean_teacher"] = {

@@ -104,6 +104,15 @@ def test_split_errors(small_la: Path, tmp_path: Path) -> None:
     assert split.source == str(test_dir)
 
 
+def test_option_errors_name_the_option(small_la: Path, tmp_path: Path) -> None:
+    base = ["--data", str(small_la), "--out", str(tmp_path / "out")]
+    with pytest.raises(la.BenchmarkError, match="--methods"):
+        la.main([*base, "--methods", "supervised_magic"])
+    with pytest.raises(la.BenchmarkError, match="--mt-consistency"):
+        la.main([*base, "--methods", "mean_teacher", "--mt-consistency", "-1"])
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
 def test_harness_end_to_end(small_la: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     argv = ["--protocol", "lite", "--data", str(small_la), "--labeled", "2", "--n-eval", "1"]

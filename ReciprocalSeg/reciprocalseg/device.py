@@ -1,7 +1,7 @@
 """Which torch device a run uses, and how it is named in logs and reports.
 
-Kept apart from the training stack so that inference-only callers (the predictor, the
-service's status endpoint, the Slicer module) do not import the trainer to pick a device.
+Kept apart from the training stack so that code that only predicts (inference.py and what
+builds on it) does not import the trainer just to pick a device.
 """
 
 from __future__ import annotations
