@@ -17,7 +17,10 @@ on a separate folder of `<ID>_image.nrrd` / `<ID>_label.nrrd` pairs instead (the
 unlabelled cases are all of train.list after the labelled ones, as in the paper).
 
 Methods: `reciprocal` (gives the supervised-only teacher of phase 1 for free, the final
-teacher and the student) and `mean_teacher` (training/mean_teacher.py). Outputs in OUT:
+teacher and the student), `mean_teacher` (training/mean_teacher.py) and `control`: the
+phase-1 model trained as many more iterations as the reciprocal phase has, on the labelled
+cases alone with phase 1's recipe (the equal-iteration supervised control: what the extra
+iterations give without the unlabelled scans). Outputs in OUT:
 per_case.csv, summary.csv, results.md, result.json, split.json, log.txt, runs/<method>/.
 The last line printed is one JSON object with the headline numbers.
 """
@@ -58,7 +61,7 @@ from reciprocalseg.training.runner import CancelToken, train  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "la"
 METRICS = ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
-METHODS = ("reciprocal", "mean_teacher")
+METHODS = ("reciprocal", "mean_teacher", "control")
 
 
 @dataclass(frozen=True)
@@ -373,6 +376,51 @@ def start_from_supervised(run_dir: Path, source: Path, config: TrainConfig) -> s
     return f"phase 1 (supervised teacher) shared with {checkpoint_path.parent.parent}"
 
 
+def train_control(
+    config: TrainConfig,
+    split: Split,
+    run_dir: Path,
+    supervised: Path,
+    cache: Path,
+    budget_s: float | None,
+    printer: ProgressPrinter,
+) -> tuple[LoadedModel, dict[str, Any]]:
+    """The equal-iteration supervised control: the phase-1 model (`supervised`) trained
+    `config.reciprocal_iterations` more iterations with phase 1's recipe (labelled crops only,
+    `supervised_batch` per step, the lr schedule restarted as the reciprocal phase restarts it).
+
+    What is left of the reciprocal run's gain over this model is what the unlabelled scans gave.
+    Returns the model (the run's teacher) and the run's record; a budget cut evaluates the last
+    checkpoint.
+    """
+    control_config = config.replace(
+        supervised_iterations=config.reciprocal_iterations,
+        reciprocal_iterations=0,
+        finetune_iterations=0,
+        student_ema=0.0,
+    )
+    token = CancelToken(run_dir / "CANCEL")
+    budget = Budget(budget_s, token, cut_supervised=True)
+    t0 = time.perf_counter()
+    cut = False
+    try:
+        train(control_config, split.labeled, [], run_dir, [budget, printer], token, supervised, cache)
+    except CancelledError:
+        cut = True
+    model = (
+        cut_run_models(run_dir, control_config, config.device)["teacher"]
+        if cut
+        else load_model(run_dir / "teacher.pt", config.device)
+    )
+    record = {
+        "cut": cut,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "reached": budget.last,
+        "init": str(supervised),
+    }
+    return model, record
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -533,7 +581,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="lite")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train.list and the cases")
     p.add_argument("--out", type=Path, default=None, help="output folder (default /tmp/la-<protocol>)")
-    p.add_argument("--methods", default="reciprocal", help="comma-separated: reciprocal, mean_teacher")
+    p.add_argument(
+        "--methods", default="reciprocal", help="comma-separated: reciprocal, mean_teacher, control"
+    )
     p.add_argument("--labeled", type=int, default=None, help="labelled cases: the first N of train.list")
     p.add_argument("--unlabeled-ids", default=None, help="comma-separated IDs or a list file")
     p.add_argument("--eval-ids", default=None, help="comma-separated IDs or a list file")
@@ -557,7 +607,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--mt-consistency",
         type=float,
         default=0.1,
-        help="final consistency weight; 0 makes the run a supervised-only continuation (a control)",
+        help="final consistency weight (0: no loss on the unlabelled crops, though they still share the "
+        "student's batch-norm batch; the pure supervised control is --methods control)",
     )
     p.add_argument("--no-paper-stride", action="store_true", help="evaluate with the default overlap")
     p.add_argument("--largest-component", action="store_true", help="post-process (off in the paper)")
@@ -630,7 +681,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
     notes: list[str] = []
     t_train: dict[str, float] = {}
 
-    if "reciprocal" in methods or (args.mt_init == "supervised" and "mean_teacher" in methods):
+    needs_phase1 = "control" in methods or (args.mt_init == "supervised" and "mean_teacher" in methods)
+    if "reciprocal" in methods or needs_phase1:
         run_dir = out / "runs" / "reciprocal"
         token = CancelToken(run_dir / "CANCEL")
         budget = Budget(budget_s, token, args.cut_supervised)
@@ -724,6 +776,19 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         models["mean_teacher_student"] = load_model(result.student, config.device)
         models["mean_teacher_ema"] = load_model(result.teacher, config.device)
 
+    if "control" in methods:
+        run_dir = out / "runs" / "control"
+        t0 = time.perf_counter()
+        models["control"], runs["control"] = train_control(
+            config, split, run_dir, out / "runs" / "reciprocal" / "supervised.pt", cache, budget_s, printer
+        )
+        t_train["control"] = time.perf_counter() - t0
+        if runs["control"]["cut"]:
+            reached = runs["control"]["reached"]
+            note = f"control CUT by the budget at iteration {reached.get('iteration')} of {reached.get('of')}"
+            notes.append(note)
+            log(note)
+
     for name in args.skip_eval.split(","):
         if models.pop(name.strip(), None) is not None:
             notes.append(f"{name.strip()} not evaluated here (--skip-eval)")
@@ -774,6 +839,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         "supervised_dice": mean_dice("supervised"),
         "mean_teacher_dice": mean_dice("mean_teacher_student"),
         "mean_teacher_ema_dice": mean_dice("mean_teacher_ema"),
+        "control_dice": mean_dice("control"),
         "n_test": len(eval_cases),
         "n_labeled": len(split.labeled),
         "n_unlabeled": len(split.unlabeled),

@@ -17,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from benchmarks import la
+from reciprocalseg.training.events import read_events
 
 pytestmark = pytest.mark.realdata
 
@@ -116,20 +117,30 @@ def test_option_errors_name_the_option(small_la: Path, tmp_path: Path) -> None:
 def test_harness_end_to_end(small_la: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     argv = ["--protocol", "lite", "--data", str(small_la), "--labeled", "2", "--n-eval", "1"]
-    argv += ["--supervised-iterations", "2", "--iterations", "2", "--methods", "reciprocal,mean_teacher"]
+    argv += ["--supervised-iterations", "2", "--iterations", "2"]
+    argv += ["--methods", "reciprocal,mean_teacher,control"]
     argv += ["--out", str(out), *TINY]
     record = la.main(argv)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     headline = json.loads(last)
     for key in ("method", "protocol", "student_dice", "teacher_dice", "supervised_dice", "n_test"):
         assert key in headline
-    assert headline["method"] == "reciprocal+mean_teacher" and headline["protocol"] == "lite"
+    assert headline["method"] == "reciprocal+mean_teacher+control" and headline["protocol"] == "lite"
     assert headline["n_test"] == 1 and headline["cut"] is False
     assert headline["split"].startswith("labelled = the first 2 of train.list")
     assert 0 <= headline["student_dice"] <= 1 and headline["mean_teacher_dice"] is not None
     assert record["summary"]["student"]["dice"]["n"] == 1
+    # The control: phase 1's model trained 2 more supervised iterations on the labelled cases only.
+    assert headline["control_dice"] is not None
+    control_events = read_events(out / "runs" / "control" / "events.jsonl")
+    supervised_pt = out / "runs" / "reciprocal" / "supervised.pt"
+    assert any(e["event"] == "warm_start" and e["source"] == str(supervised_pt) for e in control_events)
+    steps = [(e["phase"], e["iteration"]) for e in control_events if e["event"] == "progress"]
+    assert steps == [("supervised", 1), ("supervised", 2)]
+    control_cases = json.loads((out / "runs" / "control" / "cases.json").read_text(encoding="utf-8"))
+    assert control_cases["unlabeled"] == []
 
-    models = {"supervised", "teacher", "student", "mean_teacher_student", "mean_teacher_ema"}
+    models = {"supervised", "teacher", "student", "mean_teacher_student", "mean_teacher_ema", "control"}
     with open(out / "per_case.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert {r["model"] for r in rows} == models

@@ -196,6 +196,11 @@ def test_warm_start_loads_previous_models_and_checks_architecture(cohort, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(TrainingError, match="n_filters"):
         train(tiny_config(n_filters=8), labeled, unlabeled, tmp_path / "c", warm_start=first.run_dir)
+    # A single model file (the first round's phase-1 model) warm-starts the teacher.
+    third = train(cfg, labeled, unlabeled, tmp_path / "d", warm_start=first.supervised)
+    a, c = load_model_file(first.supervised)["state_dict"], load_model_file(third.supervised)["state_dict"]
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert not all(torch.equal(b[k], c[k]) for k in b)  # not the first round's final teacher
 
 
 def test_bad_inputs_are_refused_with_clear_messages(cohort, tmp_path: Path) -> None:

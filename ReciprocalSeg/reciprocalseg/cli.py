@@ -54,7 +54,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--num-workers", type=int)
-    p.add_argument("--warm-start", type=Path, help="start both networks from a previous run folder")
+    p.add_argument(
+        "--warm-start",
+        type=Path,
+        help="start from a previous run folder (both networks) or a model file (the teacher)",
+    )
     p.add_argument("--json", action="store_true", help="print progress events as JSON lines on stdout")
     p.set_defaults(func=cmd_train)
 

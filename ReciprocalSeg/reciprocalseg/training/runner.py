@@ -133,6 +133,10 @@ class Trainer:
         self.labeled, self.unlabeled = list(labeled), list(unlabeled)
         self.cancel = cancel or CancelToken(self.run_dir / "CANCEL")
         self.warm_start = warm_start
+        # A run folder with a student.pt warm-starts the student too (then `student_init` does not
+        # apply); a single model file (e.g. a supervised.pt) only the teacher. Decided here, not on
+        # loading, so that a resumed run makes the same choice.
+        self.student_warm_started = warm_start is not None and (Path(warm_start) / "student.pt").is_file()
         self.cache_dir = cache_dir or self.run_dir / "cache"
         self.device = resolve_device(config.device)
         self.device_name = describe_device(self.device)
@@ -250,10 +254,10 @@ class Trainer:
         checkpoint = load_checkpoint(self.run_dir / "checkpoints" / "latest.pt")
         if checkpoint is None:
             if self.warm_start is not None:
-                self._load_weights(self.teacher, Path(self.warm_start) / "teacher.pt")
-                student_path = Path(self.warm_start) / "student.pt"
-                if student_path.exists():
-                    self._load_weights(self.student, student_path)
+                source = Path(self.warm_start)
+                self._load_weights(self.teacher, source if source.is_file() else source / "teacher.pt")
+                if self.student_warm_started:
+                    self._load_weights(self.student, source / "student.pt")
                 self.events.emit("warm_start", source=str(self.warm_start))
             return PHASES[0], 0
         self.teacher.load_state_dict(checkpoint["teacher"])
@@ -340,7 +344,7 @@ class Trainer:
         if (
             phase == "reciprocal"
             and start == 0
-            and self.warm_start is None
+            and not self.student_warm_started
             and self.config.student_init == "teacher"
         ):
             self.student.load_state_dict(self.teacher.state_dict())
