@@ -696,49 +696,55 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
             info["phase1"] = start_from_supervised(run_dir, args.from_supervised, run_config)
             notes.append(info["phase1"])
             log(info["phase1"])
-        done_file = run_dir / "done.json"
-        reused = done_file.exists()
-        t0 = time.perf_counter()
-        cut = False
-        try:
-            listeners = [
-                budget,
-                printer,
-                PhaseSnapshot(run_dir, "reciprocal", SUPERVISED_CHECKPOINT),
-                PhaseSnapshot(run_dir, "finetune", RECIPROCAL_CHECKPOINT),
-            ]
-            train(run_config, split.labeled, split.unlabeled, run_dir, listeners, token, cache_dir=cache)
-        except CancelledError:
-            cut = True
-        t_train["reciprocal"] = time.perf_counter() - t0
-        if reused:  # a finished run in OUT: evaluated again, not retrained
-            t_train["reciprocal"] = json.loads(done_file.read_text())["seconds"]
-            info["reused"] = True
-        reached = budget.last
-        info.update({"cut": cut, "seconds": round(t_train["reciprocal"], 1), "reached": reached})
-        if (run_dir / "supervised.pt").exists():
+        # Only phase 1 is wanted and it is there: leave the run as it is (resuming it with a
+        # supervised-only configuration would mark an unfinished reciprocal phase as done).
+        if "reciprocal" not in methods and (run_dir / "supervised.pt").exists():
             models["supervised"] = load_model(run_dir / "supervised.pt", config.device)
-        if cut:
-            why = f"the {args.time_budget_min} min budget" if budget.fired else "a cancel request"
-            note = (
-                f"reciprocal run CUT by {why} at {reached.get('phase')} "
-                f"iteration {reached.get('iteration')} of {reached.get('of')}"
-            )
-            notes.append(note)
-            log(note)
-            if reached.get("phase") == "supervised":
-                models["supervised"] = cut_run_models(run_dir, config, config.device)["teacher"]
-            else:
-                cut_models = cut_run_models(run_dir, config, config.device)
-                models["teacher"], models["student"] = cut_models["teacher"], cut_models["student"]
+            info.update({"reused": "phase 1", "cut": False, "seconds": 0.0, "reached": {}})
         else:
-            models["teacher"] = load_model(run_dir / "teacher.pt", config.device)
-            models["student"] = load_model(run_dir / "student.pt", config.device)
-            if config.student_ema > 0 and config.finetune_iterations == 0:  # student.pt is the EMA
-                models["student_raw"] = load_model(run_dir / "checkpoints" / "student.pt", config.device)
-        if "student" in models and (run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT).exists():
-            # Each addition on its own: the raw student and its EMA before the fine-tune.
-            models.update(intermediate_models(run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT, config))
+            done_file = run_dir / "done.json"
+            reused = done_file.exists()
+            t0 = time.perf_counter()
+            cut = False
+            try:
+                listeners = [
+                    budget,
+                    printer,
+                    PhaseSnapshot(run_dir, "reciprocal", SUPERVISED_CHECKPOINT),
+                    PhaseSnapshot(run_dir, "finetune", RECIPROCAL_CHECKPOINT),
+                ]
+                train(run_config, split.labeled, split.unlabeled, run_dir, listeners, token, cache_dir=cache)
+            except CancelledError:
+                cut = True
+            t_train["reciprocal"] = time.perf_counter() - t0
+            if reused:  # a finished run in OUT: evaluated again, not retrained
+                t_train["reciprocal"] = json.loads(done_file.read_text())["seconds"]
+                info["reused"] = True
+            reached = budget.last
+            info.update({"cut": cut, "seconds": round(t_train["reciprocal"], 1), "reached": reached})
+            if (run_dir / "supervised.pt").exists():
+                models["supervised"] = load_model(run_dir / "supervised.pt", config.device)
+            if cut:
+                why = f"the {args.time_budget_min} min budget" if budget.fired else "a cancel request"
+                note = (
+                    f"reciprocal run CUT by {why} at {reached.get('phase')} "
+                    f"iteration {reached.get('iteration')} of {reached.get('of')}"
+                )
+                notes.append(note)
+                log(note)
+                if reached.get("phase") == "supervised":
+                    models["supervised"] = cut_run_models(run_dir, config, config.device)["teacher"]
+                else:
+                    cut_models = cut_run_models(run_dir, config, config.device)
+                    models["teacher"], models["student"] = cut_models["teacher"], cut_models["student"]
+            else:
+                models["teacher"] = load_model(run_dir / "teacher.pt", config.device)
+                models["student"] = load_model(run_dir / "student.pt", config.device)
+                if config.student_ema > 0 and config.finetune_iterations == 0:  # student.pt is the EMA
+                    models["student_raw"] = load_model(run_dir / "checkpoints" / "student.pt", config.device)
+            if "student" in models and (run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT).exists():
+                # Each addition on its own: the raw student and its EMA before the fine-tune.
+                models.update(intermediate_models(run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT, config))
         runs["reciprocal"] = info
         if "reciprocal" not in methods:
             models.pop("teacher", None)

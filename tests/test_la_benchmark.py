@@ -180,3 +180,10 @@ def test_time_budget_cuts_the_reciprocal_phase_honestly(small_la: Path, tmp_path
     assert run["reached"]["phase"] == "reciprocal" and run["reached"]["iteration"] < 50
     assert record["student_dice"] is not None and record["supervised_dice"] is not None
     assert "CUT" in (out / "results.md").read_text(encoding="utf-8")
+
+    # The control then reuses that run's phase 1 and leaves the cut reciprocal run unfinished.
+    argv[argv.index("--iterations") + 1] = "3"
+    record = la.main([*argv, "--methods", "control", "--skip-eval", "supervised"])
+    assert record["runs"]["reciprocal"]["reused"] == "phase 1"
+    assert not (out / "runs" / "reciprocal" / "done.json").exists()
+    assert record["control_dice"] is not None and record["runs"]["control"]["cut"] is True
