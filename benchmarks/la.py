@@ -784,11 +784,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
 
     if "control" in methods:
         run_dir = out / "runs" / "control"
-        t0 = time.perf_counter()
         models["control"], runs["control"] = train_control(
             config, split, run_dir, out / "runs" / "reciprocal" / "supervised.pt", cache, budget_s, printer
         )
-        t_train["control"] = time.perf_counter() - t0
+        t_train["control"] = runs["control"]["seconds"]
         if runs["control"]["cut"]:
             reached = runs["control"]["reached"]
             note = f"control CUT by the budget at iteration {reached.get('iteration')} of {reached.get('of')}"
