@@ -14,6 +14,9 @@
 #   SPEED_COMPILE=1         afterwards, time the fast step and the training loop again with
 #                           torch.compile'd networks (--compile --only step --only loop; adds a few
 #                           minutes of compilation: only when the device budget allows)
+#   SPEED_COMPILE_MODE=m    torch.compile mode for that run (default "default"; "reduce-overhead"
+#                           puts the compiled graphs in CUDA graphs, "max-autotune-no-cudagraphs"
+#                           autotunes kernels without them; see TrainConfig.compile_mode)
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -46,8 +49,9 @@ tail -n 1 "$LOG" > "$OUT/speed_gpu.json"
 echo "== exit status $status" | tee -a "$LOG"
 
 if [ "${SPEED_COMPILE:-0}" = "1" ]; then
-    echo "== PYTHONPATH=ReciprocalSeg python3 -m benchmarks.speed --tier gpu --compile --only step --only loop" | tee -a "$LOG"
-    timeout "${SPEED_TIMEOUT:-420}" python3 -m benchmarks.speed --tier gpu --compile --only step --only loop 2>&1 \
+    MODE="${SPEED_COMPILE_MODE:-default}"
+    echo "== PYTHONPATH=ReciprocalSeg python3 -m benchmarks.speed --tier gpu --compile --compile-mode $MODE --only step --only loop" | tee -a "$LOG"
+    timeout "${SPEED_TIMEOUT:-420}" python3 -m benchmarks.speed --tier gpu --compile --compile-mode "$MODE" --only step --only loop 2>&1 \
         | tee "$OUT/speed_gpu_compile.log" | tee -a "$LOG"
     tail -n 1 "$OUT/speed_gpu_compile.log" > "$OUT/speed_gpu_compile.json"
 fi

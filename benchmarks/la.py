@@ -35,7 +35,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
+from reciprocalseg.atomic import atomic_write_json  # noqa: E402
 from reciprocalseg.config import PRESETS, TrainConfig  # noqa: E402
 from reciprocalseg.data.io import Case, discover_cases, read_image, read_list_file  # noqa: E402
 from reciprocalseg.device import describe_device, resolve_device  # noqa: E402
@@ -243,6 +244,12 @@ def build_config(
     values: dict[str, Any] = {**PRESETS[base], **layered, "preset": name, "device": device}
     if iterations is not None:
         values["reciprocal_iterations"] = iterations
+    if layered.get("finetune_iterations"):
+        # `improved`'s fine-tune is sized for the paper's 6000 reciprocal iterations (500, 1/12 of
+        # them); on a shorter reciprocal phase it keeps that share (lite's 300: 25).
+        reciprocal = values.get("reciprocal_iterations", TrainConfig.reciprocal_iterations)
+        share = layered["finetune_iterations"] / TrainConfig.reciprocal_iterations
+        values["finetune_iterations"] = max(1, round(share * reciprocal))
     if supervised_iterations is not None:
         values["supervised_iterations"] = supervised_iterations
     for item in sets:
@@ -319,6 +326,7 @@ PHASE2_ONLY = {
     "teacher_dice",
     "student_ema",
     "h_baseline",
+    "unlabeled_student_aug",
     "student_init",
     "checkpoint_every",
     "num_workers",
@@ -360,7 +368,7 @@ def start_from_supervised(run_dir: Path, source: Path, config: TrainConfig) -> s
     checkpoint = load_checkpoint(checkpoint_path)
     if checkpoint is None or checkpoint.get("phase") != "supervised":
         raise BenchmarkError(f"{checkpoint_path}: no end-of-supervised-phase checkpoint there")
-    theirs, ours = checkpoint["config"], config.to_dict()
+    theirs, ours = TrainConfig.completed(checkpoint["config"]), config.to_dict()
     differ = sorted(
         k for k in ours if k not in PHASE2_ONLY and json.dumps(theirs.get(k)) != json.dumps(ours[k])
     )
@@ -632,27 +640,61 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
-    protocol = PROTOCOLS[args.protocol]
+@dataclass
+class Session:
+    """What the stages of one benchmark invocation share: inputs, and what they produce."""
+
+    args: argparse.Namespace
+    protocol: Protocol
+    methods: list[str]
+    out: Path
+    split: Split
+    config: TrainConfig
+    device_name: str
+    log: Callable[[str], None]
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    runs: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    train_seconds: dict[str, float] = field(default_factory=dict)
+    cache: Path = field(init=False)
+    budget_s: float | None = field(init=False)
+    printer: ProgressPrinter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = self.args.cache or self.out / "cache"
+        minutes = self.args.time_budget_min
+        self.budget_s = None if minutes is None else minutes * 60
+        self.printer = ProgressPrinter(self.log, self.args.log_every)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.log(text)
+
+    def cut_reason(self, budget: Budget) -> str:
+        return f"the {self.args.time_budget_min} min budget" if budget.fired else "a cancel request"
+
+    @property
+    def phase1_dir(self) -> Path:
+        return self.out / "runs" / "reciprocal"
+
+
+def _methods(args: argparse.Namespace) -> list[str]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise BenchmarkError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
     if args.mt_consistency < 0:
         raise BenchmarkError(f"--mt-consistency {args.mt_consistency}: must be >= 0")
-    out = args.out or Path(f"/tmp/la-{protocol.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.txt", "a", buffering=1, encoding="utf-8")
+    return methods
 
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, file=sys.stderr, flush=True)
-        log_file.write(line + "\n")
 
-    n_labeled = args.labeled or protocol.labeled
+def _open_session(
+    args: argparse.Namespace, methods: list[str], out: Path, log: Callable[[str], None]
+) -> Session:
+    protocol = PROTOCOLS[args.protocol]
     split = make_split(
         args.data,
-        n_labeled,
+        args.labeled or protocol.labeled,
         parse_ids(args.unlabeled_ids),
         parse_ids(args.eval_ids),
         args.test_dir,
@@ -662,8 +704,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         protocol, args.preset, args.iterations, args.supervised_iterations, args.device, args.sets
     )
     device_name = describe_device(resolve_device(config.device))
-    command = "python -m benchmarks.la " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / "split.json").write_text(json.dumps(split.to_dict(), indent=2))
+    atomic_write_json(out / "split.json", split.to_dict())
     log(f"protocol {protocol.name}, preset {config.preset}, methods {methods}, device {device_name}")
     log(f"split: {split.description}")
     log(
@@ -671,173 +712,194 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         f"finetune {config.finetune_iterations}; patch {config.patch_size}, n_filters {config.n_filters}, "
         f"spacing {config.target_spacing}"
     )
-    cache = args.cache or out / "cache"
-    paper_stride = protocol.paper_stride and not args.no_paper_stride
-    eval_cases = load_eval_cases(split.evaluation)
-    budget_s = None if args.time_budget_min is None else args.time_budget_min * 60
-    printer = ProgressPrinter(log, args.log_every)
-    models: dict[str, LoadedModel] = {}
-    runs: dict[str, Any] = {}
-    notes: list[str] = []
-    t_train: dict[str, float] = {}
+    return Session(args, protocol, methods, out, split, config, device_name, log)
 
-    needs_phase1 = "control" in methods or (args.mt_init == "supervised" and "mean_teacher" in methods)
-    if "reciprocal" in methods or needs_phase1:
-        run_dir = out / "runs" / "reciprocal"
-        token = CancelToken(run_dir / "CANCEL")
-        budget = Budget(budget_s, token, args.cut_supervised)
-        run_config = (
-            config
-            if "reciprocal" in methods
-            else config.replace(reciprocal_iterations=0, finetune_iterations=0)  # supervised only
+
+# --------------------------------------------------------------------------- stages
+
+
+def run_reciprocal(s: Session) -> None:
+    """Phase 1 and, when asked for, the reciprocal phase; gives `supervised`, `teacher`, `student`.
+
+    Also runs when only phase 1 is needed (the control, or mean teacher from the supervised model).
+    """
+    config, run_dir = s.config, s.phase1_dir
+    wanted = "reciprocal" in s.methods
+    run_config = config if wanted else config.replace(reciprocal_iterations=0, finetune_iterations=0)
+    info: dict[str, Any] = {}
+    if s.args.from_supervised is not None:
+        info["phase1"] = start_from_supervised(run_dir, s.args.from_supervised, run_config)
+        s.note(info["phase1"])
+    # Only phase 1 is wanted and it is there: leave the run as it is (resuming it with a
+    # supervised-only configuration would mark an unfinished reciprocal phase as done).
+    if not wanted and (run_dir / "supervised.pt").exists():
+        s.models["supervised"] = load_model(run_dir / "supervised.pt", config.device)
+        info.update({"reused": "phase 1", "cut": False, "seconds": 0.0, "reached": {}})
+    else:
+        info.update(_train_reciprocal_run(s, run_config))
+        _load_reciprocal_models(s, info)
+    s.runs["reciprocal"] = info
+    if not wanted:
+        s.models.pop("teacher", None)
+        s.models.pop("student", None)
+
+
+def _train_reciprocal_run(s: Session, run_config: TrainConfig) -> dict[str, Any]:
+    """Trains (or resumes, or reuses a finished) run in OUT/runs/reciprocal; its record."""
+    run_dir = s.phase1_dir
+    token = CancelToken(run_dir / "CANCEL")
+    budget = Budget(s.budget_s, token, s.args.cut_supervised)
+    done_file = run_dir / "done.json"
+    reused = done_file.exists()
+    listeners = [
+        budget,
+        s.printer,
+        PhaseSnapshot(run_dir, "reciprocal", SUPERVISED_CHECKPOINT),
+        PhaseSnapshot(run_dir, "finetune", RECIPROCAL_CHECKPOINT),
+    ]
+    t0 = time.perf_counter()
+    cut = False
+    try:
+        train(run_config, s.split.labeled, s.split.unlabeled, run_dir, listeners, token, cache_dir=s.cache)
+    except CancelledError:
+        cut = True
+    seconds = time.perf_counter() - t0
+    info: dict[str, Any] = {}
+    if reused:  # a finished run in OUT: evaluated again, not retrained
+        seconds = json.loads(done_file.read_text())["seconds"]
+        info["reused"] = True
+    s.train_seconds["reciprocal"] = seconds
+    info.update({"cut": cut, "seconds": round(seconds, 1), "reached": budget.last})
+    if cut:
+        reached = budget.last
+        s.note(
+            f"reciprocal run CUT by {s.cut_reason(budget)} at {reached.get('phase')} "
+            f"iteration {reached.get('iteration')} of {reached.get('of')}"
         )
-        info: dict[str, Any] = {}
-        if args.from_supervised is not None:
-            info["phase1"] = start_from_supervised(run_dir, args.from_supervised, run_config)
-            notes.append(info["phase1"])
-            log(info["phase1"])
-        # Only phase 1 is wanted and it is there: leave the run as it is (resuming it with a
-        # supervised-only configuration would mark an unfinished reciprocal phase as done).
-        if "reciprocal" not in methods and (run_dir / "supervised.pt").exists():
-            models["supervised"] = load_model(run_dir / "supervised.pt", config.device)
-            info.update({"reused": "phase 1", "cut": False, "seconds": 0.0, "reached": {}})
+    return info
+
+
+def _load_reciprocal_models(s: Session, info: dict[str, Any]) -> None:
+    config, run_dir, models = s.config, s.phase1_dir, s.models
+    if (run_dir / "supervised.pt").exists():
+        models["supervised"] = load_model(run_dir / "supervised.pt", config.device)
+    if info["cut"]:
+        cut_models = cut_run_models(run_dir, config, config.device)
+        if info["reached"].get("phase") == "supervised":
+            models["supervised"] = cut_models["teacher"]
         else:
-            done_file = run_dir / "done.json"
-            reused = done_file.exists()
-            t0 = time.perf_counter()
-            cut = False
-            try:
-                listeners = [
-                    budget,
-                    printer,
-                    PhaseSnapshot(run_dir, "reciprocal", SUPERVISED_CHECKPOINT),
-                    PhaseSnapshot(run_dir, "finetune", RECIPROCAL_CHECKPOINT),
-                ]
-                train(run_config, split.labeled, split.unlabeled, run_dir, listeners, token, cache_dir=cache)
-            except CancelledError:
-                cut = True
-            t_train["reciprocal"] = time.perf_counter() - t0
-            if reused:  # a finished run in OUT: evaluated again, not retrained
-                t_train["reciprocal"] = json.loads(done_file.read_text())["seconds"]
-                info["reused"] = True
-            reached = budget.last
-            info.update({"cut": cut, "seconds": round(t_train["reciprocal"], 1), "reached": reached})
-            if (run_dir / "supervised.pt").exists():
-                models["supervised"] = load_model(run_dir / "supervised.pt", config.device)
-            if cut:
-                why = f"the {args.time_budget_min} min budget" if budget.fired else "a cancel request"
-                note = (
-                    f"reciprocal run CUT by {why} at {reached.get('phase')} "
-                    f"iteration {reached.get('iteration')} of {reached.get('of')}"
-                )
-                notes.append(note)
-                log(note)
-                if reached.get("phase") == "supervised":
-                    models["supervised"] = cut_run_models(run_dir, config, config.device)["teacher"]
-                else:
-                    cut_models = cut_run_models(run_dir, config, config.device)
-                    models["teacher"], models["student"] = cut_models["teacher"], cut_models["student"]
-            else:
-                models["teacher"] = load_model(run_dir / "teacher.pt", config.device)
-                models["student"] = load_model(run_dir / "student.pt", config.device)
-                if config.student_ema > 0 and config.finetune_iterations == 0:  # student.pt is the EMA
-                    models["student_raw"] = load_model(run_dir / "checkpoints" / "student.pt", config.device)
-            if "student" in models and (run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT).exists():
-                # Each addition on its own: the raw student and its EMA before the fine-tune.
-                models.update(intermediate_models(run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT, config))
-        runs["reciprocal"] = info
-        if "reciprocal" not in methods:
-            models.pop("teacher", None)
-            models.pop("student", None)
+            models["teacher"], models["student"] = cut_models["teacher"], cut_models["student"]
+    else:
+        models["teacher"] = load_model(run_dir / "teacher.pt", config.device)
+        models["student"] = load_model(run_dir / "student.pt", config.device)
+        if config.student_ema > 0 and config.finetune_iterations == 0:  # student.pt is the EMA
+            models["student_raw"] = load_model(run_dir / "checkpoints" / "student.pt", config.device)
+    if "student" in models and (run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT).exists():
+        # Each addition on its own: the raw student and its EMA before the fine-tune.
+        models.update(intermediate_models(run_dir / "checkpoints" / RECIPROCAL_CHECKPOINT, config))
 
-    if "mean_teacher" in methods:
-        run_dir = out / "runs" / "mean_teacher"
-        token = CancelToken(run_dir / "CANCEL")
-        budget = Budget(budget_s, token, True)
-        init = out / "runs" / "reciprocal" / "supervised.pt" if args.mt_init == "supervised" else None
-        t0 = time.perf_counter()
-        result = train_mean_teacher(
-            config,
-            split.labeled,
-            split.unlabeled,
-            run_dir,
-            [budget, printer],
-            token,
-            cache,
-            init,
-            MeanTeacherSettings(consistency=args.mt_consistency, rampup_fraction=args.mt_rampup),
+
+def run_mean_teacher(s: Session) -> None:
+    run_dir = s.out / "runs" / "mean_teacher"
+    token = CancelToken(run_dir / "CANCEL")
+    budget = Budget(s.budget_s, token, True)
+    init = s.phase1_dir / "supervised.pt" if s.args.mt_init == "supervised" else None
+    settings = MeanTeacherSettings(consistency=s.args.mt_consistency, rampup_fraction=s.args.mt_rampup)
+    t0 = time.perf_counter()
+    result = train_mean_teacher(
+        s.config,
+        s.split.labeled,
+        s.split.unlabeled,
+        run_dir,
+        [budget, s.printer],
+        token,
+        s.cache,
+        init,
+        settings,
+    )
+    s.train_seconds["mean_teacher"] = time.perf_counter() - t0
+    s.runs["mean_teacher"] = {
+        "cut": result.cut,
+        "seconds": round(result.seconds, 1),
+        "reached": {"phase": "mean_teacher", "iteration": result.iterations, "of": result.planned},
+        "init": s.args.mt_init,
+    }
+    if result.cut:
+        s.note(
+            f"mean teacher CUT by {s.cut_reason(budget)} at iteration {result.iterations} of {result.planned}"
         )
-        t_train["mean_teacher"] = time.perf_counter() - t0
-        runs["mean_teacher"] = {
-            "cut": result.cut,
-            "seconds": round(result.seconds, 1),
-            "reached": {"phase": "mean_teacher", "iteration": result.iterations, "of": result.planned},
-            "init": args.mt_init,
-        }
-        if result.cut:
-            why = f"the {args.time_budget_min} min budget" if budget.fired else "a cancel request"
-            note = f"mean teacher CUT by {why} at iteration {result.iterations} of {result.planned}"
-            notes.append(note)
-            log(note)
-        models["mean_teacher_student"] = load_model(result.student, config.device)
-        models["mean_teacher_ema"] = load_model(result.teacher, config.device)
+    s.models["mean_teacher_student"] = load_model(result.student, s.config.device)
+    s.models["mean_teacher_ema"] = load_model(result.teacher, s.config.device)
 
-    if "control" in methods:
-        run_dir = out / "runs" / "control"
-        models["control"], runs["control"] = train_control(
-            config, split, run_dir, out / "runs" / "reciprocal" / "supervised.pt", cache, budget_s, printer
-        )
-        t_train["control"] = runs["control"]["seconds"]
-        if runs["control"]["cut"]:
-            reached = runs["control"]["reached"]
-            note = f"control CUT by the budget at iteration {reached.get('iteration')} of {reached.get('of')}"
-            notes.append(note)
-            log(note)
 
-    for name in args.skip_eval.split(","):
-        if models.pop(name.strip(), None) is not None:
-            notes.append(f"{name.strip()} not evaluated here (--skip-eval)")
+def run_control(s: Session) -> None:
+    model, record = train_control(
+        s.config,
+        s.split,
+        s.out / "runs" / "control",
+        s.phase1_dir / "supervised.pt",
+        s.cache,
+        s.budget_s,
+        s.printer,
+    )
+    s.models["control"], s.runs["control"] = model, record
+    s.train_seconds["control"] = record["seconds"]
+    if record["cut"]:
+        reached = record["reached"]
+        s.note(f"control CUT by the budget at iteration {reached.get('iteration')} of {reached.get('of')}")
+
+
+def evaluate_models(s: Session) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """Every trained model (less --skip-eval) on the evaluation cases: per-case metrics, seconds."""
+    for name in s.args.skip_eval.split(","):
+        if s.models.pop(name.strip(), None) is not None:
+            s.notes.append(f"{name.strip()} not evaluated here (--skip-eval)")
+    eval_cases = load_eval_cases(s.split.evaluation)
     results: dict[str, list[dict[str, Any]]] = {}
-    eval_seconds = {}
-    for name, model in models.items():
+    seconds: dict[str, float] = {}
+    for name, model in s.models.items():
         t0 = time.perf_counter()
-        log(f"evaluating {name} on {len(eval_cases)} cases")
-        results[name] = evaluate(model, eval_cases, paper_stride, args.largest_component)
-        eval_seconds[name] = round(time.perf_counter() - t0, 1)
+        s.log(f"evaluating {name} on {len(eval_cases)} cases")
+        results[name] = evaluate(model, eval_cases, _paper_stride(s), s.args.largest_component)
+        seconds[name] = round(time.perf_counter() - t0, 1)
         dice = float(np.mean([r["dice"] for r in results[name]]))
-        log(f"  {name}: mean Dice {dice * 100:.2f} ({eval_seconds[name]} s)")
-    summary = summaries(results)
+        s.log(f"  {name}: mean Dice {dice * 100:.2f} ({seconds[name]} s)")
+    return results, seconds
+
+
+def _paper_stride(s: Session) -> bool:
+    return s.protocol.paper_stride and not s.args.no_paper_stride
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def _evaluation_text(s: Session) -> str:
+    text = (
+        "window stride (x, y, z) = (18, 18, 4) as the paper, uniform weights"
+        if _paper_stride(s)
+        else f"overlap {s.config.inference_overlap}, {s.config.inference_weighting} weights"
+    )
+    return text + (", largest component" if s.args.largest_component else ", no post-processing")
+
+
+def make_record(
+    s: Session, summary: dict[str, Any], n_test: int, eval_seconds: dict[str, float]
+) -> dict[str, Any]:
+    """result.json's content; its headline (all but `summary`) is the JSON line printed last."""
+    config = s.config
 
     def mean_dice(name: str) -> float | None:
         return round(summary[name]["dice"]["mean"], 6) if name in summary else None
 
-    first = methods[0]
     student_key, teacher_key = (
-        ("student", "teacher") if first == "reciprocal" else ("mean_teacher_student", "mean_teacher_ema")
+        ("student", "teacher")
+        if s.methods[0] == "reciprocal"
+        else ("mean_teacher_student", "mean_teacher_ema")
     )
-    evaluation = (
-        "window stride (x, y, z) = (18, 18, 4) as the paper, uniform weights"
-        if paper_stride
-        else f"overlap {config.inference_overlap}, {config.inference_weighting} weights"
-    )
-    evaluation += ", largest component" if args.largest_component else ", no post-processing"
-    header = {
-        "protocol": protocol.name,
-        "preset": config.preset,
-        "split": split.description,
-        "device": device_name,
-        "evaluation": evaluation,
-        "iterations": (
-            f"supervised {config.supervised_iterations}, reciprocal {config.reciprocal_iterations}, "
-            f"finetune {config.finetune_iterations}; runs: {json.dumps(runs)}"
-        ),
-        "command": command,
-        "notes": notes,
-    }
-    write_outputs(out, results, summary, header)
-    record: dict[str, Any] = {
-        "method": "+".join(methods),
-        "protocol": protocol.name,
+    return {
+        "method": "+".join(s.methods),
+        "protocol": s.protocol.name,
         "preset": config.preset,
         "student_dice": mean_dice(student_key),
         "teacher_dice": mean_dice(teacher_key),
@@ -845,30 +907,67 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         "mean_teacher_dice": mean_dice("mean_teacher_student"),
         "mean_teacher_ema_dice": mean_dice("mean_teacher_ema"),
         "control_dice": mean_dice("control"),
-        "n_test": len(eval_cases),
-        "n_labeled": len(split.labeled),
-        "n_unlabeled": len(split.unlabeled),
-        "split": split.description,
-        "evaluation_source": split.source,
-        "device": device_name,
+        "n_test": n_test,
+        "n_labeled": len(s.split.labeled),
+        "n_unlabeled": len(s.split.unlabeled),
+        "split": s.split.description,
+        "evaluation_source": s.split.source,
+        "device": s.device_name,
         "host": platform.node(),
         "iterations": {
             "supervised": config.supervised_iterations,
             "reciprocal": config.reciprocal_iterations,
             "finetune": config.finetune_iterations,
         },
-        "runs": runs,
-        "cut": any(r["cut"] for r in runs.values()),
-        "train_seconds": {k: round(v, 1) for k, v in t_train.items()},
+        "runs": s.runs,
+        "cut": any(r["cut"] for r in s.runs.values()),
+        "train_seconds": {k: round(v, 1) for k, v in s.train_seconds.items()},
         "eval_seconds": eval_seconds,
         "dice_unit": "fraction",
         "summary": summary,
-        "out": str(out),
+        "out": str(s.out),
     }
-    (out / "result.json").write_text(json.dumps(record, indent=2))
-    log(f"wrote {out}/per_case.csv, summary.csv, results.md, result.json")
-    log("\n" + markdown_table(results, summary))
-    log_file.close()
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
+    methods = _methods(args)
+    out = args.out or Path(f"/tmp/la-{PROTOCOLS[args.protocol].name}")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "log.txt", "a", buffering=1, encoding="utf-8") as log_file:
+
+        def log(msg: str) -> None:
+            line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+            print(line, file=sys.stderr, flush=True)
+            log_file.write(line + "\n")
+
+        s = _open_session(args, methods, out, log)
+        needs_phase1 = "control" in methods or (args.mt_init == "supervised" and "mean_teacher" in methods)
+        if "reciprocal" in methods or needs_phase1:
+            run_reciprocal(s)
+        if "mean_teacher" in methods:
+            run_mean_teacher(s)
+        if "control" in methods:
+            run_control(s)
+        results, eval_seconds = evaluate_models(s)
+        summary = summaries(results)
+        header = {
+            "protocol": s.protocol.name,
+            "preset": s.config.preset,
+            "split": s.split.description,
+            "device": s.device_name,
+            "evaluation": _evaluation_text(s),
+            "iterations": (
+                f"supervised {s.config.supervised_iterations}, reciprocal {s.config.reciprocal_iterations}, "
+                f"finetune {s.config.finetune_iterations}; runs: {json.dumps(s.runs)}"
+            ),
+            "command": "python -m benchmarks.la " + " ".join(sys.argv[1:] if argv is None else argv),
+            "notes": s.notes,
+        }
+        write_outputs(out, results, summary, header)
+        record = make_record(s, summary, len(s.split.evaluation), eval_seconds)
+        atomic_write_json(out / "result.json", record)
+        log(f"wrote {out}/per_case.csv, summary.csv, results.md, result.json")
+        log("\n" + markdown_table(results, summary))
     headline = {k: v for k, v in record.items() if k != "summary"}
     print(json.dumps(headline), flush=True)
     return record

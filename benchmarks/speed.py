@@ -1,4 +1,4 @@
-"""Speed (issue 5): `python -m benchmarks.speed --tier cpu|gpu [--json-only] [--compile]`.
+"""Speed (issue 5): `python -m benchmarks.speed --tier cpu|gpu [--json-only] [--compile [--compile-mode M]]`.
 
 In one process, on the same inputs and from the same initial weights:
 
@@ -78,7 +78,7 @@ def _allow_missing_simpleitk() -> None:
 
 _allow_missing_simpleitk()
 
-from reciprocalseg.config import TrainConfig, make_config  # noqa: E402
+from reciprocalseg.config import COMPILE_MODES, TrainConfig, make_config  # noqa: E402
 from reciprocalseg.data.io import Case  # noqa: E402
 from reciprocalseg.data.sampling import CachedCase  # noqa: E402
 from reciprocalseg.inference import (  # noqa: E402
@@ -245,7 +245,9 @@ def _config(tier: Tier, **changes: Any) -> TrainConfig:
 
 
 # -- (a) the training step ---------------------------------------------------------------------
-def bench_step(tier: Tier, device: torch.device, compile_fast: bool = False) -> dict[str, Any]:
+def bench_step(
+    tier: Tier, device: torch.device, compile_fast: bool = False, compile_mode: str = "default"
+) -> dict[str, Any]:
     """Median ms per reciprocal step and peak GPU memory, reference vs fast."""
     config = _config(tier)
     torch.manual_seed(0)
@@ -268,7 +270,7 @@ def bench_step(tier: Tier, device: torch.device, compile_fast: bool = False) -> 
             ]
         if mode == "fast" and compile_fast:
             for m in nets:
-                m.compile(dynamic=False)  # as Trainer does with `compile: true`
+                m.compile(dynamic=False, mode=compile_mode)  # as Trainer does with `compile: true`
         opts = [_sgd(m, cfg, device) for m in nets]
         amp = amp_dtype_for(cfg, device)
         step = ReciprocalStep(nets[0], nets[1], opts[0], opts[1], mode=mode, amp_dtype=amp)
@@ -304,7 +306,7 @@ def bench_step(tier: Tier, device: torch.device, compile_fast: bool = False) -> 
         "fast_peak_mib": None,
         "peak_memory_ratio": None,
         "fast_amp": str(pairs["fast"]["amp"]).replace("torch.", "") if pairs["fast"]["amp"] else "fp32",
-        "fast_compiled": compile_fast,
+        "fast_compiled": compile_mode if compile_fast else False,
     }
     if cuda:
         ref_peak, fast_peak = pairs["reference"]["peak"], pairs["fast"]["peak"]
@@ -477,7 +479,9 @@ def _write_cases(
     return cases
 
 
-def bench_loop(tier: Tier, device: torch.device, compile_models: bool = False) -> dict[str, Any]:
+def bench_loop(
+    tier: Tier, device: torch.device, compile_models: bool = False, compile_mode: str = "default"
+) -> dict[str, Any]:
     """ms per iteration of both phases of the real training loop, crops cut on the device."""
     n = tier.loop_iterations
     config = _config(
@@ -487,6 +491,7 @@ def bench_loop(tier: Tier, device: torch.device, compile_models: bool = False) -
         checkpoint_every=10**9,  # only the end-of-phase checkpoints, which are not timed
         data_on_gpu="on",
         compile=compile_models,  # compilation happens in the warm-up iterations, left out of the median
+        compile_mode=compile_mode,
     )
     _cudnn(benchmark=True)  # what Trainer sets for the fast mode on CUDA (and no leftover determinism)
     clock = _IterationClock()
@@ -521,6 +526,7 @@ def run(
     log: Callable[[str], None] = print,
     scan_xyz: Triple | None = None,
     only: Sequence[str] | None = None,
+    compile_mode: str = "default",
 ) -> dict[str, Any]:
     """The sections of one tier (`only`: a subset of SECTIONS; `scan_xyz` replaces its scan for (b)).
 
@@ -548,11 +554,11 @@ def run(
     t0 = time.perf_counter()
     log(f"[speed] tier {tier.name} on {result['device']}, torch {result['torch']}")
     sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("step", lambda: bench_step(tier, device, compile_fast)),
+        ("step", lambda: bench_step(tier, device, compile_fast, compile_mode)),
         ("inference", lambda: bench_inference(tier, device)),
     ]
     if tier.loop_iterations:
-        sections.append(("loop", lambda: bench_loop(tier, device, compile_fast)))
+        sections.append(("loop", lambda: bench_loop(tier, device, compile_fast, compile_mode)))
     for name, section in sections:
         if only and name not in only:
             continue
@@ -653,6 +659,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the networks of the fast step and the loop"
     )
+    parser.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default="default",
+        help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)",
+    )
     parser.add_argument("--scan", type=int, nargs=3, metavar=("X", "Y", "Z"), help="scan size for (b)")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument(
@@ -669,7 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.json_only:
             print(message, file=sys.stderr, flush=True)
 
-    result = run(args.tier, args.compile, log, tuple(args.scan) if args.scan else None, args.only)
+    scan = tuple(args.scan) if args.scan else None
+    result = run(args.tier, args.compile, log, scan, args.only, args.compile_mode)
     if not args.json_only:
         print(table(result))
     print(json.dumps(result), flush=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+import torch
 
 from benchmarks import la
 from reciprocalseg.training.events import read_events
@@ -114,6 +115,20 @@ def test_option_errors_name_the_option(small_la: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
+def test_improved_fine_tune_keeps_its_share_of_the_reciprocal_phase() -> None:
+    paper = la.build_config(la.PROTOCOLS["paper"], "improved")
+    assert (paper.reciprocal_iterations, paper.finetune_iterations) == (6000, 500)
+    lite = la.build_config(la.PROTOCOLS["lite"], "improved")
+    assert (lite.reciprocal_iterations, lite.finetune_iterations, lite.preset) == (300, 25, "lite+improved")
+    assert la.build_config(la.PROTOCOLS["lite"], "improved", iterations=1200).finetune_iterations == 100
+    # An explicit --set wins, and presets without a fine-tune get none.
+    assert (
+        la.build_config(la.PROTOCOLS["lite"], "improved", sets=["finetune_iterations=7"]).finetune_iterations
+        == 7
+    )
+    assert la.build_config(la.PROTOCOLS["lite"]).finetune_iterations == 0
+
+
 def test_harness_end_to_end(small_la: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     argv = ["--protocol", "lite", "--data", str(small_la), "--labeled", "2", "--n-eval", "1"]
@@ -156,7 +171,12 @@ def test_harness_end_to_end(small_la: Path, tmp_path: Path, capsys: pytest.Captu
     assert (out / "runs" / "reciprocal" / "supervised.pt").exists()
     assert (out / "runs" / "reciprocal" / "checkpoints" / la.SUPERVISED_CHECKPOINT).exists()
 
-    # The improved preset reuses phase 1 of that run and is labelled as such.
+    # The improved preset reuses phase 1 of that run and is labelled as such, also when the run
+    # was written by an earlier version whose configuration lacked a field added since.
+    phase1 = out / "runs" / "reciprocal" / "checkpoints" / la.SUPERVISED_CHECKPOINT
+    checkpoint = torch.load(phase1, weights_only=False)
+    del checkpoint["config"]["compile_mode"]
+    torch.save(checkpoint, phase1)
     out2 = tmp_path / "improved"
     argv2 = ["--protocol", "lite", "--data", str(small_la), "--labeled", "2", "--n-eval", "1"]
     argv2 += ["--supervised-iterations", "2", "--iterations", "2", "--preset", "improved"]

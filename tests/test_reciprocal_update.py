@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from reciprocalseg.model.vnet import build_model
+from reciprocalseg.training.perturb import IntensityPerturbation
 from reciprocalseg.training.reciprocal import ReciprocalStep
 
 
@@ -78,6 +79,39 @@ def test_h_and_teacher_gradient_match_hand_computation(mode: str) -> None:
         expected_grad = h * a + b
         torch.testing.assert_close(p_new, p_old - lr * (expected_grad + wd * p_old), rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(p_new.grad, expected_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_student_view_changes_only_the_students_input(mode: str) -> None:
+    """With a perturbed view, the teacher labels the crops as they are and the student learns
+    those labels on its view: g_u, h and the teacher's gradient follow from that by hand."""
+    lr, wd = 0.01, 1e-4
+    teacher, student = _pair(2)
+    x_l, y_l, x_u = _data(3)
+    t0, s0 = copy.deepcopy(teacher), copy.deepcopy(student)
+    view = IntensityPerturbation(1.0, seed=11)
+    opts = _sgd(teacher, lr), _sgd(student, lr)
+    step = ReciprocalStep(teacher, student, *opts, mode=mode, student_view=view)
+    out = step(x_l, y_l, x_u, lr)
+
+    t0.train(), s0.train()
+    x_view = IntensityPerturbation(1.0, seed=11)(x_u)
+    assert not torch.allclose(x_view, x_u, atol=0.05)
+    pseudo = t0(x_u).argmax(1)  # from the unperturbed crops
+    g_u = _grads(s0, F.cross_entropy(s0(x_view), pseudo))
+    s1 = copy.deepcopy(s0)
+    with torch.no_grad():
+        for p, g in zip(s1.parameters(), g_u, strict=True):
+            p -= lr * (g + wd * p)
+    g_l = _grads(s1, F.cross_entropy(s1(x_l), y_l))
+    h = lr * sum(torch.sum(a * b) for a, b in zip(g_u, g_l, strict=True))
+    assert out.h == pytest.approx(float(h), rel=1e-9, abs=1e-15)
+    for p, q in zip(student.parameters(), s1.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    g_tu = _grads(t0, F.cross_entropy(t0(x_u), pseudo))
+    g_tl = _grads(t0, F.cross_entropy(t0(x_l), y_l))
+    for p_new, a, b in zip(teacher.parameters(), g_tu, g_tl, strict=True):
+        torch.testing.assert_close(p_new.grad, h * a + b, rtol=1e-9, atol=1e-12)
 
 
 def test_sign_of_h_agrees_with_change_of_student_labelled_loss() -> None:

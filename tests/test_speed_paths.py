@@ -169,6 +169,10 @@ def test_config_fields_for_speed() -> None:
         make_config("demo", data_on_gpu="maybe")
     with pytest.raises(ReciprocalSegError):
         make_config("demo", num_workers=-2)
+    assert config.compile_mode == "default"
+    assert make_config("demo", compile_mode="reduce-overhead").compile_mode == "reduce-overhead"
+    with pytest.raises(ReciprocalSegError, match="compile_mode"):
+        make_config("demo", compile_mode="fastest")
 
 
 # -- the fast step's plumbing ---------------------------------------------------------------------

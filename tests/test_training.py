@@ -184,6 +184,36 @@ def test_changed_recipe_in_same_folder_is_refused(cohort, tmp_path: Path) -> Non
         train(tiny_config(lr=0.5), labeled, unlabeled, tmp_path / "run")
 
 
+def test_a_run_folder_from_before_a_new_option_still_resumes(cohort, tmp_path: Path) -> None:
+    """config.json written before a field existed lacks its key: the run had its default."""
+    labeled, unlabeled = cohort
+    run, token = tmp_path / "run", CancelToken()
+
+    def cancel_early(event: dict) -> None:
+        if event["event"] == "progress" and event["phase"] == "reciprocal":
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        train(tiny_config(checkpoint_every=100), labeled, unlabeled, run, [cancel_early], token)
+    older = json.loads((run / "config.json").read_text())
+    del older["unlabeled_student_aug"]
+    (run / "config.json").write_text(json.dumps(older))
+    train(tiny_config(checkpoint_every=100), labeled, unlabeled, run)
+    assert (run / "done.json").exists()
+    with pytest.raises(TrainingError, match="unlabeled_student_aug"):  # a real change is still refused
+        train(tiny_config(unlabeled_student_aug=0.5), labeled, unlabeled, run)
+
+
+def test_student_view_option_reaches_the_reciprocal_step(cohort, tmp_path: Path) -> None:
+    labeled, unlabeled = cohort
+    plain = train(tiny_config(), labeled, unlabeled, tmp_path / "plain")
+    viewed = train(tiny_config(unlabeled_student_aug=1.0), labeled, unlabeled, tmp_path / "viewed")
+    a, b = (load_model_file(r.supervised)["state_dict"] for r in (plain, viewed))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # phase 1 is untouched by the option
+    a, b = (load_model_file(r.student)["state_dict"] for r in (plain, viewed))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_warm_start_loads_previous_models_and_checks_architecture(cohort, tmp_path: Path) -> None:
     labeled, unlabeled = cohort
     first = train(

@@ -15,6 +15,7 @@ from typing import Any
 from .errors import ReciprocalSegError
 
 Triple = tuple[int, int, int]
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -64,6 +65,9 @@ class TrainConfig:
     data_on_gpu: str = "auto"
     # torch.compile both networks (opt-in: minutes of compilation before the first iteration).
     compile: bool = False
+    # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune",
+    # "max-autotune-no-cudagraphs". Which one pays is a GPU measurement (benchmarks/speed.py).
+    compile_mode: str = "default"
     # inference
     inference_overlap: float = 0.5
     inference_weighting: str = "gaussian"  # or "uniform"
@@ -73,6 +77,9 @@ class TrainConfig:
     student_ema: float = 0.0  # >0: keep an EMA of the student for evaluation
     h_baseline: float = 0.0  # >0: subtract a moving average of h (momentum) from h
     finetune_iterations: int = 0  # supervised fine-tune of the student on labelled scans at the end
+    # >0: the student sees the unlabelled crops with random intensity changes (brightness, contrast,
+    # gamma, noise; each with this probability) while the teacher labels them unchanged.
+    unlabeled_student_aug: float = 0.0
     # "scratch" (the paper) or "teacher": start the student from the supervised teacher, which short
     # runs need (a from-scratch student gets too few iterations to leave the all-background optimum).
     student_init: str = "scratch"
@@ -110,8 +117,12 @@ class TrainConfig:
             problems.append("batch_labeled must be >= 1 and batch_unlabeled >= 0")
         if min(self.supervised_iterations, self.reciprocal_iterations, self.finetune_iterations) < 0:
             problems.append("iteration counts must be >= 0")
+        if not 0 <= self.unlabeled_student_aug <= 1:
+            problems.append(f"unlabeled_student_aug={self.unlabeled_student_aug}: a probability in [0, 1]")
         if not 0 <= self.inference_overlap < 1:
             problems.append(f"inference_overlap={self.inference_overlap}: must be in [0, 1)")
+        if self.compile_mode not in COMPILE_MODES:
+            problems.append(f"compile_mode={self.compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
         if self.data_on_gpu not in ("auto", "on", "off"):
             problems.append(f"data_on_gpu={self.data_on_gpu!r}: use 'auto', 'on' or 'off'")
         if self.num_workers < -1:
@@ -136,6 +147,12 @@ class TrainConfig:
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+    @classmethod
+    def completed(cls, stored: dict[str, Any]) -> dict[str, Any]:
+        """A configuration dict stored by an earlier version, with the fields added since filled in
+        by their defaults: every field added defaults to what the code did before it existed."""
+        return {**cls().to_dict(), **stored}
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

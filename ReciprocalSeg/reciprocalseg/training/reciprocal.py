@@ -87,6 +87,7 @@ class ReciprocalStep:
         teacher_dice: bool = False,
         h_baseline: float = 0.0,
         grad_sync: GradSync | None = None,
+        student_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if mode not in ("fast", "reference"):
             raise ValueError(f"unknown step mode {mode!r}")
@@ -102,6 +103,9 @@ class ReciprocalStep:
         # torch.distributed: g_u, g_l and the teacher's gradient are averaged over the ranks, so h
         # is the same on every rank and N ranks x batch b step as one process with batch N x b.
         self.grad_sync = grad_sync
+        # The student's input for the unlabelled crops (perturb.IntensityPerturbation, opt-in); the
+        # teacher labels the crops as they are. None: the same crops, as in the paper.
+        self.student_view = student_view
 
     def _sync(self, grads: Sequence[torch.Tensor | None]) -> None:
         if self.grad_sync is not None:
@@ -110,9 +114,10 @@ class ReciprocalStep:
     def __call__(self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, lr: float) -> StepLosses:
         self.teacher.train()
         self.student.train()
+        x_u_student = x_u if self.student_view is None else self.student_view(x_u)
         if self.mode == "reference":
-            return self._reference(x_l, y_l, x_u, lr)
-        return self._fast(x_l, y_l, x_u, lr)
+            return self._reference(x_l, y_l, x_u, x_u_student, lr)
+        return self._fast(x_l, y_l, x_u, x_u_student, lr)
 
     def _baseline(self, h: torch.Tensor) -> torch.Tensor:
         """Optionally subtract a moving average of h (a variance-reducing baseline)."""
@@ -123,12 +128,14 @@ class ReciprocalStep:
         self.h_average = self.h_momentum * self.h_average + (1 - self.h_momentum) * value
         return centred
 
-    def _fast(self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, lr: float) -> StepLosses:
+    def _fast(
+        self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, x_u_student: torch.Tensor, lr: float
+    ) -> StepLosses:
         device = x_l.device
         student_params = [p for p in self.student.parameters() if p.requires_grad]
         # Forward order matches the reference (student, teacher on x_u) so dropout draws match.
         with _autocast(device, self.amp_dtype):
-            student_u = self.student(x_u)
+            student_u = self.student(x_u_student)
             teacher_u = self.teacher(x_u)
         pseudo = teacher_u.detach().argmax(dim=1)
 
@@ -161,9 +168,11 @@ class ReciprocalStep:
         values = torch.stack([v.detach().double() for v in (loss_su, loss_sl, loss_tu, loss_tl, h)])
         return StepLosses(*values.tolist())
 
-    def _reference(self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, lr: float) -> StepLosses:
+    def _reference(
+        self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, x_u_student: torch.Tensor, lr: float
+    ) -> StepLosses:
         student, teacher = self.student, self.teacher
-        pred_u_student = student(x_u)
+        pred_u_student = student(x_u_student)
         pred_u_teacher = teacher(x_u)
 
         self.student_opt.zero_grad()

@@ -29,6 +29,7 @@ from ..errors import CancelledError, ReciprocalSegError, TrainingError
 from ..model.vnet import build_model
 from .checkpoint import load_checkpoint, load_model_file, rng_state, save_model, save_torch, set_rng_state
 from .events import EventLog, Listener, Pace
+from .perturb import IntensityPerturbation
 from .reciprocal import GradSync, ReciprocalStep, supervised_step
 
 PHASES = ("supervised", "reciprocal", "finetune")
@@ -157,10 +158,8 @@ class Trainer:
     def _write_run_files(self) -> None:
         config_path = self.run_dir / "config.json"
         if config_path.exists():
-            previous = json.loads(config_path.read_text())
-            changed = {
-                k for k, v in self.config.to_dict().items() if _jsonable(previous.get(k)) != _jsonable(v)
-            }
+            previous = TrainConfig.completed(json.loads(config_path.read_text()))
+            changed = {k for k, v in self.config.to_dict().items() if _jsonable(previous[k]) != _jsonable(v)}
             # Iteration counts and the device may change on resume; the recipe may not.
             changed -= {
                 "device",
@@ -171,6 +170,7 @@ class Trainer:
                 "num_workers",
                 "data_on_gpu",
                 "compile",
+                "compile_mode",
             }
             if changed:
                 raise TrainingError(
@@ -190,7 +190,7 @@ class Trainer:
             # In place (nn.Module.compile): state_dict keys stay those of the plain model. Static
             # shapes: each phase has fixed crop and batch sizes, so a second shape gets its own graph
             # instead of a slower dynamic-shape one.
-            model.compile(dynamic=False)
+            model.compile(dynamic=False, mode=c.compile_mode)
         return model
 
     def _load_weights(self, model: nn.Module, path: Path) -> None:
@@ -340,7 +340,7 @@ class Trainer:
             return
         self.events.emit("phase", phase=phase, iteration=start, total=total, device=self.device_name)
         batches = self._streams(phase, start)
-        step = self._make_step() if phase == "reciprocal" else None
+        step = self._make_step(start) if phase == "reciprocal" else None
         if (
             phase == "reciprocal"
             and start == 0
@@ -381,8 +381,12 @@ class Trainer:
         if phase == "supervised":
             self._save_supervised()
 
-    def _make_step(self) -> ReciprocalStep:
+    def _make_step(self, start: int) -> ReciprocalStep:
         c = self.config
+        view = None
+        if c.unlabeled_student_aug > 0:  # seeded like the crop streams: resumes perturb reproducibly
+            seed = [c.seed, PHASES.index("reciprocal"), start, *([self.rank] if self.rank else [])]
+            view = IntensityPerturbation(c.unlabeled_student_aug, _seed(seed, 2))
         step = ReciprocalStep(
             self.teacher,
             self.student,
@@ -393,6 +397,7 @@ class Trainer:
             c.teacher_dice,
             c.h_baseline,
             self.grad_sync,
+            view,
         )
         step.h_average = self.h_average
         return step
