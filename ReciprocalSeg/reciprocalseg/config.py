@@ -174,9 +174,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # level with supervised-only (median -0.5 Dice, 8/16 cases better), one started from the
         # teacher clearly above it (median +4.8, 11/16); validation split, benchmarks/RESULTS.md.
         # Against the supervised model trained 300 more iterations on labelled crops alone, the
-        # teacher is ahead (+1.1 Dice, 11/16) and the student behind (-1.0): at this budget the
-        # teacher is the better model. (A 600-iteration phase 1: teacher 81.5 vs 79.5, median
-        # +0.7, student unchanged; not clearly worth 5 more minutes.)
+        # teacher was ahead (+1.1 Dice, 11/16; with seed 7 behind, -0.8) and the student behind
+        # (-1.0; -1.7): at this budget the teacher is the better of the two. (A 600-iteration
+        # phase 1: teacher 81.5 vs 79.5, median +0.7, student unchanged; not clearly worth 5 more
+        # minutes.)
         "student_init": "teacher",
         "target_spacing": (1.25, 1.25, 1.25),
         # About 19 min on an idle 2-core CPU, evaluation included (benchmarks/la.py; 1.0 s per
