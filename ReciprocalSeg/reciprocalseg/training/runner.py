@@ -287,10 +287,13 @@ class Trainer:
             )
         return self._device_cases
 
+    def _seed_parts(self, phase: str, start: int) -> list[int]:
+        # Seeded by phase and start iteration: a resumed run draws a fresh, reproducible stream.
+        return [self.config.seed, PHASES.index(phase), start, *([self.rank] if self.rank else [])]
+
     def _streams(self, phase: str, start: int) -> _Batches:
         c = self.config
-        # Seeded by phase and start iteration: a resumed run draws a fresh, reproducible stream.
-        seed = [c.seed, PHASES.index(phase), start, *([self.rank] if self.rank else [])]
+        seed = self._seed_parts(phase, start)
         labeled_bs = c.supervised_batch if phase != "reciprocal" else c.batch_labeled
         held = self._held_cases()
         if held is not None:  # crops cut on the device: no host copies, no workers
@@ -385,8 +388,9 @@ class Trainer:
         c = self.config
         view = None
         if c.unlabeled_student_aug > 0:  # seeded like the crop streams: resumes perturb reproducibly
-            seed = [c.seed, PHASES.index("reciprocal"), start, *([self.rank] if self.rank else [])]
-            view = IntensityPerturbation(c.unlabeled_student_aug, _seed(seed, 2))
+            view = IntensityPerturbation(
+                c.unlabeled_student_aug, _seed(self._seed_parts("reciprocal", start), 2)
+            )
         step = ReciprocalStep(
             self.teacher,
             self.student,
