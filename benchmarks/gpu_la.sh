@@ -2,8 +2,9 @@
 # The left-atrium accuracy benchmark (issue 6), paper protocol, on a lent GPU machine.
 #
 # Run from the repository root ON the device machine, with the data staged at /tmp/la
-# (all 80 <ID>_image.nrrd / <ID>_label.nrrd pairs + train.list, see ../shared/data/la/README.md)
-# and a SimpleITK wheel carried in .whl/ (the device image has no SimpleITK):
+# (all 80 <ID>_image.nrrd / <ID>_label.nrrd pairs + train.list) and SimpleITK installed in
+# /tmp/site or its wheel carried in .whl/ (the device image has no SimpleITK): see
+# docs/GPU_LEASE.md (benchmarks/stage_la.py here, benchmarks/gpu_stage.sh there).
 #
 #   bash benchmarks/gpu_la.sh BUDGET_MIN [extra benchmarks.la options ...]
 #
@@ -21,8 +22,11 @@
 # Default: protocol `paper` (16 labelled = first 16 of train.list, validation = last 16,
 # unlabelled = the 48 between; 6000 + 6000 iterations; the paper's window stride, no
 # post-processing), method reciprocal (the supervised-only teacher comes free).
-# Writes to $OUT (default /tmp/out): per_case.csv, summary.csv, results.md, result.json,
-# split.json, log.txt, events_<method>.jsonl, stdout.txt, stderr.txt, gpu.txt. Model files stay in /tmp/la_paper (too big for $OUT).
+# Writes to $OUT (default /tmp/out) five files, as a device call brings back at most 8:
+# results.md, result.json, per_case.csv, log.txt and la_report.tar.gz, which holds those and
+# summary.csv, split.json, events_<method>.jsonl, stdout.txt, stderr.txt and gpu.txt. Model files
+# stay in /tmp/la_paper (too big for $OUT); a second call on the warm machine with the same
+# arguments resumes a run that the budget cut, and evaluates it.
 # The last line printed is the JSON headline.
 set -euo pipefail
 
@@ -33,9 +37,11 @@ DATA="${LA_DATA:-/tmp/la}"
 WORK="${LA_WORK:-/tmp/la_paper}"
 mkdir -p "$OUT" "$WORK"
 
+# SimpleITK: installed into /tmp/site by an earlier call (benchmarks/gpu_stage.sh), or from a
+# wheel carried in .whl/ with this call.
+export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 if ! python3 -c "import SimpleITK" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD/ReciprocalSeg:${PYTHONPATH:-}"
 
@@ -44,22 +50,29 @@ if [ ! -f "$DATA/train.list" ]; then
     exit 2
 fi
 n_images=$(ls "$DATA"/*_image.nrrd | wc -l)
-echo "data: $DATA ($n_images images)" | tee "$OUT/gpu.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/gpu.txt" 2>&1 || true
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$OUT/gpu.txt"
+REPORT="$WORK/report"
+rm -rf "$REPORT"
+mkdir -p "$REPORT"
+echo "data: $DATA ($n_images images)" | tee "$REPORT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$REPORT/gpu.txt" 2>&1 || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$REPORT/gpu.txt"
 
 status=0
 python3 -m benchmarks.la --protocol paper --data "$DATA" --out "$WORK" --cache "$WORK/cache" \
     --device cuda --methods reciprocal --time-budget-min "$BUDGET" --log-every 250 "$@" \
-    > "$OUT/stdout.txt" 2> "$OUT/stderr.txt" || status=$?
+    > "$REPORT/stdout.txt" 2> "$REPORT/stderr.txt" || status=$?
 
 for f in per_case.csv summary.csv results.md result.json split.json log.txt; do
-    if [ -f "$WORK/$f" ]; then cp "$WORK/$f" "$OUT/"; fi
+    if [ -f "$WORK/$f" ]; then cp "$WORK/$f" "$REPORT/"; fi
 done
 for run in "$WORK"/runs/*/; do
-    if [ -f "$run/events.jsonl" ]; then cp "$run/events.jsonl" "$OUT/events_$(basename "$run").jsonl"; fi
+    if [ -f "$run/events.jsonl" ]; then cp "$run/events.jsonl" "$REPORT/events_$(basename "$run").jsonl"; fi
 done
-tail -n 40 "$OUT/stderr.txt"
-if [ -f "$OUT/results.md" ]; then cat "$OUT/results.md"; fi
-tail -n 1 "$OUT/stdout.txt"
+tar czf "$OUT/la_report.tar.gz" -C "$REPORT" .
+for f in results.md result.json per_case.csv log.txt; do
+    if [ -f "$REPORT/$f" ]; then cp "$REPORT/$f" "$OUT/"; fi
+done
+tail -n 40 "$REPORT/stderr.txt"
+if [ -f "$REPORT/results.md" ]; then cat "$REPORT/results.md"; fi
+tail -n 1 "$REPORT/stdout.txt"
 exit "$status"

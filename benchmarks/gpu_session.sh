@@ -34,10 +34,10 @@ LOG="$OUT/speed_gpu.log"
     nproc
 } | tee "$LOG"
 
+export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"  # where benchmarks/gpu_stage.sh installs
 if ! python3 -c "import SimpleITK" >/dev/null 2>&1 && compgen -G ".whl/*.whl" >/dev/null; then
     echo "== installing the carried wheels from .whl/ into /tmp/site" | tee -a "$LOG"
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="ReciprocalSeg${PYTHONPATH:+:$PYTHONPATH}"
 

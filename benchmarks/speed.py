@@ -351,24 +351,23 @@ def published_sliding_window(model: LoadedModel, volume: np.ndarray, steps_zyx: 
     The scan and the accumulators live in host numpy arrays; each window is copied to the device,
     run alone in fp32, soft-maxed and copied back. This is the cost the paper's numbers came with,
     and the baseline the speed target is stated against; `paper_stride=True` in inference.py keeps
-    the same arithmetic but on the device.
+    the same arithmetic but on the device. Like the published code (test.py / test_util.py), it
+    runs with autograd on: the forward records a graph that is never used, as there; a caller
+    that wants that cost gone wraps the call in `torch.no_grad()`.
     """
     patch = model.patch_zyx
     image = np.pad(volume, [(0, max(p - n, 0)) for n, p in zip(volume.shape, patch, strict=True)])
     score = np.zeros((model.n_classes, *image.shape), np.float32)
     count = np.zeros(image.shape, np.float32)
     starts = [window_starts(n, p, st) for n, p, st in zip(image.shape, patch, steps_zyx, strict=True)]
-    with torch.no_grad():
-        for z0 in starts[0]:
-            for y0 in starts[1]:
-                for x0 in starts[2]:
-                    region = (slice(z0, z0 + patch[0]), slice(y0, y0 + patch[1]), slice(x0, x0 + patch[2]))
-                    window = torch.from_numpy(np.ascontiguousarray(image[region])[None, None]).to(
-                        model.device
-                    )
-                    probs = torch.softmax(model.module(window), dim=1).cpu().numpy()[0]
-                    score[(slice(None), *region)] += probs
-                    count[region] += 1
+    for z0 in starts[0]:
+        for y0 in starts[1]:
+            for x0 in starts[2]:
+                region = (slice(z0, z0 + patch[0]), slice(y0, y0 + patch[1]), slice(x0, x0 + patch[2]))
+                window = torch.from_numpy(np.ascontiguousarray(image[region])[None, None]).to(model.device)
+                probs = torch.softmax(model.module(window), dim=1).detach().cpu().numpy()[0]
+                score[(slice(None), *region)] += probs
+                count[region] += 1
     score /= count
     return score[(slice(None), *(slice(0, n) for n in volume.shape))]
 

@@ -254,6 +254,25 @@ def test_streaming_inference_equals_device_inference(weighting: str) -> None:
     np.testing.assert_allclose(on_device.sum(0), 1, rtol=1e-5)
 
 
+def test_the_published_baseline_is_the_published_code_path() -> None:
+    """The speed baseline: the paper-stride arithmetic, with autograd on as the published
+    evaluation runs it (no torch.no_grad() there), so its graph-recording cost is in the timing."""
+    from benchmarks.speed import published_sliding_window
+
+    model = _tiny_model()
+    volume = np.random.default_rng(2).standard_normal((20, 40, 45)).astype(np.float32)
+    recorded: list[bool] = []
+    hook = model.module.register_forward_hook(lambda m, i, out: recorded.append(out.requires_grad))
+    try:
+        baseline = published_sliding_window(model, volume, steps_zyx=(4, 18, 18))
+    finally:
+        hook.remove()
+    paper = sliding_window_probabilities(model, volume, paper_stride=True)
+    assert recorded and all(recorded)  # one window at a time, each recording a graph
+    assert len(recorded) == 2 * 2 * 2  # z: 0, 4; y: 0, 8; x: 0, 13 (patch 16, 32, 32; last flush)
+    np.testing.assert_allclose(baseline, paper, rtol=1e-5, atol=1e-6)
+
+
 def test_out_of_memory_falls_back_to_streaming() -> None:
     model = _tiny_model()
     volume = np.random.default_rng(1).standard_normal((16, 40, 40)).astype(np.float32)
