@@ -138,6 +138,23 @@ def test_finished_run_is_registered_at_startup(tmp_path: Path) -> None:
     assert len(ws.registry()["rounds"]) == 1
 
 
+def test_a_run_that_finished_as_the_stop_reached_it_is_registered(tmp_path: Path) -> None:
+    """done.json is the worker's last write: a SIGTERM that arrives while the finished worker
+    exits (code -15 on a stop) must not turn the complete round into a cancelled run."""
+    ws = Workspace(tmp_path / "ws")
+    run = ws.runs_dir / "run-1"
+    run.mkdir()
+    for name in ("teacher.pt", "student.pt"):
+        (run / name).write_bytes(b"model")
+    (run / "done.json").write_text("{}")
+    job = {"run_id": "run-1", "state": "running", "pid": 123, "preset": "demo", "n_classes": 1,
+           "n_labeled": 1, "n_unlabeled": 0, "created": "2024-01-01T00:00:00+00:00"}  # fmt: skip
+    atomic_write_json(run / "job.json", job)
+    TrainingManager(ws)._finish(job, -15, stopping=True)
+    assert ws.read_job("run-1")["state"] == "completed"
+    assert ws.registry()["current"] == 1
+
+
 def test_event_reader_skips_partial_lines(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text('{"event": "phase"}\n{"event": "progress", "iter')

@@ -115,8 +115,16 @@ def _process_matches(pid: int | None, create_time: float | None, run_dir: Path) 
         return None
 
 
-def terminate_tree(proc: psutil.Process, timeout: float = 30.0) -> None:
-    """SIGTERM a process and its children; SIGKILL whatever is left after ``timeout`` seconds."""
+def terminate_tree(
+    proc: psutil.Process, timeout: float = 30.0, child: subprocess.Popen | None = None
+) -> None:
+    """SIGTERM a process and its children; SIGKILL whatever is left after ``timeout`` seconds.
+
+    ``child``: the ``Popen`` of ``proc`` when it is this process's own child. Only that ``Popen``
+    may then wait for it: psutil would reap it (``waitpid``) first, and the ``Popen``, finding no
+    child left, would report an exit status of 0, which the watcher thread records as how the
+    run ended (a cancelled run then looked like a failed one, "exited with code 0").
+    """
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
@@ -126,7 +134,14 @@ def terminate_tree(proc: psutil.Process, timeout: float = 30.0) -> None:
             p.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    if child is not None:
+        procs = procs[1:]  # the descendants: not our children, so psutil only polls them
+        try:
+            child.wait(timeout=timeout)  # shares the watcher's lock: one of the two reaps it
+        except subprocess.TimeoutExpired:
+            child.kill()
+    _, alive = psutil.wait_procs(procs, timeout=max(0.0, deadline - time.monotonic()))
     for p in alive:
         try:
             p.kill()
@@ -360,7 +375,9 @@ class TrainingManager:
         job["exit_code"] = code
         job["pid"] = None
         job["finished"] = now_iso()
-        if (run_dir / "done.json").exists() and code in (0, None):
+        # done.json is the worker's last write, after both model files: the run is complete even
+        # when a stop's SIGTERM reached the worker while it was exiting (code -15).
+        if (run_dir / "done.json").exists():
             self._complete(job)
             return
         if code == EXIT_CANCELLED or (stopping and (code is None or code < 0 or code == EXIT_CANCELLED)):
@@ -501,7 +518,7 @@ class TrainingManager:
         except OSError:
             pass
         try:
-            terminate_tree(psutil.Process(proc.pid), timeout=self.stop_timeout)
+            terminate_tree(psutil.Process(proc.pid), timeout=self.stop_timeout, child=proc)
         except psutil.NoSuchProcess:
             pass
         if wait:
@@ -518,13 +535,13 @@ class TrainingManager:
         if proc is None or run_id is None:
             return
         try:
-            terminate_tree(psutil.Process(proc.pid), timeout=timeout or self.stop_timeout)
+            terminate_tree(psutil.Process(proc.pid), timeout=timeout or self.stop_timeout, child=proc)
         except psutil.NoSuchProcess:
             pass
         proc.wait()
         with self._lock:
             job = self.ws.read_job(run_id)
-            if (self.ws.runs_dir / run_id / "done.json").exists() and proc.returncode == 0:
+            if (self.ws.runs_dir / run_id / "done.json").exists():  # finished before the stop reached it
                 self._proc = None
                 self._active = None
                 self._complete(job)

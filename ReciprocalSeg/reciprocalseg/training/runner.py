@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,17 +38,21 @@ class CancelToken:
     """Set by a signal handler, another thread, or a CANCEL file in the run directory."""
 
     def __init__(self, flag_file: Path | None = None) -> None:
-        self._event = threading.Event()
+        # A plain flag, not a threading.Event: the signal handler runs in the main thread between
+        # any two bytecodes, also inside Event.set() called from `requested` (the service touches
+        # CANCEL and sends SIGTERM together), and Event.set() takes a non-reentrant lock, which
+        # would deadlock the worker there. Assigning an attribute takes no lock.
+        self._requested = False
         self.flag_file = flag_file
 
     def cancel(self) -> None:
-        self._event.set()
+        self._requested = True
 
     @property
     def requested(self) -> bool:
-        if self.flag_file is not None and self.flag_file.exists():
-            self._event.set()
-        return self._event.is_set()
+        if not self._requested and self.flag_file is not None and self.flag_file.exists():
+            self._requested = True
+        return self._requested
 
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM request a cancel; the loop stops after the current iteration."""
