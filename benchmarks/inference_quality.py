@@ -34,7 +34,7 @@ import SimpleITK as sitk
 import torch
 
 from benchmarks.la import DEFAULT_DATA, EvalCase, load_eval_cases, parse_ids
-from reciprocalseg.data.io import Case
+from reciprocalseg.data.io import Case, discover_cases
 from reciprocalseg.data.preprocess import preprocess_image
 from reciprocalseg.inference import LoadedModel, Prediction, load_model, predict_image
 from reciprocalseg.metrics import evaluate_case
@@ -98,11 +98,14 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         ids = parse_ids(args.ids)
     if not ids:
         raise SystemExit("error: give the cases with --ids ID,ID,... or --split OUT/split.json")
-    cases = [Case(i, args.data / f"{i}_image.nrrd", args.data / f"{i}_label.nrrd") for i in ids]
-    missing = [str(p) for c in cases for p in (c.image, c.label) if not Path(p).is_file()]
+    found = {c.case_id: c for c in discover_cases(args.data) if c.label is not None}
+    missing = [i for i in ids if i not in found]
     if missing:
-        raise SystemExit(f"error: not found: {', '.join(missing[:3])}; check --data and the IDs")
-    return cases
+        raise SystemExit(
+            f"error: not found in {args.data} (with a label): {', '.join(missing[:3])}; "
+            "check --data and the IDs"
+        )
+    return [found[i] for i in ids]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,10 +38,11 @@ class Part:
     name: str
     room: int  # bytes this part may hold
     files: list[Path] = field(default_factory=list)
+    size: int = 0  # bytes it holds
 
-    @property
-    def size(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
+    def add(self, group: list[Path], size: int) -> None:
+        self.files.extend(group)
+        self.size += size
 
 
 def travelling_tree_bytes(repo: Path) -> int:
@@ -100,7 +101,7 @@ def pack(groups: list[list[Path]], rooms: list[int], more_room: int) -> list[Par
                     f"{group[0].name} and its label take {size / MIB:.1f} MiB, more than a call's "
                     f"room of {room / MIB:.1f} MiB left beside the working tree"
                 )
-        parts[-1].files.extend(group)
+        parts[-1].add(group, size)
     return parts
 
 
