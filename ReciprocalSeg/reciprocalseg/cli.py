@@ -1,4 +1,4 @@
-"""`reciprocalseg` command line: train, predict, evaluate, demo, serve.
+"""`reciprocalseg` command line: train, predict, evaluate, export-onnx, demo, serve.
 
 Exit codes: 0 success, 1 error (message on stderr), 2 usage error, 3 cancelled (a
 checkpoint was written; rerun the same command to resume).
@@ -242,6 +242,32 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+# -- export-onnx -------------------------------------------------------------------------
+def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-onnx", help="the run's teacher and student as ONNX, with metadata to run them elsewhere"
+    )
+    p.add_argument("--run", type=Path, required=True, help="run folder (or a model .pt file)")
+    p.add_argument("--out", type=Path, required=True, help="folder for <model>.onnx and metadata.json")
+    p.add_argument("--model", choices=["teacher", "student", "both", "supervised"], default="both")
+    p.add_argument("--class-names", nargs="+", metavar="NAME", help="names of classes 1..K, in order")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export.onnx_export import DEFAULT_OPSET, export_run
+
+    which = ("teacher", "student") if args.model == "both" else (args.model,)
+    result = export_run(args.run, args.out, which, args.class_names, args.opset or DEFAULT_OPSET)
+    for name, path in result.models.items():
+        diff = result.max_abs_difference[name]
+        check = "not checked (onnxruntime absent)" if diff is None else f"max |difference| {diff:.1e}"
+        print(f"{name}: {path} (onnxruntime vs PyTorch on a random batch: {check})")
+    print(f"metadata: {result.metadata}")
+    return 0
+
+
 # -- demo / serve ------------------------------------------------------------------------
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole loop on a built-in phantom cohort (CPU, a few minutes)")
@@ -283,6 +309,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_export_onnx(sub)
     _add_demo(sub)
     _add_serve(sub)
     return parser
