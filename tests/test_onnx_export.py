@@ -116,6 +116,27 @@ def test_export_runs_without_our_package_and_agrees_with_our_inference(cohort, r
         for model in ("teacher", "student"):
             _compare(out, run, model, read_image(case.image))
 
+    # The README's command line, in a process that never imports reciprocalseg.
+    seg = tmp_path / "seg.nrrd"
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = sys.argv[1:]\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert not [m for m in sys.modules if m.startswith('reciprocalseg')], 'imported reciprocalseg'\n"
+    )
+    args = [str(REPO / "examples" / "onnx_predict.py"), str(out / "metadata.json"), "student"]
+    res = subprocess.run(
+        [sys.executable, "-c", script, *args, str(cases[4].image), str(seg)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in ENV.items() if k != "PYTHONPATH"},
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    ours = predict_image(load_model(run / "student.pt", "cpu"), read_image(cases[4].image)).labels
+    assert np.mean(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))) == sitk.GetArrayFromImage(ours)) > 0.999
+
 
 def test_export_with_a_target_spacing_resamples_as_our_inference(cohort, tmp_path: Path) -> None:
     root, cases = cohort
