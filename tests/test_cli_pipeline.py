@@ -200,3 +200,25 @@ def test_predict_warns_when_a_model_predicts_only_background(trained: dict, tmp_
         "cpu",
     )
     assert res.returncode == 0 and "only background" not in res.stderr
+
+
+def test_predict_without_readable_training_labels_still_predicts(trained: dict, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("student.pt", "cases.json"):
+        (run / name).write_bytes((trained["run"] / name).read_bytes())
+    cases = json.loads((run / "cases.json").read_text())
+    for entry in cases["labeled"]:
+        entry["label"] = str(tmp_path / "moved" / Path(entry["label"]).name)
+    (run / "cases.json").write_text(json.dumps(cases))
+    root = trained["root"]
+    res = run_cli(
+        "predict", "--run", run, "--images", root / "imagesTs", "--out", tmp_path / "p", "--device", "cpu"
+    )
+    assert res.returncode == 0, res.stderr
+    assert "QA reference: none, the run's labelled cases cannot be read" in res.stdout
+    res = run_cli(
+        "predict", "--run", run, "--images", root / "imagesTs", "--out", tmp_path / "q", "--device", "cpu",
+        "--reference-labels", root / "labelsTs",
+    )  # fmt: skip
+    assert res.returncode == 0 and "QA reference: 2 labelled cases" in res.stdout

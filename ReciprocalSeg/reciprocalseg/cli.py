@@ -84,16 +84,20 @@ def _model_paths(run: Path, which: str) -> dict[str, Path]:
 def _reference_label_paths(args: argparse.Namespace) -> tuple[list[Path], str]:
     """Label maps the QA flags compare with, and where they came from."""
     from .data.io import load_case_list
+    from .errors import DataError
 
     if args.reference_labels is not None:
         from .evaluation import label_files
 
         return list(label_files(args.reference_labels).values()), str(args.reference_labels)
     cases_json = args.run / "cases.json"
-    if args.run.is_dir() and cases_json.exists():
+    if not (args.run.is_dir() and cases_json.exists()):
+        return [], "the run lists no labelled cases"
+    try:
         labeled, _ = load_case_list(cases_json)
-        return [c.label for c in labeled if c.label is not None], f"the run's labelled cases ({cases_json})"
-    return [], ""
+    except DataError as exc:  # moved or deleted training files must not stop a prediction
+        return [], f"the run's labelled cases cannot be read ({exc})"
+    return [c.label for c in labeled if c.label is not None], f"the run's labelled cases ({cases_json})"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -120,7 +124,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if ranges is not None:
         print(f"QA reference: {ranges.cases} labelled cases, {ref_source}")
     else:
-        print("QA reference: none (give --reference-labels DIR to flag values outside labelled cases)")
+        print(f"QA reference: none, {ref_source}; give --reference-labels DIR to flag unusual structures")
     args.out.mkdir(parents=True, exist_ok=True)
     qa_rows, found_something = [], dict.fromkeys(models, False)
     for case_id, path in sources:
