@@ -163,6 +163,8 @@ def test_evaluate_accepts_a_folder_of_label_maps_alone(tmp_path: Path) -> None:
         os.symlink(c.label, only / c.label.name)
     assert _label_files(only) == {c.case_id: only / c.label.name for c in cases}
     assert _label_files(tmp_path / "pairs") == {c.case_id: c.label for c in cases}
+    cases[1].label.unlink()  # an image whose label is missing is not a label
+    assert _label_files(tmp_path / "pairs") == {cases[0].case_id: cases[0].label}
 
 
 def test_the_torchrun_entry_without_torchrun_trains_as_the_cli(folders: dict[str, Path]) -> None:

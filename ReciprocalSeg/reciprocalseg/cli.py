@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, ReciprocalSegError
+from .errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, DataError, ReciprocalSegError
 from .train_command import add_train_arguments, build_config, load_cases, print_result, train_in_process
 
 __all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "main", "make_parser"]
@@ -84,7 +84,6 @@ def _model_paths(run: Path, which: str) -> dict[str, Path]:
 def _reference_label_paths(args: argparse.Namespace) -> tuple[list[Path], str]:
     """Label maps the QA flags compare with, and where they came from."""
     from .data.io import load_case_list
-    from .errors import DataError
 
     if args.reference_labels is not None:
         from .evaluation import label_files

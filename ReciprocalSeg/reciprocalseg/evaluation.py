@@ -26,9 +26,12 @@ def label_files(label_dir: Path) -> dict[str, Path]:
     from .data.io import discover_cases, files_by_case_id
 
     try:
-        return {c.case_id: (c.label or c.image) for c in discover_cases(label_dir)}
+        cases = discover_cases(label_dir)
     except DataError:
         return files_by_case_id(label_dir, "labels")
+    if any(c.label is not None for c in cases):  # pairs: an image without its label is no label
+        return {c.case_id: c.label for c in cases if c.label is not None}
+    return {c.case_id: c.image for c in cases}  # a folder of label maps alone
 
 
 def evaluate_folders(

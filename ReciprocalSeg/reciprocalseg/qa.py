@@ -18,8 +18,9 @@ disagree, so ``high_disagreement`` uses a fixed threshold instead (more than hal
 structure). Partially annotated label maps (any voxel 255) leave the reference out: their
 volumes are not the structure's.
 
-The service and the Slicer panel call `structure_qa` and `reference_ranges` the same way
-the CLI does; `predicts_only_background` is the check behind "this model finds nothing".
+`structure_qa` and `reference_ranges` are the whole interface: the CLI's predict calls them,
+and the service or the Slicer panel can call them the same way on their arrays;
+`predicts_only_background` is the check behind "this model finds nothing".
 """
 
 from __future__ import annotations
