@@ -222,3 +222,33 @@ def test_predict_without_readable_training_labels_still_predicts(trained: dict, 
         "--reference-labels", root / "labelsTs",
     )  # fmt: skip
     assert res.returncode == 0 and "QA reference: 2 labelled cases" in res.stdout
+
+
+def test_every_event_the_bar_shows_is_a_readable_line() -> None:
+    import io
+
+    from reciprocalseg.progress import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar(stream)
+    for event in (
+        {"event": "phase", "phase": "reciprocal", "iteration": 120, "total": 6000, "device": "cpu"},
+        {"event": "resumed", "phase": "reciprocal", "iteration": 120},
+        {"event": "warm_start", "source": "runs/r0"},
+        {"event": "warning", "phase": "reciprocal", "iteration": 300, "message": "the student lost class 2"},
+        {"event": "budget", "phase": "supervised", "iterations": 800, "sec_per_iter": 0.21, "minutes": 10},
+        {"event": "cancelled", "phase": "reciprocal", "iteration": 301},
+        {"event": "error", "message": "out of memory"},
+        {"event": "done", "seconds": 185.2, "device": "cpu"},
+    ):
+        bar({**event, "time": 0.0})
+    assert stream.getvalue().splitlines() == [
+        "reciprocal phase: 6000 iterations from iteration 120 on cpu",
+        "resumed from the checkpoint at reciprocal iteration 120",
+        "warm start from runs/r0",
+        "warning at reciprocal iteration 300: the student lost class 2",
+        "supervised phase sized to 800 iterations (0.21 s each) for the 10-minute budget",
+        "cancelled at reciprocal iteration 301; a checkpoint was written, rerun the same command to resume",
+        "error: out of memory",
+        "done in 3 min 05 s on cpu",
+    ]

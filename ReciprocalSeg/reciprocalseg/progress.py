@@ -69,6 +69,13 @@ def describe_event(event: dict[str, Any]) -> str | None:
         return f"resumed from the checkpoint at {_at(event)}"
     if kind == "warm_start":
         return f"warm start from {event.get('source', '?')}"
+    if kind == "warning":
+        return f"warning at {_at(event)}: {event.get('message', '')}"
+    if kind == "budget":
+        return (
+            f"{event.get('phase', '?')} phase sized to {event.get('iterations', '?')} iterations "
+            f"({event.get('sec_per_iter', '?')} s each) for the {event.get('minutes', '?')}-minute budget"
+        )
     return None
 
 
