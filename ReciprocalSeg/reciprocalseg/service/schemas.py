@@ -152,13 +152,31 @@ class ModelRound(BaseModel):
     created: str
     run_id: str | None = None
     preset: str | None = None
-    n_classes: int | None = None
+    n_classes: int | None = Field(None, description="classes including background")
+    fewer_classes: bool = Field(
+        False, description="trained before a label with a new class arrived: segments fewer classes"
+    )
     n_labeled: int | None = None
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
     current: bool = False
     teacher_sha256: str | None = None
     student_sha256: str | None = None
+
+
+class Settings(BaseModel):
+    n_classes: int = Field(
+        description="classes including background (as train --n-classes); labels 0..n_classes-1"
+    )
+    n_classes_fixed: bool = Field(description="False: the count grows when a label with a new class arrives")
+
+
+class SettingsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_classes: int | None = Field(
+        ge=2, le=256, description="classes including background; null: follow the labels"
+    )
 
 
 class ModelList(BaseModel):
@@ -193,7 +211,12 @@ class ServiceInfo(BaseModel):
     workspace: str
     device: DeviceInfo
     counts: Counts
-    n_classes: int = Field(description="foreground classes; label values 0..n_classes")
+    n_classes: int = Field(
+        description="classes including background (as train --n-classes); labels 0..n_classes-1"
+    )
+    n_classes_fixed: bool = Field(
+        False, description="False: the count grows when a label with a new class arrives"
+    )
     current_round: int | None
     training_state: str
     max_upload_mb: float
