@@ -17,6 +17,7 @@ So ``ABC_image.nrrd``, ``ABC_label.nrrd``, ``ABC.nii.gz``, ``labels/ABC.nii.gz``
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -315,11 +316,29 @@ def write_image(img: sitk.Image, path: str | os.PathLike[str]) -> None:
     suffix = image_suffix(target)
     if suffix is None:
         raise DataError(f"{target}: cannot write this file type; use one of {', '.join(IMAGE_SUFFIXES)}.")
-    if suffix in _DETACHED_SUFFIXES:
-        _write_detached(img, target)
-        return
-    with atomic_path(target) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+    try:
+        if suffix in _DETACHED_SUFFIXES:
+            _write_detached(img, target)
+            return
+        with atomic_path(target) as tmp:
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+    except RuntimeError as exc:  # ITK reports a failed write without an errno
+        raise _write_error(img, target, exc) from None
+
+
+def _write_error(img: sitk.Image, target: Path, exc: RuntimeError) -> Exception:
+    """OSError(ENOSPC) when the target's file system has less room than the image, else DataError.
+
+    ITK's own text names its build paths and hides the cause; free space is what usually ran out.
+    """
+    needed = img.GetNumberOfPixels() * img.GetSizeOfPixelComponent() * img.GetNumberOfComponentsPerPixel()
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < needed:
+        return OSError(errno.ENOSPC, f"no space left to write {target.name} ({free} bytes free)", str(target))
+    return DataError(f"{target}: cannot write the image: {_itk_reason(exc)}")
 
 
 def _write_detached(img: sitk.Image, target: Path) -> None:

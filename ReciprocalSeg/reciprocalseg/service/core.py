@@ -251,14 +251,20 @@ class Service:
         with self._predict_lock:
             round_id, predictor = self.predictor()
             result = predictor.predict(image)
+        empty = {
+            "teacher_empty": _all_background(result.teacher),
+            "student_empty": _all_background(result.student),
+        }
         entry = self.ws.store_prediction(
-            case_id, round_id, result.teacher, result.student, result.disagreement, float(result.score)
+            case_id, round_id, result.teacher, result.student, result.disagreement, float(result.score), empty
         )
+        if empty["teacher_empty"] or empty["student_empty"]:
+            log.warning("case %s, round %s: %s", case_id, round_id, background_warning(entry))
         return self.prediction_info(case_id, entry)
 
     @staticmethod
     def prediction_info(case_id: str, entry: dict[str, Any]) -> S.PredictionInfo:
-        return S.PredictionInfo(case_id=case_id, **entry)
+        return S.PredictionInfo(case_id=case_id, **entry, warning=background_warning(entry))
 
     def prediction_entry(self, case_id: str, round_id: int | None) -> dict[str, Any]:
         rec = self.ws.get_case(case_id)
@@ -283,22 +289,26 @@ class Service:
         if current is None:
             raise Conflict("no model yet: train a round (POST /training) or import models first")
         n_new = 0
-        scores: dict[str, float] = {}
+        preds: dict[str, dict[str, Any]] = {}
         for c in candidates:
             pred = (c.get("predictions") or {}).get(str(current))
             if pred is None:
                 try:
-                    scores[c["id"]] = self.predict(c["id"]).score
+                    pred = self.predict(c["id"]).model_dump()
                 except NotFound:
                     continue  # deleted meanwhile
                 n_new += 1
-            else:
-                scores[c["id"]] = pred["score"]
-        if not scores:
+            preds[c["id"]] = pred
+        if not preds:
             return S.NextCase(case_id=None, n_candidates=0)
-        best = max(scores, key=lambda k: (scores[k], k))
+        best = max(preds, key=lambda k: uncertainty_rank(k, preds[k]))
         return S.NextCase(
-            case_id=best, score=scores[best], round=current, n_candidates=len(scores), n_predicted_now=n_new
+            case_id=best,
+            score=preds[best]["score"],
+            both_empty=both_empty(preds[best]),
+            round=current,
+            n_candidates=len(preds),
+            n_predicted_now=n_new,
         )
 
     # ------------------------------------------------------------------ settings
@@ -371,3 +381,33 @@ def _fixed_classes_hint(message: str, fixed: bool) -> str:
             '{"n_classes": N} (background included), or remap the label values.'
         )
     return message
+
+
+def _all_background(labels: Any) -> bool:
+    import numpy as np
+    import SimpleITK as sitk
+
+    return not np.any(sitk.GetArrayViewFromImage(labels))
+
+
+def both_empty(pred: dict[str, Any]) -> bool:
+    """Whether neither network found anything (their disagreement score is then 0 by definition)."""
+    return bool(pred.get("teacher_empty") and pred.get("student_empty"))
+
+
+def uncertainty_rank(case_id: str, pred: dict[str, Any]) -> tuple[bool, float, str]:
+    """Sort key of next-case, largest first: a case where both networks see nothing is the most
+    uncertain of all (score 0 only because there is nothing to compare), then the disagreement."""
+    return both_empty(pred), float(pred["score"]), case_id
+
+
+def background_warning(pred: dict[str, Any]) -> str | None:
+    """The warning shown with a prediction in which a network predicts background everywhere."""
+    empty = [name for name in ("teacher", "student") if pred.get(f"{name}_empty")]
+    if not empty:
+        return None
+    who = " and ".join(empty)
+    return (
+        f"the {who} predicts background everywhere in this scan; if this happens on scans that "
+        "show the structure, the round has not learned it (more labels or iterations, or check the labels)"
+    )

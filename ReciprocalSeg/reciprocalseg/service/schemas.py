@@ -136,11 +136,17 @@ class PredictionInfo(BaseModel):
     files: dict[str, str] = Field(
         description="teacher, student, disagreement: GET /cases/{id}/prediction/{kind}"
     )
+    teacher_empty: bool | None = Field(None, description="the teacher predicts background everywhere")
+    student_empty: bool | None = Field(None, description="the student predicts background everywhere")
+    warning: str | None = Field(None, description="set when a network predicts background everywhere")
 
 
 class NextCase(BaseModel):
     case_id: str | None = Field(description="None when every case is labelled")
     score: float | None = None
+    both_empty: bool = Field(
+        False, description="neither network finds anything in it: ranked as the most uncertain case"
+    )
     round: int | None = None
     n_candidates: int = 0
     n_predicted_now: int = Field(0, description="unlabelled cases predicted to answer this request")

@@ -497,9 +497,16 @@ class Workspace:
 
     # ------------------------------------------------------------------ predictions
     def store_prediction(
-        self, case_id: str, round_id: int, teacher: Any, student: Any, disagreement: Any, score: float
+        self,
+        case_id: str,
+        round_id: int,
+        teacher: Any,
+        student: Any,
+        disagreement: Any,
+        score: float,
+        flags: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write a round's prediction files for a case and record them with the score."""
+        """Write a round's prediction files for a case and record them with the score (and ``flags``)."""
         from reciprocalseg.data.io import write_image
 
         with self.lock:
@@ -510,7 +517,13 @@ class Workspace:
             for name, img in (("teacher", teacher), ("student", student), ("disagreement", disagreement)):
                 write_image(img, folder / f"{name}.nrrd")
                 files[name] = f"predictions/r{round_id:04d}/{name}.nrrd"
-            entry = {"round": round_id, "score": float(score), "time": now_iso(), "files": files}
+            entry = {
+                "round": round_id,
+                "score": float(score),
+                "time": now_iso(),
+                "files": files,
+                **(flags or {}),
+            }
             with self.edit_case(case_id) as rec:
                 rec["predictions"][str(round_id)] = entry
             return dict(entry)
