@@ -20,7 +20,7 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
 
 @pytest.fixture
 def service(tmp_path: Path, phantoms: list[Case]) -> Iterator[Running]:
-    """A fresh service on an empty workspace (it may register the phantoms' folder), stopped after the test."""
+    """A fresh service on an empty workspace (it may register the phantoms), stopped after the test."""
     root = str(phantoms[0].image.parent)
     run = start_service(tmp_path / "ws", device="cpu", extra_args=["--register-root", root])
     try:

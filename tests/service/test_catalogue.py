@@ -106,9 +106,9 @@ def _foreign_data_files(tmp: Path) -> dict[str, bytes]:
     nrrd = f"NRRD0004\n{header}data file: /etc/passwd\n\n".encode()
     nrrd_rel = f"NRRD0004\n{header}data file: ../../../../etc/passwd\n\n".encode()
     mha = (
-        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
-        "ElementDataFile = /etc/passwd\n"
-    ).encode()
+        b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
+        b"ElementDataFile = /etc/passwd\n"
+    )
     (tmp / "leak.nrrd").write_bytes(nrrd)
     (tmp / "leak.mha").write_bytes(mha)
     (tmp / "leak.nhdr").write_bytes(nrrd_rel)
@@ -264,7 +264,10 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
         422,
         lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": "CON"}),
     ),
-    "upload file named com1.nrrd": (422, lambda s, u, f: s.post(f"{u}/cases", files=up("com1.nrrd", f["image"]))),
+    "upload file named com1.nrrd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("com1.nrrd", f["image"])),
+    ),
     "upload case_id lpt9.txt": (
         422,
         lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": "lpt9.txt"}),
@@ -295,7 +298,10 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
             f"{u}/cases", files=up("new.nrrd", f["image"]), headers={"Host": "evil.example:8765"}
         ),
     ),
-    "read cases with a foreign Host": (403, lambda s, u, f: s.get(f"{u}/cases", headers={"Host": "attacker.test"})),
+    "read cases with a foreign Host": (
+        403,
+        lambda s, u, f: s.get(f"{u}/cases", headers={"Host": "attacker.test"}),
+    ),
     "next case from another web site": (
         403,
         lambda s, u, f: s.get(f"{u}/next-case", headers={"Origin": "https://evil.example"}),
@@ -331,18 +337,17 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
         404,
         lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["outside_path"].decode()}),
     ),
-    "register /etc/passwd": (404, lambda s, u, f: s.post(f"{u}/cases/register", json={"path": "/etc/passwd"})),
+    "register /etc/passwd": (
+        404,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": "/etc/passwd"}),
+    ),
     "register symlink leading outside the roots": (
         404,
-        lambda s, u, f: s.post(
-            f"{u}/cases/register", json={"path": f["root"].decode() + "/link_out.nrrd"}
-        ),
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["root"].decode() + "/link_out.nrrd"}),
     ),
     "register root/../ escape": (
         404,
-        lambda s, u, f: s.post(
-            f"{u}/cases/register", json={"path": f["root"].decode() + "/../" + "x.nrrd"}
-        ),
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["root"].decode() + "/../" + "x.nrrd"}),
     ),
     "register empty case_id": (
         422,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .workspace import CASE_ID_PATTERN
 
@@ -27,10 +27,16 @@ class ErrorResponse(BaseModel):
 
 class Geometry(BaseModel):
     size: list[int] = Field(description="voxels (x, y, z)")
-    spacing: list[float] = Field(description="mm (x, y, z)")
-    origin: list[float] = Field(description="LPS mm")
-    direction: list[float] = Field(description="9 direction cosines, row-major (LPS)")
+    spacing: list[float] = Field(description="mm (x, y, z), 9 significant digits")
+    origin: list[float] = Field(description="LPS mm, 9 significant digits")
+    direction: list[float] = Field(description="9 direction cosines, row-major (LPS), 9 significant digits")
     pixel_type: str | None = None
+
+    @field_validator("spacing", "origin", "direction")
+    @classmethod
+    def _readable(cls, values: list[float]) -> list[float]:
+        # Header round trips leave 9.999999999999998 for 10; nine digits keep far below a micrometre.
+        return [float(f"{v:.9g}") for v in values]
 
 
 class LabelVersion(BaseModel):
