@@ -48,3 +48,48 @@ def snapshot(workspace: Path) -> dict[str, str]:
             p = Path(root) / name
             out[str(rel_root / name)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def write_bundle(
+    path: Path,
+    n_classes: int = 2,
+    teacher_bias: list[float] | None = None,
+    student_bias: list[float] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A real model bundle (tiny untrained V-Nets, as GET /models/export writes it).
+
+    ``*_bias``: zero the network's last layer and give it this bias per class, so that it predicts
+    the class with the largest bias everywhere (e.g. ``[50, -50]``: background only).
+    """
+    import json
+    import zipfile
+
+    import torch
+
+    from reciprocalseg.config import make_config
+    from reciprocalseg.model.vnet import VNet
+    from reciprocalseg.training.checkpoint import save_model
+
+    config = make_config("demo", n_filters=1, n_classes=n_classes)
+    files = {}
+    for name, bias in (("teacher", teacher_bias), ("student", student_bias)):
+        torch.manual_seed(seed + (name == "student"))
+        model = VNet(1, n_classes, config.n_filters, config.normalization)
+        if bias is not None:
+            with torch.no_grad():
+                model.head.weight.zero_()
+                model.head.bias.copy_(torch.tensor(bias))
+        files[name] = path.parent / f".{path.stem}-{name}.pt"
+        save_model(model, config, files[name])
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.write(files["teacher"], "teacher.pt")
+        zf.write(files["student"], "student.pt")
+        meta = {
+            "format": "reciprocalseg-models",
+            "format_version": 2,
+            "n_classes": n_classes,
+            "preset": "demo",
+        }
+        zf.writestr("meta.json", json.dumps(meta))
+    return path
