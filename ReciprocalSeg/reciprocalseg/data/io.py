@@ -166,7 +166,7 @@ def _read_dicom_series(folder: Path, series_id: str | None, max_voxels: int | No
     try:
         if max_voxels is not None:
             slice_size = _declared_size(Path(files[0]))
-            check_voxel_count((*slice_size[:2], len(files), slice_size[-1]), max_voxels, str(folder))
+            check_voxel_count((*slice_size[:2], len(files), *slice_size[3:]), max_voxels, str(folder))
         return reader.Execute()
     except RuntimeError as exc:
         raise DataError(f"{folder}: cannot read DICOM series {series_id}: {_itk_reason(exc)}") from exc
@@ -248,11 +248,12 @@ def check_data_file(path: str | os.PathLike[str], attached_only: bool = False) -
 
 
 def _declared_size(path: Path) -> tuple[int, ...]:
-    """The image size a file's header declares, read without reading (or decompressing) voxels."""
+    """The size a file's header declares (x, y, z[, components]), read without reading any voxel."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    return tuple(int(v) for v in reader.GetSize()) + (int(reader.GetNumberOfComponents()),)
+    components = int(reader.GetNumberOfComponents())
+    return tuple(int(v) for v in reader.GetSize()) + ((components,) if components > 1 else ())
 
 
 def check_voxel_count(size: Sequence[int], max_voxels: int, source: str) -> None:
