@@ -139,6 +139,8 @@ class TrainingStatus:
     n_labeled: int | None = None
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
+    warning: str | None = None
+    background_only: list[str] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -199,6 +201,7 @@ class ModelRound:
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
     current: bool = False
+    background_only: list[str] | None = None
     teacher_sha256: str | None = None
     student_sha256: str | None = None
 

@@ -50,21 +50,18 @@ def snapshot(workspace: Path) -> dict[str, str]:
     return out
 
 
-def write_bundle(
-    path: Path,
+def write_models(
+    folder: Path,
     n_classes: int = 2,
     teacher_bias: list[float] | None = None,
     student_bias: list[float] | None = None,
     seed: int = 0,
-) -> Path:
-    """A real model bundle (tiny untrained V-Nets, as GET /models/export writes it).
+) -> dict[str, Path]:
+    """Real model files (tiny untrained V-Nets) ``teacher.pt`` and ``student.pt`` in ``folder``.
 
     ``*_bias``: zero the network's last layer and give it this bias per class, so that it predicts
     the class with the largest bias everywhere (e.g. ``[50, -50]``: background only).
     """
-    import json
-    import zipfile
-
     import torch
 
     from reciprocalseg.config import make_config
@@ -80,16 +77,22 @@ def write_bundle(
             with torch.no_grad():
                 model.head.weight.zero_()
                 model.head.bias.copy_(torch.tensor(bias))
-        files[name] = path.parent / f".{path.stem}-{name}.pt"
+        files[name] = folder / f"{name}.pt"
         save_model(model, config, files[name])
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.write(files["teacher"], "teacher.pt")
-        zf.write(files["student"], "student.pt")
-        meta = {
-            "format": "reciprocalseg-models",
-            "format_version": 2,
-            "n_classes": n_classes,
-            "preset": "demo",
-        }
-        zf.writestr("meta.json", json.dumps(meta))
+    return files
+
+
+def write_bundle(path: Path, n_classes: int = 2, **kwargs: object) -> Path:
+    """A real model bundle, as GET /models/export writes it (``kwargs``: see :func:`write_models`)."""
+    import json
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        files = write_models(Path(tmp), n_classes=n_classes, **kwargs)  # type: ignore[arg-type]
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.write(files["teacher"], "teacher.pt")
+            zf.write(files["student"], "student.pt")
+            meta = {"format": "reciprocalseg-models", "format_version": 2, "n_classes": n_classes}
+            zf.writestr("meta.json", json.dumps({**meta, "preset": "demo"}))
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from service_helpers import TRAIN_FAST, Running, start_service, write_bundle
+from service_helpers import TRAIN_FAST, Running, start_service, write_bundle, write_models
 
 from reciprocalseg.client import Client, ServiceError
 from reciprocalseg.data.io import Case
@@ -156,6 +156,39 @@ def test_background_everywhere_is_flagged_and_ranked_most_uncertain(
         reverse=True,
     )
     assert [k for k, _ in ranked] == ["b", "a"]
+
+
+def test_a_round_that_predicts_background_everywhere_is_flagged(
+    service: Running, phantoms: list[Case]
+) -> None:
+    """A finished run whose student learned nothing: a warning event, a flag in the status and the round."""
+    import json
+    import time
+
+    c = service.client
+    c.add_case(phantoms[0].image)
+    c.put_label(phantoms[0].case_id, phantoms[0].label)
+    service.launcher.stop()
+    # The worker finished while the service was down: its run folder is complete, not registered.
+    run = service.workspace / "runs" / "run-bg"
+    run.mkdir()
+    write_models(run, student_bias=[50, -50])  # the teacher is a random network, the student empty
+    (run / "done.json").write_text("{}")
+    (run / "events.jsonl").write_text(json.dumps({"event": "done", "seconds": 1.0}) + "\n")
+    job = {"run_id": "run-bg", "state": "running", "pid": None, "preset": "demo", "n_classes": 2,
+           "classes_include_background": True, "n_labeled": 1, "n_unlabeled": 0,
+           "created": "2024-01-01T00:00:00+00:00"}  # fmt: skip
+    (run / "job.json").write_text(json.dumps(job))
+    c = service.restart().client
+    deadline = time.monotonic() + 300  # the check predicts in the background after start-up
+    while time.monotonic() < deadline and not c.training_status("run-bg").background_only:
+        time.sleep(0.5)
+    st = c.training_status("run-bg")
+    assert st.state == "completed" and st.background_only == ["student"], st
+    assert "predicts background everywhere" in (st.warning or "")
+    events = c.training_events(run_id="run-bg").events
+    assert events[-1]["event"] == "warning" and events[-1]["kind"] == "background_only"
+    assert c.list_models().rounds[0].background_only == ["student"]
 
 
 def test_the_same_bundle_twice_is_one_round(service: Running, tmp_path: Path) -> None:

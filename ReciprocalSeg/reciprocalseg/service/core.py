@@ -33,6 +33,7 @@ from .workspace import (
     UnsupportedType,
     Workspace,
     check_case_id,
+    label_max,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,43 @@ class Service:
 
     def _new_round(self, entry: dict[str, Any]) -> None:
         log.info("model round %s is now current", entry["round"])
+        if entry.get("source") == "trained" and not self.closed:
+            # Off the training watcher's thread: it predicts, which takes a while on big scans.
+            threading.Thread(target=self._check_round, args=(entry,), daemon=True, name="round-check").start()
+
+    def _check_round(self, entry: dict[str, Any]) -> None:
+        try:
+            networks = self.background_only_networks(entry)
+        except Exception as exc:  # a check, not a reason to disturb the service
+            log.warning("could not check round %s for background-only predictions: %s", entry["round"], exc)
+            return
+        if networks:
+            self.jobs.record_background_only(entry, networks)
+
+    def background_only_networks(self, entry: dict[str, Any], max_cases: int = 2) -> list[str]:
+        """The networks of a round that predict background everywhere on labelled scans with foreground.
+
+        A few labelled cases are enough to catch a round that has learned nothing (the student
+        stuck in the all-background optimum); where a network finds anything, it is not flagged.
+        """
+        from reciprocalseg.data.io import read_image
+        from reciprocalseg.inference import TeacherStudentPredictor
+
+        cases = []
+        for rec in self.ws.all_cases():
+            cur = self.ws.current_label(rec)
+            if cur is not None and label_max(self.ws.case_dir(rec["id"]), cur) > 0:
+                cases.append(rec["id"])
+        if not cases:
+            return []
+        teacher, student = self.ws.model_paths(entry)
+        predictor = TeacherStudentPredictor(teacher, student, device=self.config.device)
+        empty = {"teacher": True, "student": True}
+        for case_id in cases[:max_cases]:
+            result = predictor.predict(read_image(self.ws.image_path(case_id)))
+            empty["teacher"] &= _all_background(result.teacher)
+            empty["student"] &= _all_background(result.student)
+        return [name for name, is_empty in empty.items() if is_empty]
 
     # ------------------------------------------------------------------ cases
     def case_info(self, rec: dict[str, Any], current_round: int | None) -> S.CaseInfo:

@@ -462,6 +462,27 @@ class TrainingManager:
         if self.on_round is not None:
             self.on_round(entry)
 
+    def record_background_only(self, entry: dict[str, Any], networks: list[str]) -> None:
+        """Flag a round whose networks predict background everywhere: in the registry, and as a
+        ``warning`` event of its run (the status shows it)."""
+        who = " and ".join(networks)
+        message = (
+            f"round {entry['round']}: the {who} predicts background everywhere on the labelled scans; "
+            "it has not learned the structure (more labels or iterations, or check the labels)"
+        )
+        log.warning(message)
+        with self.ws.lock:
+            reg = self.ws.registry()
+            for r in reg["rounds"]:
+                if r["round"] == entry["round"]:
+                    r["background_only"] = networks
+            self.ws.write_registry(reg)
+        if entry.get("run_id"):
+            event = {"event": "warning", "kind": "background_only", "round": entry["round"]}
+            event.update(networks=networks, message=message, time=round(time.time(), 3))
+            with open(self.ws.runs_dir / entry["run_id"] / "events.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
+
     # ------------------------------------------------------------------ recover / resume / stop
     def recover(self) -> list[str]:
         """At start-up: register finished runs and resume runs the last service left running.
@@ -600,6 +621,7 @@ class TrainingManager:
             return base
         job = self.ws.read_job(run_id)
         evs = self._reader(run_id).refresh()
+        warning = next((ev for ev in reversed(evs) if ev.get("event") == "warning"), {})
         last: dict[str, Any] = {}  # the latest progress event: losses, h, lr, pace, ETA
         pos: dict[str, Any] = {}  # the latest event that says where the run is
         total = None
@@ -639,6 +661,8 @@ class TrainingManager:
             n_labeled=job.get("n_labeled"),
             n_unlabeled=job.get("n_unlabeled"),
             warm_start_round=job.get("warm_start_round"),
+            warning=warning.get("message"),
+            background_only=warning.get("networks") or [],
         )
         return base
 

@@ -125,6 +125,10 @@ class TrainingStatus(BaseModel):
     n_labeled: int | None = None
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
+    warning: str | None = Field(None, description="the latest warning event of the run")
+    background_only: list[str] = Field(
+        default_factory=list, description="networks of the round that predict background everywhere"
+    )
 
 
 class TrainingEvents(BaseModel):
@@ -172,6 +176,9 @@ class ModelRound(BaseModel):
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
     current: bool = False
+    background_only: list[str] | None = Field(
+        None, description="networks that predict background everywhere on labelled scans"
+    )
     teacher_sha256: str | None = None
     student_sha256: str | None = None
 
