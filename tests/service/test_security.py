@@ -66,6 +66,18 @@ def test_read_image_keeps_detached_headers_next_to_their_data(tmp_path: Path, ph
         read_image(tmp_path / "escape.nhdr")
 
 
+def test_read_image_refuses_a_data_file_that_links_elsewhere(tmp_path: Path) -> None:
+    secret = _secret(tmp_path)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "x.raw").symlink_to(secret)
+    (folder / "x.nhdr").write_bytes(
+        b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: x.raw\n\n"
+    )
+    with pytest.raises(ForeignDataFile, match="is a link to another folder"):
+        read_image(folder / "x.nhdr")
+
+
 def test_read_image_checks_the_declared_size_before_reading(tmp_path: Path) -> None:
     n = 640
     body = io.BytesIO()
@@ -104,6 +116,11 @@ def test_uploads_and_registered_files_never_read_another_file(tmp_path: Path, ro
             assert ("data file" in r.json()["detail"]) or ("ElementDataFile" in r.json()["detail"])
         r = s.post(f"{u}/cases/register", json={"path": str(roots["inside"] / "leak.nrrd")})
         assert r.status_code == 422 and "data file" in r.json()["detail"], r.text
+        linked = roots["inside"] / "series"
+        linked.mkdir()
+        (linked / "IM0001").symlink_to(secret)  # a "DICOM folder" whose file lives elsewhere
+        r = s.post(f"{u}/cases/register", json={"path": str(linked)})
+        assert r.status_code == 422 and "links to files outside" in r.json()["detail"], r.text
         assert run.client.list_cases() == []
         for p in (run.workspace / "cases").rglob("*"):
             assert SECRET.encode() not in p.read_bytes() if p.is_file() else True

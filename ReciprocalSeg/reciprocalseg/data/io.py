@@ -243,8 +243,14 @@ def check_data_file(path: str | os.PathLike[str], attached_only: bool = False) -
                 f"{p}: the header's {field!r} field ({value!r}) names data outside the header's own "
                 "folder (or a list of files); only one data file next to the header is accepted."
             )
-        if not (p.parent / value).is_file():
+        data = p.parent / value
+        if not data.is_file():
             raise DataError(f"{p}: the data file {value!r} named by the header's {field!r} field is missing.")
+        if data.resolve().parent != p.resolve().parent:
+            raise ForeignDataFile(
+                f"{p}: the data file {value!r} named by the header's {field!r} field is a link to "
+                "another folder; only a data file next to the header is accepted."
+            )
 
 
 def _declared_size(path: Path) -> tuple[int, ...]:

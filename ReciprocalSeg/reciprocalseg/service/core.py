@@ -216,6 +216,10 @@ class Service:
             resolved = None
         if resolved is None or not any(resolved.is_relative_to(r) for r in roots):
             raise NotFound(f"{given}: no such file or folder in the registrable folders ({shown})")
+        if resolved.is_dir() and _links_outside(resolved, roots):
+            raise Invalid(
+                f"{given}: the folder holds links to files outside the registrable folders ({shown})"
+            )
         return resolved
 
     # ------------------------------------------------------------------ labels
@@ -449,3 +453,11 @@ def background_warning(pred: dict[str, Any]) -> str | None:
         f"the {who} predicts background everywhere in this scan; if this happens on scans that "
         "show the structure, the round has not learned it (more labels or iterations, or check the labels)"
     )
+
+
+def _links_outside(folder: Path, roots: tuple[Path, ...]) -> bool:
+    """Whether a (DICOM) folder holds entries that resolve outside every root."""
+    try:
+        return any(not any(f.resolve().is_relative_to(r) for r in roots) for f in folder.iterdir())
+    except OSError:
+        return True
