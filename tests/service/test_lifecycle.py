@@ -250,3 +250,18 @@ def test_the_service_python_inside_slicer_is_pythonslicer_never_the_app(
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", str(on_path))
     assert service_python(inside_slicer=True, executable=str(app)) == str(exe)
+
+
+def test_the_launcher_refuses_slicers_own_executable_as_the_services_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old fallback ``shutil.which("PythonSlicer") or sys.executable`` opened a second Slicer."""
+    import types
+
+    slicer_app = types.ModuleType("slicer")
+    slicer_app.app = object()  # type: ignore[attr-defined]  # what only the application's slicer has
+    monkeypatch.setitem(sys.modules, "slicer", slicer_app)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(LaunchError, match="PythonSlicer"):
+        LocalService(tmp_path / "ws", python=sys.executable)
+    assert LocalService(tmp_path / "ws", python="/opt/python3").python == "/opt/python3"

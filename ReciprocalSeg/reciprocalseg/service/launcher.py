@@ -200,7 +200,9 @@ class LocalService:
         parent_pid: int | None = os.getpid(),
     ) -> None:
         self.workspace = Path(workspace).expanduser().resolve()
-        self.python = python or service_python()
+        if python is None or (running_inside_slicer() and _same_file(python, sys.executable)):
+            python = service_python()  # inside Slicer sys.executable would start a second Slicer
+        self.python = python
         self.device = device
         self.n_classes = n_classes
         self.max_upload_mb = max_upload_mb
@@ -410,6 +412,13 @@ class LocalService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _process_tree(pid: int) -> list[psutil.Process]:
