@@ -11,6 +11,12 @@ Rules:
   ``SLICER_BUNDLED`` was read from Slicer's SuperBuild (``SuperBuild/External_python-*.cmake``,
   ``External_SimpleITK.cmake``, ``External_VTK.cmake``) at tags v5.8.1, v5.10.0 and v5.12.3;
   only packages bundled in *all three* are listed.
+* Installing uses Slicer's own installer: ``slicer.packaging.pip_ensure`` where the Slicer
+  version has it (``Base/Python/slicer/packaging.py`` exists from v5.12.0; checked at v5.12.0 and
+  v5.12.3, same signature), ``slicer.util.pip_install`` otherwise (v5.8.1, v5.10.0); see
+  :func:`install_with_slicer`.
+* The in-Slicer self-test never installs anything (an extension build machine must not download
+  torch): it skips with the reason :func:`missing_for_test` gives.
 * torch is installed through the PyTorch extension (``PyTorchUtils``), which picks the CUDA
   build that fits the GPU driver; pip gets everything else, with the bundled packages pinned
   to their installed versions by a constraints file (:func:`constraints_for_bundled`).
@@ -18,9 +24,11 @@ Rules:
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import re
 from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
 
 __all__ = [
     "NEVER_INSTALL",
@@ -29,7 +37,10 @@ __all__ = [
     "TORCH",
     "canonical_name",
     "constraints_for_bundled",
+    "install_with_slicer",
+    "installer_name",
     "installed_version",
+    "missing_for_test",
     "missing_requirements",
     "requirement_name",
     "split_requirement",
@@ -211,3 +222,64 @@ def constraints_for_bundled(
         if have:
             lines.append(f"{name}=={have}")
     return lines
+
+
+def missing_for_test(
+    requirements: Iterable[str] = REQUIREMENTS,
+    version_of: Callable[[str], str | None] = installed_version,
+) -> str | None:
+    """Why the in-Slicer self-test must skip, or None when everything it needs is installed.
+
+    The test never installs packages itself: on an extension build machine that would download
+    torch and the server stack into the build's Slicer.  Use it as
+    ``reason = missing_for_test(); if reason: self.skipTest(reason)``.
+    """
+    missing = missing_requirements(requirements, version_of)
+    if not missing:
+        return None
+    return (
+        "ReciprocalSeg's Python packages are not installed in this Slicer ("
+        + ", ".join(missing)
+        + "); the test does not install them. Install them once from the module (Start / connect), "
+        "then run the test again."
+    )
+
+
+def _slicer_packaging(import_module: Callable[[str], ModuleType]) -> ModuleType | None:
+    try:
+        packaging = import_module("slicer.packaging")
+    except ImportError:
+        return None
+    return packaging if callable(getattr(packaging, "pip_ensure", None)) else None
+
+
+def installer_name(import_module: Callable[[str], ModuleType] = importlib.import_module) -> str:
+    """Which installer :func:`install_with_slicer` uses in this Slicer."""
+    if _slicer_packaging(import_module) is not None:
+        return "slicer.packaging.pip_ensure"
+    return "slicer.util.pip_install"
+
+
+def install_with_slicer(
+    specs: Sequence[str],
+    constraints_file: str | None = None,
+    requester: str = "ReciprocalSeg",
+    import_module: Callable[[str], ModuleType] = importlib.import_module,
+) -> str:
+    """Install ``specs`` (not torch: see :func:`split_torch`) with Slicer's own installer.
+
+    ``constraints_file``: the pins of :func:`constraints_for_bundled` written to a file.  Call it on
+    Slicer's main thread (pip installs must run there) after asking the user: pip_ensure's own
+    prompt is turned off.  pip_ensure skips installing in Slicer's testing mode.  Returns the name
+    of the installer used.
+    """
+    packaging = _slicer_packaging(import_module)
+    if packaging is not None:  # Slicer >= 5.12
+        packaging.pip_ensure(
+            list(specs), constraints=constraints_file, prompt_install=False, requester=requester
+        )
+        return "slicer.packaging.pip_ensure"
+    util = import_module("slicer.util")  # Slicer 5.8, 5.10: pip_install(list of pip arguments)
+    args = list(specs) if constraints_file is None else ["-c", constraints_file, *specs]
+    util.pip_install(args)
+    return "slicer.util.pip_install"

@@ -34,6 +34,7 @@ from reciprocalseg.atomic import atomic_write_text
 
 from .middleware import LOOPBACK_HOSTS
 from .workspace import DEFAULT_MAX_VOXELS
+from .lifecycle import ParentWatch, add_stop_route, stale_service_note
 
 URL_FILE = "url"
 TOKEN_FILE = "token"
@@ -111,6 +112,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="default device for training and prediction",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="stop gracefully (checkpointing training) when this process ends (the launcher passes its own)",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -300,6 +307,9 @@ def run_serve(args: argparse.Namespace) -> int:
         service_dir = ws_root / ".service"
         lock = WorkspaceLock(service_dir / LOCK_FILE)
         lock.acquire()
+        stale = stale_service_note(service_dir / PID_FILE)
+        if stale:
+            log.warning(stale)
     except (ServeError, OSError) as exc:
         return _fail(exc)
     url_file = service_dir / URL_FILE
@@ -309,6 +319,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # gracefully; this handler turns that (or a signal during start-up) into a clean exit.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        if hasattr(signal, "SIGBREAK"):  # Windows: CTRL_BREAK_EVENT from the launcher
+            signal.signal(signal.SIGBREAK, _on_sigterm)
     try:
         try:
             url_file.unlink(missing_ok=True)
@@ -339,6 +351,13 @@ def run_serve(args: argparse.Namespace) -> int:
         server = uvicorn.Server(
             uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level == "debug", lifespan="on")
         )
+
+        def request_stop() -> None:  # the same graceful path as SIGTERM, from any thread
+            server.should_exit = True
+
+        add_stop_route(app, request_stop)
+        if args.parent_pid is not None:
+            ParentWatch(args.parent_pid, request_stop).start()
         server.run(sockets=[sock])
         return 0
     except (_Terminated, KeyboardInterrupt):
