@@ -32,9 +32,9 @@ from typing import Any
 
 from reciprocalseg.atomic import atomic_write_text
 
+from .lifecycle import ParentWatch, add_stop_route, stale_service_note
 from .middleware import LOOPBACK_HOSTS
 from .workspace import DEFAULT_MAX_VOXELS
-from .lifecycle import ParentWatch, add_stop_route, stale_service_note
 
 URL_FILE = "url"
 TOKEN_FILE = "token"
