@@ -181,3 +181,25 @@ def test_nonfinite_tensors_names_the_bad_ones() -> None:
     state = {"a": torch.zeros(3), "b": torch.tensor([1.0, float("nan")]), "c": torch.tensor([1, 2])}
     state["d"] = torch.tensor([float("-inf")])
     assert nonfinite_tensors(state) == ["b", "d"]
+
+
+def test_an_old_round_with_non_finite_weights_cannot_be_made_current(tmp_path: Path) -> None:
+    """Rounds registered before the check (an older workspace) are checked when chosen."""
+    from service_helpers import start_service
+
+    ws = Workspace(tmp_path / "ws")
+    folder = ws.models_dir / "r0001"
+    folder.mkdir()
+    _write_models(folder, "student")
+    ws.add_round(
+        lambda n: {"source": "imported", "created": "2024-01-01T00:00:00+00:00", "dir": "models/r0001",
+                   "teacher": "models/r0001/teacher.pt", "student": "models/r0001/student.pt"},
+        make_current=False,
+    )  # fmt: skip
+    run = start_service(tmp_path / "ws", device="cpu")
+    try:
+        r = run.client.session.put(f"{run.client.url}/models/current", json={"round": 1})
+        assert r.status_code == 409 and "NaN or infinite weights" in r.json()["detail"], r.text
+        assert run.client.list_models().current is None
+    finally:
+        run.launcher.stop()

@@ -32,7 +32,7 @@ from .workspace import (
     TooLarge,
     UnsupportedType,
     Workspace,
-    check_case_id,
+    check_new_case_id,
     label_max,
 )
 
@@ -159,12 +159,12 @@ class Service:
         if case_id is None:
             case_id = case_id_from_path(filename)
             try:
-                check_case_id(case_id)
+                check_new_case_id(case_id)
             except Invalid as exc:
                 raise Invalid(
                     f"{exc.message} (derived from the file name {filename!r}); pass case_id"
                 ) from None
-        check_case_id(case_id)
+        check_new_case_id(case_id)
         if self.ws.has_case(case_id):
             raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
         image = read_upload(tmp, filename, self.config.max_voxels)
@@ -184,7 +184,7 @@ class Service:
                 f"{path}: unsupported file type; use NRRD, NIfTI, MetaImage or a DICOM folder"
             )
         case_id = req.case_id if req.case_id is not None else case_id_from_path(path)
-        check_case_id(case_id)
+        check_new_case_id(case_id)
         if self.ws.has_case(case_id):
             raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
         try:

@@ -48,8 +48,14 @@ class ModelStore:
     def set_current(self, round_id: int) -> S.ModelList:
         with self.ws.lock:
             reg = self.ws.registry()
-            if not any(r["round"] == round_id for r in reg["rounds"]):
+            entry = next((r for r in reg["rounds"] if r["round"] == round_id), None)
+            if entry is None:
                 raise NotFound(f"no model round {round_id}")
+            for path in self.ws.model_paths(entry):  # rounds registered before the finite-weights check
+                try:
+                    check_model_file(path, f"round {round_id}: {path.name}")
+                except Invalid as exc:
+                    raise Conflict(f"{exc.message}; it cannot be made current") from None
             reg["current"] = round_id
             self.ws.write_registry(reg)
         return self.list()

@@ -112,17 +112,23 @@ class Invalid(ApiError):
 
 
 def check_case_id(case_id: str) -> str:
-    """Return ``case_id`` if it is safe as a folder name everywhere, else raise :class:`Invalid`.
-
-    Safe: the pattern (no separators, no leading dot), no trailing dot, and not a name Windows
-    reserves for devices (``CON``, ``NUL``, ``COM1``, ``LPT1.txt``...), which cannot be a folder
-    there, so a workspace copied to Windows would break.
-    """
+    """Return ``case_id`` if it matches the safe pattern (no separators, no leading dot); else Invalid."""
     if not isinstance(case_id, str) or not _CASE_ID_RE.match(case_id):
         raise Invalid(
             f"invalid case ID {case_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+    return case_id
+
+
+def check_new_case_id(case_id: str) -> str:
+    """:func:`check_case_id`, and safe as a folder name everywhere, for a case being created.
+
+    Also refused: a trailing dot and names Windows reserves for devices (``CON``, ``NUL``,
+    ``COM1``, ``LPT1.txt``...), which cannot be folders there, so a workspace copied to Windows
+    would break. (Existing cases keep their IDs readable.)
+    """
+    check_case_id(case_id)
     if case_id.endswith("."):
         raise Invalid(f"invalid case ID {case_id!r}: it may not end with a dot (Windows drops it)")
     if _WINDOWS_RESERVED.match(case_id):
@@ -397,7 +403,7 @@ class Workspace:
         """
         from reciprocalseg.data.io import write_image
 
-        check_case_id(case_id)
+        check_new_case_id(case_id)
         check_scan(image, source)
         with self.lock:
             if case_id in self._cases or (self.cases_dir / case_id).exists():

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from .. import schemas as S
 from ..deps import NRRD, CaseId, ServiceDep, no_empty_case_id, nrrd_response
 from ..uploads import safe_filename, save_upload
-from ..workspace import Conflict, check_case_id, check_upload_suffix
+from ..workspace import Conflict, check_new_case_id, check_upload_suffix
 
 router = APIRouter(tags=["cases"])
 
@@ -36,7 +36,7 @@ def add_case(
     filename = safe_filename(file.filename)
     suffix = check_upload_suffix(filename, "image")
     if case_id is not None:
-        check_case_id(case_id)
+        check_new_case_id(case_id)
     tmp = save_upload(service.ws, file, suffix, service.max_upload_bytes)
     try:
         return service.add_uploaded_case(tmp, filename, case_id)
