@@ -252,12 +252,16 @@ class ReciprocalSegLoop:
             uploads.append(VolumeUpload(volume.GetID(), wanted, path))
         return uploads
 
-    def upload_volume_files(self, uploads: Sequence[VolumeUpload], progress: Callable | None = None) -> list:
-        """Any thread: upload each file as a case with a free ID; the files are deleted afterwards."""
+    def upload_volume_files(
+        self, uploads: Sequence[VolumeUpload], progress: Callable | None = None, cancelled: Callable = bool
+    ) -> list:
+        """Any thread: upload each file as a case with a free ID (until ``cancelled()``), then delete it."""
         client = self.require_client()
         try:
             known = {c.id for c in client.list_cases()}
             for n, upload in enumerate(uploads):
+                if cancelled():
+                    break
                 if progress is not None:
                     progress(n / max(len(uploads), 1), f"uploading {upload.wanted_id}")
                 case_id, k = upload.wanted_id, 2

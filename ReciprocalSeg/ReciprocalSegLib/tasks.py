@@ -151,3 +151,43 @@ class TaskRunner:
                 return False
             time.sleep(interval)
         return True
+
+
+class StatusPoller:
+    """Asks ``fetch()`` on a thread at most once at a time; ``drain()`` returns the answers so far.
+
+    The panel's training progress: ``poll()`` from a QTimer starts one request when none is in
+    flight; answers (or errors) asked for before ``new_generation()`` are dropped, so a status
+    of the previous round never shows after a new one started.
+    """
+
+    def __init__(self) -> None:
+        self._answers: queue.Queue[tuple[int, str, Any]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.generation = 0
+
+    def new_generation(self) -> None:
+        self.generation += 1
+
+    def poll(self, fetch: Callable[[], Any]) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._ask, args=(fetch, self.generation), daemon=True)
+        self._thread.start()
+
+    def _ask(self, fetch: Callable[[], Any], generation: int) -> None:
+        try:
+            self._answers.put((generation, "status", fetch()))
+        except Exception as error:  # reported on the polling thread
+            self._answers.put((generation, "error", error))
+
+    def drain(self) -> list:
+        """[(kind, payload)] of the current generation, oldest first ("status" or "error")."""
+        out = []
+        while True:
+            try:
+                generation, kind, payload = self._answers.get_nowait()
+            except queue.Empty:
+                return out
+            if generation == self.generation:
+                out.append((kind, payload))

@@ -130,3 +130,41 @@ def volume_on_grid_of(node, volume) -> np.ndarray:
     rounded = np.rint(ijk[:3]).astype(int)
     assert np.allclose(ijk[:3], rounded, atol=1e-3), "the grids do not coincide"
     return values[rounded[2], rounded[1], rounded[0]].reshape(shape)
+
+
+def orphans(scene) -> list:
+    """Display, storage and user colour-table nodes that no node of the scene refers to."""
+    referenced = set()
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        for getter, count in (("GetNthDisplayNodeID", "GetNumberOfDisplayNodes"),
+                              ("GetNthStorageNodeID", "GetNumberOfStorageNodes")):  # fmt: skip
+            if hasattr(node, count):
+                referenced |= {getattr(node, getter)(n) for n in range(getattr(node, count)())}
+        if node.IsA("vtkMRMLDisplayNode") and node.GetColorNodeID():
+            referenced.add(node.GetColorNodeID())
+    out = []
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        user_colors = node.IsA("vtkMRMLColorTableNode") and node.GetType() == node.User
+        if (node.IsA("vtkMRMLDisplayNode") or node.IsA("vtkMRMLStorageNode") or user_colors) and (
+            node.GetID() not in referenced
+        ):
+            out.append(f"{node.GetClassName()} {node.GetName()}")
+    return out
+
+
+def save_and_reload(logics, folder: Path):
+    """Save the scene as Slicer does into a data-bundle folder, then load it into a fresh scene."""
+    import slicer
+    from ReciprocalSegLib.slicer_logics import SlicerLogics
+
+    folder.mkdir(parents=True, exist_ok=True)
+    assert logics.application.SaveSceneToSlicerDataBundleDirectory(str(folder))
+    previous = slicer.mrmlScene
+    reloaded = SlicerLogics.standalone()
+    reloaded.scene.SetURL(str(next(folder.glob("*.mrml"))))
+    reloaded.scene.SetRootDirectory(str(folder))
+    assert reloaded.scene.Import()
+    slicer.mrmlScene = previous
+    return reloaded
