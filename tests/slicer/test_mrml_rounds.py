@@ -6,9 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mrml_helpers import add_linear_transform, node_counts, orphans, save_and_reload
+from mrml_helpers import (
+    add_linear_transform,
+    add_volume,
+    ijk_to_ras,
+    node_counts,
+    orphans,
+    save_and_reload,
+    service_label,
+)
 
 ROUNDS = 5
+CROP_KJI = (48, 80, 80)
 
 
 def _case_nodes(nodes) -> dict:
@@ -35,12 +44,22 @@ def test_node_counts_stay_flat_over_five_rounds(trained_service, loop_factory, t
     assert all(c == counts[0] for c in counts), counts
 
 
+def _block_start(mask: np.ndarray, size: tuple) -> tuple:
+    """Start of a ``size`` block centred on the label, inside the array."""
+    centre = np.argwhere(mask).mean(axis=0).astype(int)
+    return tuple(
+        int(min(max(c - n // 2, 0), dim - n)) for c, n, dim in zip(centre, size, mask.shape, strict=True)
+    )
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_five_rounds_on_left_atrium_under_a_transform_then_save_and_reload(la_dir, tmp_path):
     """The scripted run: three LA scans under a parent transform, two labelled from their files,
     five tiny CPU rounds (train, predict, next case), the scene saved, reloaded, every node there."""
     from ReciprocalSegLib.logic import ReciprocalSegLoop
+    from ReciprocalSegLib.scene_cases import CaseNodes
     from ReciprocalSegLib.slicer_logics import SlicerLogics
     from ReciprocalSegLib.volume_files import read_volume
     from service_helpers import start_service
@@ -52,24 +71,34 @@ def test_five_rounds_on_left_atrium_under_a_transform_then_save_and_reload(la_di
     logics = SlicerLogics.standalone()
     scene = logics.scene
     transform = add_linear_transform(scene)
-    volumes = []
+    nodes = CaseNodes(scene)
+    volumes, masks = [], []
     for case in cases:
-        volume = read_volume(logics.volumes, case.image, case.case_id)
+        # A block around the atrium (as Crop Volume would make), so that five CPU rounds take minutes.
+        full = read_volume(logics.volumes, case.image, "full scan")
+        label_file = read_volume(logics.volumes, case.label, "label file", labelmap=True)
+        image, mask = arrayFromVolume(full), (arrayFromVolume(label_file) > 0).astype(np.uint8)
+        start = _block_start(mask, CROP_KJI)
+        block = tuple(slice(a, a + n) for a, n in zip(start, CROP_KJI, strict=True))
+        matrix = ijk_to_ras(full)
+        matrix[:3, 3] = (matrix @ np.array([start[2], start[1], start[0], 1.0]))[:3]
+        volume = add_volume(scene, case.case_id, image[block].copy(), matrix)
         volume.SetAndObserveTransformNodeID(transform.GetID())
+        nodes.remove(full)
+        nodes.remove(label_file)
         volumes.append(volume)
+        masks.append(mask[block].copy())
     run = start_service(tmp_path / "ws", device="cpu")
     try:
         loop = ReciprocalSegLoop(logics, keep_dir=tmp_path / "keep", scratch_dir=tmp_path / "scratch")
         loop.connect(run.launcher.url, run.launcher.token)
         added, skipped = loop.add_all_volumes()
         assert added == [c.case_id for c in cases] and skipped == []
-        for case, volume in zip(cases[:2], volumes[:2], strict=True):
-            label_file = read_volume(logics.volumes, case.label, "label file", labelmap=True)
-            mask = (arrayFromVolume(label_file) > 0).astype(np.uint8)
-            loop.nodes.remove(label_file)
+        for case, volume, mask in zip(cases[:2], volumes[:2], masks[:2], strict=True):
             _, label = loop.show_case(case.case_id)
             updateSegmentBinaryLabelmapFromArray(mask, label, "class_1", volume)
             loop.submit_segmentation(case.case_id, label, volume)
+            np.testing.assert_array_equal(service_label(run.client, case.case_id, tmp_path), mask)
         counts = []
         for round_ in range(ROUNDS):
             loop.start_training(
@@ -88,8 +117,6 @@ def test_five_rounds_on_left_atrium_under_a_transform_then_save_and_reload(la_di
 
         before = _case_nodes(loop.nodes)
         reloaded = save_and_reload(logics, tmp_path / "saved")
-        from ReciprocalSegLib.scene_cases import CaseNodes
-
         after = _case_nodes(CaseNodes(reloaded.scene))
         assert set(after) == set(before)
         for key, node in before.items():
