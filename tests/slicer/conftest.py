@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "ReciprocalSeg"))
 sys.path.insert(0, str(REPO / "tests" / "service"))
 
+from mrml_helpers import use_as_application  # noqa: E402
 from service_helpers import TRAIN_FAST, Running, start_service  # noqa: E402
 
 from reciprocalseg.data.phantom import write_phantom_cohort  # noqa: E402
@@ -42,14 +42,7 @@ def logics():
     from ReciprocalSegLib.slicer_logics import SlicerLogics
 
     logics = SlicerLogics.standalone()
-    # slicer.util's segment helpers (used by the tests to paint) reach the volumes logic through
-    # slicer.modules, which only the application fills: point it at this scene's real logics.
-    import slicer
-
-    slicer.modules = SimpleNamespace(
-        volumes=SimpleNamespace(logic=lambda: logics.volumes),
-        segmentations=SimpleNamespace(logic=lambda: logics.application.GetModuleLogic("Segmentations")),
-    )
+    use_as_application(logics)
     yield logics
     logics.scene.Clear(1)
 

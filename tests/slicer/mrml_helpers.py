@@ -168,3 +168,21 @@ def save_and_reload(logics, folder: Path):
     assert reloaded.scene.Import()
     slicer.mrmlScene = previous
     return reloaded
+
+
+def use_as_application(logics) -> None:
+    """Point ``slicer.modules`` at these logics, as the application does for its scene.
+
+    slicer.util's segment helpers (the tests paint with updateSegmentBinaryLabelmapFromArray)
+    reach the volumes and segmentations logics through ``slicer.modules``, which only the
+    application fills; without this they would use another test's scene.
+    """
+    from types import SimpleNamespace
+
+    import slicer
+
+    slicer.mrmlScene = logics.scene
+    slicer.modules = SimpleNamespace(
+        volumes=SimpleNamespace(logic=lambda: logics.volumes),
+        segmentations=SimpleNamespace(logic=lambda: logics.application.GetModuleLogic("Segmentations")),
+    )

@@ -14,6 +14,7 @@ from mrml_helpers import (
     orphans,
     save_and_reload,
     service_label,
+    use_as_application,
 )
 
 ROUNDS = 5
@@ -69,6 +70,7 @@ def test_five_rounds_on_left_atrium_under_a_transform_then_save_and_reload(la_di
 
     cases = sorted(discover_cases(la_dir), key=lambda c: c.case_id)[:3]
     logics = SlicerLogics.standalone()
+    use_as_application(logics)
     scene = logics.scene
     transform = add_linear_transform(scene)
     nodes = CaseNodes(scene)
