@@ -564,7 +564,8 @@ class ReciprocalSegLoop:
             device=device,
             warm_start=warm_start,
         )
-        self.learning_curve.reset()  # plain lists: safe off the main thread
+        if self._learning_curve is not None:  # plain lists, no scene lookup: safe off the main thread
+            self._learning_curve.reset()
         return status
 
     def training_status(self) -> Any:

@@ -186,3 +186,18 @@ def use_as_application(logics) -> None:
         volumes=SimpleNamespace(logic=lambda: logics.volumes),
         segmentations=SimpleNamespace(logic=lambda: logics.application.GetModuleLogic("Segmentations")),
     )
+
+
+def paint(mask: np.ndarray, segmentation, segment_id: str, volume) -> None:
+    """``slicer.util.updateSegmentBinaryLabelmapFromArray``, then remove the display node its
+    temporary label map leaves behind (util.py removes the node but not its display node), so
+    that orphan checks see only what the module leaves."""
+    from slicer.util import updateSegmentBinaryLabelmapFromArray
+
+    scene = volume.GetScene()
+    before = set(orphans(scene))
+    updateSegmentBinaryLabelmapFromArray(mask, segmentation, segment_id, volume)
+    for i in reversed(range(scene.GetNumberOfNodes())):
+        node = scene.GetNthNode(i)
+        if f"{node.GetClassName()} {node.GetName()}" in set(orphans(scene)) - before:
+            scene.RemoveNode(node)

@@ -12,6 +12,7 @@ from mrml_helpers import (
     ijk_to_ras,
     node_counts,
     orphans,
+    paint,
     save_and_reload,
     service_label,
     use_as_application,
@@ -64,7 +65,7 @@ def test_five_rounds_on_left_atrium_under_a_transform_then_save_and_reload(la_di
     from ReciprocalSegLib.slicer_logics import SlicerLogics
     from ReciprocalSegLib.volume_files import read_volume
     from service_helpers import start_service
-    from slicer.util import arrayFromVolume, updateSegmentBinaryLabelmapFromArray
+    from slicer.util import arrayFromVolume
 
     from reciprocalseg.data.io import discover_cases
 
@@ -98,7 +99,7 @@ def test_five_rounds_on_left_atrium_under_a_transform_then_save_and_reload(la_di
         assert added == [c.case_id for c in cases] and skipped == []
         for case, volume, mask in zip(cases[:2], volumes[:2], masks[:2], strict=True):
             _, label = loop.show_case(case.case_id)
-            updateSegmentBinaryLabelmapFromArray(mask, label, "class_1", volume)
+            paint(mask, label, "class_1", volume)
             loop.submit_segmentation(case.case_id, label, volume)
             np.testing.assert_array_equal(service_label(run.client, case.case_id, tmp_path), mask)
         counts = []
