@@ -107,7 +107,8 @@ class ReciprocalSegLoop:
     Args:
         logics: the scene and module logics (``SlicerLogics.from_application()`` in Slicer,
             ``SlicerLogics.standalone()`` with slicer-core); looked up on first use when None.
-        keep_dir: where files of nodes loaded for the scene are kept (see volume_files.keep_file).
+        keep_dir: where files of nodes loaded for the scene are kept (see volume_files.keep_file);
+            a folder of the system's temporary directory when None.
         scratch_dir: parent of the short-lived download/upload folders (the system temp if None).
     """
 
@@ -118,7 +119,10 @@ class ReciprocalSegLoop:
         scratch_dir: Path | None = None,
     ) -> None:
         self._logics = logics
-        self.keep_dir = Path(keep_dir) if keep_dir is not None else None
+        # Never None: a node whose file were left in a deleted download folder would be lost on Save.
+        self.keep_dir = (
+            Path(keep_dir) if keep_dir is not None else Path(tempfile.gettempdir()) / "ReciprocalSeg-files"
+        )
         self.scratch_dir = Path(scratch_dir) if scratch_dir is not None else None
         self.client: Any = None
         self.service: Any = None
@@ -394,8 +398,8 @@ class ReciprocalSegLoop:
     def case_volume(self, case_id: str) -> Any:
         return self.show_case(case_id)[0]
 
-    def _keep(self, case_id: str) -> Path | None:
-        return None if self.keep_dir is None else self.keep_dir / case_id
+    def _keep(self, case_id: str) -> Path:
+        return self.keep_dir / case_id
 
     def _class_names(self, count: int) -> list:
         """Names of classes 1..count: the case label's segment names where it has them."""

@@ -48,7 +48,7 @@ TOGGLES = [
         "batch: every vtkMRMLScalarVolumeNode subclass sent",
         L + "volume_files.py",
         '    if node is None or node.GetClassName() != "vtkMRMLScalarVolumeNode":',
-        '    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):',
+        '    return node is not None and node.IsA("vtkMRMLScalarVolumeNode")\n    if True:',
         [T + "test_non_scalar_volumes_are_skipped_with_a_message_and_the_batch_goes_on"],
     ),
     (
@@ -101,4 +101,5 @@ for name, path, old, new, tests in TOGGLES:
         timeout=1200,
     )
     last = [line for line in r.stdout.splitlines() if line.strip()][-1]
-    print(f"{name}: {last}", flush=True)
+    reason = next((line[1:].strip() for line in r.stdout.splitlines() if line.startswith("E ")), "")
+    print(f"{name}: {last}  [{reason[:150]}]", flush=True)

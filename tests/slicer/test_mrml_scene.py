@@ -69,15 +69,12 @@ def test_volume_under_a_parent_transform_labels_and_predictions_land_on_the_scan
 
     # Scene -> service: a label painted on the scan (in its voxels) is uploaded on those voxels.
     _, label = loop.show_case(case_id)
-    assert label.GetTransformNodeID() == transform.GetID()
     updateSegmentBinaryLabelmapFromArray(mask, label, "class_1", volume)
     loop.submit_segmentation(case_id, label, volume)
     np.testing.assert_array_equal(service_label(trained_service.client, case_id, tmp_path), mask)
 
     # Service -> scene: predictions sit on the scan in world space.
     teacher, student, disagreement = loop.predict(case_id)
-    for node in (teacher, student, disagreement):
-        assert node.GetTransformNodeID() == transform.GetID(), node.GetName()
     truth = service_prediction(trained_service.client, case_id, tmp_path)
     np.testing.assert_array_equal(segmentation_on_grid(loop.nodes, teacher, volume), truth["teacher"])
     # The same transform and the same grid up to axis order (Slicer reads left-handed files right-handed).
@@ -87,6 +84,8 @@ def test_volume_under_a_parent_transform_labels_and_predictions_land_on_the_scan
     corrected = loop.copy_student_to_label(case_id)
     loop.submit_segmentation(case_id, corrected, volume)
     np.testing.assert_array_equal(service_label(trained_service.client, case_id, tmp_path), truth["student"])
+    for node in (label, teacher, student, disagreement, corrected):
+        assert node.GetTransformNodeID() == transform.GetID(), node.GetName()
 
 
 # --------------------------------------------------------------------------- class by segment identity
