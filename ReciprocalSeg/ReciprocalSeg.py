@@ -295,6 +295,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = connected and idle
         hasCase = ready and self._currentCaseId is not None
         self.ui.cancelTaskButton.setEnabled(not idle)
+        self.ui.casesTable.setEnabled(idle)  # selecting a case starts a download
         self.ui.connectButton.setEnabled(idle and not connected)
         self.ui.disconnectButton.setEnabled(ready)
         for widget in (self.ui.addAllVolumesButton, self.ui.addFolderButton, self.ui.refreshCasesButton,
@@ -444,11 +445,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 then(volume, segmentation)
 
         if needImage or needLabel:
-            self._run(
-                _("Downloading {case}").format(case=caseId),
-                lambda context: self.logic.fetch_case(caseId, needImage, needLabel),
-                done,
-            )
+            fetch = lambda c: self.logic.fetch_case(caseId, needImage, needLabel)  # noqa: E731
+            self._run(_("Downloading {case}").format(case=caseId), fetch, done)
         else:
             done(CaseFiles(caseId))
             self._updateGui()
@@ -493,11 +491,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.selectedCaseLabel.setText(_("(none)"))
             self.onRefreshCases()
 
-        self._run(
-            _("Removing {case}").format(case=caseId),
-            lambda c: self.logic.delete_case_on_service(caseId),
-            done,
-        )
+        remove = lambda c: self.logic.delete_case_on_service(caseId)  # noqa: E731
+        self._run(_("Removing {case}").format(case=caseId), remove, done)
 
     # ------------------------------------------------------------------ Annotate
 
@@ -517,9 +512,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.showStatusMessage(_("Label of {case} submitted.").format(case=caseId), 3000)
                 self.onRefreshCases()
 
-            self._run(
-                _("Submitting the label"), lambda context: self.logic.upload_label_file(caseId, path), done
-            )
+            self._run(_("Submitting the label"), lambda c: self.logic.upload_label_file(caseId, path), done)
 
     # ------------------------------------------------------------------ Train
 
@@ -626,19 +619,13 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
-    """The annotation loop for the panel and the Python console (``ReciprocalSegLib.logic``).
+    """The annotation loop (``ReciprocalSegLib.logic``) for the panel and the Python console::
 
-    Example (Python console)::
-
-        logic = slicer.util.getModuleLogic("ReciprocalSeg")  # or ReciprocalSegLogic()
-        logic.start_local_service("/data/rs-workspace")
-        ids, skipped = logic.add_all_volumes()
-        volume, label = logic.show_case(ids[0])
-        logic.submit_segmentation(ids[0], label, volume)
-        logic.start_training(preset="demo")
-        logic.wait_for_training()
-        teacher, student, disagreement = logic.predict(ids[1])
-        print(logic.next_case())
+    logic = slicer.util.getModuleLogic("ReciprocalSeg")
+    logic.start_local_service("/data/rs-workspace"); ids, skipped = logic.add_all_volumes()
+    volume, label = logic.show_case(ids[0]); logic.submit_segmentation(ids[0], label, volume)
+    logic.start_training(preset="demo"); logic.wait_for_training()
+    teacher, student, disagreement = logic.predict(ids[1]); print(logic.next_case())
     """
 
     def __init__(self):
