@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "ReciprocalSeg"
 MODULE_NAME = "ReciprocalSeg"
 PACKAGE = "reciprocalseg"
+LIB = "ReciprocalSegLib"  # the module's own helper package (Slicer's <Module>Lib convention)
 CMAKELISTS = MODULE_DIR / "CMakeLists.txt"
 
 _IGNORED_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
@@ -33,11 +34,13 @@ def _files(root: Path) -> list[Path]:
 
 
 def expected_scripts() -> list[str]:
-    """The module file, then every .py file of the package (POSIX paths relative to ReciprocalSeg/)."""
-    package = [
-        p.relative_to(MODULE_DIR).as_posix() for p in _files(MODULE_DIR / PACKAGE) if p.suffix == ".py"
-    ]
-    return [f"{MODULE_NAME}.py", *package]
+    """The module file, its Lib's .py files, then the core package's (paths relative to ReciprocalSeg/)."""
+    out = [f"{MODULE_NAME}.py"]
+    for folder in (LIB, PACKAGE):
+        out += [
+            p.relative_to(MODULE_DIR).as_posix() for p in _files(MODULE_DIR / folder) if p.suffix == ".py"
+        ]
+    return out
 
 
 def expected_resources() -> list[str]:
@@ -58,7 +61,8 @@ def render(scripts: list[str], resources: list[str]) -> str:
 set(MODULE_NAME {MODULE_NAME})
 
 #-----------------------------------------------------------------------------
-# The module file and EVERY Python file of the core package (installed beside it).
+# The module file, EVERY Python file of its Lib (scene logic, no Qt) and of the core package
+# (both installed beside it).
 # Generated from the files on disk by tests/slicer/module_files.py --write;
 # tests/slicer/test_module_static.py fails when a file is missing here.
 set(MODULE_PYTHON_SCRIPTS

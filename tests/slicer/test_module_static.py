@@ -32,6 +32,11 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "ReciprocalSeg.ui"
 UTIL_TABLE = Path(__file__).with_name("slicer_util_functions.txt")
 SHARED_UTIL_TABLE = REPO.parent / "shared" / "docs" / "slicer-util-functions.txt"
 SLICER_DOC = REPO / "docs" / "SLICER.md"
+LIB_DIR = MODULE_DIR / "ReciprocalSegLib"
+LIB_FILES = sorted(LIB_DIR.glob("*.py"))
+# The only Lib files that may reach the application (slicer.app, slicer.modules, dialogs): the
+# one place where module logics are looked up, and the package installer (pip, PyTorch extension).
+LIB_APPLICATION_FILES = {"slicer_logics.py", "package_install.py"}
 
 # Slicer releases whose Base/Python/slicer/util.py every slicer.util call must exist in.
 SUPPORTED_SLICER = ("v5.8.1", "v5.10.0", "v5.12.3")
@@ -61,6 +66,14 @@ SLICER_UTIL_CLASSES = {"VTKObservationMixin"}
 
 def module_tree() -> ast.Module:
     return ast.parse(MODULE_FILE.read_text(encoding="utf-8"), filename=str(MODULE_FILE))
+
+
+def lib_tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def module_and_lib_trees() -> list[ast.Module]:
+    return [module_tree(), *(lib_tree(p) for p in LIB_FILES)]
 
 
 def with_parents(tree: ast.AST) -> ast.AST:
@@ -329,8 +342,17 @@ def test_util_table_copy_matches_shared():
 
 def test_every_slicer_util_function_exists_in_supported_versions():
     table = read_util_table()
-    used = slicer_util_names(module_tree())
-    assert {"loadUI", "childWidgetVariables", "exportNode", "loadVolume", "pip_install"} <= set(used)
+    used: dict[str, int] = {}
+    for tree in module_and_lib_trees():
+        for name, line in slicer_util_names(tree).items():
+            used.setdefault(name, line)
+    assert {
+        "loadUI",
+        "childWidgetVariables",
+        "arrayFromVolume",
+        "updateTableFromArray",
+        "pip_install",
+    } <= set(used)
     problems = []
     for name, line in sorted(used.items()):
         if name in SLICER_UTIL_CLASSES:
@@ -347,7 +369,8 @@ def test_every_slicer_util_function_exists_in_supported_versions():
 def test_slicer_util_functions_are_documented_with_versions():
     """docs/SLICER.md lists every slicer.util function the module uses (the design-notes API list)."""
     doc = SLICER_DOC.read_text(encoding="utf-8")
-    undocumented = [n for n in slicer_util_names(module_tree()) if f"slicer.util.{n}" not in doc]
+    used = {n for tree in module_and_lib_trees() for n in slicer_util_names(tree)}
+    undocumented = sorted(n for n in used if f"slicer.util.{n}" not in doc)
     assert not undocumented, f"add to docs/SLICER.md: {undocumented}"
 
 
@@ -356,26 +379,67 @@ def test_slicer_util_functions_are_documented_with_versions():
 VERIFIED_LOGIC_METHODS = {
     "segmentations": {"ExportSegmentsToLabelmapNode", "ImportLabelmapToSegmentationNode"},
     "plots": {"ShowChartInLayout"},
+    "volumes": {"AddArchetypeVolume"},
 }
+# Static methods called on the logic class (``slicer.vtkSlicerSegmentationsModuleLogic.X``), as the
+# Lib does so that it needs no application; the same verified names apply.
+LOGIC_CLASSES = {"vtkSlicerSegmentationsModuleLogic": "segmentations", "vtkSlicerVolumesLogic": "volumes"}
+
+
+def logic_calls(tree: ast.AST) -> set[tuple[str, str]]:
+    calls = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        # slicer.modules.<name>.logic().<Method>
+        if (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and value.func.attr == "logic"
+            and isinstance(value.func.value, ast.Attribute)
+            and isinstance(value.func.value.value, ast.Attribute)
+            and value.func.value.value.attr == "modules"
+        ):
+            calls.add((value.func.value.attr, node.attr))
+        # slicer.vtkSlicer...Logic.<Method>
+        if isinstance(value, ast.Attribute) and value.attr in LOGIC_CLASSES and node.attr[0].isupper():
+            calls.add((LOGIC_CLASSES[value.attr], node.attr))
+    return calls
 
 
 def test_module_logic_methods_are_verified_ones():
-    calls = set()
-    for node in ast.walk(module_tree()):
-        # slicer.modules.<name>.logic().<Method>
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Call)
-            and isinstance(node.value.func, ast.Attribute)
-            and node.value.func.attr == "logic"
-            and isinstance(node.value.func.value, ast.Attribute)
-            and isinstance(node.value.func.value.value, ast.Attribute)
-            and node.value.func.value.value.attr == "modules"
-        ):
-            calls.add((node.value.func.value.attr, node.attr))
-    assert calls, "no slicer.modules.<x>.logic() call found"
+    calls = set().union(*(logic_calls(tree) for tree in module_and_lib_trees()))
+    assert ("plots", "ShowChartInLayout") in calls and (
+        "segmentations",
+        "ExportSegmentsToLabelmapNode",
+    ) in calls
     unverified = {(m, f) for m, f in calls if f not in VERIFIED_LOGIC_METHODS.get(m, set())}
     assert not unverified, f"verify in Slicer's source and add to VERIFIED_LOGIC_METHODS: {unverified}"
+
+
+def test_lib_scene_logic_needs_no_qt_and_no_application():
+    """ReciprocalSegLib runs without Qt: no qt/ctk import anywhere; slicer.app and slicer.modules
+    only in the one place that looks the module logics up (and the package installer)."""
+    problems = []
+    for path in LIB_FILES:
+        for node in ast.walk(lib_tree(path)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module.split(".")[0]]
+            if {"qt", "ctk", "PythonQt"} & set(names):
+                problems.append(f"{path.name}:{node.lineno} imports {names}")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("app", "modules", "mrmlScene")
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "slicer"
+                and path.name not in LIB_APPLICATION_FILES
+            ):
+                problems.append(f"{path.name}:{node.lineno} uses slicer.{node.attr}")
+    assert not problems, problems
 
 
 # --------------------------------------------------------------------------- (3) import + lint
@@ -448,7 +512,7 @@ def test_module_imports_cleanly_up_to_its_slicer_imports():
 
 def test_module_and_helpers_compile_for_python_3_9():
     """Slicer 5.8 has Python 3.9: the module must still load there to say it needs 5.10+."""
-    for path in (MODULE_FILE, MODULE_DIR / "reciprocalseg" / "slicer_requirements.py"):
+    for path in (MODULE_FILE, MODULE_DIR / "reciprocalseg" / "slicer_requirements.py", *LIB_FILES):
         source = path.read_text(encoding="utf-8")
         compile(source, str(path), "exec")
         ast.parse(source, feature_version=(3, 9))
@@ -480,6 +544,7 @@ def ruff_command() -> list[str] | None:
 
 RUFF_FILES = [
     MODULE_FILE,
+    LIB_DIR,
     MODULE_DIR / "reciprocalseg" / "slicer_requirements.py",
     Path(__file__).parent,
 ]
@@ -546,7 +611,8 @@ def test_module_has_the_four_template_classes():
     }
     assert classes["ReciprocalSeg"] == ["ScriptedLoadableModule"]
     assert classes["ReciprocalSegWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert classes["ReciprocalSegLogic"] == ["ScriptedLoadableModuleLogic"]
+    # The Lib's loop (no Qt) is the logic's second base: the console and the panel share one object.
+    assert classes["ReciprocalSegLogic"] == ["ScriptedLoadableModuleLogic", "ReciprocalSegLoop"]
     assert classes["ReciprocalSegTest"] == ["ScriptedLoadableModuleTest"]
 
 
@@ -727,10 +793,10 @@ def load_helpers(*names: str) -> dict[str, object]:
 
 
 def test_case_ids_from_node_names_are_valid_service_ids():
+    from ReciprocalSegLib.scene_cases import case_id_from_name as case_id
+
     from reciprocalseg.service.workspace import CASE_ID_PATTERN
 
-    helpers = load_helpers("_caseIdFromName")
-    case_id = helpers["_caseIdFromName"]
     assert case_id("MRHead") == "MRHead"
     assert case_id("CT chest (1)") == "CT_chest_1"
     assert case_id("__x") == "x"
@@ -740,10 +806,12 @@ def test_case_ids_from_node_names_are_valid_service_ids():
 
 
 def test_training_status_line_from_a_real_client_status():
+    from ReciprocalSegLib.status_text import format_duration as duration
+    from ReciprocalSegLib.status_text import format_training_status as fmt
+    from ReciprocalSegLib.status_text import round_end_message
+
     from reciprocalseg.client import TrainingStatus
 
-    helpers = load_helpers("_field", "_formatDuration", "_formatTrainingStatus")
-    fmt, duration = helpers["_formatTrainingStatus"], helpers["_formatDuration"]
     assert duration(None) == "?"
     assert duration(65) == "1 min 05 s"
     assert duration(3725) == "1 h 02 min"
@@ -759,11 +827,16 @@ def test_training_status_line_from_a_real_client_status():
     failed = TrainingStatus(state="failed", message="CUDA out of memory: try the lite preset")
     assert fmt(failed) == "failed · CUDA out of memory: try the lite preset"
     assert fmt(TrainingStatus(state="idle")) == "idle"
+    assert round_end_message(failed) == ("Training failed. CUDA out of memory: try the lite preset", True)
+    assert round_end_message(TrainingStatus(state="completed", round=3))[0].startswith(
+        "Training round 3 finished"
+    )
 
 
 def test_learning_curve_samples_continue_across_phases():
-    helpers = load_helpers("_field", "LearningCurve")
-    curve = helpers["LearningCurve"]()
+    from ReciprocalSegLib.learning_curve import LearningCurve
+
+    curve = LearningCurve(scene=None)  # the samples need no scene; the nodes are tested on real MRML
 
     def status(iteration, phase, overall=None, **losses):
         return SimpleNamespace(
@@ -783,6 +856,86 @@ def test_learning_curve_samples_continue_across_phases():
     assert curve.add(status(3, "supervised", overall=3, teacher=1.0))
     assert curve.add(status(2, "reciprocal", overall=153, teacher=0.5))  # service's overall count wins
     assert curve.steps == [3, 153]
+
+
+# --------------------------------------------------------------------------- GUI thread never waits
+
+
+def network_calls_outside_tasks(tree: ast.Module, network: frozenset) -> list[str]:
+    """``self.logic.<network method>(...)`` calls in the widget that are not inside the work
+    function (2nd argument) of a ``self._run(...)`` call: those would block the GUI thread."""
+    with_parents(tree)
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ReciprocalSegWidget")
+    work_nodes: set[int] = set()
+    named_work: set[str] = set()
+    for node in ast.walk(widget):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "_run"
+            and len(node.args) >= 2
+        ):
+            work = node.args[1]
+            if isinstance(work, ast.Name):
+                named_work.add(work.id)
+            else:
+                work_nodes.add(id(work))
+    for node in ast.walk(widget):  # `start = lambda c: ...` / `def start(context): ...` passed by name
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) in named_work for t in node.targets):
+            work_nodes.add(id(node.value))
+        if isinstance(node, ast.FunctionDef) and node.name in named_work:
+            work_nodes.add(id(node))
+    problems = []
+    for node in ast.walk(widget):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        target = node.func
+        if not (
+            target.attr in network
+            and isinstance(target.value, ast.Attribute)
+            and target.value.attr == "logic"
+            and isinstance(target.value.value, ast.Name)
+            and target.value.value.id == "self"
+        ):
+            continue
+        parent = getattr(node, "parent", None)
+        while parent is not None and id(parent) not in work_nodes:
+            parent = getattr(parent, "parent", None)
+        if parent is None:
+            problems.append(f"line {node.lineno}: self.logic.{target.attr}(...) on the GUI thread")
+    return problems
+
+
+def test_widget_calls_the_service_only_through_the_task_runner():
+    from ReciprocalSegLib.logic import NETWORK_METHODS
+
+    tree = module_tree()
+    assert not network_calls_outside_tasks(tree, NETWORK_METHODS)
+    # The checker found the calls it allows (the widget really routes them through _run).
+    allowed = sum(1 for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in NETWORK_METHODS)
+    assert allowed >= 10
+
+
+def test_task_runner_check_catches_a_blocking_slot():
+    source = textwrap.dedent(
+        """
+        class ReciprocalSegWidget:
+            def onPredict(self):
+                self._run("ok", lambda c: self.logic.fetch_prediction("a"), self.done)
+                self.logic.predict("a")
+
+            def onStart(self):
+                def start(context):
+                    return self.logic.start_training()
+                self._run("ok", start, lambda r: self.logic.next_case())
+        """
+    )
+    network = frozenset({"predict", "fetch_prediction", "start_training", "next_case"})
+    problems = network_calls_outside_tasks(ast.parse(source), network)
+    assert [p.split(":")[1].strip() for p in problems] == [
+        "self.logic.predict(...) on the GUI thread",
+        "self.logic.next_case(...) on the GUI thread",
+    ]
 
 
 # --------------------------------------------------------------------------- (6) slicer_requirements

@@ -1,0 +1,582 @@
+"""The annotation loop on a scene: network steps (any thread) and scene steps (main thread).
+
+MRML is not thread-safe and a network call can take minutes, so every operation that talks to
+the service is split in two or three steps:
+
+- ``prepare_*`` (main thread): scene -> files in a scratch folder (a disk write, no network);
+- ``fetch_*`` / ``upload_*`` / service calls (any thread, the panel runs them on its task
+  runner): the client only, never a node;
+- ``apply_*`` / ``finish_*`` (main thread): files -> nodes.
+
+The one-call methods (``add_volume``, ``show_case``, ``submit_segmentation``, ``predict``)
+chain the steps for scripts, the Python console and the tests. ``NETWORK_METHODS`` lists the
+steps that wait on the network or a process; tests/slicer/test_module_static.py checks that the
+widget calls them only through its task runner.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .learning_curve import LearningCurve
+from .prediction_display import (
+    LABEL_COLORS,
+    STUDENT_COLORS,
+    TEACHER_COLORS,
+    show_disagreement,
+    show_student,
+    show_teacher,
+)
+from .scene_cases import (
+    ATTR_CASE_ID,
+    ATTR_ROLE,
+    ROLE_DISAGREEMENT,
+    ROLE_IMAGE,
+    ROLE_LABEL,
+    ROLE_STUDENT,
+    ROLE_TEACHER,
+    CaseNodes,
+    case_id_from_name,
+)
+from .segment_export import default_class_name, export_label_node, import_label_node, segment_id_for_class
+from .slicer_logics import SlicerLogics
+from .volume_files import is_scalar_volume, keep_file, read_volume, write_volume
+
+# Methods that wait on the network or a child process: never call them on the GUI thread.
+NETWORK_METHODS = frozenset(
+    {
+        "start_local_service",
+        "connect",
+        "stop_service",
+        "info",
+        "list_cases",
+        "upload_volume_files",
+        "add_volume",
+        "add_all_volumes",
+        "add_folder",
+        "delete_case_on_service",
+        "delete_case",
+        "fetch_case",
+        "show_case",
+        "case_volume",
+        "upload_label_file",
+        "submit_segmentation",
+        "fetch_prediction",
+        "predict",
+        "next_case",
+        "start_training",
+        "stop_training",
+        "training_status",
+        "wait_for_training",
+    }
+)
+
+
+@dataclass
+class VolumeUpload:
+    """A scene volume written to a file, waiting to be uploaded as ``wanted_id`` (or a free variant)."""
+
+    node_id: str
+    wanted_id: str
+    path: Path
+    case_id: str | None = None
+
+
+@dataclass
+class CaseFiles:
+    """A case's image and current label downloaded to files (None: not needed or none on the service)."""
+
+    case_id: str
+    image: Path | None = None
+    label: Path | None = None
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    value = getattr(obj, name, None)
+    return default if value is None else value
+
+
+class ReciprocalSegLoop:
+    """The loop for one scene and one service connection.
+
+    Args:
+        logics: the scene and module logics (``SlicerLogics.from_application()`` in Slicer,
+            ``SlicerLogics.standalone()`` with slicer-core); looked up on first use when None.
+        keep_dir: where files of nodes loaded for the scene are kept (see volume_files.keep_file);
+            a folder of the system's temporary directory when None.
+        scratch_dir: parent of the short-lived download/upload folders (the system temp if None).
+    """
+
+    def __init__(
+        self,
+        logics: SlicerLogics | None = None,
+        keep_dir: Path | None = None,
+        scratch_dir: Path | None = None,
+    ) -> None:
+        self._logics = logics
+        # Never None: a node whose file were left in a deleted download folder would be lost on Save.
+        self.keep_dir = (
+            Path(keep_dir) if keep_dir is not None else Path(tempfile.gettempdir()) / "ReciprocalSeg-files"
+        )
+        self.scratch_dir = Path(scratch_dir) if scratch_dir is not None else None
+        self.client: Any = None
+        self.service: Any = None
+        self.url: str | None = None
+        self.info_: Any = None
+        self.last_prediction_score: float | None = None
+        self._token: str | None = None
+        self._poll_client: Any = None
+        self._learning_curve: LearningCurve | None = None
+
+    # ------------------------------------------------------------------ scene access
+
+    @property
+    def logics(self) -> SlicerLogics:
+        if self._logics is None:
+            self._logics = SlicerLogics.from_application()
+        return self._logics
+
+    @property
+    def nodes(self) -> CaseNodes:
+        return CaseNodes(self.logics.scene)
+
+    @property
+    def learning_curve(self) -> LearningCurve:
+        if self._learning_curve is None or self._learning_curve.scene is not self.logics.scene:
+            self._learning_curve = LearningCurve(self.logics.scene)
+        return self._learning_curve
+
+    def case_node(self, case_id: str | None, role: str) -> Any:
+        return self.nodes.find(case_id, role)
+
+    def _scratch(self) -> Path:
+        if self.scratch_dir is not None:
+            self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="ReciprocalSeg-", dir=self.scratch_dir))
+
+    # ------------------------------------------------------------------ backend (network, process)
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
+
+    def require_client(self) -> Any:
+        if self.client is None:
+            raise RuntimeError("Not connected: start the local service or connect to a remote one first.")
+        return self.client
+
+    def start_local_service(
+        self, workspace: Path, python: str, env: dict | None = None, timeout: float = 60.0
+    ) -> Any:
+        """Start a service with ``python`` on a free loopback port and connect to it (blocks)."""
+        from reciprocalseg.service.launcher import LocalService
+
+        self.stop_service()
+        workspace = Path(workspace).expanduser()
+        workspace.mkdir(parents=True, exist_ok=True)
+        service = LocalService(str(workspace), python=python, env=env)
+        url, token = service.start(timeout=timeout)
+        self.service = service
+        try:
+            return self.connect(url, token)
+        except Exception:
+            self.stop_service()
+            raise
+
+    def connect(self, url: str, token: str | None = None) -> Any:
+        """Use the service at ``url``; returns its info (version, device, counts)."""
+        from reciprocalseg.client import Client
+
+        client = Client(url, token=token or None)
+        info = client.info()
+        self.client, self.url, self._token, self.info_ = client, url, token or None, info
+        self._poll_client = None
+        return info
+
+    def polling_client(self) -> Any:
+        """A second client with a short timeout, for the training-progress thread only."""
+        from reciprocalseg.client import Client
+
+        self.require_client()
+        if self._poll_client is None:
+            self._poll_client = Client(self.url, token=self._token, timeout=5.0)
+        return self._poll_client
+
+    def info(self) -> Any:
+        self.info_ = self.require_client().info()
+        return self.info_
+
+    def stop_service(self) -> None:
+        """Disconnect; stop the local service if this loop started it (blocks until it ends)."""
+        self.client = None
+        self._poll_client = None
+        service, self.service = self.service, None
+        if service is not None:
+            service.stop()
+
+    def class_count(self) -> int | None:
+        n = _field(self.info_, "n_classes")
+        return int(n) if n else None
+
+    # ------------------------------------------------------------------ adding volumes
+
+    def volumes_to_add(self) -> tuple:
+        """(scalar volumes of the scene that are no case yet, messages for the volumes skipped)."""
+        volumes, skipped = [], []
+        collection = self.logics.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for i in range(collection.GetNumberOfItems()):
+            node = collection.GetItemAsObject(i)
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(ATTR_CASE_ID):
+                continue  # label maps and the nodes this module made or already sent
+            if not is_scalar_volume(node):
+                skipped.append(
+                    f"{node.GetName()}: a {node.GetClassName()} is not a single-component scalar volume "
+                    "(vector, RGB, diffusion or tensor volumes cannot be trained on); skipped."
+                )
+                continue
+            volumes.append(node)
+        return volumes, skipped
+
+    def prepare_volume_uploads(self, volumes: Sequence[Any]) -> list:
+        """Main thread: write each volume (its own grid) to a scratch NRRD file."""
+        folder = self._scratch()
+        uploads = []
+        for n, volume in enumerate(volumes):
+            if volume is None:
+                raise ValueError("No volume selected.")
+            if not is_scalar_volume(volume):
+                raise ValueError(f"{volume.GetName()} is a {volume.GetClassName()}, not a scalar volume.")
+            wanted = case_id_from_name(volume.GetName())
+            path = write_volume(volume, folder / f"{n:04d}.nrrd")
+            uploads.append(VolumeUpload(volume.GetID(), wanted, path))
+        return uploads
+
+    def upload_volume_files(
+        self, uploads: Sequence[VolumeUpload], progress: Callable | None = None, cancelled: Callable = bool
+    ) -> list:
+        """Any thread: upload each file as a case with a free ID (until ``cancelled()``), then delete it."""
+        client = self.require_client()
+        try:
+            known = {c.id for c in client.list_cases()}
+            for n, upload in enumerate(uploads):
+                if cancelled():
+                    break
+                if progress is not None:
+                    progress(n / max(len(uploads), 1), f"uploading {upload.wanted_id}")
+                case_id, k = upload.wanted_id, 2
+                while case_id in known:
+                    case_id, k = f"{upload.wanted_id[:60]}_{k}", k + 1
+                upload.case_id = client.add_case(str(upload.path), case_id=case_id, upload=True).id
+                known.add(upload.case_id)
+        finally:
+            for upload in uploads:
+                shutil.rmtree(upload.path.parent, ignore_errors=True)
+        return list(uploads)
+
+    def finish_volume_uploads(self, uploads: Sequence[VolumeUpload]) -> list:
+        """Main thread: tag the uploaded volumes with their case IDs; returns the IDs."""
+        ids = []
+        for upload in uploads:
+            if upload.case_id is None:
+                continue
+            node = self.logics.scene.GetNodeByID(upload.node_id)
+            if node is not None:
+                CaseNodes.tag(node, upload.case_id, ROLE_IMAGE)
+            ids.append(upload.case_id)
+        return ids
+
+    def add_volume(self, volume: Any) -> str:
+        """Send one scene volume to the service; returns its case ID (its existing one if sent before)."""
+        if (
+            volume is not None
+            and volume.GetAttribute(ATTR_ROLE) == ROLE_IMAGE
+            and volume.GetAttribute(ATTR_CASE_ID)
+        ):
+            return volume.GetAttribute(ATTR_CASE_ID)
+        uploads = self.upload_volume_files(self.prepare_volume_uploads([volume]))
+        return self.finish_volume_uploads(uploads)[0]
+
+    def add_all_volumes(self) -> tuple:
+        """Send every scalar volume that is no case yet; returns (case IDs, skipped-volume messages)."""
+        volumes, skipped = self.volumes_to_add()
+        if not volumes:
+            return [], skipped
+        uploads = self.upload_volume_files(self.prepare_volume_uploads(volumes))
+        return self.finish_volume_uploads(uploads), skipped
+
+    def add_folder(self, path: Path, progress: Callable | None = None, cancelled: Callable = bool) -> list:
+        """Any thread: add a folder's images (and ``<ID>_label`` files); a local service reads in place."""
+        from reciprocalseg.data.io import discover_cases
+
+        client = self.require_client()
+        upload = self.service is None
+        cases = list(discover_cases(path))
+        added = []
+        for n, case in enumerate(cases):
+            if cancelled():
+                break
+            if progress is not None:
+                progress(n / max(len(cases), 1), f"adding {case.case_id}")
+            case_id = client.add_case(str(case.image), case_id=case.case_id, upload=upload).id
+            if case.label is not None:
+                client.put_label(case_id, str(case.label))
+            added.append(case_id)
+        return added
+
+    def list_cases(self) -> list:
+        return self.require_client().list_cases()
+
+    def delete_case_on_service(self, case_id: str) -> None:
+        self.require_client().delete_case(case_id)
+
+    def remove_case_nodes(self, case_id: str) -> None:
+        """Main thread: the case's label, predictions and disagreement map leave the scene."""
+        self.nodes.remove_case(case_id)
+
+    def delete_case(self, case_id: str) -> None:
+        self.delete_case_on_service(case_id)
+        self.remove_case_nodes(case_id)
+
+    # ------------------------------------------------------------------ showing a case
+
+    def fetch_case(self, case_id: str, need_image: bool, need_label: bool) -> CaseFiles:
+        """Any thread: download what the scene lacks (the label only if the service has one)."""
+        from reciprocalseg.client import ServiceError
+
+        client = self.require_client()
+        files = CaseFiles(case_id)
+        folder = self._scratch()
+        if need_image:
+            files.image = client.get_image(case_id, str(folder / f"{case_id}.nrrd"))
+        if need_label:
+            try:
+                files.label = client.get_label(case_id, str(folder / f"{case_id}_label.nrrd"))
+            except ServiceError as error:
+                if error.status_code != 404:
+                    raise
+        return files
+
+    def needs(self, case_id: str) -> tuple:
+        """(need_image, need_label): what ``fetch_case`` must download for ``apply_case``."""
+        return self.case_node(case_id, ROLE_IMAGE) is None, self.case_node(case_id, ROLE_LABEL) is None
+
+    def apply_case(self, case_id: str, files: CaseFiles) -> tuple:
+        """Main thread: case volume and label segmentation in the scene, only this case shown."""
+        try:
+            volume = self.case_node(case_id, ROLE_IMAGE)
+            if volume is None:
+                if files.image is None:
+                    raise RuntimeError(f"The image of {case_id} was not downloaded.")
+                volume = read_volume(self.logics.volumes, files.image, case_id)
+                CaseNodes.tag(volume, case_id, ROLE_IMAGE)
+                keep_file(volume, files.image, self._keep(case_id))
+            label = self.case_node(case_id, ROLE_LABEL)
+            if label is None:
+                label = self._label_from_file(case_id, files.label, volume)
+        finally:
+            for path in (files.image, files.label):
+                if path is not None:
+                    shutil.rmtree(Path(path).parent, ignore_errors=True)
+        self.nodes.show_only(case_id)
+        return volume, label
+
+    def show_case(self, case_id: str) -> tuple:
+        """Case volume and editable label in the scene (downloaded when missing); others hidden."""
+        need_image, need_label = self.needs(case_id)
+        files = (
+            self.fetch_case(case_id, need_image, need_label)
+            if need_image or need_label
+            else CaseFiles(case_id)
+        )
+        return self.apply_case(case_id, files)
+
+    def case_volume(self, case_id: str) -> Any:
+        return self.show_case(case_id)[0]
+
+    def _keep(self, case_id: str) -> Path:
+        return self.keep_dir / case_id
+
+    def _class_names(self, count: int) -> list:
+        """Names of classes 1..count: the case label's segment names where it has them."""
+        names = [default_class_name(k) for k in range(1, count + 1)]
+        for node in self.nodes.tagged():
+            if node.GetAttribute(ATTR_ROLE) != ROLE_LABEL:
+                continue
+            segmentation = node.GetSegmentation()
+            for k in range(1, count + 1):
+                segment = segmentation.GetSegment(segment_id_for_class(k))
+                if segment is not None and segment.GetName():
+                    names[k - 1] = segment.GetName()
+            break
+        return names
+
+    def _segmentation_from_label_file(
+        self, path: Path | None, case_id: str, role: str, volume: Any, colors: Sequence
+    ) -> Any:
+        """A new segmentation for ``role`` of a case from a label-map file (or empty when None)."""
+        from slicer.util import arrayFromVolume
+
+        segmentation = self.nodes.replace(
+            case_id, role, "vtkMRMLSegmentationNode", f"{case_id} {role}", volume
+        )
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        label_node = None
+        try:
+            present = 0
+            if path is not None:
+                label_node = read_volume(
+                    self.logics.volumes, path, f"{case_id} {role} labelmap", labelmap=True
+                )
+                # On the scan's local grid, so under the scan's transform (the import resamples
+                # across any transform between the label map and the segmentation).
+                CaseNodes.place_like(label_node, volume)
+                present = int(arrayFromVolume(label_node).max())
+            count = max(self.class_count() or 0, present, 1)
+            names = self._class_names(count)
+            if label_node is None:
+                for k in range(1, count + 1):
+                    segmentation.GetSegmentation().AddEmptySegment(
+                        segment_id_for_class(k), names[k - 1], colors[(k - 1) % len(colors)]
+                    )
+            else:
+                import_label_node(label_node, segmentation, count, colors, names)
+        finally:
+            self.nodes.remove(label_node)
+        return segmentation
+
+    def _label_from_file(self, case_id: str, path: Path | None, volume: Any) -> Any:
+        label = self._segmentation_from_label_file(path, case_id, ROLE_LABEL, volume, LABEL_COLORS)
+        label.SetName(f"{case_id} label")
+        return label
+
+    # ------------------------------------------------------------------ submitting a label
+
+    def prepare_label_upload(self, case_id: str, segmentation: Any, volume: Any) -> Path:
+        """Main thread: the segmentation as a label map (class by segment identity) on the scan's grid."""
+        if volume is None or segmentation is None:
+            raise RuntimeError(f"Select {case_id} again: its volume or label is no longer in the scene.")
+        names = self._class_names(max(self.class_count() or 0, 1))
+        label_node = export_label_node(segmentation, volume, self.nodes, names)
+        try:
+            path = write_volume(label_node, self._scratch() / f"{case_id}_label.nrrd")
+        finally:
+            self.nodes.remove(label_node)
+        if self.case_node(case_id, ROLE_LABEL) is None and not segmentation.GetAttribute(ATTR_ROLE):
+            CaseNodes.tag(segmentation, case_id, ROLE_LABEL)
+        return path
+
+    def upload_label_file(self, case_id: str, path: Path, author: str | None = None) -> Any:
+        """Any thread: upload the label file as the case's new label version, then delete it."""
+        try:
+            return self.require_client().put_label(case_id, str(path), author=author)
+        finally:
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+    def submit_segmentation(
+        self, case_id: str, segmentation: Any, volume: Any, author: str | None = None
+    ) -> Any:
+        return self.upload_label_file(
+            case_id, self.prepare_label_upload(case_id, segmentation, volume), author
+        )
+
+    # ------------------------------------------------------------------ prediction
+
+    def fetch_prediction(self, case_id: str, need_image: bool = False) -> tuple:
+        """Any thread: predict with the current round and download teacher, student, disagreement."""
+        client = self.require_client()
+        folder = self._scratch()
+        result = client.predict(case_id, out_dir=str(folder))
+        files = self.fetch_case(case_id, need_image, False) if need_image else CaseFiles(case_id)
+        return result, files
+
+    def apply_prediction(self, case_id: str, fetched: tuple) -> tuple:
+        """Main thread: teacher (filled), student (outline), disagreement (zero transparent) on the scan."""
+        result, files = fetched
+        try:
+            volume = self.case_node(case_id, ROLE_IMAGE)
+            if volume is None:
+                volume = self.apply_case(case_id, files)[0]
+            self.last_prediction_score = result.score
+            teacher = self._segmentation_from_label_file(
+                result.teacher, case_id, ROLE_TEACHER, volume, TEACHER_COLORS
+            )
+            student = self._segmentation_from_label_file(
+                result.student, case_id, ROLE_STUDENT, volume, STUDENT_COLORS
+            )
+            show_teacher(teacher)
+            show_student(student)
+            self.nodes.remove(self.case_node(case_id, ROLE_DISAGREEMENT))
+            disagreement = read_volume(self.logics.volumes, result.disagreement, f"{case_id} disagreement")
+            CaseNodes.tag(disagreement, case_id, ROLE_DISAGREEMENT)
+            CaseNodes.place_like(disagreement, volume)
+            keep_file(disagreement, result.disagreement, self._keep(case_id))
+            show_disagreement(disagreement, self.logics.scene)
+        finally:
+            shutil.rmtree(Path(result.teacher).parent, ignore_errors=True)
+        self.nodes.show_only(case_id)
+        return teacher, student, disagreement
+
+    def predict(self, case_id: str) -> tuple:
+        """Predict a case; returns (teacher segmentation, student segmentation, disagreement volume)."""
+        return self.apply_prediction(case_id, self.fetch_prediction(case_id, self.needs(case_id)[0]))
+
+    def copy_student_to_label(self, case_id: str) -> Any:
+        """Main thread: the case's editable label becomes a copy of the student's prediction."""
+        student = self.case_node(case_id, ROLE_STUDENT)
+        volume = self.case_node(case_id, ROLE_IMAGE)
+        if student is None or volume is None:
+            raise RuntimeError(f"Predict {case_id} first.")
+        label = self.case_node(case_id, ROLE_LABEL)
+        if label is None:
+            label = self._label_from_file(case_id, None, volume)
+        CaseNodes.place_like(label, volume)
+        target, source = label.GetSegmentation(), student.GetSegmentation()
+        target.RemoveAllSegments()
+        for i in range(source.GetNumberOfSegments()):
+            segment_id = source.GetNthSegmentID(i)
+            target.CopySegmentFromSegmentation(source, segment_id)
+            target.GetSegment(segment_id).SetColor(*LABEL_COLORS[i % len(LABEL_COLORS)])
+        self.nodes.show_only(case_id)
+        return label
+
+    # ------------------------------------------------------------------ ranking and training
+
+    def next_case(self) -> tuple:
+        """Any thread: (case_id, score) of the unlabelled case where teacher and student disagree most."""
+        result = self.require_client().next_case()
+        return result.case_id, result.score
+
+    def start_training(
+        self,
+        preset: str = "demo",
+        iterations: int | None = None,
+        supervised_iterations: int | None = None,
+        device: str = "auto",
+        warm_start: bool = True,
+    ) -> Any:
+        """Start a round on the service (returns at once; poll ``training_status``)."""
+        status = self.require_client().start_training(
+            preset=preset,
+            iterations=iterations,
+            supervised_iterations=supervised_iterations,
+            device=device,
+            warm_start=warm_start,
+        )
+        if self._learning_curve is not None:  # plain lists, no scene lookup: safe off the main thread
+            self._learning_curve.reset()
+        return status
+
+    def training_status(self) -> Any:
+        return self.require_client().training_status()
+
+    def stop_training(self) -> Any:
+        return self.require_client().stop_training()
+
+    def wait_for_training(self, poll: float = 1.0, timeout: float | None = None, callback: Any = None) -> Any:
+        return self.require_client().wait_for_training(poll=poll, timeout=timeout, callback=callback)

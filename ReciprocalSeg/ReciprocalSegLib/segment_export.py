@@ -1,0 +1,155 @@
+"""Segmentation <-> label map, with class values decided by segment identity, never list order.
+
+A class ``k`` (label value k, 1..K) is held by the segment whose ID is ``class_k``; the module
+creates segments with these IDs. A segment added in the Segment Editor (ID like
+``Segment_1``) takes its class from its name, ``Class k`` (case and spaces ignored) or the
+name of the class-k segment the module made. So deleting, reordering or adding segments never
+moves voxels to another class, and a segment whose class cannot be told is an error that names
+it. Voxels in two segments of different classes are an error too (with the count), never a
+silent choice.
+
+Export per segment through ``ExportSegmentsToLabelmapNode`` on the reference volume's full grid
+(``EXTENT_REFERENCE_GEOMETRY``), which resamples across parent transforms, so the label lands
+on the scan's voxels wherever the segmentation and the scan sit in the transform tree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .scene_cases import CaseNodes
+
+SEGMENT_ID_PATTERN = re.compile(r"^class_(\d+)$")
+CLASS_NAME_PATTERN = re.compile(r"^class\s*(\d+)$", re.IGNORECASE)
+MAX_CLASS = 255  # label maps are written as uint8
+
+
+class SegmentClassError(ValueError):
+    """A segment's class cannot be told, or segments of different classes overlap."""
+
+
+def segment_id_for_class(k: int) -> str:
+    return f"class_{k}"
+
+
+def default_class_name(k: int) -> str:
+    return f"Class {k}"
+
+
+def class_of_segment(segment_id: str, name: str, class_names: Sequence[str] = ()) -> int | None:
+    """The class of one segment (1..255) from its ID, else its name; None when neither tells."""
+    for pattern, text in ((SEGMENT_ID_PATTERN, segment_id), (CLASS_NAME_PATTERN, (name or "").strip())):
+        match = pattern.match(text or "")
+        if match and 1 <= int(match.group(1)) <= MAX_CLASS:
+            return int(match.group(1))
+    wanted = (name or "").strip().casefold()
+    for k, class_name in enumerate(class_names, start=1):
+        if wanted and wanted == class_name.strip().casefold():
+            return k
+    return None
+
+
+def segment_classes(segmentation_node: Any, class_names: Sequence[str] = ()) -> dict:
+    """Segment ID -> class for every segment; SegmentClassError names the ones with no class."""
+    segmentation = segmentation_node.GetSegmentation()
+    classes, unknown = {}, []
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(i)
+        name = segmentation.GetNthSegment(i).GetName()
+        k = class_of_segment(segment_id, name, class_names)
+        if k is None:
+            unknown.append(f"'{name}' (ID {segment_id})")
+        else:
+            classes[segment_id] = k
+    if unknown:
+        raise SegmentClassError(
+            "Cannot tell the class of segment(s) "
+            + ", ".join(unknown)
+            + ": rename each to 'Class 1', 'Class 2', ... (the label value it should get)."
+        )
+    if not classes:
+        raise SegmentClassError("The segmentation has no segments to submit.")
+    return classes
+
+
+def export_label_node(
+    segmentation_node: Any, reference_volume: Any, nodes: CaseNodes, class_names: Sequence[str] = ()
+) -> Any:
+    """A new vtkMRMLLabelMapVolumeNode on the reference grid with class values by segment identity.
+
+    The caller writes it and removes it with ``nodes.remove`` (which also removes its colour table).
+    """
+    import slicer
+    import vtk
+    from slicer.util import arrayFromVolume, arrayFromVolumeModified
+
+    classes = segment_classes(segmentation_node, class_names)
+    label = None
+    owner: dict = {}  # class -> first segment that put it there, for the overlap message
+    output = None
+    for segment_id, k in classes.items():
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        node = nodes.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{segment_id} export")
+        try:
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node,
+                ids,
+                node,
+                reference_volume,
+                slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+            ):
+                raise RuntimeError(f"Could not export segment {segment_id} to a label map.")
+            mask = arrayFromVolume(node) > 0
+            if label is None:
+                label = np.zeros(mask.shape, dtype=np.uint8)
+            clash = mask & (label > 0) & (label != k)
+            if clash.any():
+                others = sorted({owner[int(v)] for v in np.unique(label[clash])})
+                raise SegmentClassError(
+                    f"{int(clash.sum())} voxels are in segment {segment_id} (class {k}) and in "
+                    f"{', '.join(others)}: remove the overlap (Segment Editor, 'Logical operators' or "
+                    "masking 'Outside all segments') and submit again."
+                )
+            label[mask] = k
+            owner.setdefault(k, segment_id)
+        except BaseException:
+            nodes.remove(node)
+            if output is not None:
+                nodes.remove(output)
+            raise
+        if output is None:
+            output = node  # keeps the reference grid and parent transform the export gave it
+        else:
+            nodes.remove(node)
+    arrayFromVolume(output)[:] = label
+    arrayFromVolumeModified(output)
+    return output
+
+
+def import_label_node(
+    label_node: Any,
+    segmentation_node: Any,
+    class_count: int,
+    colors: Sequence[Sequence[float]],
+    class_names: Sequence[str] = (),
+) -> None:
+    """Label value k of ``label_node`` -> segment ``class_k`` (all classes 1..class_count created)."""
+    import slicer
+    import vtk
+
+    segmentation = segmentation_node.GetSegmentation()
+    ids = vtk.vtkStringArray()
+    for k in range(1, class_count + 1):
+        name = class_names[k - 1] if k - 1 < len(class_names) else default_class_name(k)
+        segmentation.AddEmptySegment(segment_id_for_class(k), name, colors[(k - 1) % len(colors)])
+        ids.InsertNextValue(segment_id_for_class(k))
+    # label value k -> ids[k-1] (vtkSlicerSegmentationsModuleLogic.h, updatedSegmentIDs)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+        label_node, segmentation_node, ids
+    ):
+        raise RuntimeError(f"Could not import {label_node.GetName()} into a segmentation.")

@@ -1,0 +1,105 @@
+"""Revert one fix of issue 14 at a time in a scratch copy of the repository and run the test that
+guards it: each must fail there. ``python tests/slicer/revert_fixes.py [name-part ...]``.
+
+Not collected by pytest (a developer's check of the tests themselves; it runs the real-MRML tests
+once per fix, several minutes on a small machine).
+"""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2]
+W = Path(tempfile.mkdtemp(prefix="revert-fixes-")) / "repo"
+L = "ReciprocalSeg/ReciprocalSegLib/"
+T = "tests/slicer/test_mrml_scene.py::"
+TOGGLES = [
+    (
+        "transform: nodes not placed under the scan's transform",
+        L + "scene_cases.py",
+        "            node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())",
+        "            pass",
+        [T + "test_volume_under_a_parent_transform_labels_and_predictions_land_on_the_scan"],
+    ),
+    (
+        "identity: class = position in the segment list",
+        L + "segment_export.py",
+        "        k = class_of_segment(segment_id, name, class_names)",
+        "        k = i + 1",
+        [T + "test_class_values_follow_segment_identity_after_delete_reorder_add"],
+    ),
+    (
+        "overlap: later segment silently wins",
+        L + "segment_export.py",
+        "            if clash.any():",
+        "            if False:",
+        [T + "test_overlapping_segments_are_a_clear_error_never_a_silent_choice"],
+    ),
+    (
+        "save: storage node left on the deleted download, unmodified",
+        L + "volume_files.py",
+        "    storage = node.GetStorageNode()\n    if storage is None:",
+        "    return\n    storage = node.GetStorageNode()\n    if storage is None:",
+        [T + "test_scene_saved_and_reloaded_keeps_every_case_node"],
+    ),
+    (
+        "batch: every vtkMRMLScalarVolumeNode subclass sent",
+        L + "volume_files.py",
+        '    if node is None or node.GetClassName() != "vtkMRMLScalarVolumeNode":',
+        '    return node is not None and node.IsA("vtkMRMLScalarVolumeNode")\n    if True:',
+        [T + "test_non_scalar_volumes_are_skipped_with_a_message_and_the_batch_goes_on"],
+    ),
+    (
+        "disagreement: no threshold (zero drawn)",
+        L + "prediction_display.py",
+        "    display.SetApplyThreshold(True)",
+        "    display.SetApplyThreshold(False)",
+        [T + "test_disagreement_overlay_is_transparent_where_zero"],
+    ),
+    (
+        "show_case: other cases left visible",
+        L + "scene_cases.py",
+        "                display.SetVisibility(node.GetAttribute(ATTR_CASE_ID) == case_id)",
+        "                if node.GetAttribute(ATTR_CASE_ID) == case_id:\n"
+        "                    display.SetVisibility(True)",
+        [T + "test_show_case_hides_other_cases"],
+    ),
+    (
+        "learning curve: nodes made anew each round",
+        L + "learning_curve.py",
+        "        self._offset = 0\n",
+        "        self._offset = 0\n        self._chart = None\n",
+        [T + "test_learning_curve_reports_a_new_chart_only_once"],
+    ),
+    (
+        "orphans: only the node itself removed",
+        L + "scene_cases.py",
+        "        for other in owned:\n            if other.GetScene() is not None:",
+        "        for other in []:\n            if other.GetScene() is not None:",
+        ["tests/slicer/test_mrml_rounds.py::test_node_counts_stay_flat_over_five_rounds"],
+    ),
+]
+only = sys.argv[1:]
+for name, path, old, new, tests in TOGGLES:
+    if only and not any(o in name for o in only):
+        continue
+    shutil.rmtree(W, ignore_errors=True)
+    W.mkdir(parents=True)
+    for part in ("ReciprocalSeg", "tests", "pyproject.toml"):
+        (shutil.copytree if (SRC / part).is_dir() else shutil.copy)(SRC / part, W / part)
+    f = W / path
+    s = f.read_text()
+    assert s.count(old) == 1, (name, old)
+    f.write_text(s.replace(old, new))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=W,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    last = [line for line in r.stdout.splitlines() if line.strip()][-1]
+    reason = next((line[1:].strip() for line in r.stdout.splitlines() if line.startswith("E ")), "")
+    print(f"{name}: {last}  [{reason[:150]}]", flush=True)
