@@ -220,8 +220,9 @@ class ReciprocalSegLoop:
             service.stop()
 
     def class_count(self) -> int | None:
+        """Foreground classes (label values 1..K); the service's ``n_classes`` counts the background too."""
         n = _field(self.info_, "n_classes")
-        return int(n) if n else None
+        return int(n) - 1 if n else None
 
     # ------------------------------------------------------------------ adding volumes
 

@@ -70,7 +70,8 @@ def trained_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
 @pytest.fixture(scope="session")
 def two_class_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """An empty service whose labels have two foreground classes (for segment-identity tests)."""
-    run = start_service(tmp_path_factory.mktemp("mrml-ws2"), device="cpu", n_classes=2)
+    # n_classes counts the background too, as serve --n-classes does
+    run = start_service(tmp_path_factory.mktemp("mrml-ws2"), device="cpu", n_classes=3)
     try:
         yield run
     finally:
