@@ -109,10 +109,21 @@ def _foreign_data_files(tmp: Path) -> dict[str, bytes]:
         b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
         b"ElementDataFile = /etc/passwd\n"
     )
+    # The same fields hidden from a naive scan: CR line endings, a header longer than 64 KiB.
+    nrrd_cr = nrrd.replace(b"\n", b"\r")
+    mha_long = mha.replace(
+        b"ElementDataFile", (b"Comment = " + b"x" * 100 + b"\n") * 700 + b"ElementDataFile"
+    )
     (tmp / "leak.nrrd").write_bytes(nrrd)
     (tmp / "leak.mha").write_bytes(mha)
     (tmp / "leak.nhdr").write_bytes(nrrd_rel)
+    (tmp / "leak_cr.nrrd").write_bytes(nrrd_cr)
+    (tmp / "leak_long.mha").write_bytes(mha_long)
     return {
+        "nrrd_leak_cr": nrrd_cr,
+        "mha_leak_long": mha_long,
+        "nrrd_leak_cr_path": str(tmp / "leak_cr.nrrd").encode(),
+        "mha_leak_long_path": str(tmp / "leak_long.mha").encode(),
         "nrrd_leak": nrrd,
         "nrrd_leak_rel": nrrd_rel,
         "mha_leak": mha,
@@ -239,6 +250,22 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
     "upload mha with ElementDataFile /etc/passwd": (
         422,
         lambda s, u, f: s.post(f"{u}/cases", files=up("leak.mha", f["mha_leak"])),
+    ),
+    "upload nrrd with CR line endings and data file /etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("leak.nrrd", f["nrrd_leak_cr"])),
+    ),
+    "upload mha with ElementDataFile /etc/passwd after 70 kB of header": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("leak.mha", f["mha_leak_long"])),
+    ),
+    "register nrrd with CR line endings and data file /etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["nrrd_leak_cr_path"].decode()}),
+    ),
+    "register mha with ElementDataFile /etc/passwd after 70 kB of header": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["mha_leak_long_path"].decode()}),
     ),
     "upload MetaImage header named .nrrd": (
         422,

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from service_helpers import start_service
 
 from reciprocalseg.data.io import Case, ForeignDataFile, TooManyVoxels, read_image
+from reciprocalseg.errors import DataError
 
 SECRET = "top-secret-content-0123456789abcdef"
 
@@ -48,6 +49,67 @@ def test_read_image_refuses_a_header_naming_another_file(tmp_path: Path, suffix:
     field = "data file" if suffix == ".nrrd" else "ElementDataFile"
     with pytest.raises(ForeignDataFile, match=field):
         read_image(path)
+
+
+def _padded(lines: list[str], comment: str, n: int) -> list[str]:
+    """``lines`` with ``n`` long comment lines before the last one (a header longer than 64 KiB)."""
+    return lines[:-1] + [comment + "x" * 100] * n + lines[-1:]
+
+
+def _tricky_headers(target: Path) -> dict[str, bytes]:
+    """Headers naming ``target`` that ITK honours but a naive header scan misses."""
+    nrrd = [
+        "NRRD0004",
+        "type: uint8",
+        "dimension: 3",
+        "sizes: 4 4 4",
+        "encoding: raw",
+        f"data file: {target}",
+    ]
+    mha = [
+        "ObjectType = Image",
+        "NDims = 3",
+        "DimSize = 4 4 4",
+        "ElementType = MET_UCHAR",
+        f"ElementDataFile = {target}",
+    ]
+    return {
+        # teem ends a header line at CR as well as LF (old Mac line endings).
+        "nrrd_cr_lines.nrrd": ("\r".join(nrrd) + "\r\r").encode(),
+        "nrrd_crlf_lines.nrrd": ("\r\n".join(nrrd) + "\r\n\r\n").encode(),
+        # Headers have no length limit in teem or MetaIO; the field may come after 64 KiB.
+        "nrrd_long_header.nrrd": ("\n".join(_padded(nrrd, "# ", 700)) + "\n\n").encode(),
+        "mha_long_header.mha": ("\n".join(_padded(mha, "Comment = ", 700)) + "\n").encode(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_tricky_headers(Path("/x"))))
+def test_read_image_finds_the_data_file_field_in_any_header(tmp_path: Path, name: str) -> None:
+    """Line endings and header length do not hide a 'data file' / 'ElementDataFile' field."""
+    secret = _secret(tmp_path)
+    path = tmp_path / name
+    path.write_bytes(_tricky_headers(secret)[name])
+    # What ITK itself does with the file: it reads the secret (so the check is what stops it).
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).tobytes() == (SECRET * 8).encode()[:64]
+    for attached_only in (True, False):
+        with pytest.raises(ForeignDataFile):
+            read_image(path, attached_only=attached_only)
+
+
+def test_read_image_refuses_a_header_too_long_to_scan_but_reads_a_long_real_one(
+    tmp_path: Path, phantoms: list[Case]
+) -> None:
+    secret = _secret(tmp_path)
+    huge = tmp_path / "huge.mha"  # the field comes after more than 1 MiB of header
+    huge.write_bytes(_tricky_headers(secret)["mha_long_header.mha"].replace(b"x" * 100, b"x" * 2000))
+    with pytest.raises(DataError, match="header does not end within the first 1 MiB"):
+        read_image(huge)
+    # A real image with 100 kB of key/value fields (like a segmentation with many segments) reads.
+    img = sitk.ReadImage(str(phantoms[0].image))
+    for i in range(1000):
+        img.SetMetaData(f"Segment{i}_Name", "y" * 80)
+    sitk.WriteImage(img, str(tmp_path / "long_fields.nrrd"))
+    assert read_image(tmp_path / "long_fields.nrrd").GetSize() == img.GetSize()
 
 
 def test_read_image_keeps_detached_headers_next_to_their_data(tmp_path: Path, phantoms: list[Case]) -> None:

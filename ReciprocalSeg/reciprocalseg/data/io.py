@@ -180,30 +180,51 @@ class ForeignDataFile(DataError):
     """An image header that names a data file outside the header's own file (or folder)."""
 
 
-# How much of a file is searched for a header: NRRD and MetaImage headers are a few hundred bytes.
-_HEADER_BYTES = 1 << 16
+# NRRD and MetaImage headers are a few hundred bytes, but neither teem nor MetaIO limits their
+# length: a field past the part we scan would be honoured by ITK and missed by us. So the whole
+# header is scanned, and a header that does not end within this many bytes is refused.
+_MAX_HEADER_BYTES = 1 << 20
 _NRRD_DATA_FILE = re.compile(rb"^\s*data ?file\s*:(?!=)\s*(.*?)\s*$", re.IGNORECASE)
 _META_DATA_FILE = re.compile(rb"^\s*ElementDataFile\s*[=:]\s*(.*?)\s*$")
+# teem ends a header line at LF, CRLF or a lone CR; MetaIO ends a value at LF only.
+_NRRD_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _header_lines(path: Path) -> tuple[str, list[bytes]]:
-    """``(kind, header lines)`` of a NRRD (``"nrrd"``) or MetaImage (``"meta"``) file, else ``("", [])``."""
+    """``(kind, header lines)`` of a NRRD (``"nrrd"``) or MetaImage (``"meta"``) file, else ``("", [])``.
+
+    Raises DataError when such a header does not end within ``_MAX_HEADER_BYTES``.
+    """
     with open(path, "rb") as f:
-        head = f.read(_HEADER_BYTES)
+        head = f.read(_MAX_HEADER_BYTES)
+        truncated = bool(f.read(1))
     if head.startswith(b"NRRD"):
-        # The header ends at the first blank line; attached data follows it.
-        lines = []
-        for line in head.split(b"\n"):
-            if not line.strip(b"\r"):
-                break
-            lines.append(line.rstrip(b"\r"))
-        return "nrrd", lines
-    if b"ElementDataFile" in head:  # MetaImage, whatever the file is called
+        lines = _NRRD_LINE_END.split(head)
+        # The header ends at the first empty line; attached data follows it. When the file goes
+        # on past what was read, the last piece may be a cut line: it does not count.
+        complete = lines[:-1] if truncated else lines
+        for i, line in enumerate(complete):
+            if not line:
+                return "nrrd", complete[:i]
+        if truncated:
+            raise _header_too_long(path, "NRRD")
+        return "nrrd", complete
+    if b"ElementDataFile" in head or image_suffix(path) in (".mha", ".mhd"):
         lines = head.split(b"\n")
-        for i, line in enumerate(lines):
+        complete = lines[:-1] if truncated else lines
+        for i, line in enumerate(complete):
             if _META_DATA_FILE.match(line):
-                return "meta", lines[: i + 1]  # ElementDataFile is the header's last field
+                return "meta", complete[: i + 1]  # ElementDataFile is the header's last field
+        if truncated:
+            raise _header_too_long(path, "MetaImage")
     return "", []
+
+
+def _header_too_long(path: Path, kind: str) -> DataError:
+    return DataError(
+        f"{path}: the {kind} header does not end within the first {_MAX_HEADER_BYTES // 2**20} MiB; "
+        "such a header is not accepted (a real one is a few kB): re-save the image."
+    )
 
 
 def check_data_file(path: str | os.PathLike[str], attached_only: bool = False) -> None:
