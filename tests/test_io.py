@@ -183,6 +183,23 @@ def test_truncated_file(tmp_path: Path) -> None:
     _assert_names_file(err, path)
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_truncated_nifti_is_refused_not_padded_with_zeros(tmp_path: Path, suffix: str) -> None:
+    """ITK's NIfTI reader fills a short file with zeros; half a scan (or label) must not pass."""
+    arr = np.arange(20 * 30 * 40, dtype=np.int16).reshape(20, 30, 40) % 1000 + 1
+    img = sitk.GetImageFromArray(arr)
+    full = tmp_path / f"full{suffix}"
+    sitk.WriteImage(img, str(full))
+    assert np.array_equal(sitk.GetArrayFromImage(read_image(full)), arr)
+    data = full.read_bytes()
+    for cut in (len(data) // 2, len(data) - 8):
+        path = tmp_path / f"cut{cut}{suffix}"
+        path.write_bytes(data[:cut])
+        with pytest.raises(DataError, match="truncated") as err:
+            read_image(path)
+        _assert_names_file(err, path)
+
+
 def test_unsupported_extension(tmp_path: Path) -> None:
     path = tmp_path / "scan.png"
     path.write_bytes(b"\x89PNG")

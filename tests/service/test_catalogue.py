@@ -33,6 +33,10 @@ def files(tmp_path_factory: pytest.TempPathFactory, phantoms: list[Case]) -> dic
     arr = sitk.GetArrayFromImage(label)
     out: dict[str, bytes] = {"image": phantoms[0].image.read_bytes(), "label": phantoms[0].label.read_bytes()}
     out["truncated"] = out["image"][: len(out["image"]) // 2]
+    # ITK's NIfTI reader pads a short file with zeros instead of failing.
+    for key, source in (("image", phantoms[0].image), ("label", phantoms[0].label)):
+        whole = _nrrd_bytes(sitk.ReadImage(str(source)), tmp, f"{key}.nii.gz")
+        out[f"{key}_nii_gz_truncated"] = whole[: len(whole) // 2]
     out["garbage"] = b"NRRD0004\nthis is not a header\n" + bytes(range(256)) * 4
     out["image2d"] = _nrrd_bytes(sitk.Image(16, 16, sitk.sitkFloat32), tmp, "2d.nrrd")
     out["vector"] = _nrrd_bytes(sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 3), tmp, "v.nrrd")
@@ -213,6 +217,14 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
     "upload empty file": (422, lambda s, u, f: s.post(f"{u}/cases", files=up("e.nrrd", b""))),
     "upload garbage nrrd": (422, lambda s, u, f: s.post(f"{u}/cases", files=up("g.nrrd", f["garbage"]))),
     "upload truncated nrrd": (422, lambda s, u, f: s.post(f"{u}/cases", files=up("t.nrrd", f["truncated"]))),
+    "upload truncated nii.gz": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("t.nii.gz", f["image_nii_gz_truncated"])),
+    ),
+    "label truncated nii.gz": (
+        422,
+        lambda s, u, f: s.put(f"{u}/cases/{C0}/label", files=up("l.nii.gz", f["label_nii_gz_truncated"])),
+    ),
     "upload nrrd bytes as .nii.gz": (
         422,
         lambda s, u, f: s.post(f"{u}/cases", files=up("n.nii.gz", f["image"])),

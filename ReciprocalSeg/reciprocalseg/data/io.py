@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
+import math
 import os
 import re
 import secrets
 import shutil
+import struct
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ __all__ = [
     "TooManyVoxels",
     "case_id_from_path",
     "check_data_file",
+    "check_nifti_complete",
     "check_voxel_count",
     "dicom_series_ids",
     "discover_cases",
@@ -274,6 +279,67 @@ def check_data_file(path: str | os.PathLike[str], attached_only: bool = False) -
             )
 
 
+def _nifti_needed_bytes(head: bytes) -> int | None:
+    """Bytes a single-file NIfTI-1/2 must hold (voxel offset + voxel data), from its header.
+
+    None when ``head`` is no such header, the header names a separate ``.img`` file, or its
+    dimensions are invalid (ITK's own message then says what is wrong).
+    """
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack_from(endian + "i", head)[0] == 348:
+            if head[344:347] != b"n+1":
+                return None
+            dims: tuple[int, ...] = struct.unpack_from(endian + "8h", head, 40)
+            bitpix = struct.unpack_from(endian + "h", head, 72)[0]
+            offset = int(struct.unpack_from(endian + "f", head, 108)[0])
+        elif len(head) >= 540 and struct.unpack_from(endian + "i", head)[0] == 540:
+            if head[4:7] != b"n+2":
+                return None
+            bitpix = struct.unpack_from(endian + "h", head, 14)[0]
+            dims = struct.unpack_from(endian + "8q", head, 16)
+            offset = struct.unpack_from(endian + "q", head, 168)[0]
+        else:
+            continue
+        n = dims[0]
+        if not 1 <= n <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1 : n + 1]):
+            return None
+        return offset + math.prod(dims[1 : n + 1]) * bitpix // 8
+    return None
+
+
+def check_nifti_complete(path: str | os.PathLike[str]) -> None:
+    """Refuse a NIfTI file that holds less voxel data than its header declares.
+
+    ITK's NIfTI reader fills what is missing with zeros, so an interrupted copy or download
+    would pass as a scan (or label) whose end is blank. A ``.nii.gz`` is decompressed as a
+    stream (never held in memory); past the declared size by 1 MiB the rest is not read.
+    """
+    p = Path(path)
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    have = 0
+    try:
+        with opener(p, "rb") as f:
+            head = f.read(540)
+            needed = _nifti_needed_bytes(head)
+            if needed is None:
+                return
+            have = len(head)
+            while have <= needed + (1 << 20) and (chunk := f.read(1 << 20)):
+                have += len(chunk)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(
+            f"{p}: the compressed data is truncated or corrupt ({exc}); the copy or download was "
+            "probably interrupted: copy the file again."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read the file: {exc.strerror or exc}") from None
+    if have < needed:
+        raise DataError(
+            f"{p}: the file is truncated: its header declares {needed:,} bytes (header and voxels) but "
+            f"it holds {have:,}; the copy or download was probably interrupted: copy the file again."
+        )
+
+
 def _declared_size(path: Path) -> tuple[int, ...]:
     """The size a file's header declares (x, y, z[, components]), read without reading any voxel."""
     reader = sitk.ImageFileReader()
@@ -326,6 +392,8 @@ def read_image(
         try:
             if max_voxels is not None:
                 check_voxel_count(_declared_size(p), max_voxels, str(p))
+            if image_suffix(p) in (".nii", ".nii.gz"):
+                check_nifti_complete(p)
             img = sitk.ReadImage(str(p))
         except RuntimeError as exc:
             reason = _itk_reason(exc)
