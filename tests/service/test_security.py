@@ -283,3 +283,35 @@ def test_any_host_when_asked(tmp_path: Path) -> None:
         assert r.status_code == 200
     finally:
         run.launcher.stop()
+
+
+def _own_address() -> str | None:
+    """A non-loopback address of this machine (the one a remote client would use), if any."""
+    import psutil
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and not a.address.startswith("127."):
+                return a.address
+    return None
+
+
+def test_a_service_bound_to_all_interfaces_answers_to_the_machine_s_names(tmp_path: Path) -> None:
+    """docs/SERVICE.md's remote command (--host 0.0.0.0 with a token) must accept clients that reach
+    the machine by its address or host name; other names are still refused (DNS rebinding)."""
+    import socket
+
+    address = _own_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    run = start_service(tmp_path / "ws", device="cpu", host="0.0.0.0")
+    try:
+        s, port = run.client.session, run.client.url.rsplit(":", 1)[1]
+        r = s.get(f"http://{address}:{port}/info")
+        assert r.status_code == 200, r.text
+        r = s.get(f"http://{address}:{port}/info", headers={"Host": f"{socket.gethostname()}:{port}"})
+        assert r.status_code == 200, r.text
+        r = s.get(f"http://{address}:{port}/info", headers={"Host": f"evil.example:{port}"})
+        assert r.status_code == 403 and "--allowed-host" in r.json()["detail"]
+    finally:
+        run.launcher.stop()

@@ -245,12 +245,29 @@ def url_for(sock: socket.socket, host: str) -> str:
 
 
 def allowed_hosts(bind_host: str, extra: list[str]) -> tuple[str, ...]:
-    """Host header names to accept: the loopback names, the bound address (unless a wildcard), ``extra``."""
+    """Host header names to accept: the loopback names, the bound address, ``extra``.
+
+    Bound to every interface (``0.0.0.0``/``::``), remote clients reach the service by this
+    machine's host name or one of its addresses: those are accepted too. A DNS-rebinding page
+    can only send a name of its own, which stays refused.
+    """
     hosts = list(LOOPBACK_HOSTS)
     bound = bind_host.strip("[]")
-    if bound not in ("0.0.0.0", "::", ""):
+    if bound in ("0.0.0.0", "::", ""):
+        hosts += _machine_names()
+    else:
         hosts.append(bound)
     return tuple(dict.fromkeys([*hosts, *extra]))
+
+
+def _machine_names() -> list[str]:
+    """This machine's host name and interface addresses (no DNS lookup: it could hang)."""
+    import psutil
+
+    names = [socket.gethostname()]
+    for addrs in psutil.net_if_addrs().values():
+        names += [a.address.split("%")[0] for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)]
+    return [n.lower() for n in names if n]
 
 
 def register_roots(folders: list[str]) -> tuple[Path, ...]:
