@@ -279,8 +279,12 @@ def check_data_file(path: str | os.PathLike[str], attached_only: bool = False) -
             )
 
 
-def _nifti_needed_bytes(head: bytes) -> int | None:
-    """Bytes a single-file NIfTI-1/2 must hold (voxel offset + voxel data), from its header.
+# Where a NIfTI's voxels start: 352 bytes plus header extensions, a few kB in practice.
+_MAX_NIFTI_OFFSET = 1 << 24
+
+
+def _nifti_layout(head: bytes) -> tuple[int, int] | None:
+    """``(voxel offset, voxel bytes)`` of a single-file NIfTI-1/2, from its header.
 
     None when ``head`` is no such header, the header names a separate ``.img`` file, or its
     dimensions are invalid (ITK's own message then says what is wrong).
@@ -303,7 +307,7 @@ def _nifti_needed_bytes(head: bytes) -> int | None:
         n = dims[0]
         if not 1 <= n <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1 : n + 1]):
             return None
-        return offset + math.prod(dims[1 : n + 1]) * bitpix // 8
+        return offset, math.prod(dims[1 : n + 1]) * bitpix // 8
     return None
 
 
@@ -320,9 +324,17 @@ def check_nifti_complete(path: str | os.PathLike[str]) -> None:
     try:
         with opener(p, "rb") as f:
             head = f.read(540)
-            needed = _nifti_needed_bytes(head)
-            if needed is None:
+            layout = _nifti_layout(head)
+            if layout is None:
                 return
+            offset, voxel_bytes = layout
+            if not 0 <= offset <= _MAX_NIFTI_OFFSET:
+                # Reading up to such an offset inside a .nii.gz could inflate gigabytes.
+                raise DataError(
+                    f"{p}: the header puts the voxels at byte {offset:,} (vox_offset); a NIfTI file's "
+                    f"voxels start within its first {_MAX_NIFTI_OFFSET // 2**20} MiB: the file is corrupt."
+                )
+            needed = offset + voxel_bytes
             have = len(head)
             while have <= needed + (1 << 20) and (chunk := f.read(1 << 20)):
                 have += len(chunk)
