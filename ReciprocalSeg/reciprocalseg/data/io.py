@@ -315,11 +315,13 @@ def check_nifti_complete(path: str | os.PathLike[str]) -> None:
     """Refuse a NIfTI file that holds less voxel data than its header declares.
 
     ITK's NIfTI reader fills what is missing with zeros, so an interrupted copy or download
-    would pass as a scan (or label) whose end is blank. A ``.nii.gz`` is decompressed as a
-    stream (never held in memory); past the declared size by 1 MiB the rest is not read.
+    would pass as a scan (or label) whose end is blank. A ``.nii`` is measured by its size; a
+    ``.nii.gz`` is decompressed as a stream (never held in memory), up to 1 MiB past the
+    declared size.
     """
     p = Path(path)
-    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    compressed = p.name.lower().endswith(".gz")
+    opener = gzip.open if compressed else open
     have = 0
     try:
         with opener(p, "rb") as f:
@@ -335,8 +337,8 @@ def check_nifti_complete(path: str | os.PathLike[str]) -> None:
                     f"voxels start within its first {_MAX_NIFTI_OFFSET // 2**20} MiB: the file is corrupt."
                 )
             needed = offset + voxel_bytes
-            have = len(head)
-            while have <= needed + (1 << 20) and (chunk := f.read(1 << 20)):
+            have = len(head) if compressed else p.stat().st_size
+            while compressed and have <= needed + (1 << 20) and (chunk := f.read(1 << 20)):
                 have += len(chunk)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(
