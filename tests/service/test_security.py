@@ -315,3 +315,19 @@ def test_a_service_bound_to_all_interfaces_answers_to_the_machine_s_names(tmp_pa
         assert r.status_code == 403 and "--allowed-host" in r.json()["detail"]
     finally:
         run.launcher.stop()
+
+
+def test_any_host_needs_a_token(tmp_path: Path) -> None:
+    """With every Host accepted, a DNS-rebinding page is "same origin" (its Origin matches the Host
+    it sends), so only a token keeps it out: `--allowed-host '*'` without one is refused."""
+    import subprocess
+    import sys
+
+    from reciprocalseg.service.jobs import child_env
+
+    cmd = [sys.executable, "-m", "reciprocalseg.service.server", "--workspace", str(tmp_path / "ws")]
+    r = subprocess.run(
+        [*cmd, "--allowed-host", "*"], capture_output=True, text=True, env=child_env(), timeout=120
+    )
+    assert r.returncode == 2 and "--allowed-host '*'" in r.stderr and "--token" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

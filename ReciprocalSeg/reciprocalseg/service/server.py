@@ -162,6 +162,20 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def check_any_host(allowed: list[str], token: str | None) -> None:
+    """Refuse ``--allowed-host '*'`` without a token.
+
+    With every Host accepted, a page that resolves its own name to this machine (DNS rebinding)
+    sends an Origin that matches the Host it sends, so the Origin check takes it for the
+    service's own page: only a token keeps it out.
+    """
+    if "*" in allowed and not token:
+        raise ServeError(
+            "--allowed-host '*' accepts any Host header, so any web page could drive the service through "
+            "DNS rebinding; also pass --token or --token-file (or list the names with --allowed-host NAME)"
+        )
+
+
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` atomically to a file only the current user can read (mode 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +332,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         token = resolve_token(args)
         check_bind(args.host, token)
+        check_any_host(args.allowed_host, token)
         _check_options(args)
         roots = register_roots(args.register_root)
         ws_root = Path(args.workspace).expanduser().resolve()
