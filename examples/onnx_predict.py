@@ -121,11 +121,18 @@ def to_label_image(probs: np.ndarray, image: sitk.Image) -> sitk.Image:
     return labels
 
 
+USAGE = "usage: python examples/onnx_predict.py EXPORT_DIR/metadata.json MODEL scan.nrrd scan_seg.nrrd"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 4:
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     metadata, model, scan, out = argv
+    models = json.loads(Path(metadata).read_text())["models"]
+    if model not in models:
+        print(f"error: {metadata} has no model {model!r}; choose one of {', '.join(models)}", file=sys.stderr)
+        return 2
     image = sitk.ReadImage(scan)
     sitk.WriteImage(to_label_image(predict_probabilities(Path(metadata), model, image), image), out, True)
     return 0

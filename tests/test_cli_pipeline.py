@@ -252,3 +252,23 @@ def test_every_event_the_bar_shows_is_a_readable_line() -> None:
         "error: out of memory",
         "done in 3 min 05 s on cpu",
     ]
+
+
+def test_predict_never_writes_over_the_scans_it_reads(trained: dict, tmp_path: Path) -> None:
+    """--out = the scans' folder with one model would name the prediction <ID>.<ext>, the scan's own
+    name (outputs keep the input's format): refused before anything is written."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    source = next((trained["root"] / "imagesTs").iterdir()).resolve()
+    scan = scans / source.name.replace("_image", "")  # <ID>.nii.gz
+    scan.write_bytes(source.read_bytes())
+    before = scan.read_bytes()
+    res = run_cli("predict", "--run", trained["run"], "--images", scans, "--out", scans, "--model", "student")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "would overwrite the scan" in res.stderr and "--out" in res.stderr
+    assert scan.read_bytes() == before
+    assert sorted(p.name for p in scans.iterdir()) == [scan.name]  # no QA files either
+    # With both models the names differ from the scans': the same folder is fine.
+    res = run_cli("predict", "--run", trained["run"], "--images", scans, "--out", scans, "--model", "both")
+    assert res.returncode == 0, res.stderr
+    assert scan.read_bytes() == before

@@ -183,6 +183,42 @@ def test_truncated_file(tmp_path: Path) -> None:
     _assert_names_file(err, path)
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_truncated_nifti_is_refused_not_padded_with_zeros(tmp_path: Path, suffix: str) -> None:
+    """ITK's NIfTI reader fills a short file with zeros; half a scan (or label) must not pass."""
+    arr = np.arange(20 * 30 * 40, dtype=np.int16).reshape(20, 30, 40) % 1000 + 1
+    img = sitk.GetImageFromArray(arr)
+    full = tmp_path / f"full{suffix}"
+    sitk.WriteImage(img, str(full))
+    assert np.array_equal(sitk.GetArrayFromImage(read_image(full)), arr)
+    data = full.read_bytes()
+    for cut in (len(data) // 2, len(data) - 8):
+        path = tmp_path / f"cut{cut}{suffix}"
+        path.write_bytes(data[:cut])
+        with pytest.raises(DataError, match="truncated") as err:
+            read_image(path)
+        _assert_names_file(err, path)
+
+
+def test_nifti_with_voxels_placed_far_away_is_refused_without_inflating(tmp_path: Path) -> None:
+    """A vox_offset of 10^12 in a .nii.gz would make a reader inflate a terabyte to get there."""
+    import gzip
+    import struct
+
+    header = bytearray(352)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, 3, 4, 4, 4, 1, 1, 1, 1)
+    struct.pack_into("<2h", header, 70, 2, 8)  # uint8
+    struct.pack_into("<8f", header, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", header, 108, 1e12)
+    header[344:348] = b"n+1\0"
+    path = tmp_path / "far.nii.gz"
+    path.write_bytes(gzip.compress(bytes(header) + bytes(64)))
+    with pytest.raises(DataError, match="vox_offset") as err:
+        read_image(path)
+    _assert_names_file(err, path)
+
+
 def test_unsupported_extension(tmp_path: Path) -> None:
     path = tmp_path / "scan.png"
     path.write_bytes(b"\x89PNG")

@@ -162,3 +162,19 @@ def test_export_errors_are_clear(run32: Path, tmp_path: Path) -> None:
     assert res.returncode == 1 and "no model file" in res.stderr
     res = _export(run32, tmp_path / "y", "--class-names", "just-one")
     assert res.returncode == 1 and "2 foreground classes" in res.stderr
+
+
+def test_the_example_says_how_to_call_it_and_names_the_models(tmp_path: Path) -> None:
+    example = str(REPO / "examples" / "onnx_predict.py")
+    res = subprocess.run([sys.executable, example], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "onnx_predict.py EXPORT_DIR/metadata.json" in res.stderr, res.stderr
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps({"models": {"teacher": "teacher.onnx", "student": "student.onnx"}}))
+    res = subprocess.run(
+        [sys.executable, example, str(meta), "studnt", "scan.nrrd", "seg.nrrd"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "'studnt'" in res.stderr and "teacher, student" in res.stderr

@@ -158,7 +158,10 @@ def test_check_label_values_above_k(image: sitk.Image) -> None:
         check_label(_on_grid(lab), image, SRC, n_classes=1)
     msg = str(err.value)
     assert msg.startswith(SRC)
-    assert "values 2, 4" in msg and "K=1" in msg and "Set n_classes to 4" in msg
+    assert "values 2, 4" in msg and "K=1" in msg
+    # The count to set includes the background, as train/serve --n-classes do (labels 0..4 -> 5).
+    assert "configured number of classes is 2" in msg and "Set n_classes to 5" in msg
+    assert "train --n-classes 5" in msg
     # With K large enough the same label is fine.
     assert check_label(_on_grid(lab), image, SRC, n_classes=4).max() == 4
 

@@ -114,9 +114,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sources = [(c.case_id, c.image) for c in discover_cases(args.images)]
     else:
         sources = [(case_id_from_path(args.images), args.images)]
-    models = {
-        name: load_model(path, args.device) for name, path in _model_paths(args.run, args.model).items()
-    }
+    model_paths = _model_paths(args.run, args.model)
+    _refuse_overwriting_scans(args, sources, list(model_paths))
+    models = {name: load_model(path, args.device) for name, path in model_paths.items()}
     n_classes = next(iter(models.values())).n_classes
     ref_paths, ref_source = _reference_label_paths(args)
     ranges = reference_ranges_from_files(ref_paths, n_classes) if ref_paths else None
@@ -139,6 +139,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not found:
             print(f"warning: {background_only_message(name, len(sources))}", file=sys.stderr)
     return 0
+
+
+def _refuse_overwriting_scans(
+    args: argparse.Namespace, sources: list[tuple[str, Path]], models: list[str]
+) -> None:
+    """Stop before anything is written when a prediction would take a scan's own file name.
+
+    Outputs keep the input's format, so with one model (``<ID>.<ext>``) and ``--out`` the scans'
+    folder, the prediction of ``<ID>.nrrd`` would replace the scan itself.
+    """
+    from .prediction_files import DISAGREEMENT, output_format, prediction_path
+
+    def same(p: Path) -> set[Path]:
+        return {p.absolute(), p.resolve()}
+
+    scans = set().union(*(same(path) for _, path in sources)) if sources else set()
+    names: list[str | None] = list(models) if len(models) > 1 else [None]
+    if args.disagreement and len(models) == 2:
+        names.append(DISAGREEMENT)
+    for case_id, path in sources:
+        fmt = output_format(path, args.format)
+        for name in names:
+            target = prediction_path(args.out, case_id, name, fmt)
+            if same(target) & scans:
+                raise ReciprocalSegError(
+                    f"{target}: the prediction would overwrite the scan {path}; choose an --out folder "
+                    "other than the scans' own (or --model both, whose files are <ID>_teacher/<ID>_student)"
+                )
 
 
 def _predict_case(

@@ -33,6 +33,10 @@ def files(tmp_path_factory: pytest.TempPathFactory, phantoms: list[Case]) -> dic
     arr = sitk.GetArrayFromImage(label)
     out: dict[str, bytes] = {"image": phantoms[0].image.read_bytes(), "label": phantoms[0].label.read_bytes()}
     out["truncated"] = out["image"][: len(out["image"]) // 2]
+    # ITK's NIfTI reader pads a short file with zeros instead of failing.
+    for key, source in (("image", phantoms[0].image), ("label", phantoms[0].label)):
+        whole = _nrrd_bytes(sitk.ReadImage(str(source)), tmp, f"{key}.nii.gz")
+        out[f"{key}_nii_gz_truncated"] = whole[: len(whole) // 2]
     out["garbage"] = b"NRRD0004\nthis is not a header\n" + bytes(range(256)) * 4
     out["image2d"] = _nrrd_bytes(sitk.Image(16, 16, sitk.sitkFloat32), tmp, "2d.nrrd")
     out["vector"] = _nrrd_bytes(sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 3), tmp, "v.nrrd")
@@ -109,10 +113,21 @@ def _foreign_data_files(tmp: Path) -> dict[str, bytes]:
         b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
         b"ElementDataFile = /etc/passwd\n"
     )
+    # The same fields hidden from a naive scan: CR line endings, a header longer than 64 KiB.
+    nrrd_cr = nrrd.replace(b"\n", b"\r")
+    mha_long = mha.replace(
+        b"ElementDataFile", (b"Comment = " + b"x" * 100 + b"\n") * 700 + b"ElementDataFile"
+    )
     (tmp / "leak.nrrd").write_bytes(nrrd)
     (tmp / "leak.mha").write_bytes(mha)
     (tmp / "leak.nhdr").write_bytes(nrrd_rel)
+    (tmp / "leak_cr.nrrd").write_bytes(nrrd_cr)
+    (tmp / "leak_long.mha").write_bytes(mha_long)
     return {
+        "nrrd_leak_cr": nrrd_cr,
+        "mha_leak_long": mha_long,
+        "nrrd_leak_cr_path": str(tmp / "leak_cr.nrrd").encode(),
+        "mha_leak_long_path": str(tmp / "leak_long.mha").encode(),
         "nrrd_leak": nrrd,
         "nrrd_leak_rel": nrrd_rel,
         "mha_leak": mha,
@@ -202,6 +217,14 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
     "upload empty file": (422, lambda s, u, f: s.post(f"{u}/cases", files=up("e.nrrd", b""))),
     "upload garbage nrrd": (422, lambda s, u, f: s.post(f"{u}/cases", files=up("g.nrrd", f["garbage"]))),
     "upload truncated nrrd": (422, lambda s, u, f: s.post(f"{u}/cases", files=up("t.nrrd", f["truncated"]))),
+    "upload truncated nii.gz": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("t.nii.gz", f["image_nii_gz_truncated"])),
+    ),
+    "label truncated nii.gz": (
+        422,
+        lambda s, u, f: s.put(f"{u}/cases/{C0}/label", files=up("l.nii.gz", f["label_nii_gz_truncated"])),
+    ),
     "upload nrrd bytes as .nii.gz": (
         422,
         lambda s, u, f: s.post(f"{u}/cases", files=up("n.nii.gz", f["image"])),
@@ -239,6 +262,22 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
     "upload mha with ElementDataFile /etc/passwd": (
         422,
         lambda s, u, f: s.post(f"{u}/cases", files=up("leak.mha", f["mha_leak"])),
+    ),
+    "upload nrrd with CR line endings and data file /etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("leak.nrrd", f["nrrd_leak_cr"])),
+    ),
+    "upload mha with ElementDataFile /etc/passwd after 70 kB of header": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("leak.mha", f["mha_leak_long"])),
+    ),
+    "register nrrd with CR line endings and data file /etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["nrrd_leak_cr_path"].decode()}),
+    ),
+    "register mha with ElementDataFile /etc/passwd after 70 kB of header": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["mha_leak_long_path"].decode()}),
     ),
     "upload MetaImage header named .nrrd": (
         422,

@@ -68,6 +68,8 @@ def test_class_count_set_through_the_api(service: Running, phantoms: list[Case],
     with pytest.raises(ServiceError) as err:
         c.put_label(phantoms[0].case_id, tmp_path / "five.nrrd")
     assert err.value.status_code == 422 and "PUT /settings" in err.value.message
+    # The count the message names is the one /settings shows (background included).
+    assert "configured number of classes is 4" in err.value.message, err.value.message
     c.put_label(phantoms[0].case_id, _three_class_label(phantoms[0], tmp_path / "three.nrrd"))
     with pytest.raises(ServiceError) as err:
         c.set_n_classes(2)  # the stored label needs 3

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from service_helpers import start_service
 
 from reciprocalseg.data.io import Case, ForeignDataFile, TooManyVoxels, read_image
+from reciprocalseg.errors import DataError
 
 SECRET = "top-secret-content-0123456789abcdef"
 
@@ -48,6 +49,67 @@ def test_read_image_refuses_a_header_naming_another_file(tmp_path: Path, suffix:
     field = "data file" if suffix == ".nrrd" else "ElementDataFile"
     with pytest.raises(ForeignDataFile, match=field):
         read_image(path)
+
+
+def _padded(lines: list[str], comment: str, n: int) -> list[str]:
+    """``lines`` with ``n`` long comment lines before the last one (a header longer than 64 KiB)."""
+    return lines[:-1] + [comment + "x" * 100] * n + lines[-1:]
+
+
+def _tricky_headers(target: Path) -> dict[str, bytes]:
+    """Headers naming ``target`` that ITK honours but a naive header scan misses."""
+    nrrd = [
+        "NRRD0004",
+        "type: uint8",
+        "dimension: 3",
+        "sizes: 4 4 4",
+        "encoding: raw",
+        f"data file: {target}",
+    ]
+    mha = [
+        "ObjectType = Image",
+        "NDims = 3",
+        "DimSize = 4 4 4",
+        "ElementType = MET_UCHAR",
+        f"ElementDataFile = {target}",
+    ]
+    return {
+        # teem ends a header line at CR as well as LF (old Mac line endings).
+        "nrrd_cr_lines.nrrd": ("\r".join(nrrd) + "\r\r").encode(),
+        "nrrd_crlf_lines.nrrd": ("\r\n".join(nrrd) + "\r\n\r\n").encode(),
+        # Headers have no length limit in teem or MetaIO; the field may come after 64 KiB.
+        "nrrd_long_header.nrrd": ("\n".join(_padded(nrrd, "# ", 700)) + "\n\n").encode(),
+        "mha_long_header.mha": ("\n".join(_padded(mha, "Comment = ", 700)) + "\n").encode(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_tricky_headers(Path("/x"))))
+def test_read_image_finds_the_data_file_field_in_any_header(tmp_path: Path, name: str) -> None:
+    """Line endings and header length do not hide a 'data file' / 'ElementDataFile' field."""
+    secret = _secret(tmp_path)
+    path = tmp_path / name
+    path.write_bytes(_tricky_headers(secret)[name])
+    # What ITK itself does with the file: it reads the secret (so the check is what stops it).
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).tobytes() == (SECRET * 8).encode()[:64]
+    for attached_only in (True, False):
+        with pytest.raises(ForeignDataFile):
+            read_image(path, attached_only=attached_only)
+
+
+def test_read_image_refuses_a_header_too_long_to_scan_but_reads_a_long_real_one(
+    tmp_path: Path, phantoms: list[Case]
+) -> None:
+    secret = _secret(tmp_path)
+    huge = tmp_path / "huge.mha"  # the field comes after more than 1 MiB of header
+    huge.write_bytes(_tricky_headers(secret)["mha_long_header.mha"].replace(b"x" * 100, b"x" * 2000))
+    with pytest.raises(DataError, match="header does not end within the first 1 MiB"):
+        read_image(huge)
+    # A real image with 100 kB of key/value fields (like a segmentation with many segments) reads.
+    img = sitk.ReadImage(str(phantoms[0].image))
+    for i in range(1000):
+        img.SetMetaData(f"Segment{i}_Name", "y" * 80)
+    sitk.WriteImage(img, str(tmp_path / "long_fields.nrrd"))
+    assert read_image(tmp_path / "long_fields.nrrd").GetSize() == img.GetSize()
 
 
 def test_read_image_keeps_detached_headers_next_to_their_data(tmp_path: Path, phantoms: list[Case]) -> None:
@@ -221,3 +283,51 @@ def test_any_host_when_asked(tmp_path: Path) -> None:
         assert r.status_code == 200
     finally:
         run.launcher.stop()
+
+
+def _own_address() -> str | None:
+    """A non-loopback address of this machine (the one a remote client would use), if any."""
+    import psutil
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and not a.address.startswith("127."):
+                return a.address
+    return None
+
+
+def test_a_service_bound_to_all_interfaces_answers_to_the_machine_s_names(tmp_path: Path) -> None:
+    """docs/SERVICE.md's remote command (--host 0.0.0.0 with a token) must accept clients that reach
+    the machine by its address or host name; other names are still refused (DNS rebinding)."""
+    import socket
+
+    address = _own_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    run = start_service(tmp_path / "ws", device="cpu", host="0.0.0.0")
+    try:
+        s, port = run.client.session, run.client.url.rsplit(":", 1)[1]
+        r = s.get(f"http://{address}:{port}/info")
+        assert r.status_code == 200, r.text
+        r = s.get(f"http://{address}:{port}/info", headers={"Host": f"{socket.gethostname()}:{port}"})
+        assert r.status_code == 200, r.text
+        r = s.get(f"http://{address}:{port}/info", headers={"Host": f"evil.example:{port}"})
+        assert r.status_code == 403 and "--allowed-host" in r.json()["detail"]
+    finally:
+        run.launcher.stop()
+
+
+def test_any_host_needs_a_token(tmp_path: Path) -> None:
+    """With every Host accepted, a DNS-rebinding page is "same origin" (its Origin matches the Host
+    it sends), so only a token keeps it out: `--allowed-host '*'` without one is refused."""
+    import subprocess
+    import sys
+
+    from reciprocalseg.service.jobs import child_env
+
+    cmd = [sys.executable, "-m", "reciprocalseg.service.server", "--workspace", str(tmp_path / "ws")]
+    r = subprocess.run(
+        [*cmd, "--allowed-host", "*"], capture_output=True, text=True, env=child_env(), timeout=120
+    )
+    assert r.returncode == 2 and "--allowed-host '*'" in r.stderr and "--token" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
+import math
 import os
 import re
 import secrets
 import shutil
+import struct
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ __all__ = [
     "TooManyVoxels",
     "case_id_from_path",
     "check_data_file",
+    "check_nifti_complete",
     "check_voxel_count",
     "dicom_series_ids",
     "discover_cases",
@@ -180,30 +185,51 @@ class ForeignDataFile(DataError):
     """An image header that names a data file outside the header's own file (or folder)."""
 
 
-# How much of a file is searched for a header: NRRD and MetaImage headers are a few hundred bytes.
-_HEADER_BYTES = 1 << 16
+# NRRD and MetaImage headers are a few hundred bytes, but neither teem nor MetaIO limits their
+# length: a field past the part we scan would be honoured by ITK and missed by us. So the whole
+# header is scanned, and a header that does not end within this many bytes is refused.
+_MAX_HEADER_BYTES = 1 << 20
 _NRRD_DATA_FILE = re.compile(rb"^\s*data ?file\s*:(?!=)\s*(.*?)\s*$", re.IGNORECASE)
 _META_DATA_FILE = re.compile(rb"^\s*ElementDataFile\s*[=:]\s*(.*?)\s*$")
+# teem ends a header line at LF, CRLF or a lone CR; MetaIO ends a value at LF only.
+_NRRD_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _header_lines(path: Path) -> tuple[str, list[bytes]]:
-    """``(kind, header lines)`` of a NRRD (``"nrrd"``) or MetaImage (``"meta"``) file, else ``("", [])``."""
+    """``(kind, header lines)`` of a NRRD (``"nrrd"``) or MetaImage (``"meta"``) file, else ``("", [])``.
+
+    Raises DataError when such a header does not end within ``_MAX_HEADER_BYTES``.
+    """
     with open(path, "rb") as f:
-        head = f.read(_HEADER_BYTES)
+        head = f.read(_MAX_HEADER_BYTES)
+        truncated = bool(f.read(1))
     if head.startswith(b"NRRD"):
-        # The header ends at the first blank line; attached data follows it.
-        lines = []
-        for line in head.split(b"\n"):
-            if not line.strip(b"\r"):
-                break
-            lines.append(line.rstrip(b"\r"))
-        return "nrrd", lines
-    if b"ElementDataFile" in head:  # MetaImage, whatever the file is called
+        lines = _NRRD_LINE_END.split(head)
+        # The header ends at the first empty line; attached data follows it. When the file goes
+        # on past what was read, the last piece may be a cut line: it does not count.
+        complete = lines[:-1] if truncated else lines
+        for i, line in enumerate(complete):
+            if not line:
+                return "nrrd", complete[:i]
+        if truncated:
+            raise _header_too_long(path, "NRRD")
+        return "nrrd", complete
+    if b"ElementDataFile" in head or image_suffix(path) in (".mha", ".mhd"):
         lines = head.split(b"\n")
-        for i, line in enumerate(lines):
+        complete = lines[:-1] if truncated else lines
+        for i, line in enumerate(complete):
             if _META_DATA_FILE.match(line):
-                return "meta", lines[: i + 1]  # ElementDataFile is the header's last field
+                return "meta", complete[: i + 1]  # ElementDataFile is the header's last field
+        if truncated:
+            raise _header_too_long(path, "MetaImage")
     return "", []
+
+
+def _header_too_long(path: Path, kind: str) -> DataError:
+    return DataError(
+        f"{path}: the {kind} header does not end within the first {_MAX_HEADER_BYTES // 2**20} MiB; "
+        "such a header is not accepted (a real one is a few kB): re-save the image."
+    )
 
 
 def check_data_file(path: str | os.PathLike[str], attached_only: bool = False) -> None:
@@ -251,6 +277,81 @@ def check_data_file(path: str | os.PathLike[str], attached_only: bool = False) -
                 f"{p}: the data file {value!r} named by the header's {field!r} field is a link to "
                 "another folder; only a data file next to the header is accepted."
             )
+
+
+# Where a NIfTI's voxels start: 352 bytes plus header extensions, a few kB in practice.
+_MAX_NIFTI_OFFSET = 1 << 24
+
+
+def _nifti_layout(head: bytes) -> tuple[int, int] | None:
+    """``(voxel offset, voxel bytes)`` of a single-file NIfTI-1/2, from its header.
+
+    None when ``head`` is no such header, the header names a separate ``.img`` file, or its
+    dimensions are invalid (ITK's own message then says what is wrong).
+    """
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack_from(endian + "i", head)[0] == 348:
+            if head[344:347] != b"n+1":
+                return None
+            dims: tuple[int, ...] = struct.unpack_from(endian + "8h", head, 40)
+            bitpix = struct.unpack_from(endian + "h", head, 72)[0]
+            offset = int(struct.unpack_from(endian + "f", head, 108)[0])
+        elif len(head) >= 540 and struct.unpack_from(endian + "i", head)[0] == 540:
+            if head[4:7] != b"n+2":
+                return None
+            bitpix = struct.unpack_from(endian + "h", head, 14)[0]
+            dims = struct.unpack_from(endian + "8q", head, 16)
+            offset = struct.unpack_from(endian + "q", head, 168)[0]
+        else:
+            continue
+        n = dims[0]
+        if not 1 <= n <= 7 or bitpix <= 0 or any(d < 1 for d in dims[1 : n + 1]):
+            return None
+        return offset, math.prod(dims[1 : n + 1]) * bitpix // 8
+    return None
+
+
+def check_nifti_complete(path: str | os.PathLike[str]) -> None:
+    """Refuse a NIfTI file that holds less voxel data than its header declares.
+
+    ITK's NIfTI reader fills what is missing with zeros, so an interrupted copy or download
+    would pass as a scan (or label) whose end is blank. A ``.nii`` is measured by its size; a
+    ``.nii.gz`` is decompressed as a stream (never held in memory), up to 1 MiB past the
+    declared size.
+    """
+    p = Path(path)
+    compressed = p.name.lower().endswith(".gz")
+    opener = gzip.open if compressed else open
+    have = 0
+    try:
+        with opener(p, "rb") as f:
+            head = f.read(540)
+            layout = _nifti_layout(head)
+            if layout is None:
+                return
+            offset, voxel_bytes = layout
+            if not 0 <= offset <= _MAX_NIFTI_OFFSET:
+                # Reading up to such an offset inside a .nii.gz could inflate gigabytes.
+                raise DataError(
+                    f"{p}: the header puts the voxels at byte {offset:,} (vox_offset); a NIfTI file's "
+                    f"voxels start within its first {_MAX_NIFTI_OFFSET // 2**20} MiB: the file is corrupt."
+                )
+            needed = offset + voxel_bytes
+            have = len(head) if compressed else p.stat().st_size
+            while compressed and have <= needed + (1 << 20) and (chunk := f.read(1 << 20)):
+                have += len(chunk)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(
+            f"{p}: the compressed data is truncated or corrupt ({exc}); the copy or download was "
+            "probably interrupted: copy the file again."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read the file: {exc.strerror or exc}") from None
+    if have < needed:
+        raise DataError(
+            f"{p}: the file is truncated: its header declares {needed:,} bytes (header and voxels) but "
+            f"it holds {have:,}; the copy or download was probably interrupted: copy the file again."
+        )
 
 
 def _declared_size(path: Path) -> tuple[int, ...]:
@@ -305,6 +406,8 @@ def read_image(
         try:
             if max_voxels is not None:
                 check_voxel_count(_declared_size(p), max_voxels, str(p))
+            if image_suffix(p) in (".nii", ".nii.gz"):
+                check_nifti_complete(p)
             img = sitk.ReadImage(str(p))
         except RuntimeError as exc:
             reason = _itk_reason(exc)

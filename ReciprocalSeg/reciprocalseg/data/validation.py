@@ -173,10 +173,12 @@ def check_label(
                 f"{source}: the label has values above {MAX_LABEL} ({values}); at most {MAX_LABEL} "
                 "classes are supported. Remap the label values to 0..K."
             )
+        # n_classes counts the background everywhere the user sets it (train/serve --n-classes).
+        needed = int(present.max()) + 1
         raise DataError(
             f"{source}: the label has values {values} but the configured number of classes is "
-            f"K={n_classes} (labels 0..{n_classes}, 0 = background). Set n_classes to "
-            f"{int(present.max())} or remap the label values."
+            f"{n_classes + 1} (background + K={n_classes} foreground; labels 0..{n_classes}). Set n_classes "
+            f"to {needed}, background included (train --n-classes {needed}), or remap the label values."
         )
     return arr.astype(np.uint8, copy=False)
 

@@ -162,6 +162,20 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def check_any_host(allowed: list[str], token: str | None) -> None:
+    """Refuse ``--allowed-host '*'`` without a token.
+
+    With every Host accepted, a page that resolves its own name to this machine (DNS rebinding)
+    sends an Origin that matches the Host it sends, so the Origin check takes it for the
+    service's own page: only a token keeps it out.
+    """
+    if "*" in allowed and not token:
+        raise ServeError(
+            "--allowed-host '*' accepts any Host header, so any web page could drive the service through "
+            "DNS rebinding; also pass --token or --token-file (or list the names with --allowed-host NAME)"
+        )
+
+
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` atomically to a file only the current user can read (mode 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,12 +259,29 @@ def url_for(sock: socket.socket, host: str) -> str:
 
 
 def allowed_hosts(bind_host: str, extra: list[str]) -> tuple[str, ...]:
-    """Host header names to accept: the loopback names, the bound address (unless a wildcard), ``extra``."""
+    """Host header names to accept: the loopback names, the bound address, ``extra``.
+
+    Bound to every interface (``0.0.0.0``/``::``), remote clients reach the service by this
+    machine's host name or one of its addresses: those are accepted too. A DNS-rebinding page
+    can only send a name of its own, which stays refused.
+    """
     hosts = list(LOOPBACK_HOSTS)
     bound = bind_host.strip("[]")
-    if bound not in ("0.0.0.0", "::", ""):
+    if bound in ("0.0.0.0", "::", ""):
+        hosts += _machine_names()
+    else:
         hosts.append(bound)
     return tuple(dict.fromkeys([*hosts, *extra]))
+
+
+def _machine_names() -> list[str]:
+    """This machine's host name and interface addresses (no DNS lookup: it could hang)."""
+    import psutil
+
+    names = [socket.gethostname()]
+    for addrs in psutil.net_if_addrs().values():
+        names += [a.address.split("%")[0] for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)]
+    return [n.lower() for n in names if n]
 
 
 def register_roots(folders: list[str]) -> tuple[Path, ...]:
@@ -301,6 +332,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         token = resolve_token(args)
         check_bind(args.host, token)
+        check_any_host(args.allowed_host, token)
         _check_options(args)
         roots = register_roots(args.register_root)
         ws_root = Path(args.workspace).expanduser().resolve()
