@@ -272,3 +272,22 @@ def test_predict_never_writes_over_the_scans_it_reads(trained: dict, tmp_path: P
     res = run_cli("predict", "--run", trained["run"], "--images", scans, "--out", scans, "--model", "both")
     assert res.returncode == 0, res.stderr
     assert scan.read_bytes() == before
+
+
+def test_disagreement_with_one_model_is_refused_not_silently_skipped(trained: dict, tmp_path: Path) -> None:
+    out = tmp_path / "preds"
+    res = run_cli(
+        "predict",
+        "--run",
+        trained["run"],
+        "--images",
+        trained["root"] / "imagesTs",
+        "--out",
+        out,
+        "--model",
+        "student",
+        "--disagreement",
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "--disagreement" in res.stderr and "--model both" in res.stderr
+    assert not out.exists()  # refused before anything was written

@@ -115,6 +115,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         sources = [(case_id_from_path(args.images), args.images)]
     model_paths = _model_paths(args.run, args.model)
+    if args.disagreement and len(model_paths) != 2:
+        raise ReciprocalSegError(
+            "--disagreement compares the teacher with the student: use it with --model both"
+        )
     _refuse_overwriting_scans(args, sources, list(model_paths))
     models = {name: load_model(path, args.device) for name, path in model_paths.items()}
     n_classes = next(iter(models.values())).n_classes
@@ -156,7 +160,7 @@ def _refuse_overwriting_scans(
 
     scans = set().union(*(same(path) for _, path in sources)) if sources else set()
     names: list[str | None] = list(models) if len(models) > 1 else [None]
-    if args.disagreement and len(models) == 2:
+    if args.disagreement:
         names.append(DISAGREEMENT)
     for case_id, path in sources:
         fmt = output_format(path, args.format)
