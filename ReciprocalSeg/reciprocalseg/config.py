@@ -136,8 +136,8 @@ class TrainConfig:
             multiple = self.size_multiple
             if any(p < m or p % m for p, m in zip(self.patch_size, multiple, strict=True)):
                 problems.append(
-                    f"patch_size={self.patch_size}: each side must be a multiple of {multiple} "
-                    "(2 to the number of times V-Net halves that axis)"
+                    f"patch_size={self.patch_size}: each side must be a multiple of {multiple[0]} along x, "
+                    f"{multiple[1]} along y, {multiple[2]} along z (2 to the number of times V-Net halves it)"
                 )
         if self.normalization not in ("batchnorm", "groupnorm", "instancenorm", "none"):
             problems.append(
