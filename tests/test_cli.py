@@ -162,3 +162,30 @@ def test_evaluate_accepts_a_folder_of_label_maps_alone(tmp_path: Path) -> None:
         os.symlink(c.label, only / c.label.name)
     assert _label_files(only) == {c.case_id: only / c.label.name for c in cases}
     assert _label_files(tmp_path / "pairs") == {c.case_id: c.label for c in cases}
+
+
+def test_the_torchrun_entry_without_torchrun_trains_as_the_cli(folders: dict[str, Path]) -> None:
+    """`python -m reciprocalseg.distributed train ...` (no WORLD_SIZE) takes the train command's options."""
+    run = folders["root"] / "run_distributed_entry"
+    env = {k: v for k, v in ENV.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    res = subprocess.run(
+        [sys.executable, "-m", "reciprocalseg.distributed", "train"]
+        + ["--images", str(folders["images"]), "--labels", str(folders["labels"])]
+        + ["--unlabeled", str(folders["unlabeled"]), "--out", str(run)]
+        + ["--iterations", "1", "--supervised-iterations", "1", *TINY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"student: {run / 'student.pt'}" in res.stdout
+    assert (run / "done.json").exists()
+    res = subprocess.run(
+        [sys.executable, "-m", "reciprocalseg.distributed", "train", "--out", str(run), *TINY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 1 and "give --images" in res.stderr

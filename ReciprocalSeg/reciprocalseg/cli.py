@@ -8,160 +8,32 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CancelledError, ReciprocalSegError
+from .errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, ReciprocalSegError
+from .train_command import add_train_arguments, build_config, load_cases, print_result, train_in_process
 
-EXIT_ERROR, EXIT_CANCELLED = 1, 3
+__all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "evaluate_folders", "main", "make_parser"]
 
 
 # -- train -------------------------------------------------------------------------------
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="supervised teacher phase, then reciprocal learning")
-    src = p.add_argument_group("cases (folders, or a JSON manifest)")
-    src.add_argument("--images", type=Path, help="folder of labelled scans (or <ID>_image/<ID>_label pairs)")
-    src.add_argument("--labels", type=Path, help="folder of label maps matched to --images by case ID")
-    src.add_argument("--unlabeled", type=Path, help="folder of unlabelled scans")
-    src.add_argument(
-        "--manifest", type=Path, help='JSON {"labeled": [{id, image, label}], "unlabeled": [...]}'
-    )
-    p.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to resume)")
-    p.add_argument("--preset", default="paper", help="paper (default), lite, demo or improved")
-    p.add_argument("--iterations", type=int, help="reciprocal iterations")
-    p.add_argument("--supervised-iterations", type=int, help="supervised teacher iterations")
-    p.add_argument("--finetune-iterations", type=int, help="student fine-tune iterations at the end")
-    p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
-    p.add_argument("--n-classes", type=int, help="classes including background (default: from the labels)")
-    p.add_argument("--n-filters", type=int)
-    p.add_argument("--normalization", choices=["batchnorm", "groupnorm", "instancenorm", "none"])
-    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"))
-    p.add_argument("--intensity", choices=["zscore", "ct"])
-    p.add_argument("--step-mode", choices=["fast", "reference"])
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument(
-        "--gpus",
-        type=int,
-        default=1,
-        help="train on N local GPUs with torch.distributed (with --device cpu: N CPU processes)",
-    )
-    p.add_argument(
-        "--sync-bn", action="store_true", help="with --gpus N: batch-norm statistics over all GPUs"
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument(
-        "--warm-start",
-        type=Path,
-        help="start from a previous run folder (both networks) or a model file (the teacher)",
-    )
-    p.add_argument("--json", action="store_true", help="print progress events as JSON lines on stdout")
+    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
-def _load_cases(args: argparse.Namespace) -> tuple[list, list]:
-    from .data.io import discover_cases, load_case_list, require_labels
-
-    if args.manifest:
-        return load_case_list(args.manifest)
-    if not args.images:
-        raise ReciprocalSegError("give --images (and --labels) or --manifest")
-    labeled = discover_cases(args.images, args.labels)
-    require_labels(labeled)
-    unlabeled = discover_cases(args.unlabeled) if args.unlabeled else []
-    ids = {c.case_id for c in labeled} & {c.case_id for c in unlabeled}
-    if ids:
-        raise ReciprocalSegError(
-            f"cases {sorted(ids)} are both labelled and unlabelled; remove them from one folder"
-        )
-    return labeled, unlabeled
-
-
-def _infer_n_classes(labeled: list) -> int:
-    import numpy as np
-    import SimpleITK as sitk
-
-    from .data.io import read_image
-    from .data.validation import infer_n_classes
-
-    # GetArrayFromImage (a copy): a view of a temporary image would read freed memory.
-    maxima = [int(np.max(sitk.GetArrayFromImage(read_image(c.label)))) for c in labeled]
-    return infer_n_classes(maxima) + 1
-
-
-def build_config(args: argparse.Namespace, labeled: list) -> Any:
-    from .config import make_config
-
-    n_classes = args.n_classes or _infer_n_classes(labeled)
-    return make_config(
-        args.preset,
-        n_classes=n_classes,
-        reciprocal_iterations=args.iterations,
-        supervised_iterations=args.supervised_iterations,
-        finetune_iterations=args.finetune_iterations,
-        patch_size=tuple(args.patch_size) if args.patch_size else None,
-        n_filters=args.n_filters,
-        normalization=args.normalization,
-        target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
-        intensity=args.intensity,
-        step_mode=args.step_mode,
-        device=args.device,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        num_workers=args.num_workers,
-    )
-
-
-class ProgressBar:
-    """A one-line terminal progress bar with phase, iteration, losses and ETA."""
-
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "progress":
-            done, total = event["overall_iteration"], event["overall_total"]
-            width = 30
-            filled = int(width * done / max(total, 1))
-            eta = event.get("eta_s")
-            eta_text = f"ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "ETA --:--"
-            losses = " ".join(f"{k}={v:.3f}" for k, v in event["losses"].items())
-            h = f" h={event['h']:+.2e}" if event.get("h") is not None else ""
-            line = (
-                f"[{'#' * filled}{'.' * (width - filled)}] {event['phase']} {event['iteration']}/"
-                f"{event['total']} {eta_text} {losses}{h}"
-            )
-            if self.tty:
-                self.stream.write("\r" + line[:160].ljust(160))
-            elif done % 50 == 0 or done == total:
-                self.stream.write(line + "\n")
-        elif kind in ("phase", "done", "cancelled", "error", "resumed", "warm_start"):
-            detail = {k: v for k, v in event.items() if k not in ("event", "time")}
-            self.stream.write(("\n" if self.tty else "") + f"{kind}: {json.dumps(detail)}\n")
-        self.stream.flush()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.runner import CancelToken, train
-
-    labeled, unlabeled = _load_cases(args)
+    labeled, unlabeled = load_cases(args)
     config = build_config(args, labeled)
     if args.gpus > 1:
         from .distributed import launch_local
 
         return launch_local(args, config, labeled, unlabeled)
-    listener = (lambda e: print(json.dumps(e), flush=True)) if args.json else ProgressBar()
-    cancel = CancelToken(args.out / "CANCEL")
-    cancel.install_signal_handlers()
-    result = train(config, labeled, unlabeled, args.out, [listener], cancel, args.warm_start)
-    if not args.json:
-        print(f"teacher: {result.teacher}\nstudent: {result.student}\ndevice: {result.device}")
+    print_result(args, train_in_process(args, config, labeled, unlabeled))
     return 0
 
 

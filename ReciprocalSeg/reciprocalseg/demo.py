@@ -8,7 +8,6 @@ the same crops, and all three models are evaluated on the held-out cases.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from .data.io import read_image, write_image
 from .data.phantom import write_phantom_cohort
 from .inference import load_model, predict_image
 from .metrics import evaluate_case
+from .progress import progress_listener
 from .training.runner import train
 
 N_LABELED, N_UNLABELED, N_TEST = 4, 12, 6
@@ -65,8 +65,6 @@ def run_demo(
     seed: int = 0,
     json_events: bool = False,
 ) -> dict[str, Any]:
-    from .cli import ProgressBar
-
     out = Path(out)
     cases = write_phantom_cohort(out / "data", N_LABELED + N_UNLABELED + N_TEST, seed=seed)
     labeled = cases[:N_LABELED]
@@ -79,8 +77,7 @@ def run_demo(
         supervised_iterations=supervised_iterations,
         seed=seed + 1337,
     )
-    listener = (lambda e: print(json.dumps(e), flush=True)) if json_events else ProgressBar()
-    result = train(config, labeled, unlabeled, out / "run", [listener])
+    result = train(config, labeled, unlabeled, out / "run", [progress_listener(json_events)])
 
     table = {}
     for name, path in (

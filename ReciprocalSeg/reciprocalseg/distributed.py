@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import json
 import os
 import signal
 import sys
@@ -54,7 +53,9 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from .config import TrainConfig
 from .data.io import Case
 from .device import describe_device
-from .errors import CancelledError, ReciprocalSegError, TrainingError
+from .errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, ReciprocalSegError, TrainingError
+from .progress import progress_listener
+from .train_command import build_config, load_cases, print_result, train_in_process, train_parser
 from .training.events import EventLog, Listener
 from .training.runner import PHASES, CancelToken, RunResult, Trainer, _seed
 
@@ -475,12 +476,6 @@ def run_ranks(
 
 
 # -- training entry points ---------------------------------------------------------------
-def _listener(args: argparse.Namespace) -> Listener:
-    from .cli import ProgressBar
-
-    return (lambda e: print(json.dumps(e), flush=True)) if args.json else ProgressBar()
-
-
 def train_rank(
     ctx: DistContext,
     args: argparse.Namespace,
@@ -497,17 +492,12 @@ def train_rank(
         unlabeled,
         Path(args.out),
         ctx,
-        [_listener(args)] if ctx.is_main else None,
+        [progress_listener(args.json)] if ctx.is_main else None,
         cancel,
         args.warm_start,
         sync_batchnorm=bool(getattr(args, "sync_bn", False)),
     )
     return trainer.run()
-
-
-def _print_result(args: argparse.Namespace, result: RunResult) -> None:
-    if not args.json:
-        print(f"teacher: {result.teacher}\nstudent: {result.student}\ndevice: {result.device}")
 
 
 def launch_local(
@@ -516,7 +506,17 @@ def launch_local(
     """``reciprocalseg train --gpus N``: N processes on this machine (NCCL, one GPU each; gloo on CPU)."""
     backend = local_backend(args.gpus, args.device or config.device)
     results = run_ranks(train_rank, args.gpus, backend, (args, config, list(labeled), list(unlabeled)))
-    _print_result(args, results[0])
+    print_result(args, results[0])
+    return 0
+
+
+def _train_without_torchrun(args: argparse.Namespace) -> int:
+    """What ``reciprocalseg train`` does: one process, or ``--gpus N`` local ranks."""
+    labeled, unlabeled = load_cases(args)
+    config = build_config(args, labeled)
+    if args.gpus > 1:
+        return launch_local(args, config, labeled, unlabeled)
+    print_result(args, train_in_process(args, config, labeled, unlabeled))
     return 0
 
 
@@ -527,27 +527,21 @@ def main(argv: list[str] | None = None) -> int:
     or gloo with ``--device cpu``. Started without torchrun it behaves as ``reciprocalseg train``
     (``--gpus N`` starts N local processes). Exit codes are the CLI's: 0, 1 error, 3 cancelled.
     """
-    from .cli import EXIT_CANCELLED, EXIT_ERROR, build_config, make_parser
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "train":
-        argv = ["train", *argv]
-    if "WORLD_SIZE" not in os.environ:
-        from .cli import main as cli_main
-
-        return cli_main(argv)
-    args = make_parser().parse_args(argv)
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    args = train_parser("python -m reciprocalseg.distributed train").parse_args(argv)
     ctx = None
     try:
-        from .cli import _load_cases
-
+        if "WORLD_SIZE" not in os.environ:
+            return _train_without_torchrun(args)
         backend = "gloo" if (args.device or "") == "cpu" else "nccl"
         ctx = init_distributed(backend)
-        labeled, unlabeled = _load_cases(args)
+        labeled, unlabeled = load_cases(args)
         config = build_config(args, labeled)
         result = train_rank(ctx, args, config, labeled, unlabeled)
         if ctx.is_main:
-            _print_result(args, result)
+            print_result(args, result)
         return 0
     except CancelledError as exc:
         if ctx is None or ctx.is_main:
@@ -557,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
         rank = "" if ctx is None else f"rank {ctx.rank}: "
         print(f"{rank}error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
     finally:
         shutdown()
 

@@ -1,5 +1,9 @@
 """Exceptions with messages meant for the user: each names the problem and what to do."""
 
+# Exit codes of the commands (`reciprocalseg ...`, `python -m reciprocalseg.distributed`):
+# 0 success, 1 an error (message on stderr), 2 a usage error (argparse), 3 cancelled.
+EXIT_ERROR, EXIT_CANCELLED = 1, 3
+
 
 class ReciprocalSegError(Exception):
     """Base class of every error this package raises on purpose."""

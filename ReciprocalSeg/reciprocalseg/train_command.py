@@ -1,0 +1,143 @@
+"""The `train` command's options and what follows from them: case lists, config, a run.
+
+Shared by the CLI (`reciprocalseg train`) and the torchrun entry (`python -m
+reciprocalseg.distributed train`), which take the same arguments; both import this module,
+neither imports the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import TrainConfig, make_config
+from .errors import ReciprocalSegError
+from .progress import progress_listener
+
+if TYPE_CHECKING:  # torch and SimpleITK load when a command runs, not when the parser is built
+    from .data.io import Case
+    from .training.runner import RunResult
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `reciprocalseg train`."""
+    src = p.add_argument_group("cases (folders, or a JSON manifest)")
+    src.add_argument("--images", type=Path, help="folder of labelled scans (or <ID>_image/<ID>_label pairs)")
+    src.add_argument("--labels", type=Path, help="folder of label maps matched to --images by case ID")
+    src.add_argument("--unlabeled", type=Path, help="folder of unlabelled scans")
+    src.add_argument(
+        "--manifest", type=Path, help='JSON {"labeled": [{id, image, label}], "unlabeled": [...]}'
+    )
+    p.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to resume)")
+    p.add_argument("--preset", default="paper", help="paper (default), lite, demo or improved")
+    p.add_argument("--iterations", type=int, help="reciprocal iterations")
+    p.add_argument("--supervised-iterations", type=int, help="supervised teacher iterations")
+    p.add_argument("--finetune-iterations", type=int, help="student fine-tune iterations at the end")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--n-classes", type=int, help="classes including background (default: from the labels)")
+    p.add_argument("--n-filters", type=int)
+    p.add_argument("--normalization", choices=["batchnorm", "groupnorm", "instancenorm", "none"])
+    p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--intensity", choices=["zscore", "ct"])
+    p.add_argument("--step-mode", choices=["fast", "reference"])
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="train on N local GPUs with torch.distributed (with --device cpu: N CPU processes)",
+    )
+    p.add_argument(
+        "--sync-bn", action="store_true", help="with --gpus N: batch-norm statistics over all GPUs"
+    )
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument(
+        "--warm-start",
+        type=Path,
+        help="start from a previous run folder (both networks) or a model file (the teacher)",
+    )
+    p.add_argument("--json", action="store_true", help="print progress events as JSON lines on stdout")
+
+
+def train_parser(prog: str) -> argparse.ArgumentParser:
+    """A parser of the `train` options alone (the torchrun entry)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="supervised teacher phase, then reciprocal learning"
+    )
+    add_train_arguments(parser)
+    return parser
+
+
+def load_cases(args: argparse.Namespace) -> tuple[list[Case], list[Case]]:
+    """Labelled and unlabelled cases from --manifest, or from --images/--labels/--unlabeled."""
+    from .data.io import discover_cases, load_case_list, require_labels
+
+    if args.manifest:
+        return load_case_list(args.manifest)
+    if not args.images:
+        raise ReciprocalSegError("give --images (and --labels) or --manifest")
+    labeled = discover_cases(args.images, args.labels)
+    require_labels(labeled)
+    unlabeled = discover_cases(args.unlabeled) if args.unlabeled else []
+    ids = {c.case_id for c in labeled} & {c.case_id for c in unlabeled}
+    if ids:
+        raise ReciprocalSegError(
+            f"cases {sorted(ids)} are both labelled and unlabelled; remove them from one folder"
+        )
+    return labeled, unlabeled
+
+
+def n_classes_from_labels(labeled: list[Case]) -> int:
+    """Classes including background, from the largest label value found in the label maps."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .data.io import read_image
+    from .data.validation import infer_n_classes
+
+    # GetArrayFromImage (a copy): a view of a temporary image would read freed memory.
+    maxima = [int(np.max(sitk.GetArrayFromImage(read_image(c.label)))) for c in labeled]
+    return infer_n_classes(maxima) + 1
+
+
+def build_config(args: argparse.Namespace, labeled: list[Case]) -> TrainConfig:
+    """The run's configuration: the preset, with every option given on the command line."""
+    n_classes = args.n_classes or n_classes_from_labels(labeled)
+    return make_config(
+        args.preset,
+        n_classes=n_classes,
+        reciprocal_iterations=args.iterations,
+        supervised_iterations=args.supervised_iterations,
+        finetune_iterations=args.finetune_iterations,
+        patch_size=tuple(args.patch_size) if args.patch_size else None,
+        n_filters=args.n_filters,
+        normalization=args.normalization,
+        target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
+        intensity=args.intensity,
+        step_mode=args.step_mode,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        num_workers=args.num_workers,
+    )
+
+
+def train_in_process(
+    args: argparse.Namespace, config: TrainConfig, labeled: list[Case], unlabeled: list[Case]
+) -> RunResult:
+    """Train in this process; SIGINT/SIGTERM or a CANCEL file in the run folder stop it cleanly."""
+    from .training.runner import CancelToken, train
+
+    cancel = CancelToken(args.out / "CANCEL")
+    cancel.install_signal_handlers()
+    listener = progress_listener(args.json)
+    return train(config, labeled, unlabeled, args.out, [listener], cancel, args.warm_start)
+
+
+def print_result(args: argparse.Namespace, result: RunResult) -> None:
+    """Where the models are (not with --json, whose stdout is events only)."""
+    if not args.json:
+        print(f"teacher: {result.teacher}\nstudent: {result.student}\ndevice: {result.device}")
