@@ -30,7 +30,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--manifest", type=Path, help='JSON {"labeled": [{id, image, label}], "unlabeled": [...]}'
     )
     p.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to resume)")
-    p.add_argument("--preset", default="paper", help="paper (default), lite, demo or improved")
+    p.add_argument(
+        "--preset",
+        default="auto",
+        help="auto (default: planned from the data, written to OUT/plan.json), paper, lite, demo or improved",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help="time budget: each phase sized from its measured speed to fit (instead of iteration counts)",
+    )
+    p.add_argument("--plan", type=Path, help="with auto: use this plan.json (e.g. an edited one)")
+    p.add_argument("--class-crop-share", type=float, help="share of labelled crops centred on a class")
     p.add_argument("--iterations", type=int, help="reciprocal iterations")
     p.add_argument("--supervised-iterations", type=int, help="supervised teacher iterations")
     p.add_argument("--finetune-iterations", type=int, help="student fine-tune iterations at the end")
@@ -39,7 +50,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-filters", type=int)
     p.add_argument("--normalization", choices=["batchnorm", "groupnorm", "instancenorm", "none"])
     p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"))
-    p.add_argument("--intensity", choices=["zscore", "ct"])
+    p.add_argument("--intensity", choices=["zscore", "ct", "ct_dataset"])
     p.add_argument("--step-mode", choices=["fast", "reference"])
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument(
@@ -103,12 +114,43 @@ def n_classes_from_labels(labeled: list[Case]) -> int:
     return infer_n_classes(maxima) + 1
 
 
-def build_config(args: argparse.Namespace, labeled: list[Case]) -> TrainConfig:
-    """The run's configuration: the preset, with every option given on the command line."""
-    n_classes = args.n_classes or n_classes_from_labels(labeled)
+def build_config(
+    args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case] | None = None
+) -> TrainConfig:
+    """The run's configuration: the preset (for `auto`, the plan from the cases, written to
+    OUT/plan.json and shown), with every option given on the command line over it."""
+    if args.preset == "auto":
+        return _planned_config(args, labeled, unlabeled or [])
     return make_config(
-        args.preset,
-        n_classes=n_classes,
+        args.preset, n_classes=args.n_classes or n_classes_from_labels(labeled), **_overrides(args)
+    )
+
+
+def _planned_config(args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case]) -> TrainConfig:
+    import sys
+
+    from .device import resolve_device
+    from .planning.fingerprint import MAX_LABEL_CASES
+    from .planning.planner import Plan, plan_for_run, planned_config
+
+    if getattr(args, "plan", None) is not None:
+        plan = Plan.load(args.plan)
+    else:
+        plan = plan_for_run(args.out, labeled, unlabeled, resolve_device(args.device or "auto"))
+    if len(labeled) > MAX_LABEL_CASES:  # the fingerprint read a sample of the label maps
+        plan.values["n_classes"] = max(plan.values["n_classes"], n_classes_from_labels(labeled))
+    config = planned_config(plan, {"n_classes": args.n_classes, **_overrides(args)})
+    args.out.mkdir(parents=True, exist_ok=True)
+    plan.save(args.out / "plan.json")
+    print(plan.describe(), file=sys.stderr)  # stderr: with --json, stdout carries events only
+    return config
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """Config fields set on the command line (None: not given)."""
+    return dict(
+        minutes=getattr(args, "minutes", None),
+        class_crop_share=getattr(args, "class_crop_share", None),
         reciprocal_iterations=args.iterations,
         supervised_iterations=args.supervised_iterations,
         finetune_iterations=args.finetune_iterations,
