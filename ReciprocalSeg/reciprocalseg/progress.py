@@ -38,7 +38,7 @@ class ProgressBar:
                 self.stream.write("\r" + line[:160].ljust(160))
             elif done % 50 == 0 or done == total:
                 self.stream.write(line + "\n")
-        elif kind in ("phase", "done", "cancelled", "error", "resumed", "warm_start"):
+        elif kind in ("phase", "done", "cancelled", "error", "resumed", "warm_start", "warning", "budget"):
             detail = {k: v for k, v in event.items() if k not in ("event", "time")}
             self.stream.write(("\n" if self.tty else "") + f"{kind}: {json.dumps(detail)}\n")
         self.stream.flush()

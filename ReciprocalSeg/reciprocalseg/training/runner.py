@@ -29,6 +29,7 @@ from ..errors import CancelledError, ReciprocalSegError, TrainingError
 from ..model.vnet import build_model
 from .budget import PROBE_ITERATIONS, TimeBudget
 from .checkpoint import load_checkpoint, load_model_file, rng_state, save_model, save_torch, set_rng_state
+from .collapse import CollapseMonitor, labeled_fractions
 from .eta import EtaModel
 from .events import EventLog, Listener, Pace
 from .perturb import IntensityPerturbation
@@ -437,6 +438,7 @@ class Trainer:
                 x_u, _ = batches.next("unlabeled")
                 result = step(x_l, y_l, x_u, lr)
                 self.h_average = step.h_average
+                self._watch_collapse(phase, it + 1, step)
                 losses = {k: round(v, 6) for k, v in vars(result).items() if k != "h"}
                 h = result.h
                 if self.student_ema is not None:
@@ -517,6 +519,19 @@ class Trainer:
             current = max(current, self.budget.remaining_seconds(self._elapsed()))
         return round(current, 1)
 
+    def _collapse_monitor(self) -> CollapseMonitor:
+        if not hasattr(self, "_monitor"):
+            labels = [case.load()[1] for case in self.labeled_cached]
+            self._monitor = CollapseMonitor(labeled_fractions(labels, self.config.n_classes))
+        return self._monitor
+
+    def _watch_collapse(self, phase: str, iteration: int, step: ReciprocalStep) -> None:
+        """A warning event when a model's output loses a class the labelled cases have."""
+        if step.last_counts is None:
+            return
+        for warning in self._collapse_monitor().add(*step.last_counts):
+            self.events.emit("warning", phase=phase, iteration=iteration, **warning)
+
     def _require_finite(self, phase: str, iteration: int, losses: dict, h: float | None) -> None:
         """Stop at once on a NaN or infinite loss, before anything of this iteration is saved."""
         bad = {k: v for k, v in {**losses, "h": h}.items() if v is not None and not math.isfinite(v)}
@@ -590,11 +605,14 @@ class Trainer:
         self._require_finite_weights("final", self._phase_total(PHASES[-1]))
         save_model(self.teacher, self.config, self.run_dir / "teacher.pt", phase="final")
         save_model(student, self.config, self.run_dir / "student.pt", phase="final", ema=use_ema)
-        atomic_write_json(
-            self.run_dir / "done.json",
-            {"seconds": round(seconds, 2), "device": self.device_name, "time": time.time()},
-        )
-        self.events.emit("done", seconds=round(seconds, 2), device=self.device_name)
+        reciprocal = self._phase_total("reciprocal") > 0 and self.unlabeled_cached
+        collapse = self._collapse_monitor().summary() if reciprocal else None
+        summary = {"seconds": round(seconds, 2), "device": self.device_name, "time": time.time()}
+        summary["iterations"] = {p: self._phase_total(p) for p in PHASES}
+        if collapse is not None:  # which classes each model lost, and which model to trust
+            summary.update(collapse)
+        atomic_write_json(self.run_dir / "done.json", summary)
+        self.events.emit("done", seconds=round(seconds, 2), device=self.device_name, **(collapse or {}))
         return self._result(seconds)
 
     def _result(self, seconds: float) -> RunResult:
