@@ -153,3 +153,19 @@ def test_crop_not_matching_the_strides_is_refused() -> None:
             "auto", patch_size=(40, 40, 12), downsampling=((2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 1))
         )
     make_config("auto", patch_size=(48, 48, 12), downsampling=((2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)))
+
+
+def test_a_warm_started_round_keeps_the_previous_runs_network(tmp_path: Path) -> None:
+    """New cases may plan another crop or strides; the warm start must still fit the weights."""
+    from reciprocalseg.train_command import keep_architecture
+
+    labeled, unlabeled = _cohort(tmp_path, 2, 2, (24, 40, 40), (1.0, 1.0, 1.0))
+    plan = plan_for_run(None, labeled, unlabeled, "cpu")
+    previous = make_config("auto", patch_size=(64, 64, 48), n_filters=8)
+    (tmp_path / "round1").mkdir()
+    (tmp_path / "round1" / "config.json").write_text(previous.to_json())
+    assert plan.values["patch_size"] != [64, 64, 48]
+    keep_architecture(plan, tmp_path / "round1" / "config.json")
+    config = planned_config(plan)
+    assert config.patch_size == (64, 64, 48) and config.downsampling == previous.downsampling
+    assert "warm-start" in plan.reasons["patch_size"]

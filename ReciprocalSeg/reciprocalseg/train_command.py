@@ -17,6 +17,7 @@ from .progress import progress_listener
 
 if TYPE_CHECKING:  # torch and SimpleITK load when a command runs, not when the parser is built
     from .data.io import Case
+    from .planning.planner import Plan
     from .training.runner import RunResult
 
 
@@ -139,11 +140,31 @@ def _planned_config(args: argparse.Namespace, labeled: list[Case], unlabeled: li
         plan = plan_for_run(args.out, labeled, unlabeled, resolve_device(args.device or "auto"))
     if len(labeled) > MAX_LABEL_CASES:  # the fingerprint read a sample of the label maps
         plan.values["n_classes"] = max(plan.values["n_classes"], n_classes_from_labels(labeled))
+    warm = getattr(args, "warm_start", None)
+    if warm is not None and (Path(warm) / "config.json").is_file():
+        keep_architecture(plan, Path(warm) / "config.json")
     config = planned_config(plan, {"n_classes": args.n_classes, **_overrides(args)})
     args.out.mkdir(parents=True, exist_ok=True)
     plan.save(args.out / "plan.json")
     print(plan.describe(), file=sys.stderr)  # stderr: with --json, stdout carries events only
     return config
+
+
+# What a warm start needs unchanged (the weights' shapes and what they were trained to see).
+ARCHITECTURE = ("patch_size", "downsampling", "n_filters", "normalization", "dropout", "target_spacing")
+ARCHITECTURE += ("intensity", "intensity_clip", "intensity_mean_std")
+
+
+def keep_architecture(plan: Plan, previous_config: Path) -> None:
+    """A round warm-started from a run keeps that run's network and grid, whatever the new
+    cases would plan (a new fingerprint must not make the warm start impossible)."""
+    import json
+
+    previous = json.loads(previous_config.read_text(encoding="utf-8"))
+    for key in ARCHITECTURE:
+        if key in previous and key in plan.values and plan.values[key] != previous[key]:
+            plan.values[key] = previous[key]
+            plan.reasons[key] = f"kept from the warm-start run {previous_config.parent.name}"
 
 
 def _overrides(args: argparse.Namespace) -> dict:
