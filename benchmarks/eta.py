@@ -45,26 +45,37 @@ def old_eta(events: list[dict[str, Any]], smoothing: float = 0.1) -> list[float 
     return out
 
 
-def errors(run_dir: Path, from_fraction: float = 0.1) -> dict[str, Any]:
+def errors(run_dir: Path, from_fraction: float = 0.1, to_fraction: float = 0.9) -> dict[str, Any]:
+    """ETA errors on the progress events from `from_fraction` to `to_fraction` of the run's time
+    (past 90%, a second's error on a few seconds left is a large relative error that says
+    nothing), relative to the time really left; and the error of the finish time it implies,
+    relative to the run's length, over the same events."""
     events = read_events(run_dir / "events.jsonl")
     progress = [e for e in events if e["event"] == "progress"]
     start = next(e["time"] for e in events if e["event"] == "phase")
     end = next(e["time"] for e in events if e["event"] == "done")
     old = old_eta(events)
-    new_err, old_err = [], []
+    new_err, old_err, finish_err = [], [], []
+    length = end - start
     for e, legacy in zip(progress, old, strict=True):
         actual = end - e["time"]
-        if (e["time"] - start) < from_fraction * (end - start) or actual <= 0:
+        if not from_fraction * length <= e["time"] - start <= to_fraction * length:
             continue
         if e["eta_s"] is not None:
             new_err.append(abs(e["eta_s"] - actual) / actual)
+            finish_err.append(abs(e["eta_s"] - actual) / length)
         if legacy is not None:
             old_err.append(abs(legacy - actual) / actual)
 
     def stats(values: list[float]) -> dict[str, float]:
         return {"max": round(max(values), 3), "median": round(float(np.median(values)), 3), "n": len(values)}
 
-    return {"seconds": round(end - start, 1), "eta": stats(new_err), "old_eta": stats(old_err)}
+    return {
+        "seconds": round(length, 1),
+        "eta": stats(new_err),
+        "old_eta": stats(old_err),
+        "finish_time_error_of_run_length": stats(finish_err),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
