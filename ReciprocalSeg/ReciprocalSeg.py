@@ -942,8 +942,9 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Could not write {node} to {path}.").format(node=node.GetName(), path=path))
 
     def _foregroundClassCount(self):
+        # The service's n_classes counts the background too (as `train --n-classes`).
         nClasses = _field(self.info_, "n_classes")
-        return int(nClasses) if nClasses else None
+        return int(nClasses) - 1 if nClasses else None
 
     @staticmethod
     def _classNames(segmentationNode, count):

@@ -26,6 +26,7 @@ __all__ = [
     "CaseInfo",
     "Client",
     "DeviceInfo",
+    "FolderImport",
     "LabelHistory",
     "LabelVersion",
     "ModelList",
@@ -77,6 +78,7 @@ class ServiceInfo:
     training_state: str
     max_upload_mb: float
     auth: bool
+    n_classes_fixed: bool = False
 
 
 @dataclass
@@ -137,6 +139,8 @@ class TrainingStatus:
     n_labeled: int | None = None
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
+    warning: str | None = None
+    background_only: list[str] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -169,6 +173,9 @@ class PredictionResult:
     teacher: Path | None = None
     student: Path | None = None
     disagreement: Path | None = None
+    teacher_empty: bool | None = None
+    student_empty: bool | None = None
+    warning: str | None = None
 
 
 @dataclass
@@ -178,6 +185,7 @@ class NextCase:
     round: int | None = None
     n_candidates: int = 0
     n_predicted_now: int = 0
+    both_empty: bool = False
 
 
 @dataclass
@@ -188,10 +196,12 @@ class ModelRound:
     run_id: str | None = None
     preset: str | None = None
     n_classes: int | None = None
+    fewer_classes: bool = False
     n_labeled: int | None = None
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
     current: bool = False
+    background_only: list[str] | None = None
     teacher_sha256: str | None = None
     student_sha256: str | None = None
 
@@ -203,6 +213,15 @@ class ModelList:
 
     def __len__(self) -> int:
         return len(self.rounds)
+
+
+class FolderImport(list):
+    """The cases :meth:`Client.add_cases_from_folder` added (it is a list of them), and ``skipped``:
+    the case IDs the workspace had already."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[str] = []
 
 
 class Client:
@@ -226,19 +245,13 @@ class Client:
         timeout: float = 30.0,
         workspace: str | Path | None = None,
     ) -> None:
-        if workspace is not None:
-            sdir = Path(workspace).expanduser() / ".service"
+        self.workspace = Path(workspace).expanduser() if workspace is not None else None
+        self._follow_workspace = self.workspace is not None and url is None
+        if self.workspace is not None:
             if url is None:
-                try:
-                    url = (sdir / "url").read_text(encoding="utf-8").strip()
-                except OSError:
-                    raise ServiceError(
-                        0,
-                        f"no running service found for workspace {workspace} (no {sdir / 'url'}); start one "
-                        "with `reciprocalseg serve --workspace ...`",
-                    ) from None
-            if token is None and (sdir / "token").exists():
-                token = (sdir / "token").read_text(encoding="utf-8").strip() or None
+                url = self._workspace_url()
+            if token is None:
+                token = self._workspace_token()
         if not url:
             raise ValueError("give the service url, or the workspace of a running service")
         self.url = url.rstrip("/")
@@ -247,6 +260,56 @@ class Client:
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+
+    # ------------------------------------------------------------------ workspace discovery
+    @property
+    def _service_dir(self) -> Path:
+        assert self.workspace is not None
+        return self.workspace / ".service"
+
+    def _workspace_url(self) -> str:
+        """The URL the workspace's running service wrote; ServiceError(0) when none is running."""
+        try:
+            url = (self._service_dir / "url").read_text(encoding="utf-8").strip()
+        except OSError:
+            url = ""
+        if not url:
+            raise ServiceError(
+                0,
+                f"no running service found for workspace {self.workspace} (no {self._service_dir / 'url'}); "
+                f"start one with `reciprocalseg serve --workspace {self.workspace}`",
+            )
+        return url
+
+    def _workspace_token(self) -> str | None:
+        try:
+            return (self._service_dir / "token").read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
+    def _rediscover(self) -> bool:
+        """After a failed connection: follow a restarted service (new URL/token); True if it moved."""
+        url = self._workspace_url().rstrip("/")
+        token = self._workspace_token()
+        if url == self.url and token == self.token:
+            return False
+        self.url, self.token = url, token
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        else:
+            self.session.headers.pop("Authorization", None)
+        return True
+
+    def _unreachable(self, method: str, path: str, exc: Exception) -> ServiceError:
+        where = f" for workspace {self.workspace}" if self.workspace is not None else ""
+        hint = (
+            f"; it was stopped or killed: start it again (reciprocalseg serve --workspace {self.workspace})"
+            if self._follow_workspace
+            else ": is it running?"
+        )
+        return ServiceError(
+            0, f"cannot reach the ReciprocalSeg service{where} at {self.url}{hint} ({type(exc).__name__})"
+        )
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -264,21 +327,18 @@ class Client:
     def _request(
         self, method: str, path: str, *, timeout: float | None = None, stream: bool = False, **kwargs: Any
     ) -> requests.Response:
-        url = self.url + path
         try:
-            r = self.session.request(method, url, timeout=timeout or self.timeout, stream=stream, **kwargs)
-        except requests.Timeout:
-            raise ServiceError(
-                0,
-                f"the service at {self.url} did not answer {method} {path} within "
-                f"{timeout or self.timeout:.0f} s",
-            ) from None
+            r = self._send(method, path, timeout, stream, **kwargs)
         except requests.ConnectionError as exc:
-            raise ServiceError(
-                0,
-                f"cannot reach the ReciprocalSeg service at {self.url}: is it running? "
-                f"({type(exc).__name__})",
-            ) from None
+            # A service restarted on the same workspace listens on a new port (and may have a new
+            # token): re-read its files and try once more. Uploads are not resent (their file
+            # objects have been read); the caller gets the clear error instead.
+            if not (self._follow_workspace and "files" not in kwargs and self._rediscover()):
+                raise self._unreachable(method, path, exc) from None
+            try:
+                r = self._send(method, path, timeout, stream, **kwargs)
+            except requests.ConnectionError as exc2:
+                raise self._unreachable(method, path, exc2) from None
         if r.status_code >= 400:
             try:
                 body = r.json()
@@ -289,6 +349,20 @@ class Client:
             r.close()
             raise ServiceError(r.status_code, message)
         return r
+
+    def _send(
+        self, method: str, path: str, timeout: float | None, stream: bool, **kwargs: Any
+    ) -> requests.Response:
+        try:
+            return self.session.request(
+                method, self.url + path, timeout=timeout or self.timeout, stream=stream, **kwargs
+            )
+        except requests.Timeout:
+            raise ServiceError(
+                0,
+                f"the service at {self.url} did not answer {method} {path} within "
+                f"{timeout or self.timeout:.0f} s",
+            ) from None
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
@@ -310,15 +384,30 @@ class Client:
 
     # ------------------------------------------------------------------ info
     def health(self) -> bool:
+        """Whether the service answers; a client made with ``workspace=`` follows a restarted service.
+
+        Raises :class:`ServiceError` (status 0) when it was made with ``workspace=`` and no service
+        runs for that workspace (no URL file): there is nothing to wait for until one is started.
+        """
         try:
             return self._request("GET", "/health", timeout=5).status_code == 200
-        except ServiceError:
+        except ServiceError as exc:
+            if self._follow_workspace and exc.status_code == 0 and not (self._service_dir / "url").exists():
+                raise
             return False
 
     def info(self) -> ServiceInfo:
         d = self._json("GET", "/info")
         d["device"] = _build(DeviceInfo, d["device"])
         return _build(ServiceInfo, d)
+
+    def settings(self) -> dict[str, Any]:
+        """``{"n_classes": N, "n_classes_fixed": bool}``; N counts the background (as train does)."""
+        return self._json("GET", "/settings")
+
+    def set_n_classes(self, n_classes: int | None) -> dict[str, Any]:
+        """Fix the class count, background included (``None``: let it follow the labels)."""
+        return self._json("PUT", "/settings", json={"n_classes": n_classes})
 
     # ------------------------------------------------------------------ cases
     def list_cases(self) -> list[CaseInfo]:
@@ -348,10 +437,18 @@ class Client:
             )
         return _build(CaseInfo, d)
 
-    def add_cases_from_folder(self, folder: str | Path, upload: bool = True) -> list[CaseInfo]:
-        """Add every scan file of a folder (label files ``*_label.*``/``*_seg.*`` are skipped)."""
+    def add_cases_from_folder(self, folder: str | Path, upload: bool = True) -> FolderImport:
+        """Add every scan file of a folder (label files ``*_label.*``/``*_seg.*`` are skipped).
+
+        Idempotent: scans whose case ID the workspace already has are skipped, not an error, so a
+        rerun after an interrupted import adds the rest. Returns the added cases (a list) with
+        ``.skipped``, the IDs that were there already.
+        """
+        from reciprocalseg.data.io import case_id_from_path
+
         folder = Path(folder).expanduser()
-        added = []
+        existing = {c.id for c in self.list_cases()}
+        result = FolderImport()
         allowed = UPLOAD_SUFFIXES if upload else IMAGE_SUFFIXES
         for p in sorted(folder.iterdir()):
             name = p.name.lower()
@@ -361,8 +458,17 @@ class Client:
             stem = name[: -len(suffix)] if suffix else name
             if suffix not in allowed or stem.endswith(("_label", "_seg")):
                 continue
-            added.append(self.add_case(p, upload=upload))
-        return added
+            case_id = case_id_from_path(p)
+            if case_id in existing:
+                result.skipped.append(case_id)
+                continue
+            try:
+                result.append(self.add_case(p, upload=upload))
+            except ServiceError as exc:
+                if exc.status_code != 409 or "already exists" not in exc.message:
+                    raise
+                result.skipped.append(case_id)  # added meanwhile by someone else
+        return result
 
     def get_image(self, case_id: str, out_path: str | Path) -> Path:
         return self._download(f"/cases/{_seg(case_id)}/image", out_path)
@@ -471,7 +577,7 @@ class Client:
     def predict(self, case_id: str, out_dir: str | Path | None = None) -> PredictionResult:
         """Predict a case with the current round; with ``out_dir``, download the three NRRD files."""
         d = self._json("POST", f"/cases/{_seg(case_id)}/predict", timeout=self.long_timeout)
-        res = PredictionResult(case_id=d["case_id"], round=d["round"], score=d["score"], time=d["time"])
+        res = _build(PredictionResult, d)
         if out_dir is not None:
             self._download_prediction(res, Path(out_dir))
         return res
@@ -482,7 +588,7 @@ class Client:
         """The stored prediction of a case (current round by default), optionally downloaded."""
         params = {"round": round} if round is not None else None
         d = self._json("GET", f"/cases/{_seg(case_id)}/prediction", params=params)
-        res = PredictionResult(case_id=d["case_id"], round=d["round"], score=d["score"], time=d["time"])
+        res = _build(PredictionResult, d)
         if out_dir is not None:
             self._download_prediction(res, Path(out_dir))
         return res

@@ -19,9 +19,10 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Running]:
-    """A fresh service on an empty workspace, stopped after the test."""
-    run = start_service(tmp_path / "ws", device="cpu")
+def service(tmp_path: Path, phantoms: list[Case]) -> Iterator[Running]:
+    """A fresh service on an empty workspace (it may register the phantoms), stopped after the test."""
+    root = str(phantoms[0].image.parent)
+    run = start_service(tmp_path / "ws", device="cpu", extra_args=["--register-root", root])
     try:
         yield run
     finally:

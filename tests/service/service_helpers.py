@@ -48,3 +48,51 @@ def snapshot(workspace: Path) -> dict[str, str]:
             p = Path(root) / name
             out[str(rel_root / name)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def write_models(
+    folder: Path,
+    n_classes: int = 2,
+    teacher_bias: list[float] | None = None,
+    student_bias: list[float] | None = None,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Real model files (tiny untrained V-Nets) ``teacher.pt`` and ``student.pt`` in ``folder``.
+
+    ``*_bias``: zero the network's last layer and give it this bias per class, so that it predicts
+    the class with the largest bias everywhere (e.g. ``[50, -50]``: background only).
+    """
+    import torch
+
+    from reciprocalseg.config import make_config
+    from reciprocalseg.model.vnet import VNet
+    from reciprocalseg.training.checkpoint import save_model
+
+    config = make_config("demo", n_filters=1, n_classes=n_classes)
+    files = {}
+    for name, bias in (("teacher", teacher_bias), ("student", student_bias)):
+        torch.manual_seed(seed + (name == "student"))
+        model = VNet(1, n_classes, config.n_filters, config.normalization)
+        if bias is not None:
+            with torch.no_grad():
+                model.head.weight.zero_()
+                model.head.bias.copy_(torch.tensor(bias))
+        files[name] = folder / f"{name}.pt"
+        save_model(model, config, files[name])
+    return files
+
+
+def write_bundle(path: Path, n_classes: int = 2, **kwargs: object) -> Path:
+    """A real model bundle, as GET /models/export writes it (``kwargs``: see :func:`write_models`)."""
+    import json
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        files = write_models(Path(tmp), n_classes=n_classes, **kwargs)  # type: ignore[arg-type]
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.write(files["teacher"], "teacher.pt")
+            zf.write(files["student"], "student.pt")
+            meta = {"format": "reciprocalseg-models", "format_version": 2, "n_classes": n_classes}
+            zf.writestr("meta.json", json.dumps({**meta, "preset": "demo"}))
+    return path

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import os
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -80,13 +82,96 @@ def files(tmp_path_factory: pytest.TempPathFactory, phantoms: list[Case]) -> dic
     out["zip_classes"] = buf.getvalue()
     (tmp / "notes.txt").write_text("hello")
     out["txt_path"] = str(tmp / "notes.txt").encode()
+    out.update(_foreign_data_files(tmp))
+    out["bomb"] = _decompression_bomb()
+    img = sitk.ReadImage(str(phantoms[0].image), sitk.sitkFloat32)
+    values = sitk.GetArrayFromImage(img)
+    for name, bad in (("image_nan", np.nan), ("image_inf", np.inf)):
+        arr = values.copy()
+        arr[3, 4, 5] = bad
+        poisoned = sitk.GetImageFromArray(arr)
+        poisoned.CopyInformation(img)
+        out[name] = _nrrd_bytes(poisoned, tmp, f"{name}.nrrd")
+    out["bundle_nan"] = _bundle_with_nan_weights(tmp)
+    # Inside the register root but reading from outside it: a symlink to an image elsewhere.
+    os.symlink(phantoms[1].image, tmp / "link_out.nrrd")
+    out["outside_path"] = str(phantoms[1].image).encode()
+    out["root"] = str(tmp).encode()
     return out
 
 
+def _foreign_data_files(tmp: Path) -> dict[str, bytes]:
+    """Headers whose voxels would come from /etc/passwd (the file leak of issue 15)."""
+    header = "type: uint8\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n"
+    nrrd = f"NRRD0004\n{header}data file: /etc/passwd\n\n".encode()
+    nrrd_rel = f"NRRD0004\n{header}data file: ../../../../etc/passwd\n\n".encode()
+    mha = (
+        b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
+        b"ElementDataFile = /etc/passwd\n"
+    )
+    (tmp / "leak.nrrd").write_bytes(nrrd)
+    (tmp / "leak.mha").write_bytes(mha)
+    (tmp / "leak.nhdr").write_bytes(nrrd_rel)
+    return {
+        "nrrd_leak": nrrd,
+        "nrrd_leak_rel": nrrd_rel,
+        "mha_leak": mha,
+        "nrrd_leak_path": str(tmp / "leak.nrrd").encode(),
+        "mha_leak_path": str(tmp / "leak.mha").encode(),
+        "nhdr_leak_path": str(tmp / "leak.nhdr").encode(),
+    }
+
+
+def _decompression_bomb() -> bytes:
+    """A gzip NRRD of ~0.3 MB that declares 640^3 voxels (262 M, over the default limit)."""
+    n = 640
+    header = f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {n} {n} {n}\nencoding: gzip\n\n".encode()
+    body = io.BytesIO()
+    with gzip.GzipFile(fileobj=body, mode="wb", compresslevel=9) as gz:
+        zeros = bytes(n * n)
+        for _ in range(n):
+            gz.write(zeros)
+    return header + body.getvalue()
+
+
+def _bundle_with_nan_weights(tmp: Path) -> bytes:
+    """A well-formed model bundle whose teacher holds NaN weights."""
+    import torch
+
+    from reciprocalseg.config import make_config
+    from reciprocalseg.model.vnet import VNet
+    from reciprocalseg.training.checkpoint import save_model
+
+    config = make_config("demo", n_filters=1)  # small: under the catalogue's 1 MiB upload limit
+    paths = {}
+    for name in ("teacher", "student"):
+        torch.manual_seed(0)
+        model = VNet(1, config.n_classes, config.n_filters, config.normalization)
+        if name == "teacher":
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        paths[name] = tmp / f"{name}.pt"
+        save_model(model, config, paths[name])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.write(paths["teacher"], "teacher.pt")
+        zf.write(paths["student"], "student.pt")
+        zf.writestr("meta.json", json.dumps({"format": "reciprocalseg-models"}))
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, phantoms: list[Case]) -> Iterator[Running]:
-    """A service with one labelled and one unlabelled case and a 1 MiB upload limit."""
-    run = start_service(tmp_path_factory.mktemp("cat") / "ws", device="cpu", max_upload_mb=1)
+def svc(
+    tmp_path_factory: pytest.TempPathFactory, phantoms: list[Case], files: dict[str, bytes]
+) -> Iterator[Running]:
+    """A service with one labelled and one unlabelled case, a 1 MiB upload limit and one register root."""
+    run = start_service(
+        tmp_path_factory.mktemp("cat") / "ws",
+        device="cpu",
+        max_upload_mb=1,
+        n_classes=2,  # fixed: background + 1, so a label with value 3 is refused
+        extra_args=["--register-root", files["root"].decode()],
+    )
     run.client.add_case(phantoms[0].image)
     run.client.put_label(phantoms[0].case_id, phantoms[0].label, author="a")
     run.client.add_case(phantoms[1].image)
@@ -143,6 +228,88 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
         409,
         lambda s, u, f: s.post(f"{u}/cases", files=up(f"{C0}_image.nrrd", f["image"])),
     ),
+    "upload nrrd with data file /etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("leak.nrrd", f["nrrd_leak"])),
+    ),
+    "upload nrrd with a relative data file": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("leak.nrrd", f["nrrd_leak_rel"])),
+    ),
+    "upload mha with ElementDataFile /etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("leak.mha", f["mha_leak"])),
+    ),
+    "upload MetaImage header named .nrrd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("leak.nrrd", f["mha_leak"])),
+    ),
+    "upload .mhd (two-file format)": (
+        415,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("a.mhd", f["mha_leak"])),
+    ),
+    "upload decompression bomb (640^3 declared)": (
+        413,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("bomb.nrrd", f["bomb"])),
+    ),
+    "upload image with a NaN voxel": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("nan.nrrd", f["image_nan"])),
+    ),
+    "upload image with an inf voxel": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("inf.nrrd", f["image_inf"])),
+    ),
+    "upload case_id CON (reserved on Windows)": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": "CON"}),
+    ),
+    "upload file named com1.nrrd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("com1.nrrd", f["image"])),
+    ),
+    "upload case_id lpt9.txt": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": "lpt9.txt"}),
+    ),
+    "upload empty case_id": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("new.nrrd", f["image"]), data={"case_id": ""}),
+    ),
+    "upload from another web site (Origin)": (
+        403,
+        lambda s, u, f: s.post(
+            f"{u}/cases", files=up("new.nrrd", f["image"]), headers={"Origin": "http://evil.example"}
+        ),
+    ),
+    "upload from another web site (Sec-Fetch-Site)": (
+        403,
+        lambda s, u, f: s.post(
+            f"{u}/cases", files=up("new.nrrd", f["image"]), headers={"Sec-Fetch-Site": "cross-site"}
+        ),
+    ),
+    "upload with Origin null (sandboxed page)": (
+        403,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("new.nrrd", f["image"]), headers={"Origin": "null"}),
+    ),
+    "upload with a foreign Host (DNS rebinding)": (
+        403,
+        lambda s, u, f: s.post(
+            f"{u}/cases", files=up("new.nrrd", f["image"]), headers={"Host": "evil.example:8765"}
+        ),
+    ),
+    "read cases with a foreign Host": (
+        403,
+        lambda s, u, f: s.get(f"{u}/cases", headers={"Host": "attacker.test"}),
+    ),
+    "next case from another web site": (
+        403,
+        lambda s, u, f: s.get(f"{u}/next-case", headers={"Origin": "https://evil.example"}),
+    ),
+    "start training from another web site": (
+        403,
+        lambda s, u, f: s.post(f"{u}/training", json={}, headers={"Origin": "https://evil.example"}),
+    ),
     "upload over the size limit": (413, lambda s, u, f: s.post(f"{u}/cases", files=up("big.nrrd", f["big"]))),
     "upload far over the limit": (413, lambda s, u, f: s.post(f"{u}/cases", files=up("h.nrrd", f["huge"]))),
     # --- cases: register / get / delete
@@ -153,6 +320,40 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
     "register missing path": (
         404,
         lambda s, u, f: s.post(f"{u}/cases/register", json={"path": "/nonexistent/a.nrrd"}),
+    ),
+    "register nrrd with data file /etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["nrrd_leak_path"].decode()}),
+    ),
+    "register mha with ElementDataFile /etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["mha_leak_path"].decode()}),
+    ),
+    "register nhdr with data file ../../etc/passwd": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["nhdr_leak_path"].decode()}),
+    ),
+    "register existing file outside the roots": (
+        404,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["outside_path"].decode()}),
+    ),
+    "register /etc/passwd": (
+        404,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": "/etc/passwd"}),
+    ),
+    "register symlink leading outside the roots": (
+        404,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["root"].decode() + "/link_out.nrrd"}),
+    ),
+    "register root/../ escape": (
+        404,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["root"].decode() + "/../" + "x.nrrd"}),
+    ),
+    "register empty case_id": (
+        422,
+        lambda s, u, f: s.post(
+            f"{u}/cases/register", json={"path": f["nrrd_leak_path"].decode(), "case_id": ""}
+        ),
     ),
     "register .txt path": (
         415,
@@ -197,7 +398,7 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
         422,
         lambda s, u, f: s.put(f"{u}/cases/{C0}/label", files=up("l.nrrd", f["label_origin"])),
     ),
-    "label classes beyond n_classes": (
+    "label classes beyond a fixed n_classes": (
         422,
         lambda s, u, f: s.put(f"{u}/cases/{C0}/label", files=up("l.nrrd", f["label_classes"])),
     ),
@@ -212,6 +413,14 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
     "label NaN values": (
         422,
         lambda s, u, f: s.put(f"{u}/cases/{C0}/label", files=up("l.nrrd", f["label_nan"])),
+    ),
+    "label nrrd with data file /etc/passwd": (
+        422,
+        lambda s, u, f: s.put(f"{u}/cases/{C1}/label", files=up("l.nrrd", f["nrrd_leak"])),
+    ),
+    "label .nhdr (two-file format)": (
+        415,
+        lambda s, u, f: s.put(f"{u}/cases/{C1}/label", files=up("l.nhdr", f["nrrd_leak"])),
     ),
     "label 2D": (422, lambda s, u, f: s.put(f"{u}/cases/{C0}/label", files=up("l.nrrd", f["image2d"]))),
     "label unknown kind": (
@@ -278,6 +487,10 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
         422,
         lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["zip_badpt"])),
     ),
+    "import bundle with NaN weights": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_nan"])),
+    ),
     "import zip other class count": (
         422,
         lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["zip_classes"])),
@@ -295,7 +508,7 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
 
 
 def test_catalogue_is_large_enough() -> None:
-    assert len(CATALOGUE) >= 25
+    assert len(CATALOGUE) >= 100
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))

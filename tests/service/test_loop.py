@@ -54,6 +54,7 @@ def test_whole_loop(service, phantoms, tmp_path: Path) -> None:
     assert c.training_events(since=events.next).events == []
     models = c.list_models()
     assert models.current == 1 and len(models) == 1
+    assert all(len(h or "") == 64 for h in (models.rounds[0].teacher_sha256, models.rounds[0].student_sha256))
 
     # predict a case and download the three maps
     pred = c.predict("phantom_003", out_dir=tmp_path / "pred")
@@ -68,7 +69,8 @@ def test_whole_loop(service, phantoms, tmp_path: Path) -> None:
     assert nxt.round == 1 and nxt.n_candidates == 4
     scores = {x.id: x.score for x in c.list_cases() if x.status != "labelled"}
     assert all(s is not None for s in scores.values())
-    assert nxt.case_id == max(scores, key=lambda k: (scores[k], k))
+    if not nxt.both_empty:  # a case where both networks find nothing would rank first
+        assert nxt.case_id == max(scores, key=lambda k: (scores[k], k))
 
     # submit a corrected label for the suggested case (the teacher's draft, then the reference)
     draft = c.draft_from_prediction(nxt.case_id, author="model")
@@ -103,14 +105,15 @@ def test_whole_loop(service, phantoms, tmp_path: Path) -> None:
     pred2 = c.predict("phantom_003")
     assert pred2.round == 2
 
-    # import round 1 back as round 3 and make it current; predictions pick it up without restart
+    # importing round 1's bundle gives round 1 back (same sha256), current again; no copy is made
     imported = c.import_models(b1)
-    assert imported.round == 3 and imported.source == "imported" and imported.current
-    assert c.predict("phantom_003").round == 3
+    assert imported.round == 1 and imported.source == "trained" and imported.current
+    assert len(c.list_models()) == 2
+    assert c.predict("phantom_003").round == 1
     assert c.set_current_model(2).current == 2
     info = c.info()
     assert info.counts == {
-        "cases": 6, "labelled": 3, "unlabelled": 3, "predicted": 4, "rounds": 3, "corrupt": 0
+        "cases": 6, "labelled": 3, "unlabelled": 3, "predicted": 4, "rounds": 2, "corrupt": 0
     }  # fmt: skip
 
     # delete a case

@@ -105,15 +105,34 @@ def test_delete_and_not_found(tmp_path: Path, phantoms: list[Case]) -> None:
         ws.delete_case(phantoms[0].case_id)
 
 
-def test_n_classes_cannot_change_once_labelled(tmp_path: Path, phantoms: list[Case]) -> None:
+def test_n_classes_cannot_drop_below_the_labels(tmp_path: Path, phantoms: list[Case]) -> None:
     from reciprocalseg.errors import DataError
 
-    ws = Workspace(tmp_path / "ws", n_classes=2)
-    assert Workspace(tmp_path / "ws").n_classes == 2
+    ws = Workspace(tmp_path / "ws", n_classes=3)
+    assert Workspace(tmp_path / "ws").n_classes == 3
     _add(ws, phantoms[0])
-    ws.add_label(phantoms[0].case_id, sitk.ReadImage(str(phantoms[0].label)))
-    with pytest.raises(DataError, match="n_classes"):
-        Workspace(tmp_path / "ws", n_classes=3)
+    label = sitk.ReadImage(str(phantoms[0].label)) * 2  # values 0 and 2: needs 3 classes
+    ws.add_label(phantoms[0].case_id, label)
+    assert Workspace(tmp_path / "ws", n_classes=4).n_classes == 4  # more is fine
+    with pytest.raises(DataError, match="at least 3 classes"):
+        Workspace(tmp_path / "ws", n_classes=2)
+
+
+def _write_models(run: Path, nan: bool = False) -> None:
+    """Real (tiny) teacher.pt and student.pt files, as a finished worker leaves them."""
+    import torch
+
+    from reciprocalseg.config import make_config
+    from reciprocalseg.model.vnet import VNet
+    from reciprocalseg.training.checkpoint import save_model
+
+    config = make_config("demo", n_filters=1)
+    for name in ("teacher", "student"):
+        model = VNet(1, config.n_classes, config.n_filters, config.normalization)
+        if nan and name == "student":
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        save_model(model, config, run / f"{name}.pt")
 
 
 def test_finished_run_is_registered_at_startup(tmp_path: Path) -> None:
@@ -121,8 +140,7 @@ def test_finished_run_is_registered_at_startup(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     run = ws.runs_dir / "run-1"
     run.mkdir()
-    for name in ("teacher.pt", "student.pt"):
-        (run / name).write_bytes(b"model")
+    _write_models(run)
     (run / "done.json").write_text("{}")
     atomic_write_json(
         run / "job.json",
@@ -144,8 +162,7 @@ def test_a_run_that_finished_as_the_stop_reached_it_is_registered(tmp_path: Path
     ws = Workspace(tmp_path / "ws")
     run = ws.runs_dir / "run-1"
     run.mkdir()
-    for name in ("teacher.pt", "student.pt"):
-        (run / name).write_bytes(b"model")
+    _write_models(run)
     (run / "done.json").write_text("{}")
     job = {"run_id": "run-1", "state": "running", "pid": 123, "preset": "demo", "n_classes": 1,
            "n_labeled": 1, "n_unlabeled": 0, "created": "2024-01-01T00:00:00+00:00"}  # fmt: skip

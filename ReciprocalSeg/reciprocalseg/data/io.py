@@ -17,6 +17,7 @@ So ``ABC_image.nrrd``, ``ABC_label.nrrd``, ``ABC.nii.gz``, ``labels/ABC.nii.gz``
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -35,14 +36,18 @@ from ..errors import DataError
 # One Geometry class for the package; re-exported here because the data layer is where
 # callers look for it (docs/DESIGN.md).
 from ..geometry import Geometry
-from .validation import check_image_structure
+from .validation import check_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_NAME_SUFFIXES",
     "Case",
+    "ForeignDataFile",
     "Geometry",
+    "TooManyVoxels",
     "case_id_from_path",
+    "check_data_file",
+    "check_voxel_count",
     "dicom_series_ids",
     "discover_cases",
     "image_suffix",
@@ -138,7 +143,7 @@ def dicom_series_ids(folder: str | os.PathLike[str]) -> tuple[str, ...]:
         return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
-def _read_dicom_series(folder: Path, series_id: str | None) -> sitk.Image:
+def _read_dicom_series(folder: Path, series_id: str | None, max_voxels: int | None = None) -> sitk.Image:
     ids = dicom_series_ids(folder)
     if not ids:
         raise DataError(
@@ -159,35 +164,146 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
+        if max_voxels is not None:
+            slice_size = _declared_size(Path(files[0]))
+            check_voxel_count((*slice_size[:2], len(files), *slice_size[3:]), max_voxels, str(folder))
         return reader.Execute()
     except RuntimeError as exc:
         raise DataError(f"{folder}: cannot read DICOM series {series_id}: {_itk_reason(exc)}") from exc
 
 
-def read_image(path: str | os.PathLike[str], series_id: str | None = None) -> sitk.Image:
+class TooManyVoxels(DataError):
+    """An image whose header declares more voxels than the caller allows (checked before reading)."""
+
+
+class ForeignDataFile(DataError):
+    """An image header that names a data file outside the header's own file (or folder)."""
+
+
+# How much of a file is searched for a header: NRRD and MetaImage headers are a few hundred bytes.
+_HEADER_BYTES = 1 << 16
+_NRRD_DATA_FILE = re.compile(rb"^\s*data ?file\s*:(?!=)\s*(.*?)\s*$", re.IGNORECASE)
+_META_DATA_FILE = re.compile(rb"^\s*ElementDataFile\s*[=:]\s*(.*?)\s*$")
+
+
+def _header_lines(path: Path) -> tuple[str, list[bytes]]:
+    """``(kind, header lines)`` of a NRRD (``"nrrd"``) or MetaImage (``"meta"``) file, else ``("", [])``."""
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_BYTES)
+    if head.startswith(b"NRRD"):
+        # The header ends at the first blank line; attached data follows it.
+        lines = []
+        for line in head.split(b"\n"):
+            if not line.strip(b"\r"):
+                break
+            lines.append(line.rstrip(b"\r"))
+        return "nrrd", lines
+    if b"ElementDataFile" in head:  # MetaImage, whatever the file is called
+        lines = head.split(b"\n")
+        for i, line in enumerate(lines):
+            if _META_DATA_FILE.match(line):
+                return "meta", lines[: i + 1]  # ElementDataFile is the header's last field
+    return "", []
+
+
+def check_data_file(path: str | os.PathLike[str], attached_only: bool = False) -> None:
+    """Refuse a NRRD/MetaImage header whose voxel data would come from another file.
+
+    Allowed: data in the file itself (``.nrrd``, ``.mha`` with ``ElementDataFile = LOCAL``) and,
+    unless ``attached_only``, a detached header (``.nhdr``/``.mhd``) naming one file by bare name
+    in the header's own folder. Refused, with a DataError naming the field: absolute paths,
+    ``..``, sub-folders, file lists and patterns. This keeps an image from reading, for
+    instance, ``/etc/passwd`` as its voxels.
+    """
+    p = Path(path)
+    kind, lines = _header_lines(p)
+    pattern = _NRRD_DATA_FILE if kind == "nrrd" else _META_DATA_FILE
+    field = "data file" if kind == "nrrd" else "ElementDataFile"
+    for line in lines:
+        m = pattern.match(line)
+        if not m:
+            continue
+        value = m.group(1).decode("latin-1")
+        if kind == "meta" and value.upper() == "LOCAL":
+            continue
+        if attached_only:
+            raise ForeignDataFile(
+                f"{p}: the header's {field!r} field points to another file ({value!r}); upload a "
+                "single-file image (.nrrd, .nii, .nii.gz, .mha) whose voxels are in the file itself."
+            )
+        name = Path(value)
+        if (
+            value.upper().startswith("LIST")
+            or " " in value
+            or "%" in value
+            or name.name != value
+            or value in (".", "..")
+        ):
+            raise ForeignDataFile(
+                f"{p}: the header's {field!r} field ({value!r}) names data outside the header's own "
+                "folder (or a list of files); only one data file next to the header is accepted."
+            )
+        if not (p.parent / value).is_file():
+            raise DataError(f"{p}: the data file {value!r} named by the header's {field!r} field is missing.")
+
+
+def _declared_size(path: Path) -> tuple[int, ...]:
+    """The size a file's header declares (x, y, z[, components]), read without reading any voxel."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    components = int(reader.GetNumberOfComponents())
+    return tuple(int(v) for v in reader.GetSize()) + ((components,) if components > 1 else ())
+
+
+def check_voxel_count(size: Sequence[int], max_voxels: int, source: str) -> None:
+    """Raise TooManyVoxels when ``size`` (x, y, z[, components]) holds more than ``max_voxels`` values."""
+    count = 1
+    for v in size:
+        count *= int(v)
+    if count > max_voxels:
+        raise TooManyVoxels(
+            f"{source}: the header declares {' x '.join(str(v) for v in size)} = {count:,} voxels, more "
+            f"than the limit of {max_voxels:,} (serve --max-voxels); crop or downsample the image, or "
+            "raise the limit."
+        )
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    series_id: str | None = None,
+    max_voxels: int | None = None,
+    attached_only: bool = False,
+) -> sitk.Image:
     """Read a 3D scalar volume from a NRRD/NIfTI/MetaImage file or a DICOM series folder.
 
     ``series_id`` picks one series when a DICOM folder holds several. Raises DataError
-    naming the file when it is missing, unreadable, of an unsupported type, 2D, empty or
-    multi-component.
+    naming the file when it is missing, unreadable, of an unsupported type, 2D, empty,
+    multi-component or holds NaN/infinite values, and when its header names a data file
+    elsewhere (see :func:`check_data_file`; ``attached_only`` refuses every separate data
+    file). With ``max_voxels``, the size the header declares is checked before any voxel is
+    read (:class:`TooManyVoxels`), so a small compressed file cannot expand into gigabytes.
     """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: file not found.")
     if p.is_dir():
-        img = _read_dicom_series(p, series_id)
+        img = _read_dicom_series(p, series_id, max_voxels)
     else:
         if image_suffix(p) is None:
             raise DataError(
                 f"{p}: unsupported file type; supported are {', '.join(IMAGE_SUFFIXES)} "
                 "and DICOM series folders (pass the folder, not a single .dcm file)."
             )
+        check_data_file(p, attached_only=attached_only)
         try:
+            if max_voxels is not None:
+                check_voxel_count(_declared_size(p), max_voxels, str(p))
             img = sitk.ReadImage(str(p))
         except RuntimeError as exc:
             reason = _itk_reason(exc)
             raise DataError(f"{p}: cannot read the image (corrupt or truncated?): {reason}") from exc
-    check_image_structure(img, str(p))
+    check_image(img, str(p))
     return img
 
 
@@ -201,11 +317,29 @@ def write_image(img: sitk.Image, path: str | os.PathLike[str]) -> None:
     suffix = image_suffix(target)
     if suffix is None:
         raise DataError(f"{target}: cannot write this file type; use one of {', '.join(IMAGE_SUFFIXES)}.")
-    if suffix in _DETACHED_SUFFIXES:
-        _write_detached(img, target)
-        return
-    with atomic_path(target) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+    try:
+        if suffix in _DETACHED_SUFFIXES:
+            _write_detached(img, target)
+            return
+        with atomic_path(target) as tmp:
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+    except RuntimeError as exc:  # ITK reports a failed write without an errno
+        raise _write_error(img, target, exc) from None
+
+
+def _write_error(img: sitk.Image, target: Path, exc: RuntimeError) -> Exception:
+    """OSError(ENOSPC) when the target's file system has less room than the image, else DataError.
+
+    ITK's own text names its build paths and hides the cause; free space is what usually ran out.
+    """
+    needed = img.GetNumberOfPixels() * img.GetSizeOfPixelComponent() * img.GetNumberOfComponentsPerPixel()
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < needed:
+        return OSError(errno.ENOSPC, f"no space left to write {target.name} ({free} bytes free)", str(target))
+    return DataError(f"{target}: cannot write the image: {_itk_reason(exc)}")
 
 
 def _write_detached(img: sitk.Image, target: Path) -> None:

@@ -37,6 +37,7 @@ import psutil
 
 from reciprocalseg.data.io import Case, write_case_list
 
+from .model_store import sha256_file
 from .workspace import Conflict, Invalid, NotFound, Workspace, now_iso
 
 log = logging.getLogger(__name__)
@@ -228,16 +229,19 @@ class TrainingManager:
                     label_versions[rec["id"]] = cur["version"]
                 else:
                     unlabeled.append(Case(rec["id"], cdir / rec["image"], None))
-            if not labeled:
-                raise Conflict(
-                    "no labelled case yet: submit at least one label (PUT /cases/{id}/label) before training"
-                )
-            warm_from = None
+            check_trainable(labeled, unlabeled, preset, iterations, device)
+            warm_from, note = None, None
             if warm_start:
                 reg = self.ws.registry()
                 if reg.get("current") is not None:
                     warm_from = self.ws.round_entry(reg["current"])
                     old = warm_from.get("preset")
+                    if warm_from.get("n_classes") not in (None, self.ws.n_classes):
+                        note = (
+                            f"started from scratch: round {warm_from['round']} segments "
+                            f"{warm_from['n_classes']} classes, the workspace now has {self.ws.n_classes}"
+                        )
+                        warm_from, old = None, None
                     if old and old in PRESETS and old != preset:
                         a, b = make_config(old), make_config(preset)
                         if (a.n_filters, a.normalization) != (b.n_filters, b.normalization):
@@ -262,6 +266,7 @@ class TrainingManager:
                 "warm_start_round": warm_from["round"] if warm_from else None,
                 "warm_start_dir": warm_from["dir"] if warm_from else None,
                 "n_classes": self.ws.n_classes,
+                "classes_include_background": True,
                 "n_labeled": len(labeled),
                 "n_unlabeled": len(unlabeled),
                 "label_versions": label_versions,
@@ -275,6 +280,7 @@ class TrainingManager:
                 "launches": 0,
                 "auto_resumes": 0,
                 "round": None,
+                "note": note,
             }
             self._launch(job)
             return job
@@ -299,7 +305,7 @@ class TrainingManager:
             "--device",
             job["device"],
             "--n-classes",
-            str(int(job["n_classes"]) + 1),  # the CLI counts the background too
+            str(job_n_classes(job)),
             "--json",
         ]
         if job.get("iterations") is not None:
@@ -421,7 +427,15 @@ class TrainingManager:
         if existing:
             entry = existing[0]
         else:
+            problem = _unusable_models(run_dir)
+            if problem is not None:
+                job["state"] = "failed"
+                job["message"] = f"training finished but its models were not registered: {problem}"
+                log.error("run %s: %s", job["run_id"], job["message"])
+                self.ws.write_job(job)
+                return
             rel = run_dir.relative_to(self.ws.root).as_posix()
+            hashes = {name: sha256_file(run_dir / f"{name}.pt") for name in ("teacher", "student")}
 
             def make(number: int) -> dict[str, Any]:
                 return {
@@ -432,10 +446,12 @@ class TrainingManager:
                     "teacher": f"{rel}/teacher.pt",
                     "student": f"{rel}/student.pt",
                     "preset": job["preset"],
-                    "n_classes": job["n_classes"],
+                    "n_classes": job_n_classes(job),
                     "n_labeled": job["n_labeled"],
                     "n_unlabeled": job["n_unlabeled"],
                     "warm_start_round": job.get("warm_start_round"),
+                    "teacher_sha256": hashes["teacher"],
+                    "student_sha256": hashes["student"],
                 }
 
             entry = self.ws.add_round(make)
@@ -445,6 +461,27 @@ class TrainingManager:
         self.ws.write_job(job)
         if self.on_round is not None:
             self.on_round(entry)
+
+    def record_background_only(self, entry: dict[str, Any], networks: list[str]) -> None:
+        """Flag a round whose networks predict background everywhere: in the registry, and as a
+        ``warning`` event of its run (the status shows it)."""
+        who = " and ".join(networks)
+        message = (
+            f"round {entry['round']}: the {who} predicts background everywhere on the labelled scans; "
+            "it has not learned the structure (more labels or iterations, or check the labels)"
+        )
+        log.warning(message)
+        with self.ws.lock:
+            reg = self.ws.registry()
+            for r in reg["rounds"]:
+                if r["round"] == entry["round"]:
+                    r["background_only"] = networks
+            self.ws.write_registry(reg)
+        if entry.get("run_id"):
+            event = {"event": "warning", "kind": "background_only", "round": entry["round"]}
+            event.update(networks=networks, message=message, time=round(time.time(), 3))
+            with open(self.ws.runs_dir / entry["run_id"] / "events.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
 
     # ------------------------------------------------------------------ recover / resume / stop
     def recover(self) -> list[str]:
@@ -584,6 +621,7 @@ class TrainingManager:
             return base
         job = self.ws.read_job(run_id)
         evs = self._reader(run_id).refresh()
+        warning = next((ev for ev in reversed(evs) if ev.get("event") == "warning"), {})
         last: dict[str, Any] = {}  # the latest progress event: losses, h, lr, pace, ETA
         pos: dict[str, Any] = {}  # the latest event that says where the run is
         total = None
@@ -616,13 +654,15 @@ class TrainingManager:
             sec_per_iter=last.get("sec_per_iter"),
             eta_s=last.get("eta_s"),
             device=device or job.get("device"),
-            message=job.get("message"),
+            message="; ".join(m for m in (job.get("message"), job.get("note")) if m) or None,
             started=job.get("started"),
             finished=job.get("finished"),
             n_events=len(evs),
             n_labeled=job.get("n_labeled"),
             n_unlabeled=job.get("n_unlabeled"),
             warm_start_round=job.get("warm_start_round"),
+            warning=warning.get("message"),
+            background_only=warning.get("networks") or [],
         )
         return base
 
@@ -637,6 +677,50 @@ class TrainingManager:
             return True
         ids = [c.get("id") for c in data.get("labeled", []) + data.get("unlabeled", [])]
         return case_id in ids
+
+
+def check_trainable(
+    labeled: list[Case], unlabeled: list[Case], preset: str, iterations: int | None, device: str
+) -> None:
+    """Refuse, before anything starts, a round that would fail in the worker a few seconds later."""
+    from reciprocalseg.config import make_config
+
+    if not labeled:
+        raise Conflict(
+            "no labelled case yet: submit at least one label (PUT /cases/{id}/label) before training"
+        )
+    reciprocal = iterations if iterations is not None else make_config(preset).reciprocal_iterations
+    if reciprocal > 0 and not unlabeled:
+        raise Conflict(
+            "no unlabelled case: reciprocal learning trains the student on scans without labels; add some "
+            "(POST /cases) or ask for a supervised-only round with iterations=0"
+        )
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise Invalid(
+                "device 'cuda' asked for, but this service sees no CUDA device; use device 'auto' or 'cpu'"
+            )
+
+
+def _unusable_models(run_dir: Path) -> str | None:
+    """Why a finished run's models must not become a round (missing, unreadable, non-finite), or None."""
+    from reciprocalseg.errors import ReciprocalSegError
+    from reciprocalseg.training.checkpoint import check_finite_model
+
+    for name in ("teacher", "student"):
+        try:
+            check_finite_model(run_dir / f"{name}.pt")
+        except ReciprocalSegError as exc:
+            return f"the {name}: {str(exc).replace(str(run_dir) + '/', '')}"
+    return None
+
+
+def job_n_classes(job: dict[str, Any]) -> int:
+    """A job's class count including background (jobs written before that meaning stored foreground)."""
+    n = int(job["n_classes"])
+    return n if job.get("classes_include_background") else n + 1
 
 
 def _signal_name(num: int) -> str:

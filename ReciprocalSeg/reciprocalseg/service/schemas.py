@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .workspace import CASE_ID_PATTERN
 
@@ -27,10 +27,16 @@ class ErrorResponse(BaseModel):
 
 class Geometry(BaseModel):
     size: list[int] = Field(description="voxels (x, y, z)")
-    spacing: list[float] = Field(description="mm (x, y, z)")
-    origin: list[float] = Field(description="LPS mm")
-    direction: list[float] = Field(description="9 direction cosines, row-major (LPS)")
+    spacing: list[float] = Field(description="mm (x, y, z), 9 significant digits")
+    origin: list[float] = Field(description="LPS mm, 9 significant digits")
+    direction: list[float] = Field(description="9 direction cosines, row-major (LPS), 9 significant digits")
     pixel_type: str | None = None
+
+    @field_validator("spacing", "origin", "direction")
+    @classmethod
+    def _readable(cls, values: list[float]) -> list[float]:
+        # Header round trips leave 9.999999999999998 for 10; nine digits keep far below a micrometre.
+        return [float(f"{v:.9g}") for v in values]
 
 
 class LabelVersion(BaseModel):
@@ -119,6 +125,10 @@ class TrainingStatus(BaseModel):
     n_labeled: int | None = None
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
+    warning: str | None = Field(None, description="the latest warning event of the run")
+    background_only: list[str] = Field(
+        default_factory=list, description="networks of the round that predict background everywhere"
+    )
 
 
 class TrainingEvents(BaseModel):
@@ -136,11 +146,17 @@ class PredictionInfo(BaseModel):
     files: dict[str, str] = Field(
         description="teacher, student, disagreement: GET /cases/{id}/prediction/{kind}"
     )
+    teacher_empty: bool | None = Field(None, description="the teacher predicts background everywhere")
+    student_empty: bool | None = Field(None, description="the student predicts background everywhere")
+    warning: str | None = Field(None, description="set when a network predicts background everywhere")
 
 
 class NextCase(BaseModel):
     case_id: str | None = Field(description="None when every case is labelled")
     score: float | None = None
+    both_empty: bool = Field(
+        False, description="neither network finds anything in it: ranked as the most uncertain case"
+    )
     round: int | None = None
     n_candidates: int = 0
     n_predicted_now: int = Field(0, description="unlabelled cases predicted to answer this request")
@@ -152,13 +168,34 @@ class ModelRound(BaseModel):
     created: str
     run_id: str | None = None
     preset: str | None = None
-    n_classes: int | None = None
+    n_classes: int | None = Field(None, description="classes including background")
+    fewer_classes: bool = Field(
+        False, description="trained before a label with a new class arrived: segments fewer classes"
+    )
     n_labeled: int | None = None
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
     current: bool = False
+    background_only: list[str] | None = Field(
+        None, description="networks that predict background everywhere on labelled scans"
+    )
     teacher_sha256: str | None = None
     student_sha256: str | None = None
+
+
+class Settings(BaseModel):
+    n_classes: int = Field(
+        description="classes including background (as train --n-classes); labels 0..n_classes-1"
+    )
+    n_classes_fixed: bool = Field(description="False: the count grows when a label with a new class arrives")
+
+
+class SettingsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_classes: int | None = Field(
+        ge=2, le=256, description="classes including background; null: follow the labels"
+    )
 
 
 class ModelList(BaseModel):
@@ -193,7 +230,12 @@ class ServiceInfo(BaseModel):
     workspace: str
     device: DeviceInfo
     counts: Counts
-    n_classes: int = Field(description="foreground classes; label values 0..n_classes")
+    n_classes: int = Field(
+        description="classes including background (as train --n-classes); labels 0..n_classes-1"
+    )
+    n_classes_fixed: bool = Field(
+        False, description="False: the count grows when a label with a new class arrives"
+    )
     current_round: int | None
     training_state: str
     max_upload_mb: float

@@ -19,6 +19,7 @@ URL file, then ``GET /health``.  Connections made before uvicorn runs wait in th
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
@@ -30,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from reciprocalseg.atomic import atomic_write_text
+
+from .middleware import LOOPBACK_HOSTS
+from .workspace import DEFAULT_MAX_VOXELS
 
 URL_FILE = "url"
 TOKEN_FILE = "token"
@@ -68,9 +72,38 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-classes",
         type=int,
         default=None,
-        help="foreground classes (label values 0..K); set when the workspace is created (default 1)",
+        help="classes including background, as for `train` (labels 0..N-1); fixes the count "
+        "(default: it follows the labels, starting at 2)",
     )
     parser.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted upload (MiB)")
+    parser.add_argument(
+        "--max-voxels",
+        type=int,
+        default=DEFAULT_MAX_VOXELS,
+        help=f"largest image (voxels), checked from its header before reading (default {DEFAULT_MAX_VOXELS})",
+    )
+    parser.add_argument(
+        "--register-root",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a folder whose files POST /cases/register may read (repeatable; default: none, register off)",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept this Host header name (repeatable; '*' accepts any; default: loopback names "
+        "and the bound address)",
+    )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="accept state-changing requests from web pages of this origin, e.g. http://viewer.local:3000",
+    )
     parser.add_argument(
         "--device",
         default="auto",
@@ -204,6 +237,50 @@ def url_for(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}"
 
 
+def allowed_hosts(bind_host: str, extra: list[str]) -> tuple[str, ...]:
+    """Host header names to accept: the loopback names, the bound address (unless a wildcard), ``extra``."""
+    hosts = list(LOOPBACK_HOSTS)
+    bound = bind_host.strip("[]")
+    if bound not in ("0.0.0.0", "::", ""):
+        hosts.append(bound)
+    return tuple(dict.fromkeys([*hosts, *extra]))
+
+
+def register_roots(folders: list[str]) -> tuple[Path, ...]:
+    """The ``--register-root`` folders, resolved; ``ServeError`` for one that is not a folder."""
+    roots = []
+    for folder in folders:
+        root = Path(folder).expanduser().resolve()
+        if not root.is_dir():
+            raise ServeError(f"--register-root {folder}: not a folder")
+        roots.append(root)
+    return tuple(roots)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.max_upload_mb <= 0:
+        raise ServeError("--max-upload-mb must be positive")
+    if args.max_voxels <= 0:
+        raise ServeError("--max-voxels must be positive")
+    if args.n_classes is not None and args.n_classes < 2:
+        raise ServeError(
+            f"--n-classes {args.n_classes}: counts the background too (as for `train`), so at least 2"
+        )
+
+
+def _fail(exc: BaseException) -> int:
+    """Report a start-up error in one line (no traceback); the exit code is 2."""
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        text = f"cannot write the workspace{where}: {exc.strerror or exc}"
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            text += " (read-only or not yours? use a writable --workspace folder)"
+    else:
+        text = str(exc)
+    print(f"reciprocalseg serve: error: {text}", file=sys.stderr)
+    return 2
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Run the service until interrupted; returns the process exit code (2 for start-up errors)."""
     import uvicorn
@@ -217,15 +294,14 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         token = resolve_token(args)
         check_bind(args.host, token)
-        if args.max_upload_mb <= 0:
-            raise ServeError("--max-upload-mb must be positive")
+        _check_options(args)
+        roots = register_roots(args.register_root)
         ws_root = Path(args.workspace).expanduser().resolve()
         service_dir = ws_root / ".service"
         lock = WorkspaceLock(service_dir / LOCK_FILE)
         lock.acquire()
-    except ServeError as exc:
-        print(f"reciprocalseg serve: error: {exc}", file=sys.stderr)
-        return 2
+    except (ServeError, OSError) as exc:
+        return _fail(exc)
     url_file = service_dir / URL_FILE
     sock: socket.socket | None = None
     service: Any = None
@@ -234,32 +310,27 @@ def run_serve(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        url_file.unlink(missing_ok=True)
-        atomic_write_text(service_dir / PID_FILE, f"{os.getpid()}\n")
-        config = ServiceConfig(
-            workspace=ws_root,
-            n_classes=args.n_classes,
-            max_upload_mb=args.max_upload_mb,
-            token=token,
-            device=args.device,
-        )
         try:
+            url_file.unlink(missing_ok=True)
+            atomic_write_text(service_dir / PID_FILE, f"{os.getpid()}\n")
+            config = ServiceConfig(
+                workspace=ws_root,
+                n_classes=args.n_classes,
+                max_upload_mb=args.max_upload_mb,
+                token=token,
+                device=args.device,
+                allowed_hosts=allowed_hosts(args.host, args.allowed_host),
+                allowed_origins=tuple(args.allowed_origin),
+                register_roots=roots,
+                max_voxels=args.max_voxels,
+            )
             service = Service(config)
-        except Exception as exc:  # unreadable workspace settings and the like
-            print(f"reciprocalseg serve: error: {exc}", file=sys.stderr)
-            return 2
-        token_path = service_dir / TOKEN_FILE
-        if token:
-            given = Path(args.token_file).resolve() if args.token_file else None
-            if given != token_path.resolve():
-                write_private(token_path, token + "\n")
-        else:
-            token_path.unlink(missing_ok=True)
-        try:
+            _write_token_file(service_dir, token, args.token_file)
             sock = bind_socket(args.host, args.port)
-        except ServeError as exc:
-            print(f"reciprocalseg serve: error: {exc}", file=sys.stderr)
-            return 2
+        except (ServeError, OSError) as exc:
+            return _fail(exc)
+        except Exception as exc:  # unreadable workspace settings and the like
+            return _fail(exc)
         url = url_for(sock, args.host)
         service.start()
         app = create_app(service)
@@ -276,11 +347,24 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         if service is not None and not getattr(service, "closed", True):
             service.close()
-        url_file.unlink(missing_ok=True)
-        (service_dir / PID_FILE).unlink(missing_ok=True)
+        for p in (url_file, service_dir / PID_FILE):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
         if sock is not None:
             sock.close()
         lock.release()
+
+
+def _write_token_file(service_dir: Path, token: str | None, token_file: str | None) -> None:
+    token_path = service_dir / TOKEN_FILE
+    if token:
+        given = Path(token_file).resolve() if token_file else None
+        if given != token_path.resolve():
+            write_private(token_path, token + "\n")
+    else:
+        token_path.unlink(missing_ok=True)
 
 
 def serve_main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Layout (all paths relative to the workspace root)::
 
-    workspace.json                    settings: format version, n_classes, creation time
+    workspace.json                    settings: format version, n_classes (background included) and
+                                      whether it is fixed or follows the labels, creation time
     cases/<ID>/case.json              one small manifest per case (image geometry, label
                                       versions, predictions); replaced atomically on every change
     cases/<ID>/image.nrrd             the scan, converted to NRRD when it was added
@@ -49,9 +50,10 @@ from reciprocalseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: n_classes counts the background too (1 counted foreground classes)
 CASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _CASE_ID_RE = re.compile(CASE_ID_PATTERN)
+_WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\.|$)", re.IGNORECASE)
 
 #: Suffixes accepted for uploaded scans and labels (single-file formats only).
 UPLOAD_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
@@ -59,6 +61,9 @@ UPLOAD_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 PATH_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 LABEL_KINDS = ("submitted", "draft")
+#: Largest image the service accepts by default, in voxels (512 x 512 x 610; ~0.6 GB as float32);
+#: ``serve --max-voxels`` changes it.
+DEFAULT_MAX_VOXELS = 160_000_000
 
 
 def now_iso() -> str:
@@ -82,6 +87,10 @@ class BadRequest(ApiError):
     status_code = 400
 
 
+class Forbidden(ApiError):
+    status_code = 403
+
+
 class NotFound(ApiError):
     status_code = 404
 
@@ -103,11 +112,23 @@ class Invalid(ApiError):
 
 
 def check_case_id(case_id: str) -> str:
-    """Return ``case_id`` if it matches the safe pattern, else raise :class:`Invalid`."""
+    """Return ``case_id`` if it is safe as a folder name everywhere, else raise :class:`Invalid`.
+
+    Safe: the pattern (no separators, no leading dot), no trailing dot, and not a name Windows
+    reserves for devices (``CON``, ``NUL``, ``COM1``, ``LPT1.txt``...), which cannot be a folder
+    there, so a workspace copied to Windows would break.
+    """
     if not isinstance(case_id, str) or not _CASE_ID_RE.match(case_id):
         raise Invalid(
             f"invalid case ID {case_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
+        )
+    if case_id.endswith("."):
+        raise Invalid(f"invalid case ID {case_id!r}: it may not end with a dot (Windows drops it)")
+    if _WINDOWS_RESERVED.match(case_id):
+        raise Invalid(
+            f"invalid case ID {case_id!r}: {case_id.split('.')[0]!r} is a device name reserved on "
+            "Windows; choose another ID (e.g. add a prefix)"
         )
     return case_id
 
@@ -189,7 +210,7 @@ class Workspace:
 
     @property
     def n_classes(self) -> int:
-        """Number of foreground classes; label values must lie in ``0..n_classes``."""
+        """Classes, background included (as ``train --n-classes``): labels hold ``0..n_classes-1``."""
         return int(self.settings["n_classes"])
 
     def case_dir(self, case_id: str) -> Path:
@@ -201,7 +222,10 @@ class Workspace:
 
     # ------------------------------------------------------------------ start-up
     def _load_settings(self, n_classes: int | None) -> dict[str, Any]:
+        """Read (or create) ``workspace.json``; ``n_classes`` (background included) fixes the count."""
         path = self.root / "workspace.json"
+        if n_classes is not None and n_classes < 2:
+            raise DataError(f"n_classes counts the background too, so it must be at least 2, got {n_classes}")
         if path.exists():
             try:
                 settings = _read_json(path)
@@ -209,21 +233,99 @@ class Workspace:
                 raise DataError(
                     f"workspace settings {path} are unreadable ({exc}); fix or remove them"
                 ) from exc
-            if n_classes is not None and int(settings.get("n_classes", 1)) != n_classes:
-                has_labels = any((self.root / "cases").glob("*/labels/*.nrrd"))
-                if has_labels:
-                    raise DataError(
-                        f"workspace {self.root} was created with n_classes={settings.get('n_classes')}; "
-                        f"cannot switch to {n_classes} once labels exist"
-                    )
-                settings["n_classes"] = n_classes
-                atomic_write_json(path, settings)
-            return settings
-        if n_classes is not None and n_classes < 1:
-            raise DataError(f"n_classes must be at least 1, got {n_classes}")
-        settings = {"format": FORMAT_VERSION, "n_classes": n_classes or 1, "created": now_iso()}
+            settings = self._upgrade(settings, path)
+        else:
+            settings = {
+                "format": FORMAT_VERSION,
+                "n_classes": 2,
+                "n_classes_fixed": False,
+                "created": now_iso(),
+            }
+        if n_classes is not None:
+            needed = self._classes_needed_on_disk()
+            if n_classes < needed:
+                raise DataError(
+                    f"workspace {self.root} holds labels with values up to {needed - 1}, so it needs "
+                    "at least "
+                    f"{needed} classes (background included); cannot use --n-classes {n_classes}"
+                )
+            settings.update(n_classes=n_classes, n_classes_fixed=True)
         atomic_write_json(path, settings)
         return settings
+
+    def _upgrade(self, settings: dict[str, Any], path: Path) -> dict[str, Any]:
+        """Format 1 counted foreground classes only; from format 2 ``n_classes`` counts background too."""
+        if int(settings.get("format", 1)) >= 2:
+            return settings
+        reg_path = self.root / "models" / "registry.json"
+        if reg_path.exists():
+            reg = _read_json(reg_path)
+            if int(reg.get("format", 1)) < 2:  # the registry is upgraded first, once
+                for r in reg["rounds"]:
+                    if r.get("n_classes") is not None:
+                        r["n_classes"] = int(r["n_classes"]) + 1
+                reg["format"] = 2
+                atomic_write_json(reg_path, reg)
+        foreground = int(settings.get("n_classes", 1))
+        return {
+            **settings,
+            "format": FORMAT_VERSION,
+            "n_classes": foreground + 1,
+            "n_classes_fixed": foreground != 1,  # 1 was the default, not a choice
+        }
+
+    def _classes_needed_on_disk(self) -> int:
+        """Classes (background included) that the stored label versions need; 2 at least."""
+        needed = 2
+        for manifest in (self.root / "cases").glob("*/case.json"):
+            try:
+                rec = _read_json(manifest)
+                for v in rec.get("labels", []):
+                    needed = max(needed, int(label_max(manifest.parent, v)) + 1)
+            except (OSError, ValueError, KeyError):
+                continue
+        return needed
+
+    @property
+    def n_classes_fixed(self) -> bool:
+        return bool(self.settings.get("n_classes_fixed"))
+
+    def set_n_classes(self, n_classes: int | None) -> None:
+        """Fix the class count (background included), or let it follow the labels (``None``)."""
+        with self.lock:
+            needed = self.classes_needed()
+            if n_classes is None:
+                settings = {**self.settings, "n_classes": needed, "n_classes_fixed": False}
+            else:
+                if n_classes < needed:
+                    raise Conflict(
+                        f"the stored labels use values up to {needed - 1}, so the workspace needs at least "
+                        f"{needed} classes (background included); remap those labels first"
+                    )
+                settings = {**self.settings, "n_classes": n_classes, "n_classes_fixed": True}
+            atomic_write_json(self.root / "workspace.json", settings)
+            self.settings = settings
+
+    def grow_n_classes(self, needed: int) -> bool:
+        """Raise the class count to ``needed`` unless it is fixed; True when it grew."""
+        with self.lock:
+            if needed <= self.n_classes or self.n_classes_fixed:
+                return False
+            settings = {**self.settings, "n_classes": needed}
+            atomic_write_json(self.root / "workspace.json", settings)
+            self.settings = settings
+            log.info("class count grew to %d (a label with a new class arrived)", needed)
+            return True
+
+    def classes_needed(self) -> int:
+        """Classes (background included) the stored label versions need; 2 at least."""
+        with self.lock:
+            cases = list(self._cases.values())
+        needed = 2
+        for rec in cases:
+            for v in rec["labels"]:
+                needed = max(needed, label_max(self.case_dir(rec["id"]), v) + 1)
+        return needed
 
     def _cleanup(self) -> None:
         """Remove leftovers of interrupted operations (uploads, case creation or deletion)."""
@@ -345,8 +447,9 @@ class Workspace:
         author: str | None = None,
         source: str | None = None,
         note: str | None = None,
+        max_value: int | None = None,
     ) -> dict[str, Any]:
-        """Store a new label version (a checked SimpleITK image on the case grid)."""
+        """Store a new label version: a checked SimpleITK image on the case grid, values 0..max_value."""
         from reciprocalseg.data.io import write_image
 
         if kind not in LABEL_KINDS:
@@ -366,6 +469,7 @@ class Workspace:
                 "file": rel,
                 "source": source,
                 "note": note,
+                "max_value": max_value,
             }
             rec["labels"].append(entry)
             self._write_case(rec)
@@ -393,9 +497,16 @@ class Workspace:
 
     # ------------------------------------------------------------------ predictions
     def store_prediction(
-        self, case_id: str, round_id: int, teacher: Any, student: Any, disagreement: Any, score: float
+        self,
+        case_id: str,
+        round_id: int,
+        teacher: Any,
+        student: Any,
+        disagreement: Any,
+        score: float,
+        flags: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write a round's prediction files for a case and record them with the score."""
+        """Write a round's prediction files for a case and record them with the score (and ``flags``)."""
         from reciprocalseg.data.io import write_image
 
         with self.lock:
@@ -406,7 +517,13 @@ class Workspace:
             for name, img in (("teacher", teacher), ("student", student), ("disagreement", disagreement)):
                 write_image(img, folder / f"{name}.nrrd")
                 files[name] = f"predictions/r{round_id:04d}/{name}.nrrd"
-            entry = {"round": round_id, "score": float(score), "time": now_iso(), "files": files}
+            entry = {
+                "round": round_id,
+                "score": float(score),
+                "time": now_iso(),
+                "files": files,
+                **(flags or {}),
+            }
             with self.edit_case(case_id) as rec:
                 rec["predictions"][str(round_id)] = entry
             return dict(entry)
@@ -420,10 +537,11 @@ class Workspace:
         """``{"current": round or None, "rounds": [...]}``; an absent file means no rounds."""
         with self.lock:
             if not self.registry_path.exists():
-                return {"current": None, "rounds": []}
+                return {"format": 2, "current": None, "rounds": []}
             return _read_json(self.registry_path)
 
     def write_registry(self, reg: dict[str, Any]) -> None:
+        reg["format"] = 2  # round n_classes count the background too
         with self.lock:
             atomic_write_json(self.registry_path, reg)
 
@@ -480,6 +598,16 @@ class Workspace:
             "rounds": len(self.registry()["rounds"]),
             "corrupt": len(self.corrupt),
         }
+
+
+def label_max(case_dir: Path, entry: dict[str, Any]) -> int:
+    """The largest value of a label version (recorded when stored; read from the file for older ones)."""
+    if entry.get("max_value") is not None:
+        return int(entry["max_value"])
+    import numpy as np
+    import SimpleITK as sitk
+
+    return int(np.max(sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / entry["file"])))))
 
 
 def check_scan(image: Any, source: str) -> None:

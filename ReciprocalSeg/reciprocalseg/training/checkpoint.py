@@ -9,6 +9,7 @@ rebuild and apply it (architecture, classes, preprocessing, patch size).
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,50 @@ def load_model_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ReciprocalSegError(f"model file {path} does not exist") from None
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise ReciprocalSegError(f"model file {path} is unreadable or corrupt: {exc}") from exc
+        reason = _torch_reason(exc, path)
+        raise ReciprocalSegError(f"model file {path} is unreadable or corrupt: {reason}") from None
     if not isinstance(data, dict) or data.get("format") != "reciprocalseg-model-1":
         raise ReciprocalSegError(f"{path} is not a ReciprocalSeg model file")
     return data
+
+
+def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state_dict`` that hold a NaN or an infinity."""
+    bad = []
+    for name, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad.append(name)
+    return bad
+
+
+def check_finite_model(path: Path) -> dict[str, Any]:
+    """Load a model file and raise ReciprocalSegError if any of its weights is NaN or infinite.
+
+    A network trained on non-finite inputs (or diverged) predicts nothing useful and would carry
+    the damage into every warm-started round, so such a model is never made current.
+    """
+    data = load_model_file(path)
+    state = data.get("state_dict")
+    if not isinstance(state, dict):
+        raise ReciprocalSegError(f"{path} holds no weights (state_dict)")
+    bad = nonfinite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ReciprocalSegError(
+            f"model file {path} has NaN or infinite weights ({len(bad)} tensor(s): {shown}); "
+            "it cannot be used (was it trained on images with NaN/inf voxels, or did training diverge?)"
+        )
+    return data
+
+
+def _torch_reason(exc: Exception, path: Path) -> str:
+    """A short reason for a failed ``torch.load`` (torch's own text is a page of ``weights_only`` advice)."""
+    if not zipfile.is_zipfile(path):
+        return "not a PyTorch file (truncated, or another format)"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "weights_only" in first or "Weights only load failed" in first:
+        return "it holds objects other than tensors (not a model file saved by ReciprocalSeg)"
+    return first if len(first) <= 200 else first[:200] + "..."
 
 
 def rng_state() -> dict[str, Any]:

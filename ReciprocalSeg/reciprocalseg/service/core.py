@@ -1,0 +1,451 @@
+"""The service object: everything behind the HTTP layer (workspace, training, models, prediction).
+
+Routes (``routes/``) translate HTTP to calls on one :class:`Service`; the methods here raise
+:class:`~reciprocalseg.service.workspace.ApiError` subclasses that become 4xx answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import reciprocalseg
+from reciprocalseg.errors import DataError, ReciprocalSegError
+
+from . import schemas as S
+from .jobs import TrainingManager
+from .middleware import LOOPBACK_HOSTS
+from .model_store import ModelStore
+from .uploads import looks_like_dicom_folder, read_upload
+from .workspace import (
+    DEFAULT_MAX_VOXELS,
+    ApiError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TooLarge,
+    UnsupportedType,
+    Workspace,
+    check_case_id,
+    label_max,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceConfig:
+    """How a service instance runs (from the ``serve`` command line)."""
+
+    workspace: Path
+    n_classes: int | None = None
+    max_upload_mb: float = 2048.0
+    token: str | None = None
+    device: str = "auto"
+    train_command: list[str] | None = None
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    allowed_origins: tuple[str, ...] = ()
+    register_roots: tuple[Path, ...] = ()
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Service:
+    """Everything behind the HTTP layer: the workspace, the training manager and cached models."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.ws = Workspace(config.workspace, n_classes=config.n_classes)
+        self.jobs = TrainingManager(
+            self.ws,
+            train_command=config.train_command,
+            default_device=config.device,
+            on_round=self._new_round,
+        )
+        self.models = ModelStore(self.ws, self.max_upload_bytes)
+        self._predictor: Any = None
+        self._predictor_key: tuple[int, str, str] | None = None
+        self._predict_lock = threading.Lock()
+        self._device_info: dict[str, Any] | None = None
+        self.closed = False
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.config.max_upload_mb * 1024 * 1024)
+
+    def start(self) -> None:
+        """Start-up work: register finished runs and resume interrupted ones."""
+        resumed = self.jobs.recover()
+        if resumed:
+            log.warning("resumed training run(s) %s", ", ".join(resumed))
+
+    def close(self) -> None:
+        """Stop a running training worker (with a checkpoint); it resumes at the next start-up."""
+        if not self.closed:
+            self.closed = True
+            self.jobs.shutdown()
+
+    def _new_round(self, entry: dict[str, Any]) -> None:
+        log.info("model round %s is now current", entry["round"])
+        if entry.get("source") == "trained" and not self.closed:
+            # Off the training watcher's thread: it predicts, which takes a while on big scans.
+            threading.Thread(target=self._check_round, args=(entry,), daemon=True, name="round-check").start()
+
+    def _check_round(self, entry: dict[str, Any]) -> None:
+        try:
+            networks = self.background_only_networks(entry)
+        except Exception as exc:  # a check, not a reason to disturb the service
+            log.warning("could not check round %s for background-only predictions: %s", entry["round"], exc)
+            return
+        if networks:
+            self.jobs.record_background_only(entry, networks)
+
+    def background_only_networks(self, entry: dict[str, Any], max_cases: int = 2) -> list[str]:
+        """The networks of a round that predict background everywhere on labelled scans with foreground.
+
+        A few labelled cases are enough to catch a round that has learned nothing (the student
+        stuck in the all-background optimum); where a network finds anything, it is not flagged.
+        """
+        from reciprocalseg.data.io import read_image
+        from reciprocalseg.inference import TeacherStudentPredictor
+
+        cases = []
+        for rec in self.ws.all_cases():
+            cur = self.ws.current_label(rec)
+            if cur is not None and label_max(self.ws.case_dir(rec["id"]), cur) > 0:
+                cases.append(rec["id"])
+        if not cases:
+            return []
+        teacher, student = self.ws.model_paths(entry)
+        predictor = TeacherStudentPredictor(teacher, student, device=self.config.device)
+        empty = {"teacher": True, "student": True}
+        for case_id in cases[:max_cases]:
+            result = predictor.predict(read_image(self.ws.image_path(case_id)))
+            empty["teacher"] &= _all_background(result.teacher)
+            empty["student"] &= _all_background(result.student)
+        return [name for name, is_empty in empty.items() if is_empty]
+
+    # ------------------------------------------------------------------ cases
+    def case_info(self, rec: dict[str, Any], current_round: int | None) -> S.CaseInfo:
+        cur = self.ws.current_label(rec)
+        preds = rec.get("predictions") or {}
+        latest = max(preds.values(), key=lambda p: p["round"]) if preds else None
+        chosen = preds.get(str(current_round)) if current_round is not None else None
+        chosen = chosen or latest
+        status = "labelled" if cur is not None else ("predicted" if preds else "unlabelled")
+        return S.CaseInfo(
+            id=rec["id"],
+            status=status,
+            added=rec["added"],
+            source=rec.get("source"),
+            geometry=S.Geometry(**rec["geometry"]),
+            label_version=cur["version"] if cur else None,
+            n_label_versions=len(rec["labels"]),
+            score=chosen["score"] if chosen else None,
+            score_round=chosen["round"] if chosen else None,
+            score_current=bool(chosen and chosen["round"] == current_round),
+            metadata=rec.get("metadata") or {},
+        )
+
+    def add_uploaded_case(self, tmp: Path, filename: str, case_id: str | None) -> S.CaseInfo:
+        from reciprocalseg.data.io import case_id_from_path
+
+        if case_id is None:
+            case_id = case_id_from_path(filename)
+            try:
+                check_case_id(case_id)
+            except Invalid as exc:
+                raise Invalid(
+                    f"{exc.message} (derived from the file name {filename!r}); pass case_id"
+                ) from None
+        check_case_id(case_id)
+        if self.ws.has_case(case_id):
+            raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+        image = read_upload(tmp, filename, self.config.max_voxels)
+        rec = self.ws.add_case(image, case_id, source=f"upload:{filename}")
+        return self.case_info(rec, self.ws.registry().get("current"))
+
+    def register_case(self, req: S.RegisterCase) -> S.CaseInfo:
+        from reciprocalseg.data.io import case_id_from_path, image_suffix, read_image
+
+        path = self.registrable_path(req.path)
+        if path.is_dir() and not looks_like_dicom_folder(path):
+            raise Invalid(f"{path}: a folder must hold a DICOM series (files with the DICM marker)")
+        if not path.is_dir() and not path.is_file():
+            raise Invalid(f"{path}: not a regular file or folder")
+        if path.is_file() and image_suffix(path) is None:
+            raise UnsupportedType(
+                f"{path}: unsupported file type; use NRRD, NIfTI, MetaImage or a DICOM folder"
+            )
+        case_id = req.case_id if req.case_id is not None else case_id_from_path(path)
+        check_case_id(case_id)
+        if self.ws.has_case(case_id):
+            raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+        try:
+            image = read_image(path, max_voxels=self.config.max_voxels)
+        except DataError as exc:
+            raise _image_error(exc) from None
+        rec = self.ws.add_case(image, case_id, source=f"path:{path}")
+        return self.case_info(rec, self.ws.registry().get("current"))
+
+    def registrable_path(self, given: str) -> Path:
+        """The resolved ``given`` if it lies in a ``--register-root`` folder and exists.
+
+        A path outside those folders gets the same 404 as a missing one, so the answer never
+        tells whether some other file exists on the server.
+        """
+        roots = self.config.register_roots
+        if not roots:
+            raise Forbidden(
+                "registering files from the server's disk is off; start the service with "
+                "--register-root FOLDER (or upload the file)"
+            )
+        path = Path(given).expanduser()
+        if "\x00" in given or not path.is_absolute():
+            raise Invalid(f"path {given!r} must be an absolute path on the server")
+        shown = ", ".join(str(r) for r in roots)
+        try:
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            resolved = None
+        if resolved is None or not any(resolved.is_relative_to(r) for r in roots):
+            raise NotFound(f"{given}: no such file or folder in the registrable folders ({shown})")
+        return resolved
+
+    # ------------------------------------------------------------------ labels
+    def put_label(
+        self, case_id: str, tmp: Path, filename: str, author: str | None, kind: str, note: str | None
+    ) -> S.LabelVersion:
+        import SimpleITK as sitk
+
+        from reciprocalseg.data.io import read_image
+        from reciprocalseg.data.validation import check_label
+
+        image_path = self.ws.image_path(case_id)
+        label = read_upload(tmp, filename, self.config.max_voxels)
+        image = read_image(image_path)
+        fixed = self.ws.n_classes_fixed
+        try:
+            # check_label takes the largest allowed value; unfixed counts grow with the labels.
+            arr = check_label(
+                label, image, source=filename, n_classes=self.ws.n_classes - 1 if fixed else None
+            )
+        except DataError as exc:
+            raise Invalid(_fixed_classes_hint(str(exc).replace(str(tmp), filename), fixed)) from None
+        max_value = int(arr.max())
+        stored = sitk.GetImageFromArray(arr)
+        stored.CopyInformation(image)
+        entry = self.ws.add_label(
+            case_id,
+            stored,
+            kind=kind,
+            author=author,
+            source=f"upload:{filename}",
+            note=note,
+            max_value=max_value,
+        )
+        if kind == "submitted":
+            self.ws.grow_n_classes(max_value + 1)
+        return S.LabelVersion(**entry)
+
+    def draft_from_prediction(self, case_id: str, author: str | None) -> S.LabelVersion:
+        from reciprocalseg.data.io import read_image
+
+        pred = self.prediction_entry(case_id, None)
+        teacher = read_image(self.ws.case_dir(case_id) / pred["files"]["teacher"])
+        entry = self.ws.add_label(
+            case_id, teacher, kind="draft", author=author, source=f"prediction:round {pred['round']} teacher"
+        )
+        return S.LabelVersion(**entry)
+
+    # ------------------------------------------------------------------ prediction
+    def predictor(self) -> tuple[int, Any]:
+        """The current round's predictor, loaded once and replaced when the round changes."""
+        from reciprocalseg.inference import TeacherStudentPredictor
+
+        entry = self.ws.round_entry(None)
+        teacher, student = self.ws.model_paths(entry)
+        key = (entry["round"], str(teacher), str(student))
+        if self._predictor_key != key:
+            self._predictor = None
+            try:
+                self._predictor = TeacherStudentPredictor(teacher, student, device=self.config.device)
+            except (OSError, ReciprocalSegError, RuntimeError, ValueError, KeyError) as exc:
+                raise Conflict(f"cannot load the models of round {entry['round']}: {exc}") from None
+            self._predictor_key = key
+        return entry["round"], self._predictor
+
+    def predict(self, case_id: str) -> S.PredictionInfo:
+        from reciprocalseg.data.io import read_image
+
+        self.ws.get_case(case_id)
+        image = read_image(self.ws.image_path(case_id))
+        with self._predict_lock:
+            round_id, predictor = self.predictor()
+            result = predictor.predict(image)
+        empty = {
+            "teacher_empty": _all_background(result.teacher),
+            "student_empty": _all_background(result.student),
+        }
+        entry = self.ws.store_prediction(
+            case_id, round_id, result.teacher, result.student, result.disagreement, float(result.score), empty
+        )
+        if empty["teacher_empty"] or empty["student_empty"]:
+            log.warning("case %s, round %s: %s", case_id, round_id, background_warning(entry))
+        return self.prediction_info(case_id, entry)
+
+    @staticmethod
+    def prediction_info(case_id: str, entry: dict[str, Any]) -> S.PredictionInfo:
+        return S.PredictionInfo(case_id=case_id, **entry, warning=background_warning(entry))
+
+    def prediction_entry(self, case_id: str, round_id: int | None) -> dict[str, Any]:
+        rec = self.ws.get_case(case_id)
+        preds = rec.get("predictions") or {}
+        if not preds:
+            raise NotFound(f"case {case_id!r} has no prediction yet; POST /cases/{case_id}/predict")
+        if round_id is None:
+            current = self.ws.registry().get("current")
+            entry = preds.get(str(current)) or max(preds.values(), key=lambda p: p["round"])
+        else:
+            entry = preds.get(str(round_id))
+            if entry is None:
+                raise NotFound(f"case {case_id!r} has no prediction of round {round_id}")
+        return entry
+
+    def next_case(self) -> S.NextCase:
+        reg = self.ws.registry()
+        candidates = [c for c in self.ws.all_cases() if self.ws.current_label(c) is None]
+        if not candidates:
+            return S.NextCase(case_id=None, n_candidates=0)
+        current = reg.get("current")
+        if current is None:
+            raise Conflict("no model yet: train a round (POST /training) or import models first")
+        n_new = 0
+        preds: dict[str, dict[str, Any]] = {}
+        for c in candidates:
+            pred = (c.get("predictions") or {}).get(str(current))
+            if pred is None:
+                try:
+                    pred = self.predict(c["id"]).model_dump()
+                except NotFound:
+                    continue  # deleted meanwhile
+                n_new += 1
+            preds[c["id"]] = pred
+        if not preds:
+            return S.NextCase(case_id=None, n_candidates=0)
+        best = max(preds, key=lambda k: uncertainty_rank(k, preds[k]))
+        return S.NextCase(
+            case_id=best,
+            score=preds[best]["score"],
+            both_empty=both_empty(preds[best]),
+            round=current,
+            n_candidates=len(preds),
+            n_predicted_now=n_new,
+        )
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> S.Settings:
+        return S.Settings(n_classes=self.ws.n_classes, n_classes_fixed=self.ws.n_classes_fixed)
+
+    def update_settings(self, req: S.SettingsUpdate) -> S.Settings:
+        self.ws.set_n_classes(req.n_classes)
+        return self.settings()
+
+    # ------------------------------------------------------------------ info
+    def device_info(self) -> S.DeviceInfo:
+        if self._device_info is None:
+            info: dict[str, Any] = {
+                "type": "cpu",
+                "name": platform.processor() or platform.machine() or "CPU",
+                "cpu_count": os.cpu_count(),
+            }
+            try:
+                import psutil
+
+                info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 2)
+            except Exception:  # pragma: no cover - psutil is a dependency
+                pass
+            if self.config.device != "cpu":
+                try:
+                    import torch
+
+                    if torch.cuda.is_available():
+                        props = torch.cuda.get_device_properties(0)
+                        info = {
+                            "type": "cuda",
+                            "name": props.name,
+                            "memory_gb": round(props.total_memory / 2**30, 2),
+                            "cpu_count": os.cpu_count(),
+                        }
+                except Exception as exc:  # a broken CUDA set-up must not break /info
+                    log.warning("CUDA query failed: %s", exc)
+            self._device_info = info
+        return S.DeviceInfo(**self._device_info)
+
+    def info(self) -> S.ServiceInfo:
+        reg = self.ws.registry()
+        return S.ServiceInfo(
+            version=reciprocalseg.__version__,
+            workspace=str(self.ws.root),
+            device=self.device_info(),
+            counts=S.Counts(**self.ws.counts()),
+            n_classes=self.ws.n_classes,
+            n_classes_fixed=self.ws.n_classes_fixed,
+            current_round=reg.get("current"),
+            training_state=self.jobs.status()["state"],
+            max_upload_mb=self.config.max_upload_mb,
+            auth=bool(self.config.token),
+        )
+
+
+def _image_error(exc: DataError) -> ApiError:
+    """413 for an image over the voxel limit, 422 for any other problem with an image."""
+    from reciprocalseg.data.io import TooManyVoxels
+
+    return TooLarge(str(exc)) if isinstance(exc, TooManyVoxels) else Invalid(str(exc))
+
+
+def _fixed_classes_hint(message: str, fixed: bool) -> str:
+    if fixed and "configured number of classes" in message:
+        return (
+            message.split(" Set n_classes")[0]
+            + " The class count is fixed (serve --n-classes or PUT /settings); raise it with PUT /settings "
+            '{"n_classes": N} (background included), or remap the label values.'
+        )
+    return message
+
+
+def _all_background(labels: Any) -> bool:
+    import numpy as np
+    import SimpleITK as sitk
+
+    return not np.any(sitk.GetArrayViewFromImage(labels))
+
+
+def both_empty(pred: dict[str, Any]) -> bool:
+    """Whether neither network found anything (their disagreement score is then 0 by definition)."""
+    return bool(pred.get("teacher_empty") and pred.get("student_empty"))
+
+
+def uncertainty_rank(case_id: str, pred: dict[str, Any]) -> tuple[bool, float, str]:
+    """Sort key of next-case, largest first: a case where both networks see nothing is the most
+    uncertain of all (score 0 only because there is nothing to compare), then the disagreement."""
+    return both_empty(pred), float(pred["score"]), case_id
+
+
+def background_warning(pred: dict[str, Any]) -> str | None:
+    """The warning shown with a prediction in which a network predicts background everywhere."""
+    empty = [name for name in ("teacher", "student") if pred.get(f"{name}_empty")]
+    if not empty:
+        return None
+    who = " and ".join(empty)
+    return (
+        f"the {who} predicts background everywhere in this scan; if this happens on scans that "
+        "show the structure, the round has not learned it (more labels or iterations, or check the labels)"
+    )

@@ -1,0 +1,13 @@
+"""HTTP routes, one router per resource (FastAPI's "bigger applications" layout)."""
+
+from . import cases, info, labels, models, prediction, settings, training
+
+ROUTERS = (
+    info.router,
+    settings.router,
+    cases.router,
+    labels.router,
+    prediction.router,
+    training.router,
+    models.router,
+)
