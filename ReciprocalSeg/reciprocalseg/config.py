@@ -165,6 +165,10 @@ class TrainConfig:
             problems.append(f"minutes={self.minutes}: a time budget must be > 0")
         if len(self.budget_split) != 3 or min(self.budget_split) < 0 or sum(self.budget_split) <= 0:
             problems.append(f"budget_split={self.budget_split}: three shares >= 0, not all 0")
+        elif self.minutes is not None:
+            counts = (self.supervised_iterations, self.reciprocal_iterations, self.finetune_iterations)
+            if not any(s > 0 and n > 0 for s, n in zip(self.budget_split, counts, strict=True)):
+                problems.append("minutes: no phase both has a share of the budget and iterations > 0")
         if self.batch_labeled < 1 or self.batch_unlabeled < 0:
             problems.append("batch_labeled must be >= 1 and batch_unlabeled >= 0")
         if min(self.supervised_iterations, self.reciprocal_iterations, self.finetune_iterations) < 0:

@@ -1,6 +1,7 @@
 """Rounds sized in minutes: iteration counts (and the lr drop) set from the measured speed.
 
-With `TrainConfig.minutes`, each phase gets a share of the budget (`budget_split`), counted from
+With `TrainConfig.minutes`, each phase gets a share of the budget (`budget_split`; a phase set to
+0 iterations is skipped and its share goes to the others), counted from
 the start of the run (preprocessing included: the user asked for the round to take that long).
 A phase's deadline is the end of its cumulative share, so a phase that ran over leaves the next
 one less. When a phase starts, it runs `PROBE_ITERATIONS` iterations at the full learning rate,
@@ -21,10 +22,12 @@ LR_DROP_AT = 5 / 6  # of a phase: the lr drop of lite (250 of 300) and demo (120
 
 
 def phase_shares(config: TrainConfig, phases: tuple[str, ...]) -> dict[str, float]:
-    """Each phase's share of the budget (normalised over the phases with a share)."""
-    raw = dict(zip(phases, config.budget_split, strict=True))
+    """Each phase's share of the budget, normalised over the phases that run: a phase whose
+    iteration count is 0 is skipped under a budget too (e.g. a supervised-only round)."""
+    counts = (config.supervised_iterations, config.reciprocal_iterations, config.finetune_iterations)
+    raw = {p: s if n > 0 else 0.0 for p, s, n in zip(phases, config.budget_split, counts, strict=True)}
     total = sum(raw.values())
-    return {p: s / total for p, s in raw.items()}
+    return {p: s / total if total > 0 else 0.0 for p, s in raw.items()}
 
 
 @dataclass
