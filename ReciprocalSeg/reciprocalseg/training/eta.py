@@ -9,8 +9,9 @@ the old moving average left out, take real time too.
 Here each phase has a cost in "crop passes" (one forward + backward of one network on one crop),
 and the seconds per crop pass are measured: from the wall time of the running phase (its first
 iteration, which pays for warm-up, left out; checkpoints included), and for a phase not yet
-started, from the last measured phase through the cost ratio. Once a phase has run, its own
-measured rate is used for what is left of it.
+started, from the last measured phase through the cost ratio. Once a phase runs, its own rate
+takes over gradually: weighted by its measured iterations against `PRIOR_WEIGHT` iterations of
+the projection (one slow iteration on a shared machine must not double the ETA).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..config import TrainConfig
 # the CPU: 2.2 (lite, idle machine), 1.67 (a 4-filter plan on hippocampus, loaded machine); the
 # passes alone give 2.0, and we take that.
 RECIPROCAL_OVERHEAD = 1.0
+PRIOR_WEIGHT = 3  # iterations' worth of trust in the projection from the previous phase
 
 
 def crop_passes(config: TrainConfig, phase: str) -> float:
@@ -41,11 +43,20 @@ class _PhaseClock:
     start_time: float
     last_iteration: int = 0
     last_time: float = 0.0
+    prior: float | None = None  # seconds per iteration projected from the previous phase
+
+    @property
+    def measured(self) -> int:
+        return self.last_iteration - self.start_iteration
 
     def rate(self) -> float | None:
-        """Seconds per iteration since the phase's first iteration (None before a second one)."""
-        done = self.last_iteration - self.start_iteration
-        return (self.last_time - self.start_time) / done if done > 0 else None
+        """Seconds per iteration since the phase's first iteration, shrunk towards the prior
+        while few are measured (None before a second iteration, without a prior)."""
+        n = self.measured
+        own = (self.last_time - self.start_time) / n if n > 0 else None
+        if self.prior is None or own is None:
+            return own if own is not None else self.prior
+        return (n * own + PRIOR_WEIGHT * self.prior) / (n + PRIOR_WEIGHT)
 
 
 @dataclass
@@ -61,7 +72,12 @@ class EtaModel:
         now = time.perf_counter() if now is None else now
         clock = self.clocks.get(phase)
         if clock is None:  # the first iteration of this phase (or of a resume): warm-up, not measured
-            self.clocks[phase] = _PhaseClock(iteration, now, iteration, now)
+            prior = (
+                None
+                if self.seconds_per_pass is None
+                else self.seconds_per_pass * crop_passes(self.config, phase)
+            )
+            self.clocks[phase] = _PhaseClock(iteration, now, iteration, now, prior)
             return
         clock.last_iteration, clock.last_time = iteration, now
         rate = clock.rate()
