@@ -386,7 +386,8 @@ class Trainer:
         rate = self.eta.phase_rate(phase)
         if rate is None:
             return total
-        chosen = self.budget.choose_total(phase, done, self._elapsed(), rate)
+        chosen = self._agreed(self.budget.choose_total(phase, done, self._elapsed(), rate))
+        self.budget.totals[phase] = chosen
         self.events.emit(
             "budget",
             phase=phase,
@@ -396,6 +397,17 @@ class Trainer:
             minutes=self.config.minutes,
         )
         return chosen
+
+    def _agreed(self, value: int) -> int:
+        """Under torch.distributed, rank 0's choice on every rank (each measured its own speed, and
+        ranks that ran different iteration counts would wait for each other forever)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
 
     def _lr(self, phase: str, iteration: int) -> float:
         lr_step = self.budget.lr_step(phase) if self.budget is not None else None
