@@ -97,7 +97,8 @@ def test_train_predict_evaluate(folders: dict[str, Path]) -> None:
         ".nrrd",
     )
     assert res.returncode == 0, res.stderr
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name not in ("qa.csv", "qa.json"))
+    assert (out / "qa.csv").exists()
     assert names == sorted(
         f"phantom_00{i}_{k}.nrrd" for i in (4, 5) for k in ("teacher", "student", "disagreement")
     )
@@ -153,7 +154,7 @@ def test_clear_errors_and_exit_codes(folders: dict[str, Path], tmp_path: Path) -
 
 
 def test_evaluate_accepts_a_folder_of_label_maps_alone(tmp_path: Path) -> None:
-    from reciprocalseg.cli import _label_files
+    from reciprocalseg.evaluation import label_files as _label_files
 
     cases = write_phantom_cohort(tmp_path / "pairs", 2, seed=1, shape_zyx=(16, 16, 16))
     only = tmp_path / "only_labels"
@@ -162,6 +163,8 @@ def test_evaluate_accepts_a_folder_of_label_maps_alone(tmp_path: Path) -> None:
         os.symlink(c.label, only / c.label.name)
     assert _label_files(only) == {c.case_id: only / c.label.name for c in cases}
     assert _label_files(tmp_path / "pairs") == {c.case_id: c.label for c in cases}
+    cases[1].label.unlink()  # an image whose label is missing is not a label
+    assert _label_files(tmp_path / "pairs") == {cases[0].case_id: cases[0].label}
 
 
 def test_the_torchrun_entry_without_torchrun_trains_as_the_cli(folders: dict[str, Path]) -> None:

@@ -1,4 +1,4 @@
-"""`reciprocalseg` command line: train, predict, evaluate, demo, serve.
+"""`reciprocalseg` command line: train, predict, evaluate, export-onnx, demo, serve.
 
 Exit codes: 0 success, 1 error (message on stderr), 2 usage error, 3 cancelled (a
 checkpoint was written; rerun the same command to resume).
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, ReciprocalSegError
+from .errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, DataError, ReciprocalSegError
 from .train_command import add_train_arguments, build_config, load_cases, print_result, train_in_process
 
-__all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "evaluate_folders", "main", "make_parser"]
+__all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "main", "make_parser"]
 
 
 # -- train -------------------------------------------------------------------------------
@@ -55,7 +55,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--disagreement", action="store_true", help="also write the teacher-student disagreement map"
     )
     p.add_argument("--device", default="auto")
-    p.add_argument("--format", default=".nii.gz", help="output extension (.nii.gz, .nrrd, .mha)")
+    p.add_argument(
+        "--format",
+        default=None,
+        help="output extension (.nrrd, .nii.gz, .mha ...; default: each scan's own format)",
+    )
+    p.add_argument(
+        "--reference-labels",
+        type=Path,
+        help="labelled cases the QA flags compare with (default: the run's labelled cases)",
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -72,113 +81,158 @@ def _model_paths(run: Path, which: str) -> dict[str, Path]:
     return paths
 
 
+def _reference_label_paths(args: argparse.Namespace) -> tuple[list[Path], str]:
+    """Label maps the QA flags compare with, and where they came from."""
+    from .data.io import load_case_list
+
+    if args.reference_labels is not None:
+        from .evaluation import label_files
+
+        return list(label_files(args.reference_labels).values()), str(args.reference_labels)
+    cases_json = args.run / "cases.json"
+    if not (args.run.is_dir() and cases_json.exists()):
+        return [], "the run lists no labelled cases"
+    try:
+        labeled, _ = load_case_list(cases_json)
+    except DataError as exc:  # moved or deleted training files must not stop a prediction
+        return [], f"the run's labelled cases cannot be read ({exc})"
+    return [c.label for c in labeled if c.label is not None], f"the run's labelled cases ({cases_json})"
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
-
-    from .data.io import discover_cases, read_image, write_image
-    from .inference import disagreement, load_model, predict_image
-
-    cases = discover_cases(args.images) if args.images.is_dir() else None
-    sources = (
-        [(c.case_id, c.image) for c in cases] if cases is not None else [(_case_id(args.images), args.images)]
+    from .data.io import case_id_from_path, discover_cases
+    from .inference import load_model
+    from .qa import (
+        background_only_message,
+        predicts_only_background,
+        reference_ranges_from_files,
+        structure_qa,
+        write_qa,
     )
+
+    if args.images.is_dir():
+        sources = [(c.case_id, c.image) for c in discover_cases(args.images)]
+    else:
+        sources = [(case_id_from_path(args.images), args.images)]
     models = {
         name: load_model(path, args.device) for name, path in _model_paths(args.run, args.model).items()
     }
+    n_classes = next(iter(models.values())).n_classes
+    ref_paths, ref_source = _reference_label_paths(args)
+    ranges = reference_ranges_from_files(ref_paths, n_classes) if ref_paths else None
+    if ranges is not None:
+        print(f"QA reference: {ranges.cases} labelled cases, {ref_source}")
+    else:
+        print(f"QA reference: none, {ref_source}; give --reference-labels DIR to flag unusual structures")
     args.out.mkdir(parents=True, exist_ok=True)
+    qa_rows, found_something = [], dict.fromkeys(models, False)
     for case_id, path in sources:
-        image = read_image(path)
-        probs = {}
-        for name, model in models.items():
-            pred = predict_image(
-                model,
-                image,
-                overlap=args.overlap,
-                paper_stride=args.paper_stride,
-                largest_component=args.largest_component,
-                return_probabilities=args.disagreement,
-            )
-            suffix = f"_{name}" if len(models) > 1 else ""
-            write_image(pred.labels, args.out / f"{case_id}{suffix}{args.format}")
-            probs[name] = pred.probabilities
-        if args.disagreement and len(probs) == 2:
-            voxel, score = disagreement(*probs.values())
-            img = sitk.GetImageFromArray(voxel)
-            img.CopyInformation(image)
-            write_image(img, args.out / f"{case_id}_disagreement{args.format}")
-            print(f"{case_id}: disagreement score {score:.4f}")
-        print(f"{case_id}: written to {args.out}")
+        labels, spacing = _predict_case(args, case_id, path, models)
+        for name, array in labels.items():
+            found_something[name] |= not predicts_only_background([array])
+        rows = structure_qa(case_id, labels, spacing, n_classes, ranges)
+        _print_qa(rows)
+        qa_rows += rows
+    json_path, csv_path = write_qa(qa_rows, ranges, args.out)
+    print(f"QA per structure: {csv_path} and {json_path}")
+    for name, found in found_something.items():
+        if not found:
+            print(f"warning: {background_only_message(name, len(sources))}", file=sys.stderr)
     return 0
 
 
-def _case_id(path: Path) -> str:
-    from .data.io import case_id_from_path
+def _predict_case(
+    args: argparse.Namespace, case_id: str, path: Path, models: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[float, ...]]:
+    """Predict one scan with every model, write the label maps; the (z, y, x) arrays and spacing."""
+    import SimpleITK as sitk
 
-    return case_id_from_path(path)
+    from .data.io import read_image, write_image
+    from .display import format_numbers, format_size
+    from .inference import disagreement, predict_image
+    from .prediction_files import DISAGREEMENT, output_format, prediction_path
+
+    image = read_image(path)
+    fmt = output_format(path, args.format)
+    arrays, probs, written = {}, {}, []
+    for name, model in models.items():
+        pred = predict_image(
+            model,
+            image,
+            overlap=args.overlap,
+            paper_stride=args.paper_stride,
+            largest_component=args.largest_component,
+            return_probabilities=args.disagreement,
+        )
+        target = prediction_path(args.out, case_id, name if len(models) > 1 else None, fmt)
+        write_image(pred.labels, target)
+        written.append(target.name)
+        arrays[name] = sitk.GetArrayFromImage(pred.labels)
+        probs[name] = pred.probabilities
+    geometry = f"size {format_size(image.GetSize())}, spacing {format_numbers(image.GetSpacing(), 'mm')}"
+    print(f"{case_id}: {', '.join(written)} written to {args.out} ({geometry})")
+    if args.disagreement and len(probs) == 2:
+        voxel, score = disagreement(*probs.values())
+        img = sitk.GetImageFromArray(voxel)
+        img.CopyInformation(image)
+        write_image(img, prediction_path(args.out, case_id, DISAGREEMENT, fmt))
+        print(f"{case_id}: disagreement score {score:.4f}")
+    return arrays, image.GetSpacing()
+
+
+def _print_qa(rows: list[Any]) -> None:
+    for r in rows:
+        dis = "" if r.disagreement is None else f"  disagreement {r.disagreement:.1%}"
+        flags = f"  FLAGS: {'; '.join(r.notes)}" if r.flags else ""
+        print(f"  {r.model:<10} class {r.label}: {r.volume_ml:10.3f} mL  {r.pieces:3d} piece(s){dis}{flags}")
 
 
 # -- evaluate ----------------------------------------------------------------------------
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="Dice, Jaccard, 95HD, ASD of predictions against labels")
-    p.add_argument("--pred", type=Path, required=True)
+    p = sub.add_parser(
+        "evaluate", help="Dice, Jaccard, 95HD, ASD of predictions against labels, per class and mean"
+    )
+    p.add_argument("--pred", type=Path, required=True, help="folder written by `predict`")
     p.add_argument("--labels", type=Path, required=True)
-    p.add_argument("--csv", type=Path, help="CSV file to write (default: PRED/metrics.csv)")
+    p.add_argument(
+        "--model",
+        choices=["teacher", "student", "supervised"],
+        help="only <ID>_<model> predictions (default: every model found, each on its own)",
+    )
+    p.add_argument("--csv", type=Path, help="per-case CSV to write (default: PRED/metrics.csv)")
     p.set_defaults(func=cmd_evaluate)
 
 
-def _label_files(label_dir: Path) -> dict[str, Path]:
-    """Labels by case ID, from `<ID>_image`/`<ID>_label` pairs or a folder of label maps alone."""
-    from .data.io import discover_cases, files_by_case_id
-    from .errors import DataError
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import METRICS, class_summary, evaluate_folders
 
-    try:
-        return {c.case_id: (c.label or c.image) for c in discover_cases(label_dir)}
-    except DataError:
-        return files_by_case_id(label_dir, "labels")
-
-
-def evaluate_folders(pred_dir: Path, label_dir: Path) -> list[dict[str, Any]]:
-    """Per-case, per-class metrics for predictions and labels matched by case ID."""
-    import SimpleITK as sitk
-
-    from .data.io import discover_cases, read_image
-    from .data.validation import check_same_grid
-    from .metrics import evaluate_case
-
-    preds = {c.case_id: c.image for c in discover_cases(pred_dir)}
-    labels = _label_files(label_dir)
-    missing = sorted(set(labels) - set(preds))
-    if not preds.keys() & labels.keys():
-        raise ReciprocalSegError(f"no case IDs in common between {pred_dir} and {label_dir}")
-    rows = []
-    for case_id in sorted(preds.keys() & labels.keys()):
-        pred, ref = read_image(preds[case_id]), read_image(labels[case_id])
-        problems = check_same_grid(pred, ref)
-        if problems:
-            raise ReciprocalSegError(f"{case_id}: prediction and label grids differ: {'; '.join(problems)}")
-        per_class = evaluate_case(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), ref.GetSpacing())
-        for cls, m in per_class.items():
-            rows.append({"case": case_id, "class": cls, **vars(m)})
+    rows, missing = evaluate_folders(args.pred, args.labels, args.model)
+    summary = class_summary(rows)
+    out = args.csv or args.pred / "metrics.csv"
+    summary_out = out.with_name(f"{out.stem}_summary{out.suffix or '.csv'}")
+    _write_csv(out, rows)
+    _write_csv(summary_out, summary)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        _print_metrics(model, [r for r in rows if r["model"] == model], summary, METRICS)
     if missing:
         print(f"warning: no prediction for {len(missing)} labelled cases: {missing[:10]}", file=sys.stderr)
-    return rows
+    print(f"CSV written to {out} (per case) and {summary_out} (per class means)")
+    return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import summarize
-
-    rows = evaluate_folders(args.pred, args.labels)
-    keys = [k for k in rows[0] if k not in ("case", "class")]
-    out = args.csv or args.pred / "metrics.csv"
-    _write_csv(out, rows)
+def _print_metrics(model: str, rows: list[dict], summary: list[dict], keys: tuple[str, ...]) -> None:
+    cases = len({r["case"] for r in rows})
+    print(f"\n{model or 'predictions'}: {cases} case(s)")
     print(f"{'case':<28}{'class':>6}" + "".join(f"{k:>12}" for k in keys))
     for r in rows:
         print(f"{r['case']:<28}{r['class']:>6}" + "".join(f"{r[k]:>12.4f}" for k in keys))
-    summary = summarize([{k: r[k] for k in keys} for r in rows])
-    print(f"{'mean':<28}{'':>6}" + "".join(f"{summary[k][0]:>12.4f}" for k in keys))
-    print(f"{'std':<28}{'':>6}" + "".join(f"{summary[k][1]:>12.4f}" for k in keys))
-    print(f"CSV written to {out}")
-    return 0
+    for entry in (e for e in summary if e["model"] == model):
+        cls = entry["class"]
+        if isinstance(cls, int):
+            print(f"{'mean':<28}{cls:>6}" + "".join(f"{entry[k]:>12.4f}" for k in keys))
+            print(f"{'std':<28}{cls:>6}" + "".join(f"{entry[k + '_std']:>12.4f}" for k in keys))
+        else:
+            print(f"{cls:<34}" + "".join(f"{entry[k]:>12.4f}" for k in keys))
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -189,6 +243,32 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+# -- export-onnx -------------------------------------------------------------------------
+def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-onnx", help="the run's teacher and student as ONNX, with metadata to run them elsewhere"
+    )
+    p.add_argument("--run", type=Path, required=True, help="run folder (or a model .pt file)")
+    p.add_argument("--out", type=Path, required=True, help="folder for <model>.onnx and metadata.json")
+    p.add_argument("--model", choices=["teacher", "student", "both", "supervised"], default="both")
+    p.add_argument("--class-names", nargs="+", metavar="NAME", help="names of classes 1..K, in order")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export_onnx)
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export.onnx_export import DEFAULT_OPSET, export_run
+
+    which = ("teacher", "student") if args.model == "both" else (args.model,)
+    result = export_run(args.run, args.out, which, args.class_names, args.opset or DEFAULT_OPSET)
+    for name, path in result.models.items():
+        diff = result.max_abs_difference[name]
+        check = "not checked (onnxruntime absent)" if diff is None else f"max |difference| {diff:.1e}"
+        print(f"{name}: {path} (onnxruntime vs PyTorch on a random batch: {check})")
+    print(f"metadata: {result.metadata}")
+    return 0
 
 
 # -- demo / serve ------------------------------------------------------------------------
@@ -232,6 +312,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_export_onnx(sub)
     _add_demo(sub)
     _add_serve(sub)
     return parser

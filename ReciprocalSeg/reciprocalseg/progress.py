@@ -38,10 +38,56 @@ class ProgressBar:
                 self.stream.write("\r" + line[:160].ljust(160))
             elif done % 50 == 0 or done == total:
                 self.stream.write(line + "\n")
-        elif kind in ("phase", "done", "cancelled", "error", "resumed", "warm_start", "warning", "budget"):
-            detail = {k: v for k, v in event.items() if k not in ("event", "time")}
-            self.stream.write(("\n" if self.tty else "") + f"{kind}: {json.dumps(detail)}\n")
+        else:
+            text = describe_event(event)
+            if text is not None:
+                self.stream.write(("\n" if self.tty else "") + text + "\n")
         self.stream.flush()
+
+
+def _at(event: dict[str, Any]) -> str:
+    return f"{event.get('phase', '?')} iteration {event.get('iteration', '?')}"
+
+
+def describe_event(event: dict[str, Any]) -> str | None:
+    """One readable line for a phase change, the end, a resume...; None for events not shown."""
+    kind = event["event"]
+    if kind == "phase" and event.get("phase") == "preprocess":
+        return f"preprocessing {event.get('total', '?')} cases"
+    if kind == "phase":
+        start = event.get("iteration") or 0
+        where = f" from iteration {start}" if start else ""
+        device = f" on {event['device']}" if event.get("device") else ""
+        return f"{event['phase']} phase: {event.get('total', '?')} iterations{where}{device}"
+    if kind == "done":
+        return f"done in {format_duration(event.get('seconds', 0))} on {event.get('device', '?')}"
+    if kind == "cancelled":
+        return f"cancelled at {_at(event)}; a checkpoint was written, rerun the same command to resume"
+    if kind == "error":
+        return f"error: {event.get('message', '')}"
+    if kind == "resumed":
+        return f"resumed from the checkpoint at {_at(event)}"
+    if kind == "warm_start":
+        return f"warm start from {event.get('source', '?')}"
+    if kind == "warning":
+        return f"warning at {_at(event)}: {event.get('message', '')}"
+    if kind == "budget":
+        return (
+            f"{event.get('phase', '?')} phase sized to {event.get('iterations', '?')} iterations "
+            f"({event.get('sec_per_iter', '?')} s each) for the {event.get('minutes', '?')}-minute budget"
+        )
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    """``42.1 s``, ``3 min 05 s``, ``2 h 03 min``."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def print_json_event(event: dict[str, Any]) -> None:

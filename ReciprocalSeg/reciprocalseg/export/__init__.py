@@ -1,0 +1,1 @@
+"""Models leaving the tool: portable formats that run without this package."""

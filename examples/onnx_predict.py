@@ -1,0 +1,135 @@
+"""Segment a scan with a model exported by `reciprocalseg export-onnx`, without reciprocalseg.
+
+Needs only numpy, SimpleITK and onnxruntime:
+
+    python examples/onnx_predict.py EXPORT_DIR/metadata.json student scan.nrrd scan_seg.nrrd
+
+It follows EXPORT_DIR/metadata.json: resample to the model's spacing when it has one,
+normalise the intensities, pad a scan smaller than the patch, run Gaussian-weighted
+overlapping windows through the network, merge their probabilities, undo the padding and
+the resampling, and take the argmax. `reciprocalseg.inference` does the same (the tests
+check that both give the same labels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import SimpleITK as sitk
+
+
+def normalise(volume: np.ndarray, intensity: dict) -> np.ndarray:
+    volume = volume.astype(np.float32)
+    if intensity["method"] == "ct_window":
+        lo, hi = intensity["window"]
+        return ((np.clip(volume, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32)
+    return ((volume - float(volume.mean())) / float(volume.std())).astype(np.float32)
+
+
+def window_starts(size: int, patch: int, step: int) -> list[int]:
+    if size <= patch:
+        return [0]
+    count = math.ceil((size - patch) / step) + 1
+    return sorted({min(i * step, size - patch) for i in range(count)})
+
+
+def gaussian(patch: list[int], sigma_scale: float = 0.125) -> np.ndarray:
+    axes = []
+    for n in patch:
+        centre, sigma = (n - 1) / 2, n * sigma_scale
+        axes.append(np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2).astype(np.float32))
+    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    w = w / w.max()
+    return np.maximum(w, w[w > 0].min()).astype(np.float32)
+
+
+def sliding_window(
+    session: ort.InferenceSession, volume: np.ndarray, meta: dict, batch: int = 4
+) -> np.ndarray:
+    """Class probabilities (C, z, y, x) of a normalised (z, y, x) volume."""
+    patch, steps = meta["patch_size_zyx"], meta["sliding_window"]["step_zyx"]
+    pads = [
+        (max(p - n, 0) // 2, max(p - n, 0) - max(p - n, 0) // 2)
+        for n, p in zip(volume.shape, patch, strict=True)
+    ]
+    padded = np.pad(volume, pads)
+    uniform = meta["sliding_window"]["weighting"] != "gaussian"
+    weight = np.ones(patch, np.float32) if uniform else gaussian(patch)
+    probs = np.zeros((meta["n_classes"], *padded.shape), np.float32)
+    counts = np.zeros(padded.shape, np.float32)
+    corners = [
+        (z, y, x)
+        for z in window_starts(padded.shape[0], patch[0], steps[0])
+        for y in window_starts(padded.shape[1], patch[1], steps[1])
+        for x in window_starts(padded.shape[2], patch[2], steps[2])
+    ]
+    for i in range(0, len(corners), batch):
+        chunk = corners[i : i + batch]
+        crops = np.stack([padded[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in chunk])
+        (out,) = session.run([meta["output"]["name"]], {meta["input"]["name"]: crops[:, None]})
+        for (z, y, x), p in zip(chunk, out, strict=True):
+            probs[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]] += p * weight
+            counts[z : z + patch[0], y : y + patch[1], x : x + patch[2]] += weight
+    probs /= counts
+    region = tuple(slice(before, before + n) for (before, _), n in zip(pads, volume.shape, strict=True))
+    return probs[(slice(None), *region)]
+
+
+def resampled_grid(image: sitk.Image, spacing: list[float]) -> sitk.Image:
+    size = [
+        max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing, strict=True)
+    ]
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(spacing)
+    grid.SetOrigin(image.GetOrigin())
+    grid.SetDirection(image.GetDirection())
+    return grid
+
+
+def predict_probabilities(metadata_path: Path, model: str, image: sitk.Image) -> np.ndarray:
+    """Class probabilities (C, z, y, x) on ``image``'s own grid by the exported ``model``."""
+    meta = json.loads(metadata_path.read_text())
+    session = ort.InferenceSession(str(metadata_path.parent / meta["models"][model]))
+    target = meta["spacing"]["target_mm_xyz"]
+    resample = target is not None and any(
+        abs(a - b) > 1e-3 for a, b in zip(image.GetSpacing(), target, strict=True)
+    )
+    working = sitk.Cast(image, sitk.sitkFloat32)
+    if resample:
+        grid = resampled_grid(image, target)
+        working = sitk.Resample(working, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    probs = sliding_window(session, normalise(sitk.GetArrayFromImage(working), meta["intensity"]), meta)
+    if not resample:
+        return probs
+    back = []
+    for channel in probs:
+        img = sitk.GetImageFromArray(channel)
+        img.CopyInformation(grid)
+        back.append(sitk.GetArrayFromImage(sitk.Resample(img, image, sitk.Transform(), sitk.sitkLinear)))
+    return np.stack(back)
+
+
+def to_label_image(probs: np.ndarray, image: sitk.Image) -> sitk.Image:
+    """The argmax label map, with ``image``'s geometry."""
+    labels = sitk.GetImageFromArray(probs.argmax(axis=0).astype(np.uint8))
+    labels.CopyInformation(image)
+    return labels
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    metadata, model, scan, out = argv
+    image = sitk.ReadImage(scan)
+    sitk.WriteImage(to_label_image(predict_probabilities(Path(metadata), model, image), image), out, True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
