@@ -28,7 +28,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     labeled, unlabeled = load_cases(args)
-    config = build_config(args, labeled)
+    config = build_config(args, labeled, unlabeled)
     if args.gpus > 1:
         from .distributed import launch_local
 

@@ -525,9 +525,11 @@ class Client:
         device: str = "auto",
         warm_start: bool = True,
         checkpoint_every: int | None = None,
+        minutes: float | None = None,
     ) -> TrainingStatus:
         body = {
             "checkpoint_every": checkpoint_every,
+            "minutes": minutes,
             "preset": preset,
             "iterations": iterations,
             "supervised_iterations": supervised_iterations,

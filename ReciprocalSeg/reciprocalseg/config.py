@@ -34,12 +34,18 @@ class TrainConfig:
     n_filters: int = 16
     normalization: str = "batchnorm"
     dropout: bool = True
+    # V-Net's four down steps, (x, y, z) per level, 2 = halve that axis, 1 = keep it (thin axes of
+    # thick-slice scans, planning/planner.py). The paper halves every axis at every level.
+    downsampling: tuple[Triple, ...] = ((2, 2, 2),) * 4
     # sampling: 2 labelled + 2 unlabelled crops per iteration, random rot90/flip
     batch_labeled: int = 2
     batch_unlabeled: int = 2
     # The supervised teacher start uses the same 4 crops per step, all labelled (UA-MT's batch of 4).
     supervised_batch: int = 4
     augment: bool = True
+    # Share of labelled crops centred on a voxel of a class present in the case (the class drawn at
+    # random), so small structures are seen; nnU-Net uses 1/3. The paper's crops are uniform (0).
+    class_crop_share: float = 0.0
     # optimisation (both phases, both networks): SGD, lr x0.1 every 2500 iterations
     lr: float = 0.01
     momentum: float = 0.9
@@ -48,9 +54,20 @@ class TrainConfig:
     lr_gamma: float = 0.1
     supervised_iterations: int = 6000
     reciprocal_iterations: int = 6000
+    # A time budget in minutes (None: the iteration counts above). Each phase gets its share of the
+    # budget; its iteration count (and lr drop) is set from the measured speed of its first
+    # iterations (training/budget.py).
+    minutes: float | None = None
+    # Time shares of the phases under a budget: (supervised, reciprocal, finetune), normalised.
+    budget_split: tuple[float, float, float] = (0.4, 0.6, 0.0)
     # preprocessing
-    intensity: str = "zscore"  # "zscore" per volume, or "ct" (window then scale)
+    # "zscore" per volume (MRI), "ct" (fixed window scaled to [-1, 1]), or "ct_dataset": clip to
+    # the dataset's intensity percentiles (`intensity_clip`), then z-score with the dataset's
+    # mean and std (`intensity_mean_std`), as nnU-Net normalises CT.
+    intensity: str = "zscore"
     ct_window: tuple[float, float] = (-125.0, 275.0)
+    intensity_clip: tuple[float, float] | None = None
+    intensity_mean_std: tuple[float, float] | None = None
     target_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm; None keeps the scan's grid
     # execution
     step_mode: str = "fast"  # "fast" (default) or "reference" (the published arithmetic, fp32)
@@ -91,6 +108,19 @@ class TrainConfig:
         return (z, y, x)
 
     @property
+    def strides_zyx(self) -> tuple[Triple, ...]:
+        """`downsampling` in the network's (z, y, x) order."""
+        return tuple((z, y, x) for x, y, z in self.downsampling)
+
+    @property
+    def size_multiple(self) -> Triple:
+        """What each (x, y, z) side of a crop must be a multiple of (16 with the paper's strides)."""
+        out = [1, 1, 1]
+        for level in self.downsampling:
+            out = [m * s for m, s in zip(out, level, strict=True)]
+        return (out[0], out[1], out[2])
+
+    @property
     def total_iterations(self) -> int:
         return self.supervised_iterations + self.reciprocal_iterations + self.finetune_iterations
 
@@ -99,10 +129,16 @@ class TrainConfig:
         problems = []
         if self.n_classes < 2:
             problems.append(f"n_classes={self.n_classes}: needs background plus at least one class (>= 2)")
-        if any(p < 16 or p % 16 for p in self.patch_size):
-            problems.append(
-                f"patch_size={self.patch_size}: each side must be a multiple of 16 (V-Net halves it 4 times)"
-            )
+        levels = self.downsampling
+        if len(levels) != 4 or any(len(v) != 3 or any(s not in (1, 2) for s in v) for v in levels):
+            problems.append(f"downsampling={levels}: four (x, y, z) triples of 1 or 2, one per V-Net level")
+        else:
+            multiple = self.size_multiple
+            if any(p < m or p % m for p, m in zip(self.patch_size, multiple, strict=True)):
+                problems.append(
+                    f"patch_size={self.patch_size}: each side must be a multiple of {multiple[0]} along x, "
+                    f"{multiple[1]} along y, {multiple[2]} along z (2 to the number of times V-Net halves it)"
+                )
         if self.normalization not in ("batchnorm", "groupnorm", "instancenorm", "none"):
             problems.append(
                 f"normalization={self.normalization!r}: use batchnorm, groupnorm, instancenorm or none"
@@ -111,8 +147,28 @@ class TrainConfig:
             problems.append(f"student_init={self.student_init!r}: use 'scratch' or 'teacher'")
         if self.step_mode not in ("fast", "reference"):
             problems.append(f"step_mode={self.step_mode!r}: use 'fast' or 'reference'")
-        if self.intensity not in ("zscore", "ct"):
-            problems.append(f"intensity={self.intensity!r}: use 'zscore' or 'ct'")
+        if self.intensity not in ("zscore", "ct", "ct_dataset"):
+            problems.append(f"intensity={self.intensity!r}: use 'zscore', 'ct' or 'ct_dataset'")
+        if self.intensity == "ct_dataset" and (
+            self.intensity_clip is None
+            or self.intensity_mean_std is None
+            or not self.intensity_clip[0] < self.intensity_clip[1]
+            or not self.intensity_mean_std[1] > 0
+        ):
+            problems.append(
+                "intensity='ct_dataset' needs intensity_clip (low < high) and intensity_mean_std "
+                "(std > 0): the `auto` plan sets them from the data"
+            )
+        if not 0 <= self.class_crop_share <= 1:
+            problems.append(f"class_crop_share={self.class_crop_share}: a share in [0, 1]")
+        if self.minutes is not None and not self.minutes > 0:
+            problems.append(f"minutes={self.minutes}: a time budget must be > 0")
+        if len(self.budget_split) != 3 or min(self.budget_split) < 0 or sum(self.budget_split) <= 0:
+            problems.append(f"budget_split={self.budget_split}: three shares >= 0, not all 0")
+        elif self.minutes is not None:
+            counts = (self.supervised_iterations, self.reciprocal_iterations, self.finetune_iterations)
+            if not any(s > 0 and n > 0 for s, n in zip(self.budget_split, counts, strict=True)):
+                problems.append("minutes: no phase both has a share of the budget and iterations > 0")
         if self.batch_labeled < 1 or self.batch_unlabeled < 0:
             problems.append("batch_labeled must be >= 1 and batch_unlabeled >= 0")
         if min(self.supervised_iterations, self.reciprocal_iterations, self.finetune_iterations) < 0:
@@ -143,9 +199,12 @@ class TrainConfig:
         if unknown:
             raise ReciprocalSegError(f"Unknown configuration keys {unknown}; known keys: {sorted(known)}")
         values = dict(data)
-        for key in ("patch_size", "ct_window", "target_spacing"):
+        for key in ("patch_size", "ct_window", "target_spacing", "intensity_clip", "intensity_mean_std"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
+        for key in ("downsampling", "budget_split"):
+            if values.get(key) is not None:
+                values[key] = tuple(tuple(v) if isinstance(v, list | tuple) else v for v in values[key])
         return cls(**values)
 
     @classmethod
@@ -204,6 +263,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 50,
         "inference_batch": 2,
         "supervised_batch": 2,
+    },
+    # Planned from the data (planning/planner.py): the values here are what the plan does not set
+    # (and a usable CPU-sized fallback where no cases are at hand); `plan_config` fills in spacing,
+    # crop, strides, width, batch, normalisation and iteration counts from the cases and device.
+    "auto": {
+        "student_init": "teacher",  # as lite/demo: short runs need the student started from the teacher
+        "patch_size": (64, 64, 48),
+        "n_filters": 8,
+        "dropout": False,  # as lite: 8 channels are too few for channel dropout's noise
+        "class_crop_share": 1 / 3,
+        "supervised_iterations": 300,
+        "reciprocal_iterations": 300,
+        "lr_step": 250,
+        "checkpoint_every": 50,
     },
     # Opt-in additions chosen on a validation split (see benchmarks/RESULTS.md).
     "improved": {

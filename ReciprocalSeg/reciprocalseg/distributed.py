@@ -513,7 +513,7 @@ def launch_local(
 def _train_without_torchrun(args: argparse.Namespace) -> int:
     """What ``reciprocalseg train`` does: one process, or ``--gpus N`` local ranks."""
     labeled, unlabeled = load_cases(args)
-    config = build_config(args, labeled)
+    config = build_config(args, labeled, unlabeled)
     if args.gpus > 1:
         return launch_local(args, config, labeled, unlabeled)
     print_result(args, train_in_process(args, config, labeled, unlabeled))
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = "gloo" if (args.device or "") == "cpu" else "nccl"
         ctx = init_distributed(backend)
         labeled, unlabeled = load_cases(args)
-        config = build_config(args, labeled)
+        config = build_config(args, labeled, unlabeled)
         result = train_rank(ctx, args, config, labeled, unlabeled)
         if ctx.is_main:
             print_result(args, result)

@@ -61,7 +61,9 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     data = load_model_file(Path(path))
     meta = data["meta"]
     dev = resolve_device(device)
-    module = build_model(meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"])
+    module = build_model(
+        meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"], meta.get("strides")
+    )
     module.load_state_dict(data["state_dict"])
     # Channels-last weights: the layout cuDNN's bf16 tensor-core and oneDNN's CPU convolutions want.
     module.to(dev, memory_format=torch.channels_last_3d).eval()

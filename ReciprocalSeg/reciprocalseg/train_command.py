@@ -17,6 +17,7 @@ from .progress import progress_listener
 
 if TYPE_CHECKING:  # torch and SimpleITK load when a command runs, not when the parser is built
     from .data.io import Case
+    from .planning.planner import Plan
     from .training.runner import RunResult
 
 
@@ -30,7 +31,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--manifest", type=Path, help='JSON {"labeled": [{id, image, label}], "unlabeled": [...]}'
     )
     p.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to resume)")
-    p.add_argument("--preset", default="paper", help="paper (default), lite, demo or improved")
+    p.add_argument(
+        "--preset",
+        default="auto",
+        help="auto (default: planned from the data, written to OUT/plan.json), paper, lite, demo or improved",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help="time budget: each phase sized from its measured speed to fit (instead of iteration counts)",
+    )
+    p.add_argument("--plan", type=Path, help="with auto: use this plan.json (e.g. an edited one)")
+    p.add_argument("--class-crop-share", type=float, help="share of labelled crops centred on a class")
     p.add_argument("--iterations", type=int, help="reciprocal iterations")
     p.add_argument("--supervised-iterations", type=int, help="supervised teacher iterations")
     p.add_argument("--finetune-iterations", type=int, help="student fine-tune iterations at the end")
@@ -39,7 +51,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-filters", type=int)
     p.add_argument("--normalization", choices=["batchnorm", "groupnorm", "instancenorm", "none"])
     p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"))
-    p.add_argument("--intensity", choices=["zscore", "ct"])
+    p.add_argument("--intensity", choices=["zscore", "ct", "ct_dataset"])
     p.add_argument("--step-mode", choices=["fast", "reference"])
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument(
@@ -103,12 +115,63 @@ def n_classes_from_labels(labeled: list[Case]) -> int:
     return infer_n_classes(maxima) + 1
 
 
-def build_config(args: argparse.Namespace, labeled: list[Case]) -> TrainConfig:
-    """The run's configuration: the preset, with every option given on the command line."""
-    n_classes = args.n_classes or n_classes_from_labels(labeled)
+def build_config(
+    args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case] | None = None
+) -> TrainConfig:
+    """The run's configuration: the preset (for `auto`, the plan from the cases, written to
+    OUT/plan.json and shown), with every option given on the command line over it."""
+    if args.preset == "auto":
+        return _planned_config(args, labeled, unlabeled or [])
     return make_config(
-        args.preset,
-        n_classes=n_classes,
+        args.preset, n_classes=args.n_classes or n_classes_from_labels(labeled), **_overrides(args)
+    )
+
+
+def _planned_config(args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case]) -> TrainConfig:
+    import sys
+
+    from .device import resolve_device
+    from .planning.fingerprint import MAX_LABEL_CASES
+    from .planning.planner import Plan, plan_for_run, planned_config
+
+    if getattr(args, "plan", None) is not None:
+        plan = Plan.load(args.plan)
+    else:
+        plan = plan_for_run(args.out, labeled, unlabeled, resolve_device(args.device or "auto"))
+    if len(labeled) > MAX_LABEL_CASES:  # the fingerprint read a sample of the label maps
+        plan.values["n_classes"] = max(plan.values["n_classes"], n_classes_from_labels(labeled))
+    warm = getattr(args, "warm_start", None)
+    if warm is not None and (Path(warm) / "config.json").is_file():
+        keep_architecture(plan, Path(warm) / "config.json")
+    config = planned_config(plan, {"n_classes": args.n_classes, **_overrides(args)})
+    args.out.mkdir(parents=True, exist_ok=True)
+    plan.save(args.out / "plan.json")
+    print(plan.describe(), file=sys.stderr)  # stderr: with --json, stdout carries events only
+    return config
+
+
+# What a warm start needs unchanged (the weights' shapes and what they were trained to see).
+ARCHITECTURE = ("patch_size", "downsampling", "n_filters", "normalization", "dropout", "target_spacing")
+ARCHITECTURE += ("intensity", "intensity_clip", "intensity_mean_std")
+
+
+def keep_architecture(plan: Plan, previous_config: Path) -> None:
+    """A round warm-started from a run keeps that run's network and grid, whatever the new
+    cases would plan (a new fingerprint must not make the warm start impossible)."""
+    import json
+
+    previous = json.loads(previous_config.read_text(encoding="utf-8"))
+    for key in ARCHITECTURE:
+        if key in previous and key in plan.values and plan.values[key] != previous[key]:
+            plan.values[key] = previous[key]
+            plan.reasons[key] = f"kept from the warm-start run {previous_config.parent.name}"
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """Config fields set on the command line (None: not given)."""
+    return dict(
+        minutes=getattr(args, "minutes", None),
+        class_crop_share=getattr(args, "class_crop_share", None),
         reciprocal_iterations=args.iterations,
         supervised_iterations=args.supervised_iterations,
         finetune_iterations=args.finetune_iterations,

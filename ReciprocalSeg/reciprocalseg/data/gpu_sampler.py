@@ -12,6 +12,10 @@ The random draws (case, rotation, window start, flip axis) are a handful of inte
 crop and come from a CPU `torch.Generator`: drawing them on the GPU would need a
 device-to-host synchronisation to turn them into slice bounds, and a CPU generator makes a
 seed give the same crops on any device (tests run the sampler on CPU tensors).
+
+Class-centred crops (`class_share`, see sampling.py) centre that share of labelled crops on a
+voxel of a random class of the case; the voxel samples (`sampling.class_locations`) are kept
+in host memory, since they only become slice bounds.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .sampling import CachedCase
+from .sampling import CachedCase, centred_starts, class_locations, crop_bounds
 
 Triple = tuple[int, int, int]
 
@@ -107,7 +111,11 @@ class DeviceCases:
     """Cached cases held as tensors on one device, and endless crop batches drawn from them."""
 
     def __init__(
-        self, cases: Sequence[CachedCase], device: torch.device | str, with_labels: bool = True
+        self,
+        cases: Sequence[CachedCase],
+        device: torch.device | str,
+        with_labels: bool = True,
+        class_share: float = 0.0,
     ) -> None:
         if not cases:
             raise DataError("no cases to sample crops from")
@@ -115,11 +123,15 @@ class DeviceCases:
         self.case_ids = [c.case_id for c in cases]
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor | None] = []
+        self.class_share = class_share if with_labels else 0.0
+        self.locations: list[dict[int, np.ndarray]] = []
         for case in cases:
             image, label = case.load()
             self.images.append(_to_device(image, torch.float32, self.device))
             keep = with_labels and label is not None
             self.labels.append(_to_device(label, torch.uint8, self.device) if keep else None)
+            if keep and self.class_share > 0:
+                self.locations.append(class_locations(label))
 
     @property
     def has_labels(self) -> bool:
@@ -130,16 +142,31 @@ class DeviceCases:
         sizes = [t.numel() * t.element_size() for t in (*self.images, *self.labels) if t is not None]
         return sum(sizes)
 
+    def _center(self, index: int, generator: torch.Generator) -> np.ndarray | None:
+        """A voxel of a random class of case `index` for a class-centred crop, or None (random crop)."""
+        if self.class_share <= 0 or float(torch.rand((), generator=generator)) >= self.class_share:
+            return None
+        locations = self.locations[index]
+        if not locations:
+            return None
+        voxels = locations[sorted(locations)[_randint(generator, len(locations))]]
+        return voxels[_randint(generator, len(voxels))]
+
     def draw(self, patch_zyx: Triple, generator: torch.Generator, augment: bool = True) -> CropDraw:
         """One crop's random choices, drawn in `random_crop`'s order (case first, as CropStream)."""
         index = _randint(generator, len(self.images))
+        center = self._center(index, generator)
         k = _randint(generator, 4) if augment else 0
         pz, py, px = patch_zyx
         window = (pz, px, py) if k % 2 else (pz, py, px)
-        starts = []
-        for n, w in zip(self.images[index].shape, window, strict=True):
-            pad = max(w - n, 0)
-            starts.append(_randint(generator, max(n + pad - w, 0) + 1) - pad // 2)
+        shape = tuple(self.images[index].shape)
+        if center is not None:
+            starts = centred_starts(center, shape, window)
+        else:
+            starts = []
+            for n, w in zip(shape, window, strict=True):
+                lo, hi = crop_bounds(n, w)
+                starts.append(_randint(generator, hi - lo + 1) + lo)
         flip_axis = 1 + _randint(generator, 2) if augment else None
         return CropDraw(index, k, (starts[0], starts[1], starts[2]), window, flip_axis)
 
@@ -205,12 +232,13 @@ class HeldCases:
         unlabeled: Sequence[CachedCase],
         device: torch.device,
         setting: str = "auto",
+        class_share: float = 0.0,
     ) -> HeldCases | None:
         """Load the cases onto `device` when `should_hold_on_device` says so, else None."""
         if not should_hold_on_device([*labeled, *unlabeled], device, setting):
             return None
         held_unlabeled = DeviceCases(unlabeled, device, with_labels=False) if unlabeled else None
-        return cls(DeviceCases(labeled, device), held_unlabeled)
+        return cls(DeviceCases(labeled, device, class_share=class_share), held_unlabeled)
 
     def streams(
         self,

@@ -2,7 +2,8 @@
 
 Forward: optional resampling to a target spacing (SimpleITK: linear for images, nearest
 for labels), then intensity normalisation (per-volume z-score by default, or a CT window
-scaled to [-1, 1]). Padding to the patch size happens at crop / window time.
+scaled to [-1, 1], or for CT the dataset's percentile clip then the dataset's z-score,
+planned from the data by planning/planner.py). Padding to the patch size happens at crop / window time.
 Inverse: predictions made on the preprocessed grid go back onto the scan's own grid
 (identity when no resampling was done, so labels come back voxel for voxel).
 """
@@ -22,32 +23,54 @@ class Preprocessing:
     intensity: str = "zscore"
     ct_window: tuple[float, float] = (-125.0, 275.0)
     target_spacing: tuple[float, float, float] | None = None
+    intensity_clip: tuple[float, float] | None = None  # "ct_dataset": dataset percentiles
+    intensity_mean_std: tuple[float, float] | None = None  # "ct_dataset": dataset statistics
 
     @classmethod
     def from_config(cls, config: object) -> Preprocessing:
-        spacing = getattr(config, "target_spacing", None)
         return cls(
             intensity=getattr(config, "intensity", "zscore"),
             ct_window=tuple(getattr(config, "ct_window", (-125.0, 275.0))),
-            target_spacing=tuple(spacing) if spacing is not None else None,
+            target_spacing=_tuple_or_none(getattr(config, "target_spacing", None)),
+            intensity_clip=_tuple_or_none(getattr(config, "intensity_clip", None)),
+            intensity_mean_std=_tuple_or_none(getattr(config, "intensity_mean_std", None)),
         )
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "intensity": self.intensity,
             "ct_window": list(self.ct_window),
             "target_spacing": self.target_spacing,
         }
+        if self.intensity == "ct_dataset":  # other modes keep the keys (and cache keys) they had
+            out["intensity_clip"] = list(self.intensity_clip or ())
+            out["intensity_mean_std"] = list(self.intensity_mean_std or ())
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocessing:
-        spacing = data.get("target_spacing")
-        return cls(data["intensity"], tuple(data["ct_window"]), tuple(spacing) if spacing else None)
+        return cls(
+            data["intensity"],
+            tuple(data["ct_window"]),
+            _tuple_or_none(data.get("target_spacing")),
+            _tuple_or_none(data.get("intensity_clip")),
+            _tuple_or_none(data.get("intensity_mean_std")),
+        )
+
+
+def _tuple_or_none(value: object) -> tuple | None:
+    return tuple(value) if value else None  # type: ignore[arg-type]
 
 
 def normalize_intensity(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Per-volume z-score (the paper's normalisation) or a CT window scaled to [-1, 1]."""
+    """Per-volume z-score (the paper's normalisation), a CT window scaled to [-1, 1], or the
+    dataset's CT clip and z-score."""
     array = array.astype(np.float32, copy=False)
+    if prep.intensity == "ct_dataset":
+        if prep.intensity_clip is None or prep.intensity_mean_std is None:
+            raise DataError("intensity 'ct_dataset' needs the dataset's clip and mean/std (plan them)")
+        (lo, hi), (mean, std) = prep.intensity_clip, prep.intensity_mean_std
+        return ((np.clip(array, lo, hi) - mean) / std).astype(np.float32)
     if prep.intensity == "ct":
         lo, hi = prep.ct_window
         return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32)

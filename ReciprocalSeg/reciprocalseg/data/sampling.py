@@ -8,6 +8,13 @@ The paper's RandomRotFlip rotates the whole volume by k*90 degrees in the x-y pl
 flips it along x or y, then RandomCrop pads (zeros) to the patch size and crops. Rotation
 and flip commute with cropping, so we crop a window of the rotated shape first and
 rotate only the crop: the same distribution at a fraction of the cost.
+
+Class-centred crops (`class_share` > 0, on in the `auto` plan, off in `paper`): that share of
+labelled crops is centred on a voxel of a class drawn at random among the foreground classes
+the case has, as nnU-Net's oversampling (a third) does, so a small structure next to a large one
+is seen in most batches. The centre is kept within the bounds a random crop may take, so the
+padding rule is the same. The voxels come from `class_locations`, a fixed-size sample per class
+computed once per case.
 """
 
 from __future__ import annotations
@@ -81,22 +88,66 @@ def cache_cases(
     return [cache_case(c, prep, cache_dir, n_classes) for c in cases]
 
 
+# Voxels kept per class for class-centred crops (nnU-Net keeps 10 000 too): enough to cover a
+# structure's extent, small enough to hold for every case.
+LOCATIONS_PER_CLASS = 10_000
+
+
+def class_locations(label: np.ndarray, per_class: int = LOCATIONS_PER_CLASS) -> dict[int, np.ndarray]:
+    """{class: (n, 3) int (z, y, x) voxels of that class}, for each foreground class present;
+    at most `per_class` voxels each, a fixed sample (the same for the same label map)."""
+    array = np.asarray(label)
+    rng = np.random.default_rng(0)
+    out = {}
+    for cls in np.unique(array):
+        if cls == 0:
+            continue
+        where = np.argwhere(array == cls)
+        if len(where) > per_class:
+            where = where[np.sort(rng.choice(len(where), per_class, replace=False))]
+        out[int(cls)] = where.astype(np.int64)
+    return out
+
+
+def crop_bounds(n: int, w: int) -> tuple[int, int]:
+    """Lowest and highest start of a window `w` on an axis of `n` voxels (negative: zero padding
+    before; a volume smaller than the window is centred up to the random draw)."""
+    pad = max(w - n, 0)
+    return -(pad // 2), max(n + pad - w, 0) - pad // 2
+
+
+def centred_starts(
+    center: tuple[int, int, int] | np.ndarray, shape: tuple[int, ...], window: tuple[int, int, int]
+) -> list[int]:
+    """Window starts that put `center` in the middle of the window, kept within `crop_bounds`."""
+    starts = []
+    for c, n, w in zip(center, shape, window, strict=True):
+        lo, hi = crop_bounds(n, w)
+        starts.append(int(min(max(int(c) - w // 2, lo), hi)))
+    return starts
+
+
 def random_crop(
     image: np.ndarray,
     label: np.ndarray | None,
     patch_zyx: tuple[int, int, int],
     rng: np.random.Generator,
     augment: bool = True,
+    center: tuple[int, int, int] | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One training crop (zero-padded where the volume is smaller than the patch)."""
+    """One training crop (zero-padded where the volume is smaller than the patch); with
+    `center`, the window is centred on that (z, y, x) voxel instead of drawn at random."""
     k = int(rng.integers(0, 4)) if augment else 0
     pz, py, px = patch_zyx
     # Crop a window of the pre-rotation shape: odd k swaps the x and y extents.
     window = (pz, px, py) if k % 2 else (pz, py, px)
-    starts = []
-    for n, w in zip(image.shape, window, strict=True):
-        pad = max(w - n, 0)
-        starts.append(int(rng.integers(0, max(n + pad - w, 0) + 1)) - pad // 2)
+    if center is not None:
+        starts = centred_starts(center, image.shape, window)
+    else:
+        starts = []
+        for n, w in zip(image.shape, window, strict=True):
+            lo, hi = crop_bounds(n, w)
+            starts.append(int(rng.integers(0, hi - lo + 1)) + lo)
     crops = []
     for volume, fill in ((image, 0.0), (label, 0)):
         if volume is None:
@@ -128,22 +179,40 @@ class CropStream(IterableDataset):
         seed: int,
         augment: bool = True,
         with_labels: bool = True,
+        class_share: float = 0.0,
     ) -> None:
         if not cases:
             raise DataError("no cases to sample crops from")
         self.cases, self.patch_zyx, self.seed = list(cases), patch_zyx, seed
         self.augment, self.with_labels = augment, with_labels
+        self.class_share = class_share if with_labels else 0.0
+        self._locations: dict[int, dict[int, np.ndarray]] = {}  # per case index, filled on first use
+
+    def _center(self, index: int, label: np.ndarray | None, rng: np.random.Generator) -> np.ndarray | None:
+        """A voxel of a random class of case `index` for a class-centred crop, or None (random crop).
+
+        Draws nothing when `class_share` is 0, so the paper's crop stream is unchanged."""
+        if self.class_share <= 0 or label is None or rng.random() >= self.class_share:
+            return None
+        if index not in self._locations:
+            self._locations[index] = class_locations(label)
+        locations = self._locations[index]
+        if not locations:  # a case with background only: a random crop
+            return None
+        voxels = locations[sorted(locations)[int(rng.integers(0, len(locations)))]]
+        return voxels[int(rng.integers(0, len(voxels)))]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, worker])
         while True:
-            case = self.cases[int(rng.integers(0, len(self.cases)))]
-            image, label = case.load()
+            index = int(rng.integers(0, len(self.cases)))
+            image, label = self.cases[index].load()
             if not self.with_labels:
                 label = None
-            img, lab = random_crop(image, label, self.patch_zyx, rng, self.augment)
+            center = self._center(index, label, rng)
+            img, lab = random_crop(image, label, self.patch_zyx, rng, self.augment, center)
             lab_t = (
                 torch.from_numpy(lab.astype(np.int64))
                 if lab is not None

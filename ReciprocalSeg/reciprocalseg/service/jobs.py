@@ -211,6 +211,7 @@ class TrainingManager:
         device: str | None = None,
         warm_start: bool = True,
         checkpoint_every: int | None = None,
+        minutes: float | None = None,
     ) -> dict[str, Any]:
         """Start a new round on the current labels; 409 while another run is active."""
         from reciprocalseg.config import PRESETS, make_config
@@ -260,6 +261,7 @@ class TrainingManager:
                 "preset": preset,
                 "iterations": iterations,
                 "supervised_iterations": supervised_iterations,
+                "minutes": minutes,
                 "checkpoint_every": checkpoint_every,
                 "device": device,
                 "warm_start": warm_start,
@@ -314,6 +316,8 @@ class TrainingManager:
             cmd += ["--supervised-iterations", str(job["supervised_iterations"])]
         if job.get("checkpoint_every") is not None:
             cmd += ["--checkpoint-every", str(job["checkpoint_every"])]
+        if job.get("minutes") is not None:
+            cmd += ["--minutes", str(job["minutes"])]
         if job.get("warm_start_dir"):
             cmd += ["--warm-start", str(self.ws.root / job["warm_start_dir"])]
         return cmd

@@ -84,7 +84,15 @@ class LabelHistory(BaseModel):
 class TrainingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    preset: str = Field("demo", max_length=32, description="demo, lite, paper or improved")
+    preset: str = Field(
+        "demo", max_length=32, description="demo, auto (planned from the cases), lite, paper or improved"
+    )
+    minutes: float | None = Field(
+        None,
+        gt=0,
+        le=24 * 60,
+        description="time budget: phases sized from measured speed (instead of iterations)",
+    )
     iterations: int | None = Field(None, ge=0, le=1_000_000, description="reciprocal-phase iterations")
     supervised_iterations: int | None = Field(
         None, ge=0, le=1_000_000, description="supervised-phase iterations"

@@ -36,6 +36,7 @@ def model_meta(config: TrainConfig) -> dict[str, Any]:
         "n_filters": config.n_filters,
         "normalization": config.normalization,
         "dropout": config.dropout,
+        "strides": [list(s) for s in config.strides_zyx],  # (z, y, x) per V-Net level (planner)
         "patch_size": list(config.patch_size),
         "preprocessing": Preprocessing.from_config(config).to_dict(),
         "inference_overlap": config.inference_overlap,

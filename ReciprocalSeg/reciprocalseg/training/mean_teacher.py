@@ -193,7 +193,9 @@ def train_mean_teacher(
     events = EventLog(run_dir / "events.jsonl", listeners)
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    student = build_model(config.n_classes, config.n_filters, config.normalization, config.dropout)
+    student = build_model(
+        config.n_classes, config.n_filters, config.normalization, config.dropout, config.strides_zyx
+    )
     if init is not None:
         data = load_model_file(Path(init))
         student.load_state_dict(data["state_dict"])

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .collapse import class_counts
 from .losses import cross_entropy, supervised_loss
 
 # Averages gradient tensors over the ranks of a process group, in place (distributed.AllReduceMean).
@@ -106,6 +107,14 @@ class ReciprocalStep:
         # The student's input for the unlabelled crops (perturb.IntensityPerturbation, opt-in); the
         # teacher labels the crops as they are. None: the same crops, as in the paper.
         self.student_view = student_view
+        # The last iteration's pseudo labels and the student's predictions on x_u, as per-class
+        # voxel counts on the device (collapse.py reads them; no synchronisation here).
+        self.last_counts: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _count(self, pseudo: torch.Tensor, student_logits: torch.Tensor) -> None:
+        n = student_logits.shape[1]
+        predicted = student_logits.detach().argmax(dim=1)
+        self.last_counts = (class_counts(pseudo, n), class_counts(predicted, n))
 
     def _sync(self, grads: Sequence[torch.Tensor | None]) -> None:
         if self.grad_sync is not None:
@@ -138,6 +147,7 @@ class ReciprocalStep:
             student_u = self.student(x_u_student)
             teacher_u = self.teacher(x_u)
         pseudo = teacher_u.detach().argmax(dim=1)
+        self._count(pseudo, student_u)
 
         loss_su = cross_entropy(student_u, pseudo)
         grad_u = torch.autograd.grad(loss_su, student_params)
@@ -177,6 +187,7 @@ class ReciprocalStep:
 
         self.student_opt.zero_grad()
         pseudo = torch.argmax(pred_u_teacher, dim=1)
+        self._count(pseudo, pred_u_student)
         loss_su = cross_entropy(pred_u_student, pseudo)
         loss_su.backward()
         self._sync([p.grad for p in student.parameters()])

@@ -7,6 +7,7 @@ directory resumes from `checkpoints/latest.pt`; a completed run (done.json) is n
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,10 @@ from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num
 from ..device import describe_device, resolve_device
 from ..errors import CancelledError, ReciprocalSegError, TrainingError
 from ..model.vnet import build_model
+from .budget import PROBE_ITERATIONS, TimeBudget
 from .checkpoint import load_checkpoint, load_model_file, rng_state, save_model, save_torch, set_rng_state
+from .collapse import CollapseMonitor, labeled_fractions
+from .eta import EtaModel
 from .events import EventLog, Listener, Pace
 from .perturb import IntensityPerturbation
 from .reciprocal import GradSync, ReciprocalStep, supervised_step
@@ -77,9 +81,10 @@ def amp_dtype_for(config: TrainConfig, device: torch.device) -> torch.dtype | No
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
 
 
-def lr_at(config: TrainConfig, iteration: int) -> float:
-    """The paper's step schedule: lr x gamma every `lr_step` iterations (counted per phase)."""
-    return config.lr * config.lr_gamma ** (iteration // config.lr_step)
+def lr_at(config: TrainConfig, iteration: int, lr_step: int | None = None) -> float:
+    """The paper's step schedule: lr x gamma every `lr_step` iterations (counted per phase);
+    `lr_step` None: the config's (a time budget sets one per phase)."""
+    return config.lr * config.lr_gamma ** (iteration // (lr_step or config.lr_step))
 
 
 def _sgd(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
@@ -152,6 +157,10 @@ class Trainer:
         self._write_run_files()
         self.events = EventLog(self.run_dir / "events.jsonl", listeners)
         self.pace = Pace()
+        self.eta = EtaModel(config)
+        # A time budget (config.minutes): phase lengths chosen from measured speed (budget.py).
+        self.budget = TimeBudget(config, PHASES) if config.minutes else None
+        self._clock_start = time.perf_counter()
         # torch.distributed (distributed.DistributedTrainer sets them): this process's rank, which
         # seeds its crop streams, and the all-reduce that averages gradients over the ranks.
         self.rank = 0
@@ -174,6 +183,7 @@ class Trainer:
                 "data_on_gpu",
                 "compile",
                 "compile_mode",
+                "minutes",
             }
             if changed:
                 raise TrainingError(
@@ -186,7 +196,8 @@ class Trainer:
     # -- models --------------------------------------------------------------------------
     def _new_model(self) -> nn.Module:
         c = self.config
-        model = build_model(c.n_classes, c.n_filters, c.normalization, c.dropout).to(self.device)
+        model = build_model(c.n_classes, c.n_filters, c.normalization, c.dropout, c.strides_zyx)
+        model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         if c.compile:
@@ -199,17 +210,25 @@ class Trainer:
     def _load_weights(self, model: nn.Module, path: Path) -> None:
         data = load_model_file(path)
         meta = data["meta"]
-        for key in ("n_classes", "n_filters", "normalization"):
-            if meta[key] != getattr(self.config, key):
+        meta = {**meta, "strides": meta.get("strides") or [[2, 2, 2]] * 4}  # files from before plans
+        c = self.config
+        ours = {"n_classes": c.n_classes, "n_filters": c.n_filters, "normalization": c.normalization}
+        ours["strides"] = [list(s) for s in c.strides_zyx]
+        for key, value in ours.items():
+            if meta[key] != value:
                 raise TrainingError(
                     f"warm start from {path}: its {key}={meta[key]!r} differs from this run's "
-                    f"{getattr(self.config, key)!r}; train from scratch or use the same preset"
+                    f"{value!r}; train from scratch or use the same preset"
                 )
+        if not all(
+            bool(torch.isfinite(t).all()) for t in data["state_dict"].values() if t.is_floating_point()
+        ):
+            raise TrainingError(f"warm start from {path}: the model has NaN or infinite weights; use another")
         model.load_state_dict(data["state_dict"])
 
     # -- main ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        start = time.perf_counter()
+        start = self._clock_start = time.perf_counter()
         done = self.run_dir / "done.json"
         if done.exists():
             return self._result(time.perf_counter() - start)
@@ -270,6 +289,9 @@ class Trainer:
         if self.student_ema is not None and checkpoint.get("student_ema") is not None:
             self.student_ema.load_state_dict(checkpoint["student_ema"])
         self.h_average = checkpoint.get("h_average", 0.0)
+        if self.budget is not None:
+            self.budget.totals = dict(checkpoint.get("budget_totals") or {})
+            self.budget.elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
         set_rng_state(checkpoint["rng"])
         self.events.emit("resumed", phase=checkpoint["phase"], iteration=checkpoint["iteration"])
         return checkpoint["phase"], checkpoint["iteration"]
@@ -285,8 +307,9 @@ class Trainer:
     def _held_cases(self) -> HeldCases | None:
         """The cases held on the training device (loaded once, on first use), or None: stream from disk."""
         if not hasattr(self, "_device_cases"):
+            c = self.config
             self._device_cases = HeldCases.load_if_fits(
-                self.labeled_cached, self.unlabeled_cached, self.device, self.config.data_on_gpu
+                self.labeled_cached, self.unlabeled_cached, self.device, c.data_on_gpu, c.class_crop_share
             )
         return self._device_cases
 
@@ -312,7 +335,13 @@ class Trainer:
                 workers = max(1, workers // 2)  # two streams share the machine's cores
         streams = {
             "labeled": batch_iterator(
-                CropStream(self.labeled_cached, c.patch_zyx, _seed(seed, 0), c.augment),
+                CropStream(
+                    self.labeled_cached,
+                    c.patch_zyx,
+                    _seed(seed, 0),
+                    c.augment,
+                    class_share=c.class_crop_share,
+                ),
                 labeled_bs,
                 workers,
                 pin,
@@ -325,13 +354,64 @@ class Trainer:
             streams["unlabeled"] = batch_iterator(stream, c.batch_unlabeled, workers, pin)
         return _Batches(streams, self.device, self.channels_last)
 
+    def _elapsed(self) -> float:
+        """Seconds this run has trained, over all its sessions (a time budget counts them)."""
+        before = self.budget.elapsed_before if self.budget is not None else 0.0
+        return before + time.perf_counter() - self._clock_start
+
     def _phase_total(self, phase: str) -> int:
+        """The phase's iteration count; under a time budget, the chosen one, or before it is
+        chosen an estimate from the measured speed (at least the probe)."""
         c = self.config
+        if self.budget is not None:
+            if not self.budget.active(phase):
+                return 0
+            if phase in self.budget.totals:
+                return self.budget.totals[phase]
+            rate = self.eta.phase_rate(phase)
+            share = self.budget.deadline(phase) - (
+                self.budget.deadline(PHASES[PHASES.index(phase) - 1]) if PHASES.index(phase) else 0.0
+            )
+            return max(PROBE_ITERATIONS, math.floor(share / rate)) if rate else PROBE_ITERATIONS
         return {
             "supervised": c.supervised_iterations,
             "reciprocal": c.reciprocal_iterations,
             "finetune": c.finetune_iterations,
         }[phase]
+
+    def _choose_total(self, phase: str, done: int, total: int) -> int:
+        """Under a time budget, after the probe: the phase's length from its measured speed."""
+        if self.budget is None or phase in self.budget.totals:
+            return total
+        rate = self.eta.phase_rate(phase)
+        if rate is None:
+            return total
+        chosen = self._agreed(self.budget.choose_total(phase, done, self._elapsed(), rate))
+        self.budget.totals[phase] = chosen
+        self.events.emit(
+            "budget",
+            phase=phase,
+            iterations=chosen,
+            sec_per_iter=round(rate, 4),
+            lr_step=self.budget.lr_step(phase),
+            minutes=self.config.minutes,
+        )
+        return chosen
+
+    def _agreed(self, value: int) -> int:
+        """Under torch.distributed, rank 0's choice on every rank (each measured its own speed, and
+        ranks that ran different iteration counts would wait for each other forever)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
+
+    def _lr(self, phase: str, iteration: int) -> float:
+        lr_step = self.budget.lr_step(phase) if self.budget is not None else None
+        return lr_at(self.config, iteration, lr_step)
 
     def _overall_offset(self, phase: str) -> int:
         return sum(self._phase_total(p) for p in PHASES[: PHASES.index(phase)])
@@ -360,8 +440,9 @@ class Trainer:
             (self.student, self.student_opt) if phase == "finetune" else (self.teacher, self.teacher_opt)
         )
         self.pace.pause()
-        for it in range(start, total):
-            lr = lr_at(self.config, it)
+        it = start
+        while it < total:
+            lr = self._lr(phase, it)
             _set_lr(self.teacher_opt, lr)
             _set_lr(self.student_opt, lr)
             if phase == "reciprocal":
@@ -369,6 +450,7 @@ class Trainer:
                 x_u, _ = batches.next("unlabeled")
                 result = step(x_l, y_l, x_u, lr)
                 self.h_average = step.h_average
+                self._watch_collapse(phase, it + 1, step)
                 losses = {k: round(v, 6) for k, v in vars(result).items() if k != "h"}
                 h = result.h
                 if self.student_ema is not None:
@@ -377,6 +459,10 @@ class Trainer:
                 x, y = batches.next("labeled")
                 loss = supervised_step(model, opt, x, y, self.amp_dtype, self.grad_sync)
                 losses, h = {"supervised": round(loss, 6)}, None
+            self._require_finite(phase, it + 1, losses, h)
+            self.eta.tick(phase, it + 1)
+            if it + 1 - start == PROBE_ITERATIONS:
+                total = self._choose_total(phase, it + 1, total)
             self._progress(phase, it + 1, total, losses, h, lr)
             if self.cancel.requested:
                 self._checkpoint(phase, it + 1)
@@ -384,6 +470,7 @@ class Trainer:
                 raise CancelledError(f"training cancelled at {phase} iteration {it + 1}; checkpoint written")
             if (it + 1) % self.config.checkpoint_every == 0 or it + 1 == total:
                 self._checkpoint(phase, it + 1)
+            it += 1
         if phase == "supervised":
             self._save_supervised()
 
@@ -414,8 +501,7 @@ class Trainer:
     ) -> None:
         sec = self.pace.tick()
         offset = self._overall_offset(phase)
-        overall_total = self.config.total_iterations
-        remaining = overall_total - offset - iteration
+        overall_total = sum(self._phase_total(p) for p in PHASES)
         self.events.emit(
             "progress",
             phase=phase,
@@ -427,11 +513,54 @@ class Trainer:
             h=h,
             lr=lr,
             sec_per_iter=None if sec is None else round(sec, 4),
-            eta_s=self.pace.eta(remaining),
+            eta_s=self._eta(phase, iteration, total),
             device=self.device_name,
         )
 
+    def _eta(self, phase: str, iteration: int, total: int) -> float | None:
+        """Seconds left: the cost model over the phases left (eta.py); under a time budget, the
+        current phase's projected end or the budget's end, whichever is later."""
+        later = PHASES[PHASES.index(phase) + 1 :]
+        if self.budget is None:
+            remaining = {phase: total - iteration, **{p: self._phase_total(p) for p in later}}
+            return self.eta.remaining(remaining)
+        current = self.eta.remaining({phase: total - iteration})
+        if phase not in self.budget.totals or current is None:  # still probing: its share is the guide
+            current = max(0.0, self.budget.deadline(phase) - self._elapsed())
+        if any(self.budget.active(p) for p in later):
+            current = max(current, self.budget.remaining_seconds(self._elapsed()))
+        return round(current, 1)
+
+    def _collapse_monitor(self) -> CollapseMonitor:
+        if not hasattr(self, "_monitor"):
+            labels = [case.load()[1] for case in self.labeled_cached]
+            self._monitor = CollapseMonitor(labeled_fractions(labels, self.config.n_classes))
+        return self._monitor
+
+    def _watch_collapse(self, phase: str, iteration: int, step: ReciprocalStep) -> None:
+        """A warning event when a model's output loses a class the labelled cases have."""
+        if step.last_counts is None:
+            return
+        for warning in self._collapse_monitor().add(*step.last_counts):
+            self.events.emit("warning", phase=phase, iteration=iteration, **warning)
+
+    def _require_finite(self, phase: str, iteration: int, losses: dict, h: float | None) -> None:
+        """Stop at once on a NaN or infinite loss, before anything of this iteration is saved."""
+        bad = {k: v for k, v in {**losses, "h": h}.items() if v is not None and not math.isfinite(v)}
+        if not bad:
+            return
+        kept = self.run_dir / "checkpoints" / "latest.pt"
+        where = (
+            f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written yet"
+        )
+        names = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise TrainingError(
+            f"non-finite loss in the {phase} phase at iteration {iteration} ({names}); training stopped and "
+            f"{where}. Check the scans for NaN/infinite or extreme values, or lower the learning rate"
+        )
+
     def _checkpoint(self, phase: str, iteration: int) -> None:
+        self._require_finite_weights(phase, iteration)
         state: dict[str, Any] = {
             "phase": phase,
             "iteration": iteration,
@@ -441,6 +570,8 @@ class Trainer:
             "student_opt": self.student_opt.state_dict(),
             "student_ema": self.student_ema.state_dict() if self.student_ema is not None else None,
             "h_average": self.h_average,
+            "budget_totals": dict(self.budget.totals) if self.budget is not None else None,
+            "elapsed_s": self._elapsed(),
             "rng": rng_state(),
             "config": self.config.to_dict(),
         }
@@ -464,6 +595,16 @@ class Trainer:
         self.events.emit("checkpoint", phase=phase, iteration=iteration, path=str(path))
         self.pace.pause()
 
+    def _require_finite_weights(self, phase: str, iteration: int) -> None:
+        """Never write a model with NaN or infinite weights (a finite loss does not rule them out)."""
+        for name, model in (("teacher", self.teacher), ("student", self.student)):
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise TrainingError(
+                    f"the {name}'s weights became non-finite in the {phase} phase by iteration {iteration}; "
+                    "training stopped and the last good checkpoint is kept. Check the scans for extreme "
+                    "values, or lower the learning rate"
+                )
+
     def _save_supervised(self) -> None:
         path = self.run_dir / "supervised.pt"
         if not path.exists():
@@ -473,13 +614,17 @@ class Trainer:
         # The EMA is the evaluated student, unless a fine-tune (which starts from it) came after.
         use_ema = self.student_ema is not None and self.config.finetune_iterations == 0
         student = self.student_ema.module if use_ema else self.student
+        self._require_finite_weights("final", self._phase_total(PHASES[-1]))
         save_model(self.teacher, self.config, self.run_dir / "teacher.pt", phase="final")
         save_model(student, self.config, self.run_dir / "student.pt", phase="final", ema=use_ema)
-        atomic_write_json(
-            self.run_dir / "done.json",
-            {"seconds": round(seconds, 2), "device": self.device_name, "time": time.time()},
-        )
-        self.events.emit("done", seconds=round(seconds, 2), device=self.device_name)
+        reciprocal = self._phase_total("reciprocal") > 0 and self.unlabeled_cached
+        collapse = self._collapse_monitor().summary() if reciprocal else None
+        summary = {"seconds": round(seconds, 2), "device": self.device_name, "time": time.time()}
+        summary["iterations"] = {p: self._phase_total(p) for p in PHASES}
+        if collapse is not None:  # which classes each model lost, and which model to trust
+            summary.update(collapse)
+        atomic_write_json(self.run_dir / "done.json", summary)
+        self.events.emit("done", seconds=round(seconds, 2), device=self.device_name, **(collapse or {}))
         return self._result(seconds)
 
     def _result(self, seconds: float) -> RunResult:

@@ -24,6 +24,7 @@ def start_training(service: ServiceDep, req: S.TrainingRequest) -> S.TrainingSta
         preset=req.preset,
         iterations=req.iterations,
         supervised_iterations=req.supervised_iterations,
+        minutes=req.minutes,
         device=req.device,
         warm_start=req.warm_start,
         checkpoint_every=req.checkpoint_every,

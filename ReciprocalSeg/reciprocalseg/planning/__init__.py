@@ -1,0 +1,1 @@
+"""Planning from the data: a dataset fingerprint (fingerprint.py) and the `auto` plan (planner.py)."""

@@ -1,0 +1,63 @@
+"""Collapse guards: a model that loses a class the labelled cases have is named in a warning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reciprocalseg.config import make_config
+from reciprocalseg.data.io import Case
+from reciprocalseg.data.phantom import write_phantom_cohort
+from reciprocalseg.training.checkpoint import load_model_file, save_torch
+from reciprocalseg.training.collapse import CHECK_EVERY, CollapseMonitor, labeled_fractions
+from reciprocalseg.training.events import read_events
+from reciprocalseg.training.runner import train
+
+
+def test_monitor_names_the_lost_class_and_the_model_to_trust() -> None:
+    reference = labeled_fractions([np.array([0] * 90 + [1] * 5 + [2] * 5)], 3)
+    assert np.allclose(reference, [0.9, 0.05, 0.05])
+    monitor = CollapseMonitor(reference)
+    healthy = torch.tensor([900, 40, 60])
+    no_class_2 = torch.tensor([960, 40, 0])
+    warnings = []
+    for _ in range(CHECK_EVERY):
+        warnings += monitor.add(healthy, no_class_2)
+    assert [(w["model"], w["class"]) for w in warnings] == [("student", 2)]
+    assert "class 2" in warnings[0]["message"]
+    assert monitor.summary() == {"lost_classes": {"teacher": [], "student": [2]}, "trust": "teacher"}
+    for _ in range(CHECK_EVERY * 5):  # the student recovers once the window has moved past
+        monitor.add(healthy, healthy)
+    assert monitor.summary()["trust"] == "student"
+
+
+def test_a_run_whose_networks_predict_background_warns_and_says_whom_to_trust(tmp_path: Path) -> None:
+    cases = write_phantom_cohort(tmp_path / "cohort", 5, seed=3, shape_zyx=(24, 24, 24))
+    labeled, unlabeled = cases[:2], [Case(c.case_id, c.image, None) for c in cases[2:]]
+    config = make_config(
+        "demo",
+        patch_size=(16, 16, 16),
+        n_filters=4,
+        supervised_iterations=2,
+        reciprocal_iterations=1,
+        checkpoint_every=100,
+        device="cpu",
+        supervised_batch=2,
+    )
+    first = train(config, labeled, unlabeled, tmp_path / "first")
+    # Both networks biased to background: the head's background bias far above the others.
+    for name in ("teacher", "student"):
+        data = load_model_file(first.run_dir / f"{name}.pt")
+        data["state_dict"]["head.bias"] = torch.tensor([50.0, -50.0])
+        save_torch(data, first.run_dir / f"{name}.pt")
+    collapsed = config.replace(supervised_iterations=0, reciprocal_iterations=CHECK_EVERY * 2, lr=1e-6)
+    train(collapsed, labeled, unlabeled, tmp_path / "second", warm_start=first.run_dir)
+    warnings = [e for e in read_events(tmp_path / "second" / "events.jsonl") if e["event"] == "warning"]
+    assert {(w["model"], w["class"]) for w in warnings} == {("teacher", 1), ("student", 1)}
+    done = json.loads((tmp_path / "second" / "done.json").read_text())
+    assert done["lost_classes"] == {"teacher": [1], "student": [1]} and done["trust"] == "supervised"
+    healthy = json.loads((first.run_dir / "done.json").read_text())
+    assert "lost_classes" in healthy  # a run with a reciprocal phase always says
