@@ -1,0 +1,110 @@
+"""Per-structure QA through a real service: values against numpy counts, flags against the labelled
+cases (and anew when the labels change), the opt-in QA ranking of next-case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from service_helpers import write_bundle
+
+from reciprocalseg.client import ServiceError
+from reciprocalseg.data.io import write_image
+from reciprocalseg.data.phantom import write_phantom_cohort
+
+SPACING = (1.0, 1.0, 1.5)
+VOXEL_ML = 1.0 * 1.0 * 1.5 / 1000
+
+
+def _scan(path: Path, shape_zyx: tuple[int, int, int], seed: int) -> Path:
+    arr = np.random.default_rng(seed).normal(100, 20, shape_zyx).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(SPACING)
+    write_image(img, path)
+    return path
+
+
+def _label_volumes(path: Path, n_classes: int = 3) -> np.ndarray:
+    img = sitk.ReadImage(str(path))
+    voxel_ml = float(np.prod(img.GetSpacing())) / 1000
+    return np.bincount(sitk.GetArrayFromImage(img).ravel(), minlength=n_classes) * voxel_ml
+
+
+def test_qa_values_flags_and_ranking(service, tmp_path: Path) -> None:
+    c = service.client
+    phantoms = write_phantom_cohort(tmp_path / "p3", 4, seed=0, n_classes=2, shape_zyx=(32, 32, 32))
+    for case in phantoms[:3]:
+        c.add_case(case.image)
+        c.put_label(case.case_id, case.label, author="ref")
+    assert c.settings()["n_classes"] == 3
+    # Two unlabelled scans: "zz_fit" small enough that a whole-scan structure lies within the labelled
+    # class-1 volumes (0.93-1.46 mL here), "aa_big" (32^3) far above them.
+    c.add_case(_scan(tmp_path / "zz_fit.nrrd", (8, 10, 10), seed=1), case_id="zz_fit")  # 1.2 mL
+    c.add_case(_scan(tmp_path / "aa_big.nrrd", (32, 32, 32), seed=2), case_id="aa_big")  # 49 mL
+    # Real model files whose teacher and student both predict class 1 in every voxel.
+    bundle = write_bundle(
+        tmp_path / "class1.zip", n_classes=3, teacher_bias=[-50, 50, -50], student_bias=[-50, 50, -50]
+    )
+    assert c.import_models(bundle).round == 1
+
+    reference = np.array([_label_volumes(p.label) for p in phantoms[:3]])
+    res = c.predict("aa_big")
+    assert res.round == 1 and not res.live and res.qa is not None
+    rows = {(r.model, r.label): r for r in res.qa}
+    assert set(rows) == {(m, k) for m in ("teacher", "student") for k in (1, 2)}
+    for model in ("teacher", "student"):
+        whole = rows[(model, 1)]
+        assert whole.volume_ml == pytest.approx(32 * 32 * 32 * VOXEL_ML)  # numpy: every voxel
+        assert whole.pieces == 1 and whole.disagreement == 0.0
+        assert whole.flags == ["volume_high"]
+        absent = rows[(model, 2)]
+        assert absent.volume_ml == 0.0 and absent.pieces == 0
+        assert absent.flags == ["empty"]  # every labelled case has class 2
+    assert res.qa_flags == 4 and [r.label for r in res.flagged] == [1, 2, 1, 2]
+
+    with pytest.raises(ServiceError) as err:  # no prediction of zz_fit yet
+        c.qa("zz_fit")
+    assert err.value.status_code == 404 and "no prediction" in err.value.message
+
+    qa = c.qa("aa_big")
+    assert qa.round == 1 and qa.n_flags == 4 and qa.reference["cases"] == 3
+    for k in (1, 2):  # the reference ranges: numpy counts of the labelled cases x voxel volume
+        rng = qa.reference["classes"][str(k)]
+        assert rng["volume_ml_min"] == pytest.approx(reference[:, k].min())
+        assert rng["volume_ml_max"] == pytest.approx(reference[:, k].max())
+        assert rng["present_in"] == 3
+
+    # next-case: both networks agree everywhere (score 0), so by disagreement the ID breaks the tie
+    # (zz_fit); by QA the case with more flags wins (aa_big: 4 against zz_fit's 2, class 2 empty).
+    by_score = c.next_case()
+    assert by_score.case_id == "zz_fit" and by_score.by == "disagreement" and by_score.score == 0.0
+    by_qa = c.next_case(by="qa")
+    assert by_qa.case_id == "aa_big" and by_qa.by == "qa" and by_qa.qa_flags == 4
+    fit = c.qa("zz_fit")
+    assert fit.n_flags == 2
+    assert {(s.model, s.label): s.flags for s in fit.structures}[("teacher", 1)] == []
+    assert {(s.model, s.label): s.volume_ml for s in fit.structures}[("student", 1)] == pytest.approx(
+        8 * 10 * 10 * VOXEL_ML
+    )
+
+    # A new labelled case whose class 1 fills the scan: the ranges widen, the stored prediction's
+    # flags follow (no new prediction); the QA ranking then ties and falls back to the score.
+    wide = np.ones((32, 32, 32), np.uint8)
+    wide[:3, :3, :3] = 2
+    wide_img = sitk.GetImageFromArray(wide)
+    wide_img.CopyInformation(sitk.ReadImage(str(phantoms[3].image)))
+    write_image(wide_img, tmp_path / "wide_label.nrrd")
+    c.add_case(phantoms[3].image)
+    c.put_label(phantoms[3].case_id, tmp_path / "wide_label.nrrd")
+    qa = c.qa("aa_big")
+    assert qa.reference["cases"] == 4 and qa.n_flags == 2
+    assert {(s.model, s.label): s.flags for s in qa.structures} == {
+        ("teacher", 1): [],
+        ("teacher", 2): ["empty"],
+        ("student", 1): [],
+        ("student", 2): ["empty"],
+    }
+    assert c.get_prediction("aa_big").qa_flags == 2
+    assert c.next_case(by="qa").case_id == "zz_fit"
