@@ -95,6 +95,7 @@ class CaseInfo:
     score: float | None = None
     score_round: int | None = None
     score_current: bool = False
+    qa_flags: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

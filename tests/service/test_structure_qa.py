@@ -82,6 +82,8 @@ def test_qa_values_flags_and_ranking(service, tmp_path: Path) -> None:
     assert by_score.case_id == "zz_fit" and by_score.by == "disagreement" and by_score.score == 0.0
     by_qa = c.next_case(by="qa")
     assert by_qa.case_id == "aa_big" and by_qa.by == "qa" and by_qa.qa_flags == 4
+    table = {x.id: x.qa_flags for x in c.list_cases()}  # the case table's sortable column
+    assert table == {"aa_big": 4, "zz_fit": 2, **{p.case_id: None for p in phantoms[:3]}}
     fit = c.qa("zz_fit")
     assert fit.n_flags == 2
     assert {(s.model, s.label): s.flags for s in fit.structures}[("teacher", 1)] == []
@@ -106,5 +108,5 @@ def test_qa_values_flags_and_ranking(service, tmp_path: Path) -> None:
         ("student", 1): [],
         ("student", 2): ["empty"],
     }
-    assert c.get_prediction("aa_big").qa_flags == 2
+    assert c.get_prediction("aa_big").qa_flags == 2 and c.get_case("aa_big").qa_flags == 2
     assert c.next_case(by="qa").case_id == "zz_fit"

@@ -157,6 +157,7 @@ class Service:
             score=chosen["score"] if chosen else None,
             score_round=chosen["round"] if chosen else None,
             score_current=bool(chosen and chosen["round"] == current_round),
+            qa_flags=n_flags(self.checks.rows(rec["id"], chosen)[0]) if chosen and chosen.get("qa") else None,
             metadata=rec.get("metadata") or {},
         )
 

@@ -59,6 +59,9 @@ class CaseInfo(BaseModel):
     score: float | None = Field(None, description="teacher/student disagreement of the latest prediction")
     score_round: int | None = Field(None, description="model round of that prediction")
     score_current: bool = Field(False, description="whether the score comes from the current round")
+    qa_flags: int | None = Field(
+        None, description="QA flags of that prediction (both networks, against the labelled cases now)"
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
