@@ -110,3 +110,29 @@ def test_qa_values_flags_and_ranking(service, tmp_path: Path) -> None:
     }
     assert c.get_prediction("aa_big").qa_flags == 2 and c.get_case("aa_big").qa_flags == 2
     assert c.next_case(by="qa").case_id == "zz_fit"
+
+
+def test_reference_ranges_are_computed_once_per_label_state(tmp_path: Path) -> None:
+    from reciprocalseg.data.io import read_image
+    from reciprocalseg.service.quality import StructureChecks
+    from reciprocalseg.service.workspace import Workspace
+
+    phantoms = write_phantom_cohort(tmp_path / "p3", 3, seed=0, n_classes=2, shape_zyx=(32, 32, 32))
+    ws = Workspace(tmp_path / "ws")
+    for case in phantoms:
+        ws.add_case(read_image(case.image), case.case_id, source="test")
+    for case in phantoms[:2]:
+        ws.add_label(case.case_id, read_image(case.label), max_value=2)
+    checks = StructureChecks(ws)
+    state, ranges = checks.ranges(3)
+    assert checks.computed == 1 and ranges.cases == 2
+    volumes = np.array([_label_volumes(p.label) for p in phantoms[:2]])
+    assert ranges.classes[1].volume_ml_max == pytest.approx(volumes[:, 1].max())
+    assert checks.ranges(3) == (state, ranges) and checks.computed == 1  # same labels: cached
+    ws.add_label(phantoms[2].case_id, read_image(phantoms[2].label), kind="draft", max_value=2)
+    assert checks.ranges(3)[0] == state and checks.computed == 1  # a draft is not a label of the reference
+    ws.add_label(phantoms[2].case_id, read_image(phantoms[2].label), max_value=2)
+    new_state, new_ranges = checks.ranges(3)
+    assert new_state != state and new_ranges.cases == 3 and checks.computed == 2
+    ws.delete_case(phantoms[0].case_id)
+    assert checks.ranges(3)[1].cases == 2 and checks.computed == 3

@@ -33,7 +33,8 @@ class StructureChecks:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self._lock = threading.Lock()
-        self._cache: tuple[str, ReferenceRanges] | None = None
+        # Per class count: (label generation checked, label state, its ranges).
+        self._cache: dict[int, tuple[int, str, ReferenceRanges]] = {}
         self.computed = 0  # how many times the ranges were computed from the label files
 
     def label_state(self, n_classes: int) -> tuple[str, list[Path]]:
@@ -49,19 +50,24 @@ class StructureChecks:
 
     def ranges(self, n_classes: int) -> tuple[str, ReferenceRanges]:
         """The reference ranges of the labelled cases now, and the label state they belong to."""
-        state, paths = self.label_state(n_classes)
         with self._lock:
-            if self._cache is not None and self._cache[0] == state:
-                return self._cache
-            try:
-                ranges = reference_ranges_from_files(paths, n_classes)
-            except (OSError, DataError) as exc:  # a case deleted or relabelled while reading
-                raise Conflict(
-                    f"the labels changed while their QA ranges were computed ({exc}); try again"
-                ) from None
-            self.computed += 1
-            self._cache = (state, ranges)
-            return self._cache
+            generation = self.ws.label_generation
+            cached = self._cache.get(n_classes)
+            if cached is not None and cached[0] == generation:
+                return cached[1], cached[2]  # nothing stored since: no need to look at every case
+            state, paths = self.label_state(n_classes)
+            if cached is not None and cached[1] == state:  # e.g. only a draft was stored
+                ranges = cached[2]
+            else:
+                try:
+                    ranges = reference_ranges_from_files(paths, n_classes)
+                except (OSError, DataError) as exc:  # a case deleted or relabelled while reading
+                    raise Conflict(
+                        f"the labels changed while their QA ranges were computed ({exc}); try again"
+                    ) from None
+                self.computed += 1
+            self._cache[n_classes] = (generation, state, ranges)
+            return state, ranges
 
     def measure(self, case_id: str, teacher: Any, student: Any, n_classes: int) -> dict[str, Any]:
         """The QA fields to store with a new prediction (SimpleITK label maps of one scan)."""

@@ -191,6 +191,9 @@ class Workspace:
         self.settings = self._load_settings(n_classes)
         self._cases: dict[str, dict[str, Any]] = {}
         self.corrupt: list[str] = []
+        # Bumped whenever the submitted labels may have changed (a label stored, a case deleted):
+        # what is derived from all labels (QA reference ranges) is checked again only then.
+        self.label_generation = 0
         self._cleanup()
         self._load_cases()
 
@@ -443,6 +446,7 @@ class Workspace:
             os.rename(self.cases_dir / case_id, trash)
             _fsync_dir(self.cases_dir)
             del self._cases[case_id]
+            self.label_generation += 1
         _remove(trash)
 
     # ------------------------------------------------------------------ labels
@@ -480,6 +484,7 @@ class Workspace:
             }
             rec["labels"].append(entry)
             self._write_case(rec)
+            self.label_generation += 1
             return dict(entry)
 
     @staticmethod
