@@ -80,17 +80,19 @@ class LiveModel:
 def _read_if_changed(path: Path, known: Key | None) -> tuple[bytes | None, Key | None]:
     """``(bytes or None when unchanged, identity key)``; ``(None, None)`` when there is no file."""
     try:
-        f = open(path, "rb")
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+            if key == known:
+                return None, key
+            # One read, then closed: the open file is the inode we stat'ed even if the trainer renames
+            # a newer checkpoint over the path meanwhile, and the handle is held as briefly as possible
+            # (Windows cannot rename over an open file; the trainer's atomic write waits for it).
+            return f.read(), key
     except FileNotFoundError:
         return None, None
-    with f:
-        st = os.fstat(f.fileno())
-        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-        if key == known:
-            return None, key
-        # One read, then closed: the open file is the inode we stat'ed, even if the trainer renames a
-        # newer checkpoint over the path meanwhile, and the handle is held for as short as possible.
-        return f.read(), key
+    except OSError as exc:
+        raise Conflict(f"cannot read {path.name} of the round in training: {exc}") from None
 
 
 def _build(run_id: str, data: bytes, device: str) -> tuple[LiveCheckpoint, LivePredictor]:
