@@ -136,3 +136,28 @@ def test_reference_ranges_are_computed_once_per_label_state(tmp_path: Path) -> N
     assert new_state != state and new_ranges.cases == 3 and checks.computed == 2
     ws.delete_case(phantoms[0].case_id)
     assert checks.ranges(3)[1].cases == 2 and checks.computed == 3
+
+
+def test_prediction_stored_before_qa_is_measured_from_its_files(tmp_path: Path) -> None:
+    """A workspace's older predictions have no stored QA: it is measured from their label maps."""
+    from reciprocalseg.data.io import read_image
+    from reciprocalseg.service.quality import StructureChecks
+    from reciprocalseg.service.workspace import Workspace
+
+    phantoms = write_phantom_cohort(tmp_path / "p3", 2, seed=1, n_classes=2, shape_zyx=(32, 32, 32))
+    ws = Workspace(tmp_path / "ws", n_classes=3)
+    for case in phantoms:
+        ws.add_case(read_image(case.image), case.case_id, source="test")
+    ws.add_label(phantoms[0].case_id, read_image(phantoms[0].label), max_value=2)
+    # As an older service stored it: maps and score, no QA fields.
+    teacher, student = read_image(phantoms[1].label), read_image(phantoms[0].label)
+    entry = ws.store_prediction(phantoms[1].case_id, 1, teacher, student, teacher, 0.5)
+    assert "qa" not in entry
+    rows, ranges = StructureChecks(ws).rows(phantoms[1].case_id, entry)
+    a, b = sitk.GetArrayFromImage(teacher), sitk.GetArrayFromImage(student)
+    assert ranges.cases == 1 and len(rows) == 4
+    for row in rows:
+        mine = (a if row.model == "teacher" else b) == row.label
+        assert row.volume_ml == pytest.approx(np.count_nonzero(mine) * VOXEL_ML)
+        ta, sb = a == row.label, b == row.label
+        assert row.disagreement == pytest.approx(1 - np.count_nonzero(ta & sb) / np.count_nonzero(ta | sb))
