@@ -161,3 +161,17 @@ def test_prediction_stored_before_qa_is_measured_from_its_files(tmp_path: Path) 
         assert row.volume_ml == pytest.approx(np.count_nonzero(mine) * VOXEL_ML)
         ta, sb = a == row.label, b == row.label
         assert row.disagreement == pytest.approx(1 - np.count_nonzero(ta & sb) / np.count_nonzero(ta | sb))
+
+
+def test_service_starts_without_torch_or_scipy() -> None:
+    """The live model and QA load torch and scipy on first use: the service's start-up (which a
+    restart after a crash, and Slicer, wait for) does not pay for them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, reciprocalseg.service.app, reciprocalseg.service.core\n"
+        "print(sorted(m for m in ('torch', 'scipy.ndimage') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -12,14 +12,14 @@ import platform
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import reciprocalseg
 from reciprocalseg.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
 from .jobs import TrainingManager
-from .live import LiveCheckpoint, LiveModel, LivePredictor
+from .live import LiveCheckpoint, LiveModel
 from .middleware import LOOPBACK_HOSTS
 from .model_store import ModelStore
 from .quality import StructureChecks, n_flags
@@ -37,6 +37,9 @@ from .workspace import (
     check_new_case_id,
     label_max,
 )
+
+if TYPE_CHECKING:
+    from reciprocalseg.inference import TeacherStudentPredictor
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +333,7 @@ class Service:
             log.warning("case %s, round %s: %s", case_id, round_id, background_warning(entry))
         return self.prediction_info(case_id, entry)
 
-    def live_predictor(self) -> tuple[LiveCheckpoint, LivePredictor] | None:
+    def live_predictor(self) -> tuple[LiveCheckpoint, TeacherStudentPredictor] | None:
         """The latest checkpoint of the round in training; None when no round is training.
 
         Before the round's first checkpoint the current round answers; without one either, 409.

@@ -17,11 +17,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from reciprocalseg.inference import LoadedModel, TeacherStudentPredictor
+from typing import TYPE_CHECKING, Any
 
 from .workspace import Conflict
+
+if TYPE_CHECKING:  # torch is imported when a checkpoint is loaded, not when the service starts
+    from reciprocalseg.inference import LoadedModel, TeacherStudentPredictor
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ class LiveCheckpoint:
     n_classes: int
 
 
-class LivePredictor(TeacherStudentPredictor):
-    """Teacher and student of one checkpoint (already built networks, not model files)."""
-
-    def __init__(self, teacher: LoadedModel, student: LoadedModel) -> None:
-        self.teacher = teacher
-        self.student = student
-
-
 class LiveModel:
     """The latest checkpoint of a run as a predictor, reloaded only when the file changed."""
 
@@ -54,9 +47,9 @@ class LiveModel:
         self.device = device
         self.loads = 0  # how many times a checkpoint was read (the tests check the reuse)
         self._key: Key | None = None
-        self._loaded: tuple[LiveCheckpoint, LivePredictor] | None = None
+        self._loaded: tuple[LiveCheckpoint, TeacherStudentPredictor] | None = None
 
-    def get(self, run_dir: Path) -> tuple[LiveCheckpoint, LivePredictor] | None:
+    def get(self, run_dir: Path) -> tuple[LiveCheckpoint, TeacherStudentPredictor] | None:
         """The predictor of ``run_dir``'s latest checkpoint; None before the first one is written."""
         data, key = _read_if_changed(run_dir / CHECKPOINT, self._key)
         if key is None:
@@ -95,10 +88,11 @@ def _read_if_changed(path: Path, known: Key | None) -> tuple[bytes | None, Key |
         raise Conflict(f"cannot read {path.name} of the round in training: {exc}") from None
 
 
-def _build(run_id: str, data: bytes, device: str) -> tuple[LiveCheckpoint, LivePredictor]:
+def _build(run_id: str, data: bytes, device: str) -> tuple[LiveCheckpoint, TeacherStudentPredictor]:
     import torch
 
     from reciprocalseg.config import TrainConfig
+    from reciprocalseg.inference import TeacherStudentPredictor
     from reciprocalseg.training.checkpoint import model_meta, nonfinite_tensors
 
     where = f"the latest checkpoint of run {run_id}"
@@ -118,13 +112,15 @@ def _build(run_id: str, data: bytes, device: str) -> tuple[LiveCheckpoint, LiveP
             )
     meta = model_meta(config)
     teacher, student = (_network(states[n], meta, device) for n in ("teacher", "student"))
-    return LiveCheckpoint(run_id, phase, iteration, config.n_classes), LivePredictor(teacher, student)
+    pair = TeacherStudentPredictor.from_models(teacher, student)
+    return LiveCheckpoint(run_id, phase, iteration, config.n_classes), pair
 
 
 def _network(state: dict[str, Any], meta: dict[str, Any], device: str) -> LoadedModel:
     import torch
 
     from reciprocalseg.device import resolve_device
+    from reciprocalseg.inference import LoadedModel
     from reciprocalseg.model.vnet import build_model
 
     dev = resolve_device(device)
