@@ -104,3 +104,30 @@ def test_unserialisable_json_leaves_target_untouched(tmp_path: Path) -> None:
         atomic_write_json(target, {"bad": object()})
     assert json.loads(target.read_text()) == {"ok": True}
     assert _listing(tmp_path) == ["cfg.json"]
+
+
+def test_replace_waits_for_a_windows_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Windows a rename over a file another process has open fails for as long as it is open
+    (simulated here: no Windows machine runs the tests); the write waits instead of failing."""
+    import os
+
+    from reciprocalseg import atomic
+
+    real_replace, calls = os.replace, []
+
+    def busy_twice(src: object, dst: object) -> None:
+        calls.append(dst)
+        if len(calls) <= 2:
+            raise PermissionError(13, "The process cannot access the file", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", busy_twice)
+    monkeypatch.setattr(atomic, "_WINDOWS", True)
+    monkeypatch.setattr(atomic, "_REPLACE_WAIT_S", 0.0)
+    atomic_write_text(tmp_path / "latest.txt", "new")
+    assert (tmp_path / "latest.txt").read_text() == "new" and len(calls) == 3
+    monkeypatch.setattr(atomic, "_WINDOWS", False)  # elsewhere a refused rename is an error at once
+    calls.clear()
+    with pytest.raises(PermissionError):
+        atomic_write_text(tmp_path / "other.txt", "x")
+    assert len(calls) == 1 and _listing(tmp_path) == ["latest.txt"]

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,24 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{stem}.tmp-{secrets.token_hex(6)}{suffix}")
 
 
+# Windows refuses to rename over a file another process has open (a reader such as the service
+# loading a training checkpoint, an antivirus scan): retry for a while instead of failing the write.
+_WINDOWS = os.name == "nt"
+_REPLACE_RETRIES = 100
+_REPLACE_WAIT_S = 0.02
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    for attempt in range(_REPLACE_RETRIES):
+        try:
+            os.replace(tmp, target)
+            return
+        except PermissionError:
+            if not _WINDOWS or attempt == _REPLACE_RETRIES - 1:
+                raise
+            time.sleep(_REPLACE_WAIT_S)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
@@ -92,7 +111,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to the temporary file {tmp} for {target}")
         _fsync_file(tmp)
-        os.replace(tmp, target)
+        _replace(tmp, target)
     except BaseException:
         # BaseException too: a KeyboardInterrupt mid-write must not leave temp files behind.
         with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ import requests
 
 __all__ = [
     "CaseInfo",
+    "CaseQA",
     "Client",
     "DeviceInfo",
     "FolderImport",
@@ -35,6 +36,7 @@ __all__ = [
     "PredictionResult",
     "ServiceError",
     "ServiceInfo",
+    "StructureQA",
     "TrainingEvents",
     "TrainingStatus",
 ]
@@ -93,6 +95,7 @@ class CaseInfo:
     score: float | None = None
     score_round: int | None = None
     score_current: bool = False
+    qa_flags: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -165,7 +168,23 @@ class TrainingEvents:
 
 
 @dataclass
+class StructureQA:
+    """QA of one class in one network's prediction (see docs/SERVICE.md, "Per-structure QA")."""
+
+    model: str
+    label: int
+    volume_ml: float
+    pieces: int
+    disagreement: float | None = None
+    flags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PredictionResult:
+    """A prediction and the model that made it: ``round`` (for a live one, the number the round in
+    training will get), ``live``, ``run_id``, ``phase`` and ``iteration`` of the checkpoint."""
+
     case_id: str
     round: int
     score: float
@@ -176,6 +195,29 @@ class PredictionResult:
     teacher_empty: bool | None = None
     student_empty: bool | None = None
     warning: str | None = None
+    live: bool = False
+    run_id: str | None = None
+    phase: str | None = None
+    iteration: int | None = None
+    qa: list[StructureQA] | None = None
+    qa_flags: int | None = None
+
+    @property
+    def flagged(self) -> list[StructureQA]:
+        """The structures with at least one QA flag."""
+        return [r for r in self.qa or [] if r.flags]
+
+
+@dataclass
+class CaseQA:
+    case_id: str
+    round: int
+    structures: list[StructureQA]
+    n_flags: int
+    reference: dict[str, Any]
+    live: bool = False
+    run_id: str | None = None
+    iteration: int | None = None
 
 
 @dataclass
@@ -186,6 +228,8 @@ class NextCase:
     n_candidates: int = 0
     n_predicted_now: int = 0
     both_empty: bool = False
+    by: str = "disagreement"
+    qa_flags: int | None = None
 
 
 @dataclass
@@ -576,36 +620,57 @@ class Client:
             time.sleep(poll)
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, case_id: str, out_dir: str | Path | None = None) -> PredictionResult:
-        """Predict a case with the current round; with ``out_dir``, download the three NRRD files."""
-        d = self._json("POST", f"/cases/{_seg(case_id)}/predict", timeout=self.long_timeout)
-        res = _build(PredictionResult, d)
+    def predict(
+        self, case_id: str, out_dir: str | Path | None = None, live: bool = False
+    ) -> PredictionResult:
+        """Predict a case with the current round; with ``out_dir``, download the three NRRD files.
+
+        ``live=True``: with the latest checkpoint of the round in training (``res.live``,
+        ``res.iteration`` say so), or the current round when none is training.
+        """
+        params = {"model": "live"} if live else None
+        d = self._json("POST", f"/cases/{_seg(case_id)}/predict", params=params, timeout=self.long_timeout)
+        res = _prediction(d)
         if out_dir is not None:
             self._download_prediction(res, Path(out_dir))
         return res
 
     def get_prediction(
-        self, case_id: str, out_dir: str | Path | None = None, round: int | None = None
+        self, case_id: str, out_dir: str | Path | None = None, round: int | None = None, live: bool = False
     ) -> PredictionResult:
-        """The stored prediction of a case (current round by default), optionally downloaded."""
-        params = {"round": round} if round is not None else None
-        d = self._json("GET", f"/cases/{_seg(case_id)}/prediction", params=params)
-        res = _build(PredictionResult, d)
+        """The stored prediction of a case (current round by default; ``live``: its live one)."""
+        params: dict[str, Any] = {"round": round} if round is not None else {}
+        if live:
+            params["model"] = "live"
+        d = self._json("GET", f"/cases/{_seg(case_id)}/prediction", params=params or None)
+        res = _prediction(d)
         if out_dir is not None:
             self._download_prediction(res, Path(out_dir))
         return res
 
     def _download_prediction(self, res: PredictionResult, out_dir: Path) -> None:
+        params: dict[str, Any] = {"model": "live"} if res.live else {"round": res.round}
         for kind in ("teacher", "student", "disagreement"):
             path = self._download(
                 f"/cases/{_seg(res.case_id)}/prediction/{kind}",
                 out_dir / f"{res.case_id}_{kind}.nrrd",
-                params={"round": res.round},
+                params=params,
             )
             setattr(res, kind, path)
 
-    def next_case(self) -> NextCase:
-        return _build(NextCase, self._json("GET", "/next-case", timeout=self.long_timeout))
+    def qa(self, case_id: str, round: int | None = None, live: bool = False) -> CaseQA:
+        """Per-structure QA of a case's stored prediction, flagged against the labelled cases now."""
+        params: dict[str, Any] = {"round": round} if round is not None else {}
+        if live:
+            params["model"] = "live"
+        d = self._json("GET", f"/cases/{_seg(case_id)}/qa", params=params or None, timeout=self.long_timeout)
+        d["structures"] = [_build(StructureQA, r) for r in d["structures"]]
+        return _build(CaseQA, d)
+
+    def next_case(self, by: str = "disagreement") -> NextCase:
+        """The unlabelled case to label next; ``by="qa"``: the one with the most QA flags."""
+        params = {"by": by} if by != "disagreement" else None
+        return _build(NextCase, self._json("GET", "/next-case", params=params, timeout=self.long_timeout))
 
     # ------------------------------------------------------------------ models
     def list_models(self) -> ModelList:
@@ -631,6 +696,12 @@ class Client:
                 timeout=self.long_timeout,
             )
         return _build(ModelRound, d)
+
+
+def _prediction(d: dict[str, Any]) -> PredictionResult:
+    if d.get("qa") is not None:
+        d = {**d, "qa": [_build(StructureQA, r) for r in d["qa"]]}
+    return _build(PredictionResult, d)
 
 
 def _seg(case_id: str) -> str:

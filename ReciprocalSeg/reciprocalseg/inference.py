@@ -291,6 +291,13 @@ class TeacherStudentPredictor:
         self.teacher = load_model(teacher_path, device)
         self.student = load_model(student_path, device)
 
+    @classmethod
+    def from_models(cls, teacher: LoadedModel, student: LoadedModel) -> TeacherStudentPredictor:
+        """A pair of networks already built (e.g. from a training checkpoint, not model files)."""
+        pair = cls.__new__(cls)
+        pair.teacher, pair.student = teacher, student
+        return pair
+
     def predict(self, image: sitk.Image) -> PairPrediction:
         t = predict_image(self.teacher, image, return_probabilities=True)
         s = predict_image(self.student, image, return_probabilities=True)

@@ -200,6 +200,14 @@ def _flag(qa: StructureQA, ranges: ReferenceRanges | None) -> None:
         qa.notes.append(f"the networks disagree on {qa.disagreement:.0%} of the structure")
 
 
+def reflag(rows: Iterable[StructureQA], ranges: ReferenceRanges | None) -> None:
+    """Set the flags of measured rows anew against ``ranges`` (the labelled cases changed since)."""
+    for qa in rows:
+        qa.flags.clear()
+        qa.notes.clear()
+        _flag(qa, ranges)
+
+
 def structure_qa(
     case_id: str,
     predictions: dict[str, np.ndarray],

@@ -12,15 +12,17 @@ import platform
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import reciprocalseg
 from reciprocalseg.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
 from .jobs import TrainingManager
+from .live import LiveCheckpoint, LiveModel
 from .middleware import LOOPBACK_HOSTS
 from .model_store import ModelStore
+from .quality import StructureChecks, n_flags
 from .uploads import looks_like_dicom_folder, read_upload
 from .workspace import (
     DEFAULT_MAX_VOXELS,
@@ -36,7 +38,13 @@ from .workspace import (
     label_max,
 )
 
+if TYPE_CHECKING:
+    from reciprocalseg.inference import TeacherStudentPredictor
+
 log = logging.getLogger(__name__)
+
+PredictionModel = Literal["current", "live"]
+Ranking = Literal["disagreement", "qa"]
 
 
 @dataclass
@@ -72,6 +80,8 @@ class Service:
         self._predictor: Any = None
         self._predictor_key: tuple[int, str, str] | None = None
         self._predict_lock = threading.Lock()
+        self.live = LiveModel(config.device)
+        self.checks = StructureChecks(self.ws)
         self._device_info: dict[str, Any] | None = None
         self.closed = False
 
@@ -150,6 +160,7 @@ class Service:
             score=chosen["score"] if chosen else None,
             score_round=chosen["round"] if chosen else None,
             score_current=bool(chosen and chosen["round"] == current_round),
+            qa_flags=n_flags(self.checks.rows(rec["id"], chosen)[0]) if chosen and chosen.get("qa") else None,
             metadata=rec.get("metadata") or {},
         )
 
@@ -285,31 +296,82 @@ class Service:
             self._predictor_key = key
         return entry["round"], self._predictor
 
-    def predict(self, case_id: str) -> S.PredictionInfo:
+    def predict(self, case_id: str, model: PredictionModel = "current") -> S.PredictionInfo:
+        """Predict a case with the current round, or (``model="live"``) with the latest checkpoint of
+        the round in training; when no round is training that is the current round too."""
         from reciprocalseg.data.io import read_image
 
         self.ws.get_case(case_id)
         image = read_image(self.ws.image_path(case_id))
         with self._predict_lock:
-            round_id, predictor = self.predictor()
+            live = self.live_predictor() if model == "live" else None
+            if live is not None:
+                checkpoint, predictor = live
+                round_id = self._training_round_number()
+                provenance = _live_provenance(checkpoint)
+            else:
+                round_id, predictor = self.predictor()
+                provenance = {"live": False, "run_id": self.ws.round_entry(round_id).get("run_id")}
             result = predictor.predict(image)
-        empty = {
+        extra = {
             "teacher_empty": _all_background(result.teacher),
             "student_empty": _all_background(result.student),
+            **provenance,
+            **self.checks.measure(case_id, result.teacher, result.student, predictor.teacher.n_classes),
         }
         entry = self.ws.store_prediction(
-            case_id, round_id, result.teacher, result.student, result.disagreement, float(result.score), empty
+            case_id,
+            round_id,
+            result.teacher,
+            result.student,
+            result.disagreement,
+            float(result.score),
+            extra,
+            live=provenance["live"],
         )
-        if empty["teacher_empty"] or empty["student_empty"]:
+        if extra["teacher_empty"] or extra["student_empty"]:
             log.warning("case %s, round %s: %s", case_id, round_id, background_warning(entry))
         return self.prediction_info(case_id, entry)
 
-    @staticmethod
-    def prediction_info(case_id: str, entry: dict[str, Any]) -> S.PredictionInfo:
-        return S.PredictionInfo(case_id=case_id, **entry, warning=background_warning(entry))
+    def live_predictor(self) -> tuple[LiveCheckpoint, TeacherStudentPredictor] | None:
+        """The latest checkpoint of the round in training; None when no round is training.
 
-    def prediction_entry(self, case_id: str, round_id: int | None) -> dict[str, Any]:
+        Before the round's first checkpoint the current round answers; without one either, 409.
+        """
+        run_id = self.jobs.active_run
+        if run_id is None:
+            return None
+        live = self.live.get(self.ws.runs_dir / run_id)
+        if live is None and self.ws.registry().get("current") is None:
+            raise Conflict(
+                f"the round in training (run {run_id}) has not written its first checkpoint yet and there "
+                "is no finished round; try again after its next checkpoint (training events show them)"
+            )
+        return live
+
+    def _training_round_number(self) -> int:
+        """The number the round in training gets when it finishes (unless a round is imported first)."""
+        return max((r["round"] for r in self.ws.registry()["rounds"]), default=0) + 1
+
+    def prediction_info(self, case_id: str, entry: dict[str, Any]) -> S.PredictionInfo:
+        fields = {k: v for k, v in entry.items() if k in S.PredictionInfo.model_fields and k != "qa"}
+        info = S.PredictionInfo(case_id=case_id, **fields, warning=background_warning(entry))
+        if entry.get("qa") is not None:
+            rows, _ = self.checks.rows(case_id, entry)
+            info.qa = [S.StructureQA(**_qa_fields(r.to_dict())) for r in rows]
+            info.qa_flags = n_flags(rows)
+        return info
+
+    def prediction_entry(self, case_id: str, round_id: int | None, live: bool = False) -> dict[str, Any]:
         rec = self.ws.get_case(case_id)
+        if live:
+            entry = rec.get("live_prediction")
+            if entry is None:
+                raise NotFound(
+                    f"case {case_id!r} has no live prediction; POST /cases/{case_id}/predict?model=live "
+                    "while a round trains"
+                )
+            return entry
         preds = rec.get("predictions") or {}
         if not preds:
             raise NotFound(f"case {case_id!r} has no prediction yet; POST /cases/{case_id}/predict")
@@ -322,12 +384,32 @@ class Service:
                 raise NotFound(f"case {case_id!r} has no prediction of round {round_id}")
         return entry
 
-    def next_case(self) -> S.NextCase:
-        reg = self.ws.registry()
+    def case_qa(self, case_id: str, round_id: int | None, live: bool = False) -> S.CaseQA:
+        """Per-structure QA of a stored prediction, flagged against the labelled cases now."""
+        entry = self.prediction_entry(case_id, round_id, live)
+        rows, ranges = self.checks.rows(case_id, entry)
+        return S.CaseQA(
+            case_id=case_id,
+            round=entry["round"],
+            live=bool(entry.get("live")),
+            run_id=entry.get("run_id"),
+            iteration=entry.get("iteration"),
+            structures=[S.StructureQA(**_qa_fields(r.to_dict())) for r in rows],
+            n_flags=n_flags(rows),
+            reference=S.QAReference(**ranges.to_dict()),
+        )
+
+    def next_case(self, by: Ranking = "disagreement") -> S.NextCase:
+        """The unlabelled case to label next (predicting those the current round has not scored).
+
+        ``by="disagreement"``: the largest teacher/student disagreement (a case where both see
+        nothing first). ``by="qa"``: the most QA flags over both networks' structures, ties broken
+        by the disagreement ranking.
+        """
         candidates = [c for c in self.ws.all_cases() if self.ws.current_label(c) is None]
         if not candidates:
-            return S.NextCase(case_id=None, n_candidates=0)
-        current = reg.get("current")
+            return S.NextCase(case_id=None, n_candidates=0, by=by)
+        current = self.ws.registry().get("current")
         if current is None:
             raise Conflict("no model yet: train a round (POST /training) or import models first")
         n_new = 0
@@ -336,14 +418,16 @@ class Service:
             pred = (c.get("predictions") or {}).get(str(current))
             if pred is None:
                 try:
-                    pred = self.predict(c["id"]).model_dump()
-                except NotFound:
-                    continue  # deleted meanwhile
+                    self.predict(c["id"])
+                    pred = self.ws.get_case(c["id"])["predictions"][str(current)]
+                except (NotFound, KeyError):
+                    continue  # deleted meanwhile, or the current round changed
                 n_new += 1
             preds[c["id"]] = pred
         if not preds:
-            return S.NextCase(case_id=None, n_candidates=0)
-        best = max(preds, key=lambda k: uncertainty_rank(k, preds[k]))
+            return S.NextCase(case_id=None, n_candidates=0, by=by)
+        flags = {k: n_flags(self.checks.rows(k, p)[0]) for k, p in preds.items()} if by == "qa" else {}
+        best = max(preds, key=lambda k: (flags.get(k, 0), *uncertainty_rank(k, preds[k])))
         return S.NextCase(
             case_id=best,
             score=preds[best]["score"],
@@ -351,6 +435,8 @@ class Service:
             round=current,
             n_candidates=len(preds),
             n_predicted_now=n_new,
+            by=by,
+            qa_flags=flags.get(best),
         )
 
     # ------------------------------------------------------------------ settings
@@ -423,6 +509,19 @@ def _fixed_classes_hint(message: str, fixed: bool) -> str:
             '{"n_classes": N} (background included), or remap the label values.'
         )
     return message
+
+
+def _live_provenance(checkpoint: LiveCheckpoint) -> dict[str, Any]:
+    return {
+        "live": True,
+        "run_id": checkpoint.run_id,
+        "phase": checkpoint.phase,
+        "iteration": checkpoint.iteration,
+    }
+
+
+def _qa_fields(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k in S.StructureQA.model_fields}
 
 
 def _all_background(labels: Any) -> bool:

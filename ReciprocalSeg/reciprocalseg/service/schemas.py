@@ -59,6 +59,9 @@ class CaseInfo(BaseModel):
     score: float | None = Field(None, description="teacher/student disagreement of the latest prediction")
     score_round: int | None = Field(None, description="model round of that prediction")
     score_current: bool = Field(False, description="whether the score comes from the current round")
+    qa_flags: int | None = Field(
+        None, description="QA flags of that prediction (both networks, against the labelled cases now)"
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -146,9 +149,48 @@ class TrainingEvents(BaseModel):
     total: int
 
 
+class StructureQA(BaseModel):
+    """QA of one class (structure) in one network's prediction of a case."""
+
+    model: Literal["teacher", "student"]
+    label: int = Field(description="the class value (1..n_classes-1)")
+    volume_ml: float = Field(description="voxel count x voxel volume (the scan's spacing), in mL")
+    pieces: int = Field(description="connected components (26-neighbourhood)")
+    disagreement: float | None = Field(
+        None, description="1 - Jaccard of teacher and student for this class (0 when neither finds it)"
+    )
+    flags: list[str] = Field(
+        default_factory=list,
+        description="empty, volume_low, volume_high, more_pieces (vs the labelled cases), high_disagreement",
+    )
+    notes: list[str] = Field(default_factory=list, description="the flags in words")
+
+
+class ClassRange(BaseModel):
+    volume_ml_min: float
+    volume_ml_max: float
+    pieces_max: int
+    present_in: int = Field(description="how many reference cases have the class at all")
+
+
+class QAReference(BaseModel):
+    """What the labelled cases show: the ranges the flags compare with."""
+
+    cases: int = Field(description="fully labelled cases measured")
+    margin: float = Field(description="volume flags allow [min, max] widened by this fraction")
+    partial_skipped: int = Field(0, description="partially annotated labels left out")
+    classes: dict[str, ClassRange]
+
+
 class PredictionInfo(BaseModel):
     case_id: str
-    round: int
+    round: int = Field(
+        description="the model round; for a live prediction, the number the training round will get"
+    )
+    live: bool = Field(False, description="made by the latest checkpoint of a round still training")
+    run_id: str | None = Field(None, description="the training run of the model")
+    phase: str | None = Field(None, description="live: the checkpoint's phase (supervised, reciprocal...)")
+    iteration: int | None = Field(None, description="live: the checkpoint's iteration within its phase")
     score: float = Field(description="mean teacher/student disagreement (higher = more disagreement)")
     time: str
     files: dict[str, str] = Field(
@@ -157,6 +199,23 @@ class PredictionInfo(BaseModel):
     teacher_empty: bool | None = Field(None, description="the teacher predicts background everywhere")
     student_empty: bool | None = Field(None, description="the student predicts background everywhere")
     warning: str | None = Field(None, description="set when a network predicts background everywhere")
+    qa: list[StructureQA] | None = Field(
+        None, description="per class and network; flagged against the current labels (null: made before QA)"
+    )
+    qa_flags: int | None = Field(None, description="number of flags over all structures of both networks")
+
+
+class CaseQA(BaseModel):
+    """Per-structure QA of a case's prediction, flagged against the labelled cases now."""
+
+    case_id: str
+    round: int
+    live: bool = False
+    run_id: str | None = None
+    iteration: int | None = None
+    structures: list[StructureQA]
+    n_flags: int
+    reference: QAReference
 
 
 class NextCase(BaseModel):
@@ -168,6 +227,8 @@ class NextCase(BaseModel):
     round: int | None = None
     n_candidates: int = 0
     n_predicted_now: int = Field(0, description="unlabelled cases predicted to answer this request")
+    by: Literal["disagreement", "qa"] = Field("disagreement", description="the ranking used")
+    qa_flags: int | None = Field(None, description="by=qa: the chosen case's QA flags")
 
 
 class ModelRound(BaseModel):

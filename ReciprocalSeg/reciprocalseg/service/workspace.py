@@ -9,6 +9,7 @@ Layout (all paths relative to the workspace root)::
     cases/<ID>/image.nrrd             the scan, converted to NRRD when it was added
     cases/<ID>/labels/v0001.nrrd      label versions (drafts and submitted ones), never overwritten
     cases/<ID>/predictions/r0001/     teacher.nrrd, student.nrrd, disagreement.nrrd of a model round
+    cases/<ID>/predictions/live/      the same, made by the latest checkpoint of a round in training
     runs/<RUN_ID>/                    a training run directory (see docs/DESIGN.md) plus job.json
     models/registry.json              model rounds and which one is current
     models/r0001/                     teacher.pt, student.pt, meta.json of an imported round
@@ -190,6 +191,9 @@ class Workspace:
         self.settings = self._load_settings(n_classes)
         self._cases: dict[str, dict[str, Any]] = {}
         self.corrupt: list[str] = []
+        # Bumped whenever the submitted labels may have changed (a label stored, a case deleted):
+        # what is derived from all labels (QA reference ranges) is checked again only then.
+        self.label_generation = 0
         self._cleanup()
         self._load_cases()
 
@@ -442,6 +446,7 @@ class Workspace:
             os.rename(self.cases_dir / case_id, trash)
             _fsync_dir(self.cases_dir)
             del self._cases[case_id]
+            self.label_generation += 1
         _remove(trash)
 
     # ------------------------------------------------------------------ labels
@@ -479,6 +484,7 @@ class Workspace:
             }
             rec["labels"].append(entry)
             self._write_case(rec)
+            self.label_generation += 1
             return dict(entry)
 
     @staticmethod
@@ -511,18 +517,25 @@ class Workspace:
         disagreement: Any,
         score: float,
         flags: dict[str, Any] | None = None,
+        live: bool = False,
     ) -> dict[str, Any]:
-        """Write a round's prediction files for a case and record them with the score (and ``flags``)."""
+        """Write a round's prediction files for a case and record them with the score (and ``flags``).
+
+        ``live``: made by the checkpoint of a round still training; kept in the case's one live
+        slot (``predictions/live/``, manifest key ``live_prediction``), replaced by the next live
+        prediction, so the rounds' own predictions (scores, next-case) never mix with it.
+        """
         from reciprocalseg.data.io import write_image
 
+        folder_name = "live" if live else f"r{round_id:04d}"
         with self.lock:
             self.get_case(case_id)
-            folder = self.case_dir(case_id) / "predictions" / f"r{round_id:04d}"
+            folder = self.case_dir(case_id) / "predictions" / folder_name
             folder.mkdir(parents=True, exist_ok=True)
             files = {}
             for name, img in (("teacher", teacher), ("student", student), ("disagreement", disagreement)):
                 write_image(img, folder / f"{name}.nrrd")
-                files[name] = f"predictions/r{round_id:04d}/{name}.nrrd"
+                files[name] = f"predictions/{folder_name}/{name}.nrrd"
             entry = {
                 "round": round_id,
                 "score": float(score),
@@ -531,7 +544,10 @@ class Workspace:
                 **(flags or {}),
             }
             with self.edit_case(case_id) as rec:
-                rec["predictions"][str(round_id)] = entry
+                if live:
+                    rec["live_prediction"] = entry
+                else:
+                    rec["predictions"][str(round_id)] = entry
             return dict(entry)
 
     # ------------------------------------------------------------------ model registry
