@@ -430,13 +430,15 @@ class Client:
     def health(self) -> bool:
         """Whether the service answers; a client made with ``workspace=`` follows a restarted service.
 
-        Raises :class:`ServiceError` (status 0) when it was made with ``workspace=`` and no service
-        runs for that workspace (no URL file): there is nothing to wait for until one is started.
+        A client made with ``workspace=`` raises :class:`ServiceError` (status 0) with what to do
+        when no service answers for that workspace (none started, or the one there was stopped or
+        killed and left a stale URL file) instead of returning False: a False would read as "busy,
+        wait", and there is nothing to wait for until a service is started.
         """
         try:
             return self._request("GET", "/health", timeout=5).status_code == 200
         except ServiceError as exc:
-            if self._follow_workspace and exc.status_code == 0 and not (self._service_dir / "url").exists():
+            if self._follow_workspace and exc.status_code == 0:
                 raise
             return False
 

@@ -127,10 +127,11 @@ def test_client_follows_a_restarted_service(service: Running) -> None:
     c = Client(workspace=service.workspace)
     assert c.info().counts["cases"] == 0
     service.launcher.kill()  # SIGKILL: the URL file is left behind, pointing at nothing
-    with pytest.raises(ServiceError) as err:
-        c.info()
-    assert err.value.status_code == 0 and "stopped or killed" in err.value.message
-    assert str(service.workspace) in err.value.message
+    for call in (c.info, c.health):  # health() too: a clear error, not a False that reads as "wait"
+        with pytest.raises(ServiceError) as err:
+            call()
+        assert err.value.status_code == 0 and "stopped or killed" in err.value.message
+        assert str(service.workspace) in err.value.message
     service.restart()
     assert c.info().counts["cases"] == 0  # new port and token, found again
     assert c.health()
