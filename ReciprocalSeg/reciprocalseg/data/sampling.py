@@ -19,9 +19,11 @@ computed once per case.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +62,15 @@ def _cache_key(case: Case, prep: Preprocessing) -> str:
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+        except OSError as exc:
+            # numpy reports a short write ("N requested and M written") without an errno; with the
+            # partial file still there, a full disk shows as less room than the array needs.
+            if exc.errno is None and shutil.disk_usage(tmp.parent).free < array.nbytes:
+                raise OSError(errno.ENOSPC, f"no space left to write {path.name}", str(path)) from exc
+            raise
 
 
 def cache_case(case: Case, prep: Preprocessing, cache_dir: Path, n_classes: int | None = None) -> CachedCase:
@@ -73,12 +82,27 @@ def cache_case(case: Case, prep: Preprocessing, cache_dir: Path, n_classes: int 
     if image_npy.exists() and (label_npy is None or label_npy.exists()):
         return CachedCase(case.case_id, image_npy, label_npy)
     image = read_image(case.image)
+    label = None
     if label_npy is not None:
         label = read_image(case.label)
         max_label = None if n_classes is None else n_classes - 1
         check_label(label, image, str(case.label), max_label)
-        _save_npy(label_npy, preprocess_label(label, prep))
-    _save_npy(image_npy, preprocess_image(image, prep))
+    try:
+        if label_npy is not None:
+            _save_npy(label_npy, preprocess_label(label, prep))
+        _save_npy(image_npy, preprocess_image(image, prep))
+    except OSError as exc:
+        # Each file is written atomically; removing the pair's other half leaves no case half cached.
+        for path in (label_npy, image_npy):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DataError(
+                f"no space left on the device holding {cache_dir} while caching case {case.case_id}: "
+                "free some space there (or train into a folder on another disk) and run the same "
+                "command again; nothing half-written was kept"
+            ) from exc
+        raise
     return CachedCase(case.case_id, image_npy, label_npy)
 
 
