@@ -310,3 +310,39 @@ def test_student_init_teacher_is_opt_in_and_starts_from_the_supervised_teacher(
     weights = [k for k in sup if k.endswith("weight") and sup[k].dim() == 5]
     rel = max(float((student[k] - sup[k]).norm() / sup[k].norm()) for k in weights)
     assert rel < 0.2, rel
+
+
+def test_supervised_phase_can_use_adam_and_resumes_with_its_state(cohort, tmp_path: Path) -> None:
+    """`supervised_optimizer="adam"` (the auto preset's): phase 1 steps the teacher with Adam, its
+    state is checkpointed and restored; phase 2 keeps the teacher's SGD (h assumes SGD steps)."""
+    labeled, unlabeled = cohort
+    run = tmp_path / "run"
+    token = CancelToken()
+
+    def cancel_at_supervised_2(event: dict) -> None:
+        if event["event"] == "progress" and event["phase"] == "supervised" and event["iteration"] == 2:
+            token.cancel()
+
+    config = tiny_config(supervised_optimizer="adam", supervised_iterations=4, checkpoint_every=100)
+    with pytest.raises(CancelledError):
+        train(config, labeled, unlabeled, run, [cancel_at_supervised_2], token)
+    checkpoint = load_checkpoint(run / "checkpoints" / "latest.pt")
+    adam_state = checkpoint["supervised_opt"]["state"]
+    assert adam_state and all("exp_avg_sq" in s for s in adam_state.values())  # Adam's moments
+    assert not checkpoint["teacher_opt"]["state"]  # the teacher's SGD untouched in phase 1
+    assert {int(s["step"]) for s in adam_state.values()} == {2}
+
+    train(config, labeled, unlabeled, run)
+    final = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert {int(s["step"]) for s in final["supervised_opt"]["state"].values()} == {
+        4
+    }  # resumed, not restarted
+    assert all("momentum_buffer" in s for s in final["teacher_opt"]["state"].values())  # SGD in phase 2
+    assert (run / "done.json").exists()
+
+
+def test_auto_preset_starts_the_teacher_with_adam_and_paper_with_sgd() -> None:
+    assert make_config("auto").supervised_optimizer == "adam"
+    assert make_config("paper").supervised_optimizer == "sgd"
+    with pytest.raises(Exception, match="supervised_optimizer"):
+        make_config("demo", supervised_optimizer="rmsprop").validate()

@@ -52,6 +52,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_step: int = 2500
     lr_gamma: float = 0.1
+    # The teacher's supervised start (phase 1): "sgd" uses the settings above (the paper, UA-MT);
+    # "adam" uses Adam at `supervised_adam_lr` with the same step schedule. Short budgets need it:
+    # on hippocampus (two small structures, 5 labelled cases) 150 SGD iterations left the Dice
+    # loss flat and the model predicted nothing, 150 Adam iterations learned one structure
+    # (benchmarks/RESULTS.md). Phase 2 stays SGD: the meta-gradient h is derived for the student's
+    # SGD step.
+    supervised_optimizer: str = "sgd"
+    supervised_adam_lr: float = 1e-3
     supervised_iterations: int = 6000
     reciprocal_iterations: int = 6000
     # A time budget in minutes (None: the iteration counts above). Each phase gets its share of the
@@ -179,6 +187,8 @@ class TrainConfig:
             problems.append(f"inference_overlap={self.inference_overlap}: must be in [0, 1)")
         if self.compile_mode not in COMPILE_MODES:
             problems.append(f"compile_mode={self.compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
+        if self.supervised_optimizer not in ("sgd", "adam"):
+            problems.append(f"supervised_optimizer={self.supervised_optimizer!r}: use 'sgd' or 'adam'")
         if self.data_on_gpu not in ("auto", "on", "off"):
             problems.append(f"data_on_gpu={self.data_on_gpu!r}: use 'auto', 'on' or 'off'")
         if self.num_workers < -1:
@@ -273,6 +283,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_filters": 8,
         "dropout": False,  # as lite: 8 channels are too few for channel dropout's noise
         "class_crop_share": 1 / 3,
+        "supervised_optimizer": "adam",  # see TrainConfig.supervised_optimizer
         "supervised_iterations": 300,
         "reciprocal_iterations": 300,
         "lr_step": 250,

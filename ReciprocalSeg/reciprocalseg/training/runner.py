@@ -98,6 +98,21 @@ def _sgd(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.o
     )
 
 
+def _supervised_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device, sgd: torch.optim.Optimizer
+) -> torch.optim.Optimizer:
+    """Phase 1's optimizer for the teacher: its SGD (the paper) or a separate Adam."""
+    if config.supervised_optimizer == "sgd":
+        return sgd
+    fused = device.type == "cuda" and config.step_mode == "fast"
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=config.supervised_adam_lr,
+        weight_decay=config.weight_decay,
+        fused=fused or None,
+    )
+
+
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -238,6 +253,7 @@ class Trainer:
         self.teacher, self.student = self._new_model(), self._new_model()
         self.teacher_opt = _sgd(self.teacher, self.config, self.device)
         self.student_opt = _sgd(self.student, self.config, self.device)
+        self.supervised_opt = _supervised_optimizer(self.teacher, self.config, self.device, self.teacher_opt)
         self.student_ema = self._make_ema()
         self.h_average = 0.0
         phase, iteration = self._restore()
@@ -286,6 +302,8 @@ class Trainer:
         self.student.load_state_dict(checkpoint["student"])
         self.teacher_opt.load_state_dict(checkpoint["teacher_opt"])
         self.student_opt.load_state_dict(checkpoint["student_opt"])
+        if self.supervised_opt is not self.teacher_opt and checkpoint.get("supervised_opt") is not None:
+            self.supervised_opt.load_state_dict(checkpoint["supervised_opt"])
         if self.student_ema is not None and checkpoint.get("student_ema") is not None:
             self.student_ema.load_state_dict(checkpoint["student_ema"])
         self.h_average = checkpoint.get("h_average", 0.0)
@@ -436,15 +454,19 @@ class Trainer:
             self.student.load_state_dict(self.teacher.state_dict())
         if phase == "finetune" and start == 0 and self.student_ema is not None:
             self.student.load_state_dict(self.student_ema.module.state_dict())
-        model, opt = (
-            (self.student, self.student_opt) if phase == "finetune" else (self.teacher, self.teacher_opt)
-        )
+        model, opt = {
+            "supervised": (self.teacher, self.supervised_opt),
+            "reciprocal": (self.teacher, self.teacher_opt),
+            "finetune": (self.student, self.student_opt),
+        }[phase]
         self.pace.pause()
         it = start
         while it < total:
             lr = self._lr(phase, it)
             _set_lr(self.teacher_opt, lr)
             _set_lr(self.student_opt, lr)
+            if opt is not self.teacher_opt and opt is not self.student_opt:  # phase 1's Adam: same schedule
+                _set_lr(opt, lr * self.config.supervised_adam_lr / self.config.lr)
             if phase == "reciprocal":
                 x_l, y_l = batches.next("labeled")
                 x_u, _ = batches.next("unlabeled")
@@ -568,6 +590,9 @@ class Trainer:
             "student": self.student.state_dict(),
             "teacher_opt": self.teacher_opt.state_dict(),
             "student_opt": self.student_opt.state_dict(),
+            "supervised_opt": (
+                self.supervised_opt.state_dict() if self.supervised_opt is not self.teacher_opt else None
+            ),
             "student_ema": self.student_ema.state_dict() if self.student_ema is not None else None,
             "h_average": self.h_average,
             "budget_totals": dict(self.budget.totals) if self.budget is not None else None,
