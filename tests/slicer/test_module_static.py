@@ -158,6 +158,7 @@ WIDGET_PARENT = {
     "ctkComboBox": "QComboBox",
     "QAbstractSpinBox": "QWidget",
     "QSpinBox": "QAbstractSpinBox",
+    "QDoubleSpinBox": "QAbstractSpinBox",
     "QProgressBar": "QWidget",
     "QAbstractItemView": "QWidget",
     "QTableView": "QAbstractItemView",
@@ -190,6 +191,10 @@ WIDGET_MEMBERS = {
     "QSpinBox": {
         "value", "setValue", "valueChanged", "minimum", "setMinimum", "maximum", "setMaximum",
         "setRange", "singleStep", "setSingleStep",
+    },
+    "QDoubleSpinBox": {
+        "value", "setValue", "valueChanged", "minimum", "setMinimum", "maximum", "setMaximum",
+        "setRange", "singleStep", "setSingleStep", "decimals", "setDecimals", "suffix", "setSuffix",
     },
     "QProgressBar": {
         "value", "setValue", "minimum", "maximum", "setMinimum", "setMaximum", "setRange", "reset",
@@ -754,7 +759,7 @@ def test_choice_fields_have_valid_defaults_and_core_values():
     from reciprocalseg.config import PRESETS
 
     assert set(constants["PRESET_NAMES"]) == set(PRESETS)
-    assert constants["PRESET_NAMES"][0] == "demo"
+    assert constants["PRESET_NAMES"][0] == "auto"  # planned from the cases: the default
     assert constants["DEVICES"] == ("auto", "cpu", "cuda")
     for name, (annotation, default) in fields.items():
         match = re.search(r"Choice\((\w+)\)", annotation)
