@@ -57,6 +57,8 @@ def _pause_after_checkpoint(client, worker: psutil.Process, timeout: float = 300
     while time.monotonic() < deadline:
         events = client.training_events(since=0).events
         assert not any(e["event"] == "done" for e in events), "the round ended before a checkpoint was seen"
+        status = client.training_status()
+        assert status.state == "running", f"the round {status.state}: {status.message}"
         checkpoints = [e for e in events if e["event"] == "checkpoint"]
         if checkpoints:
             worker.suspend()
@@ -87,7 +89,7 @@ def test_predictions_say_which_model_made_them_live_or_round(fresh_service, loop
         iterations=60,
         checkpoint_every=2,
         device="cpu",
-        warm_start=True,
+        warm_start=False,
     )
     run_dir = fresh_service.workspace / "runs" / status.run_id
     worker = psutil.Process(json.loads((run_dir / "job.json").read_text())["pid"])
