@@ -605,7 +605,9 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def done(status):
             self.poller.new_generation()
             self._lastTrainingState = status.state
-            self.ui.trainingStatusLabel.setText(format_training_status(status, self.logic.training_minutes))
+            self.ui.trainingStatusLabel.setText(
+                format_training_status(status, self.logic.budget_minutes(status))
+            )
             self._pollTimer.start()
 
         self._run(_("Starting training"), start, done)
@@ -642,7 +644,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if fraction is not None:
             self.ui.trainingProgressBar.setRange(0, 1000)
             self.ui.trainingProgressBar.setValue(int(round(1000 * fraction)))
-        self.ui.trainingStatusLabel.setText(format_training_status(status, self.logic.training_minutes))
+        self.ui.trainingStatusLabel.setText(format_training_status(status, self.logic.budget_minutes(status)))
         curve = self.logic.learning_curve
         if status.state in RUNNING_STATES and curve.add(status) and curve.update_nodes():
             # Only a chart that did not exist is put in the layout; later rounds leave the layout alone.

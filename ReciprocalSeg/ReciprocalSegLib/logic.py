@@ -138,6 +138,7 @@ class ReciprocalSegLoop:
         self.last_prediction_score: float | None = None
         self.last_prediction_model: str | None = None  # model_description of the last prediction
         self.training_minutes: float | None = None  # the time budget of the round last started
+        self._training_run_id: str | None = None  # ... and its run
         self.last_next_case: Any = None
         self._token: str | None = None
         self._poll_client: Any = None
@@ -615,10 +616,16 @@ class ReciprocalSegLoop:
             warm_start=warm_start,
             minutes=minutes or None,
         )
-        self.training_minutes = minutes or None
+        self.training_minutes, self._training_run_id = minutes or None, status.run_id
         if self._learning_curve is not None:  # plain lists, no scene lookup: safe off the main thread
             self._learning_curve.reset()
         return status
+
+    def budget_minutes(self, status: Any) -> float | None:
+        """The time budget of the run ``status`` describes, when this loop started it (the
+        service's status does not carry it); None for another client's run or no budget."""
+        run_id = _field(status, "run_id")
+        return self.training_minutes if run_id is not None and run_id == self._training_run_id else None
 
     def training_status(self) -> Any:
         return self.require_client().training_status()

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from service_helpers import Running, start_service
 
-from reciprocalseg.client import CaseInfo
+from reciprocalseg.client import CaseInfo, TrainingStatus
 from reciprocalseg.data.phantom import write_phantom_cohort
 
 CASE = "phantom_003"
@@ -47,7 +47,9 @@ def test_a_time_budget_reaches_the_service_and_the_status_line_shows_the_plan(fr
     assert final.preset == "auto"  # the default plan from the cases
     budgets = [e for e in fresh_service.client.training_events().events if e["event"] == "budget"]
     assert budgets and all(e["minutes"] == 0.05 for e in budgets)  # minutes=, not iterations, sized it
-    line = format_training_status(final, loop.training_minutes)
+    assert loop.budget_minutes(final) == 0.05
+    assert loop.budget_minutes(TrainingStatus(state="running", run_id="another-clients-run")) is None
+    line = format_training_status(final, loop.budget_minutes(final))
     assert line.startswith("completed") and "preset auto, budget 0.05 min" in line
 
 
