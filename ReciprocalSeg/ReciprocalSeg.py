@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Annotated
 
+from ReciprocalSegLib.case_table import CASE_COLUMNS, case_row, sort_cases
 from ReciprocalSegLib.logic import CaseFiles, ReciprocalSegLoop
 from ReciprocalSegLib.package_install import ensure_requirements
 from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_LABEL, ROLE_STUDENT
@@ -53,8 +54,8 @@ MODULE_NAME = "ReciprocalSeg"
 MIN_PYTHON = (3, 10)
 
 BACKEND_MODES = ("local", "remote")
-# Presets come from the core package; "demo" first because it is the one that runs in minutes.
-PRESET_NAMES = tuple(sorted(PRESETS, key=lambda name: (name != "demo", name)))
+# Presets come from the core package; "auto" (planned from the cases) first: the default.
+PRESET_NAMES = tuple(sorted(PRESETS, key=lambda name: (name != "auto", name)))
 DEVICES = ("auto", "cpu", "cuda")  # the service's TrainingRequest.device values
 
 SETTINGS_WORKSPACE = "ReciprocalSeg/Workspace"
@@ -96,17 +97,22 @@ class ReciprocalSeg(ScriptedLoadableModule):
 class ReciprocalSegParameterNode:
     """Panel choices saved with the scene (the remote token only in the application settings).
 
-    backendMode local/remote; workspace of a local service; remoteUrl; preset, iterations per phase
-    (0: the preset's) and device of training; inputVolume, the volume "Add volume" sends.
+    backendMode local/remote; workspace of a local service; remoteUrl; preset, time budget in
+    minutes (0: the iterations decide), iterations per phase (0: the preset's) and device of
+    training; inputVolume, the volume "Add volume" sends; liveModel: predict with the round in
+    training; nextByQa: *Next to annotate* orders by QA flags instead of disagreement.
     """
 
     backendMode: Annotated[str, Choice(BACKEND_MODES)] = "local"
     workspace: Path
     remoteUrl: str = ""
-    preset: Annotated[str, Choice(PRESET_NAMES)] = "demo"
+    preset: Annotated[str, Choice(PRESET_NAMES)] = "auto"
+    minutes: Annotated[float, WithinRange(0.0, 1440.0)] = 0.0  # the service's TrainingRequest limit
     iterations: Annotated[int, WithinRange(0, 1000000)] = 0
     device: Annotated[str, Choice(DEVICES)] = "auto"
     inputVolume: vtkMRMLScalarVolumeNode
+    liveModel: bool = False
+    nextByQa: bool = False
 
 
 class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -132,6 +138,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.poller = StatusPoller()  # training progress, asked on its own thread
         self._pollTimer = None
         self._taskTimer = None
+        self._cases = []  # the last case list, re-sorted by a header click
+        self._caseSort = (0, False)  # (column, descending)
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -165,9 +173,14 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.correctFromStudentButton, self.onCorrectFromStudent),
             (self.ui.retrainButton, self.onRetrain),
             (self.ui.cancelTaskButton, self.onCancelTask),
+            (self.ui.applyClassCountButton, self.onApplyClassCount),
         ):
             button.connect("clicked(bool)", slot)
         self.ui.casesTable.connect("itemSelectionChanged()", self.onCaseSelectionChanged)
+        # The panel sorts the rows itself (numbers as numbers, empty cells last): see case_table.py.
+        header = self.ui.casesTable.horizontalHeader()
+        header.setSortIndicatorShown(True)
+        header.connect("sectionClicked(int)", self.onCaseHeaderClicked)
         self.ui.remoteTokenLineEdit.setText(slicer.util.settingsValue(SETTINGS_REMOTE_TOKEN, ""))
 
         # Training progress: a worker thread asks the service, this timer shows the answers.
@@ -309,6 +322,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             hasCase and self.logic.case_node(self._currentCaseId, ROLE_STUDENT) is not None
         )
         self.ui.startTrainingButton.setEnabled(ready and not running)
+        self.ui.iterationsSpinBox.setEnabled(node is None or not node.minutes)  # a budget overrides them
+        self.ui.applyClassCountButton.setEnabled(ready and not running)
         self.ui.retrainButton.setEnabled(ready and not running)
         self.ui.stopTrainingButton.setEnabled(ready and running)
 
@@ -348,6 +363,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onConnected(self, info):
         self.logic.connectQuit()
         self._showBackendState(info)
+        self._showClassCount((info.n_classes - 1, bool(getattr(info, "n_classes_fixed", False))))
         self._pollTimer.start()
         self.onRefreshCases()
 
@@ -396,20 +412,44 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run(_("Adding the folder"), add, done)
 
     def onRefreshCases(self):
-        if self.logic.connected:
-            self._run(_("Listing cases"), lambda context: self.logic.list_cases(), self._showCases)
+        if not self.logic.connected:
+            return
+
+        def listCases(context):
+            # The class count follows the labels: read it again with the list.
+            return self.logic.list_cases(), self.logic.class_settings()
+
+        def done(answer):
+            cases, classes = answer
+            self._showCases(cases)
+            self._showClassCount(classes)
+
+        self._run(_("Listing cases"), listCases, done)
+
+    def onCaseHeaderClicked(self, column):
+        previous, descending = self._caseSort
+        # A first click on the QA or disagreement column puts the most flagged / uncertain first.
+        descending = not descending if column == previous else column >= 2
+        self._caseSort = (column, descending)
+        self._showCases(self._cases)
 
     def _showCases(self, cases):
+        self._cases = list(cases)
+        column, descending = self._caseSort
+        cases = sort_cases(self._cases, column, descending)
         table = self.ui.casesTable
         table.blockSignals(True)
         try:
+            table.setColumnCount(len(CASE_COLUMNS))
+            table.setHorizontalHeaderLabels([_(name) for name in CASE_COLUMNS])
+            table.horizontalHeader().setSortIndicator(
+                column, qt.Qt.DescendingOrder if descending else qt.Qt.AscendingOrder
+            )
             table.setRowCount(len(cases))
             selectedRow = -1
             for row, case in enumerate(cases):
-                score = case.score
-                values = (case.id, case.status, "" if score is None else f"{score:.4f}")
-                for column, value in enumerate(values):
-                    table.setItem(row, column, qt.QTableWidgetItem(str(value)))
+                for col, value in enumerate(case_row(case)):
+                    table.setItem(row, col, qt.QTableWidgetItem(value))
                 if case.id == self._currentCaseId:
                     selectedRow = row
             if selectedRow >= 0:
@@ -463,6 +503,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table.blockSignals(False)
 
     def onNextCase(self):
+        by = "qa" if self._parameterNode.nextByQa else "disagreement"
+
         def done(answer):
             caseId, score = answer
             if caseId is None:
@@ -470,13 +512,19 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self._selectCaseRow(caseId)
             self._showCase(caseId)
-            if score is not None:
-                slicer.util.showStatusMessage(
-                    _("Next: {case} (disagreement {score:.4f})").format(case=caseId, score=score), 5000
+            flags = getattr(self.logic.last_next_case, "qa_flags", None)
+            if by == "qa":
+                message = _("Next: {case} ({flags} QA flags)").format(
+                    case=caseId, flags="?" if flags is None else flags
                 )
+            elif score is not None:
+                message = _("Next: {case} (disagreement {score:.4f})").format(case=caseId, score=score)
+            else:
+                return
+            slicer.util.showStatusMessage(message, 5000)
 
         # The service may predict every unscored case first: minutes, so off the GUI thread.
-        self._run(_("Ranking the cases"), lambda context: self.logic.next_case(), done)
+        self._run(_("Ranking the cases"), lambda context: self.logic.next_case(by), done)
 
     def onRemoveCase(self):
         caseId = self._currentCaseId
@@ -516,21 +564,50 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ Train
 
+    def _showClassCount(self, classes):
+        """(foreground classes, fixed?) from the service into the spin box and the toggle."""
+        foreground, fixed = classes
+        for widget in (self.ui.classCountSpinBox, self.ui.classCountFixedCheckBox):
+            widget.blockSignals(True)
+        try:
+            self.ui.classCountSpinBox.setValue(max(int(foreground), 1))
+            self.ui.classCountFixedCheckBox.setChecked(bool(fixed))
+        finally:
+            for widget in (self.ui.classCountSpinBox, self.ui.classCountFixedCheckBox):
+                widget.blockSignals(False)
+
+    def onApplyClassCount(self):
+        foreground = self.ui.classCountSpinBox.value if self.ui.classCountFixedCheckBox.checked else None
+
+        def done(classes):
+            self._showClassCount(classes)
+            count, fixed = classes
+            state = _("fixed") if fixed else _("following the labels")
+            slicer.util.showStatusMessage(
+                _("{n} foreground classes, {state}.").format(n=count, state=state), 5000
+            )
+
+        apply = lambda context: self.logic.set_class_count(foreground)  # noqa: E731
+        self._run(_("Setting the class count"), apply, done)
+
     def _startTraining(self, warmStart):
         node = self._parameterNode
         iterations = node.iterations or None
+        minutes = node.minutes or None  # a budget: the service sizes the phases, iterations ignored
         preset, device = node.preset, node.device
 
         def start(context):
             return self.logic.start_training(
                 preset=preset, iterations=iterations, supervised_iterations=iterations, device=device,
-                warm_start=warmStart,
+                warm_start=warmStart, minutes=minutes,
             )  # fmt: skip
 
         def done(status):
             self.poller.new_generation()
             self._lastTrainingState = status.state
-            self.ui.trainingStatusLabel.setText(format_training_status(status))
+            self.ui.trainingStatusLabel.setText(
+                format_training_status(status, self.logic.budget_minutes(status))
+            )
             self._pollTimer.start()
 
         self._run(_("Starting training"), start, done)
@@ -567,7 +644,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if fraction is not None:
             self.ui.trainingProgressBar.setRange(0, 1000)
             self.ui.trainingProgressBar.setValue(int(round(1000 * fraction)))
-        self.ui.trainingStatusLabel.setText(format_training_status(status))
+        self.ui.trainingStatusLabel.setText(format_training_status(status, self.logic.budget_minutes(status)))
         curve = self.logic.learning_curve
         if status.state in RUNNING_STATES and curve.add(status) and curve.update_nodes():
             # Only a chart that did not exist is put in the layout; later rounds leave the layout alone.
@@ -589,6 +666,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPredict(self):
         caseId = self._currentCaseId
         needImage = self.logic.needs(caseId)[0]
+        live = self._parameterNode.liveModel
 
         def done(fetched):
             teacher, student, disagreement = self.logic.apply_prediction(caseId, fetched)
@@ -598,16 +676,20 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 background=volume, foreground=disagreement, foregroundOpacity=0.6
             )
             score = self.logic.last_prediction_score
+            model = self.logic.last_prediction_model
             self.ui.predictionLabel.setText(
-                _("Teacher/student disagreement: {score}").format(
-                    score="?" if score is None else f"{score:.4f}"
+                _("Model: {model} · teacher/student disagreement: {score}").format(
+                    model=model, score="?" if score is None else f"{score:.4f}"
                 )
+            )
+            slicer.util.showStatusMessage(
+                _("{case} predicted by {model}.").format(case=caseId, model=model), 5000
             )
             self.onRefreshCases()
 
         self._run(
             _("Predicting {case}").format(case=caseId),
-            lambda context: self.logic.fetch_prediction(caseId, needImage),
+            lambda context: self.logic.fetch_prediction(caseId, needImage, live),
             done,
         )
 

@@ -45,7 +45,12 @@ from .scene_cases import (
 )
 from .segment_export import default_class_name, export_label_node, import_label_node, segment_id_for_class
 from .slicer_logics import SlicerLogics
+from .status_text import model_description
 from .volume_files import is_scalar_volume, keep_file, read_volume, write_volume
+
+# Attribute of prediction nodes (teacher, student, disagreement): the model that made them.
+ATTR_MODEL = "ReciprocalSeg.Model"
+NEXT_BY = ("disagreement", "qa")  # the service's /next-case orders
 
 # Methods that wait on the network or a child process: never call them on the GUI thread.
 NETWORK_METHODS = frozenset(
@@ -69,6 +74,8 @@ NETWORK_METHODS = frozenset(
         "fetch_prediction",
         "predict",
         "next_case",
+        "class_settings",
+        "set_class_count",
         "start_training",
         "stop_training",
         "training_status",
@@ -129,6 +136,10 @@ class ReciprocalSegLoop:
         self.url: str | None = None
         self.info_: Any = None
         self.last_prediction_score: float | None = None
+        self.last_prediction_model: str | None = None  # model_description of the last prediction
+        self.training_minutes: float | None = None  # the time budget of the round last started
+        self._training_run_id: str | None = None  # ... and its run
+        self.last_next_case: Any = None
         self._token: str | None = None
         self._poll_client: Any = None
         self._learning_curve: LearningCurve | None = None
@@ -223,6 +234,20 @@ class ReciprocalSegLoop:
         """Foreground classes (label values 1..K); the service's ``n_classes`` counts the background too."""
         n = _field(self.info_, "n_classes")
         return int(n) - 1 if n else None
+
+    def class_settings(self) -> tuple:
+        """Any thread: (foreground classes, fixed?) as the service has them now."""
+        settings = self.require_client().settings()
+        self.info_ = self.require_client().info()
+        return int(settings["n_classes"]) - 1, bool(settings["n_classes_fixed"])
+
+    def set_class_count(self, foreground: int | None) -> tuple:
+        """Any thread: fix the service's class count to ``foreground`` classes plus the background
+        (None: let it follow the labels again); returns ``class_settings()``."""
+        if foreground is not None and foreground < 1:
+            raise ValueError(f"A model needs at least one foreground class, not {foreground}.")
+        self.require_client().set_n_classes(None if foreground is None else foreground + 1)
+        return self.class_settings()
 
     # ------------------------------------------------------------------ adding volumes
 
@@ -488,11 +513,12 @@ class ReciprocalSegLoop:
 
     # ------------------------------------------------------------------ prediction
 
-    def fetch_prediction(self, case_id: str, need_image: bool = False) -> tuple:
-        """Any thread: predict with the current round and download teacher, student, disagreement."""
+    def fetch_prediction(self, case_id: str, need_image: bool = False, live: bool = False) -> tuple:
+        """Any thread: predict and download teacher, student, disagreement; with the current round,
+        or with ``live`` the latest checkpoint of the round in training (the current round if none)."""
         client = self.require_client()
         folder = self._scratch()
-        result = client.predict(case_id, out_dir=str(folder))
+        result = client.predict(case_id, out_dir=str(folder), live=live)
         files = self.fetch_case(case_id, need_image, False) if need_image else CaseFiles(case_id)
         return result, files
 
@@ -518,14 +544,24 @@ class ReciprocalSegLoop:
             CaseNodes.place_like(disagreement, volume)
             keep_file(disagreement, result.disagreement, self._keep(case_id))
             show_disagreement(disagreement, self.logics.scene)
+            self.last_prediction_model = self._mark_model(result, (teacher, student, disagreement))
         finally:
             shutil.rmtree(Path(result.teacher).parent, ignore_errors=True)
         self.nodes.show_only(case_id)
         return teacher, student, disagreement
 
-    def predict(self, case_id: str) -> tuple:
+    @staticmethod
+    def _mark_model(result: Any, nodes: Sequence[Any]) -> str:
+        """Name and tag the prediction nodes with the model that made them (saved with the scene)."""
+        model = model_description(result)
+        for node in nodes:
+            node.SetAttribute(ATTR_MODEL, model)
+            node.SetName(f"{result.case_id} {node.GetAttribute(ATTR_ROLE)} ({model})")
+        return model
+
+    def predict(self, case_id: str, live: bool = False) -> tuple:
         """Predict a case; returns (teacher segmentation, student segmentation, disagreement volume)."""
-        return self.apply_prediction(case_id, self.fetch_prediction(case_id, self.needs(case_id)[0]))
+        return self.apply_prediction(case_id, self.fetch_prediction(case_id, self.needs(case_id)[0], live))
 
     def copy_student_to_label(self, case_id: str) -> Any:
         """Main thread: the case's editable label becomes a copy of the student's prediction."""
@@ -548,30 +584,48 @@ class ReciprocalSegLoop:
 
     # ------------------------------------------------------------------ ranking and training
 
-    def next_case(self) -> tuple:
-        """Any thread: (case_id, score) of the unlabelled case where teacher and student disagree most."""
-        result = self.require_client().next_case()
+    def next_case(self, by: str = "disagreement") -> tuple:
+        """Any thread: (case_id, score) of the unlabelled case to label next: where teacher and
+        student disagree most, or ``by="qa"`` the one with the most QA flags (``last_next_case``
+        keeps the whole answer, its ``qa_flags`` among it)."""
+        if by not in NEXT_BY:
+            raise ValueError(f"Order the next case by one of {NEXT_BY}, not {by!r}.")
+        result = self.require_client().next_case(by=by)
+        self.last_next_case = result
         return result.case_id, result.score
 
     def start_training(
         self,
-        preset: str = "demo",
+        preset: str = "auto",
         iterations: int | None = None,
         supervised_iterations: int | None = None,
         device: str = "auto",
         warm_start: bool = True,
+        minutes: float | None = None,
     ) -> Any:
-        """Start a round on the service (returns at once; poll ``training_status``)."""
+        """Start a round on the service (returns at once; poll ``training_status``).
+
+        ``minutes``: a time budget for the round (the phases are sized from the measured speed;
+        the iterations are then ignored); None or 0: the iterations (or the preset's) decide.
+        """
         status = self.require_client().start_training(
             preset=preset,
             iterations=iterations,
             supervised_iterations=supervised_iterations,
             device=device,
             warm_start=warm_start,
+            minutes=minutes or None,
         )
+        self.training_minutes, self._training_run_id = minutes or None, status.run_id
         if self._learning_curve is not None:  # plain lists, no scene lookup: safe off the main thread
             self._learning_curve.reset()
         return status
+
+    def budget_minutes(self, status: Any) -> float | None:
+        """The time budget of the run ``status`` describes, when this loop started it (the
+        service's status does not carry it); None for another client's run or no budget."""
+        run_id = _field(status, "run_id")
+        return self.training_minutes if run_id is not None and run_id == self._training_run_id else None
 
     def training_status(self) -> Any:
         return self.require_client().training_status()

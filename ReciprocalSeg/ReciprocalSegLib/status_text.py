@@ -28,8 +28,22 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs} s"
 
 
-def format_training_status(status: Any) -> str:
-    """One line for the panel: state, phase, iteration/total, ETA and the last losses."""
+def format_plan(status: Any, minutes: float | None = None) -> str:
+    """The plan the round runs: its preset (``auto``: planned from the cases) and time budget.
+
+    The service reports the preset of a run but not the planned values themselves (they are in
+    the run folder's ``out/plan.json`` on the service's machine); ``minutes`` is the budget this
+    panel asked for (None or 0: the iterations decide).
+    """
+    preset = field(status, "preset")
+    parts = [f"preset {preset}"] if preset else []
+    if minutes:
+        parts.append(f"budget {minutes:g} min")
+    return ", ".join(parts)
+
+
+def format_training_status(status: Any, minutes: float | None = None) -> str:
+    """One line for the panel: state, phase, iteration/total, ETA, the last losses and the plan."""
     state = field(status, "state", default="idle")
     parts = [str(state)]
     phase = field(status, "phase")
@@ -47,6 +61,9 @@ def format_training_status(status: Any) -> str:
     device = field(status, "device")
     if device:
         parts.append(f"on {device}")
+    plan = format_plan(status, minutes)
+    if plan:
+        parts.append(plan)
     message = field(status, "message")
     if message and state not in RUNNING_STATES:
         parts.append(str(message))
@@ -61,3 +78,19 @@ def round_end_message(status: Any) -> tuple[str, bool]:
         return f"Training round {number} finished. Predict a case to see the new teacher and student.", False
     detail = field(status, "message", default="")
     return f"Training {state}. {detail}".strip(), state == "failed"
+
+
+def model_description(prediction: Any) -> str:
+    """Which model made a prediction: ``round 3``, or ``live: round 4 iteration 120 (reciprocal)``
+    for the latest checkpoint of the round in training (the number it gets if it finishes)."""
+    number = field(prediction, "round", "?")
+    if not field(prediction, "live", False):
+        return f"round {number}"
+    text = f"live: round {number}"
+    iteration = field(prediction, "iteration")
+    if iteration is not None:
+        text += f" iteration {iteration}"
+    phase = field(prediction, "phase")
+    if phase:
+        text += f" ({phase})"
+    return text

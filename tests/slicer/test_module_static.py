@@ -158,6 +158,7 @@ WIDGET_PARENT = {
     "ctkComboBox": "QComboBox",
     "QAbstractSpinBox": "QWidget",
     "QSpinBox": "QAbstractSpinBox",
+    "QDoubleSpinBox": "QAbstractSpinBox",
     "QProgressBar": "QWidget",
     "QAbstractItemView": "QWidget",
     "QTableView": "QAbstractItemView",
@@ -190,6 +191,10 @@ WIDGET_MEMBERS = {
     "QSpinBox": {
         "value", "setValue", "valueChanged", "minimum", "setMinimum", "maximum", "setMaximum",
         "setRange", "singleStep", "setSingleStep",
+    },
+    "QDoubleSpinBox": {
+        "value", "setValue", "valueChanged", "minimum", "setMinimum", "maximum", "setMaximum",
+        "setRange", "singleStep", "setSingleStep", "decimals", "setDecimals", "suffix", "setSuffix",
     },
     "QProgressBar": {
         "value", "setValue", "minimum", "maximum", "setMinimum", "setMaximum", "setRange", "reset",
@@ -754,7 +759,7 @@ def test_choice_fields_have_valid_defaults_and_core_values():
     from reciprocalseg.config import PRESETS
 
     assert set(constants["PRESET_NAMES"]) == set(PRESETS)
-    assert constants["PRESET_NAMES"][0] == "demo"
+    assert constants["PRESET_NAMES"][0] == "auto"  # planned from the cases: the default
     assert constants["DEVICES"] == ("auto", "cpu", "cuda")
     for name, (annotation, default) in fields.items():
         match = re.search(r"Choice\((\w+)\)", annotation)
@@ -830,6 +835,50 @@ def test_training_status_line_from_a_real_client_status():
     assert round_end_message(TrainingStatus(state="completed", round=3))[0].startswith(
         "Training round 3 finished"
     )
+    # The plan the round runs: its preset and the budget the panel asked for (issue 16).
+    planned = TrainingStatus(
+        state="running", phase="supervised", iteration=3, total=90, eta_s=60.0, preset="auto"
+    )
+    assert (
+        fmt(planned, minutes=10)
+        == "running · supervised · iteration 3/90 · ETA 1 min 00 s · preset auto, budget 10 min"
+    )
+    assert fmt(planned).endswith("· preset auto")  # iterations, no budget
+
+
+def test_model_description_says_round_or_live_checkpoint():
+    from ReciprocalSegLib.status_text import model_description
+
+    from reciprocalseg.client import PredictionResult
+
+    def result(**fields):
+        return PredictionResult(case_id="a", round=4, score=0.1, time="", **fields)
+
+    assert model_description(result()) == "round 4"
+    live = result(live=True, phase="reciprocal", iteration=120)
+    assert model_description(live) == "live: round 4 iteration 120 (reciprocal)"
+    assert model_description(result(live=True)) == "live: round 4"
+
+
+def test_case_table_columns_of_the_ui_are_the_lib_columns():
+    from ReciprocalSegLib.case_table import CASE_COLUMNS
+
+    root, _, _ = ui_widgets()
+    table = next(w for w in root.iter("widget") if w.get("name") == "casesTable")
+    assert tuple(c.findtext("property/string") for c in table.findall("column")) == CASE_COLUMNS
+
+
+def test_minutes_field_has_the_service_limit():
+    pytest.importorskip("pydantic")
+    from reciprocalseg.service.schemas import TrainingRequest
+
+    bounds = re.search(r"WithinRange\(([\d.]+), ([\d.]+)\)", parameter_node_fields()["minutes"][0])
+    limit = next(m.le for m in TrainingRequest.model_fields["minutes"].metadata if hasattr(m, "le"))
+    assert bounds and float(bounds.group(1)) == 0 and float(bounds.group(2)) == limit
+    root, _, _ = ui_widgets()
+    spin = next(w for w in root.iter("widget") if w.get("name") == "minutesSpinBox")
+    maximum = next(p for p in spin.findall("property") if p.get("name") == "maximum")
+    assert float(maximum.findtext("double")) == limit
 
 
 def test_learning_curve_samples_continue_across_phases():
