@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 EXIT_CANCELLED = 3
 ACTIVE_STATES = ("running",)
 RESUMABLE_STATES = ("cancelled", "interrupted", "failed")
+# What a model file's weights depend on: a warm start needs them equal (model/vnet.py).
+NETWORK_FIELDS = ("n_filters", "normalization", "downsampling")
 
 
 def default_train_command() -> list[str]:
@@ -183,6 +185,27 @@ class TrainingManager:
             r = self._readers[run_id] = EventReader(self.ws.runs_dir / run_id / "events.jsonl")
         return r
 
+    def _network_change(self, warm_from: dict[str, Any], old: str | None, preset: str) -> list[str]:
+        """The network fields (weights' shapes) a ``preset`` round would change from ``warm_from``.
+
+        Read from the round's own run config when it has one: an ``auto`` round's network comes
+        from its plan, not its preset. A new ``auto`` round keeps the previous network
+        (``train_command.keep_architecture``), so it never differs.
+        """
+        from reciprocalseg.config import PRESETS, make_config
+
+        if not old or old == preset or preset == "auto" or old not in PRESETS:
+            return []
+        try:
+            previous = json.loads(
+                (self.ws.root / warm_from["dir"] / "config.json").read_text(encoding="utf-8")
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = make_config(old).to_dict()
+        new = make_config(preset).to_dict()
+        as_json = json.dumps  # tuples and lists compare alike
+        return [k for k in NETWORK_FIELDS if as_json(previous.get(k)) != as_json(new.get(k))]
+
     def _new_run_id(self) -> str:
         base = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
         run_id, n = base, 1
@@ -214,7 +237,7 @@ class TrainingManager:
         minutes: float | None = None,
     ) -> dict[str, Any]:
         """Start a new round on the current labels; 409 while another run is active."""
-        from reciprocalseg.config import PRESETS, make_config
+        from reciprocalseg.config import PRESETS
 
         if preset not in PRESETS:
             raise Invalid(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -243,14 +266,13 @@ class TrainingManager:
                             f"{warm_from['n_classes']} classes, the workspace now has {self.ws.n_classes}"
                         )
                         warm_from, old = None, None
-                    if old and old in PRESETS and old != preset:
-                        a, b = make_config(old), make_config(preset)
-                        if (a.n_filters, a.normalization) != (b.n_filters, b.normalization):
-                            raise Conflict(
-                                f"cannot warm-start a {preset!r} round from round {warm_from['round']} "
-                                f"(preset {old!r}): the networks differ; "
-                                f"use preset {old!r} or warm_start=false"
-                            )
+                    differs = self._network_change(warm_from, old, preset)
+                    if differs:
+                        raise Conflict(
+                            f"cannot warm-start a {preset!r} round from round {warm_from['round']} "
+                            f"(preset {old!r}): the networks differ in {', '.join(differs)}; "
+                            f"use preset {old!r} (or auto, which keeps the network) or warm_start=false"
+                        )
             run_id = self._new_run_id()
             run_dir = self.ws.runs_dir / run_id
             run_dir.mkdir(parents=True)
