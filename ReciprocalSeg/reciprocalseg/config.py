@@ -55,11 +55,11 @@ class TrainConfig:
     # The teacher's supervised start (phase 1): "sgd" uses the settings above (the paper, UA-MT);
     # "adam" uses Adam at `supervised_adam_lr` with the same step schedule. Short budgets need it:
     # on hippocampus (two small structures, 5 labelled cases) 150 SGD iterations left the Dice
-    # loss flat and the model predicted nothing, 150 Adam iterations learned one structure
-    # (benchmarks/RESULTS.md). Phase 2 stays SGD: the meta-gradient h is derived for the student's
-    # SGD step.
+    # loss flat and the model predicted nothing; 150 Adam iterations at lr 1e-3 learned one
+    # structure, at 3e-3 both (held-out Dice 0.66-0.80 per class; benchmarks/RESULTS.md). Phase 2
+    # stays SGD: the meta-gradient h is derived for the student's SGD step.
     supervised_optimizer: str = "sgd"
-    supervised_adam_lr: float = 1e-3
+    supervised_adam_lr: float = 3e-3
     supervised_iterations: int = 6000
     reciprocal_iterations: int = 6000
     # A time budget in minutes (None: the iteration counts above). Each phase gets its share of the
