@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import requests
 
+from .file_formats import IMAGE_SUFFIXES, LABEL_NAME_SUFFIXES, UPLOAD_SUFFIXES
+
 __all__ = [
     "CaseInfo",
     "CaseQA",
@@ -42,8 +44,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-UPLOAD_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
-IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
 class ServiceError(Exception):
@@ -502,7 +502,7 @@ class Client:
                 continue
             suffix = ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
             stem = name[: -len(suffix)] if suffix else name
-            if suffix not in allowed or stem.endswith(("_label", "_seg")):
+            if suffix not in allowed or stem.endswith(LABEL_NAME_SUFFIXES):
                 continue
             case_id = case_id_from_path(p)
             if case_id in existing:

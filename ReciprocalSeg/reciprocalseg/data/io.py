@@ -36,6 +36,7 @@ import SimpleITK as sitk
 
 from ..atomic import atomic_path, atomic_write_json, fsync_dir
 from ..errors import DataError
+from ..file_formats import IMAGE_SUFFIXES, LABEL_NAME_SUFFIXES
 
 # One Geometry class for the package; re-exported here because the data layer is where
 # callers look for it (docs/DESIGN.md).
@@ -64,11 +65,8 @@ __all__ = [
     "write_image",
 ]
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 # Formats whose header and voxel data live in two files (written specially, see write_image).
 _DETACHED_SUFFIXES = (".nhdr", ".mhd")
-# File-name endings that mark a label map in a folder of image/label pairs.
-LABEL_NAME_SUFFIXES: tuple[str, ...] = ("_label", "_seg")
 # Endings stripped from a file name to get the case ID (one of them, once).
 _ID_NAME_SUFFIXES: tuple[str, ...] = ("_image", "_label", "_seg", "_0000")
 

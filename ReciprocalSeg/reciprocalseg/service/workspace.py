@@ -48,6 +48,7 @@ from typing import Any
 
 from reciprocalseg.atomic import atomic_write_json
 from reciprocalseg.errors import DataError
+from reciprocalseg.file_formats import UPLOAD_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,6 @@ CASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _CASE_ID_RE = re.compile(CASE_ID_PATTERN)
 _WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\.|$)", re.IGNORECASE)
 
-#: Suffixes accepted for uploaded scans and labels (single-file formats only).
-UPLOAD_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
-#: Suffixes accepted when registering a file already on the server's disk (plus DICOM folders).
-PATH_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 LABEL_KINDS = ("submitted", "draft")
 #: Largest image the service accepts by default, in voxels (512 x 512 x 610; ~0.6 GB as float32);
