@@ -4,11 +4,14 @@
 The data folder holds `<ID>_image` / `<ID>_label` pairs. A seeded split takes `--labeled`
 labelled cases, `--unlabeled` cases used without their labels, and `--val` held-out cases to
 evaluate on (their labels are read only for the metrics). Each method trains for `--minutes`
-on this machine (the time budget of `TrainConfig.minutes`, so equal time by construction):
+on this machine (the time budget of `TrainConfig.minutes`, so equal time by construction).
+`--concurrent` trains all methods at once, one process each with `--threads` torch threads,
+so that whatever else loads the machine loads every method alike (the budget is wall time):
 
   auto        the plan from the training cases (planning/planner.py), reciprocal learning;
   fixed       a fixed preset (`--fixed-preset`, default `lite`: the CPU preset) with the same
-              time budget and n_classes from the labels;
+              time budget and n_classes from the labels; `fixed:<preset>` names one, so several
+              fixed presets can run side by side (`--methods auto,fixed:demo,fixed:lite`);
   supervised  the `auto` plan trained on the labelled cases alone for the whole budget
               (budget_split 1, 0, 0): what the time gives without the unlabelled scans.
 
@@ -22,6 +25,7 @@ JSON.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import json
 import math
@@ -63,11 +67,12 @@ def method_config(
     method: str, labeled: list[Case], unlabeled: list[Case], args: argparse.Namespace
 ) -> TrainConfig:
     common = {"minutes": args.minutes, "device": args.device, "seed": args.seed}
-    if method == "fixed":
+    if method.startswith("fixed"):
         import SimpleITK as sitk
 
+        preset = method.partition(":")[2] or args.fixed_preset
         maxima = [int(sitk.GetArrayFromImage(read_image(c.label)).max()) for c in labeled]
-        return make_config(args.fixed_preset, n_classes=infer_n_classes(maxima) + 1, **common)
+        return make_config(preset, n_classes=infer_n_classes(maxima) + 1, **common)
     plan = plan_from_fingerprint(compute_fingerprint(labeled, unlabeled), _device(args.device))
     if method == "supervised":
         common.update(budget_split=(1.0, 0.0, 0.0), reciprocal_iterations=0)
@@ -148,9 +153,43 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _train_one(
+    method: str, labeled: list[Case], unlabeled: list[Case], args: argparse.Namespace, threads: int
+) -> tuple[dict[str, Path], float]:
+    """Train one method into OUT/runs/<method>; its models and the seconds it took."""
+    import torch
+
     from reciprocalseg.training.runner import train
 
+    if threads:
+        torch.set_num_threads(threads)
+    config = method_config(method, labeled, unlabeled, args)
+    t0 = time.perf_counter()
+    pool = unlabeled if method != "supervised" else []
+    result = train(config, labeled, pool, args.out / "runs" / method.replace(":", "-"))
+    seconds = round(time.perf_counter() - t0, 1)
+    if method == "supervised":
+        return {"teacher": result.teacher}, seconds
+    return {"teacher": result.teacher, "student": result.student}, seconds
+
+
+def train_methods(
+    labeled: list[Case], unlabeled: list[Case], args: argparse.Namespace
+) -> dict[str, tuple[dict[str, Path], float]]:
+    """Each method's models and training seconds: one after another, or all at once."""
+    if not args.concurrent:
+        return {m: _train_one(m, labeled, unlabeled, args, args.threads) for m in args.methods}
+    import multiprocessing
+
+    threads = args.threads or max(1, (os.cpu_count() or 1) // len(args.methods))
+    with concurrent.futures.ProcessPoolExecutor(
+        len(args.methods), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        futures = {m: pool.submit(_train_one, m, labeled, unlabeled, args, threads) for m in args.methods}
+        return {m: f.result() for m, f in futures.items()}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     cases = require_labels(discover_cases(args.data))
     labeled, unlabeled, val = split_cases(cases, args.labeled, args.unlabeled, args.val, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -159,41 +198,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     atomic_write_json(args.out / "split.json", split)
     rows: list[dict[str, Any]] = []
-    timing = {}
-    for method in args.methods:
-        config = method_config(method, labeled, unlabeled, args)
-        t0 = time.perf_counter()
-        result = train(
-            config, labeled, unlabeled if method != "supervised" else [], args.out / "runs" / method
-        )
-        timing[method] = round(time.perf_counter() - t0, 1)
-        models = (
-            {"teacher": result.teacher}
-            if method == "supervised"
-            else {
-                "teacher": result.teacher,
-                "student": result.student,
-            }
-        )
+    timing, iterations = {}, {}
+    trained = train_methods(labeled, unlabeled, args)
+    for method, (models, seconds) in trained.items():
+        timing[method] = seconds
+        run_dir = args.out / "runs" / method.replace(":", "-")
+        iterations[method] = _iterations_done(run_dir)
+        n_classes = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["n_classes"]
         for name, path in models.items():
-            for row in evaluate(path, val, config.n_classes, args.device):
+            for row in evaluate(path, val, n_classes, args.device):
                 rows.append({"model": f"{method}/{name}", **row})
-        print(f"{method}: trained {timing[method]} s, evaluated", file=sys.stderr)
+        print(f"{method}: trained {seconds} s, evaluated", file=sys.stderr)
     result = {
         "machine": machine(),
         "command": " ".join(sys.argv),
         "minutes": args.minutes,
         "split": {k: len(v) for k, v in split.items()},
+        "concurrent": bool(args.concurrent),
+        "threads_per_method": args.threads
+        or (max(1, (os.cpu_count() or 1) // len(args.methods)) if args.concurrent else None),
         "train_seconds": timing,
+        "iterations": iterations,
         "summary": summary(rows),
         "paired_vs_auto_student": {
             m: paired(rows, m, "auto/student")
             for m in dict.fromkeys(r["model"] for r in rows)
             if m != "auto/student"
         },
+        "paired_vs_auto_teacher": {
+            m: paired(rows, m, "auto/teacher")
+            for m in dict.fromkeys(r["model"] for r in rows)
+            if m != "auto/teacher"
+        },
     }
     _write(args.out, rows, result)
     return result
+
+
+def _iterations_done(run_dir: Path) -> dict[str, int]:
+    """The last iteration each phase reached (from the run's events): what the budget bought."""
+    from reciprocalseg.training.events import read_events
+
+    done: dict[str, int] = {}
+    for event in read_events(run_dir / "events.jsonl"):
+        if "phase" in event and "iteration" in event:
+            done[event["phase"]] = max(done.get(event["phase"], 0), int(event["iteration"]))
+    return done
 
 
 def _write(out: Path, rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
@@ -232,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-preset", default="lite")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concurrent", action="store_true", help="train all methods at once (see above)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per method (0: cores / methods)")
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(args.methods) - set(METHODS))
+    unknown = sorted({m.partition(":")[0] for m in args.methods} - set(METHODS))
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {METHODS}")
     result = run(args)

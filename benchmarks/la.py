@@ -104,6 +104,7 @@ class Split:
             "labeled": [c.case_id for c in self.labeled],
             "unlabeled": [c.case_id for c in self.unlabeled],
             "evaluation": [c.case_id for c in self.evaluation],
+            **self.extra,
         }
 
 
@@ -208,6 +209,31 @@ def make_split(
     )
     labeled_cases, unlabeled_cases = [cases[i] for i in labeled], [cases[i] for i in unlabeled]
     return Split(labeled_cases, unlabeled_cases, list(evaluation_cases), description, source)
+
+
+def add_scribbled(split: Split, n: int, slices: int, folder: Path) -> Split:
+    """Make the first `n` unlabelled cases partially labelled with simulated scribbles
+    (benchmarks/scribbles.py), written to `folder`. They join the labelled cases; they leave
+    the unlabelled list because the engine puts partially labelled cases in the student's
+    unlabelled pool itself, so the student's pool stays the same cases as without them."""
+    from benchmarks.scribbles import write_scribbled_label
+
+    if not 0 < n <= len(split.unlabeled):
+        raise BenchmarkError(f"--scribbled {n}: must be between 1 and {len(split.unlabeled)}")
+    scribbled, fractions = [], {}
+    for case in split.unlabeled[:n]:
+        partial = folder / f"{case.case_id}_label.nrrd"
+        fractions[case.case_id] = round(write_scribbled_label(case.label, partial, slices=slices), 6)
+        scribbled.append(Case(case.case_id, case.image, partial))
+    mean = float(np.mean(list(fractions.values())))
+    description = (
+        f"{split.description}; of the unlabelled, the first {n} scribbled ({slices} axial slices each, "
+        f"benchmarks/scribbles.py; annotated voxels {100 * mean:.3f}% on average) and labelled partially"
+    )
+    extra = {**split.extra, "scribbled": [c.case_id for c in scribbled], "annotated_fraction": fractions}
+    return Split(
+        split.labeled + scribbled, split.unlabeled[n:], split.evaluation, description, split.source, extra
+    )
 
 
 # --------------------------------------------------------------------------- configuration
@@ -596,6 +622,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unlabeled-ids", default=None, help="comma-separated IDs or a list file")
     p.add_argument("--eval-ids", default=None, help="comma-separated IDs or a list file")
     p.add_argument("--n-eval", type=int, default=16, help="default evaluation = the last N of train.list")
+    p.add_argument(
+        "--scribbled", type=int, default=0, help="label the first N unlabelled cases with simulated scribbles"
+    )
+    p.add_argument("--scribble-slices", type=int, default=3, help="axial slices scribbled per case")
     p.add_argument("--test-dir", type=Path, default=None, help="evaluate on these <ID>_image/_label pairs")
     p.add_argument("--preset", default=None, help="paper/lite/demo replace the base; improved is layered on")
     p.add_argument("--iterations", type=int, default=None, help="reciprocal (and mean-teacher) iterations")
@@ -700,6 +730,8 @@ def _open_session(
         args.test_dir,
         args.n_eval,
     )
+    if args.scribbled:
+        split = add_scribbled(split, args.scribbled, args.scribble_slices, out / "scribbles")
     config = build_config(
         protocol, args.preset, args.iterations, args.supervised_iterations, args.device, args.sets
     )

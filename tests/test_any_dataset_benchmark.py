@@ -37,3 +37,26 @@ def test_auto_fixed_and_supervised_side_by_side(tmp_path: Path) -> None:
     assert "reciprocal" not in phases
     auto = json.loads((out / "runs" / "auto" / "config.json").read_text())
     assert auto["preset"] == "auto" and auto["class_crop_share"] > 0
+
+
+def test_concurrent_methods_with_two_fixed_presets(tmp_path: Path) -> None:
+    """--concurrent trains the methods at once (one process each); fixed:<preset> names presets."""
+    data = tmp_path / "data"
+    write_phantom_cohort(data, 5, seed=6, shape_zyx=(24, 32, 32))
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--labeled", "2", "--unlabeled", "1", "--val", "2"]
+    methods = "fixed:demo,fixed:lite,supervised"
+    assert main([*argv, "--minutes", "0.03", "--methods", methods, "--concurrent", "--threads", "1"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["concurrent"] and result["threads_per_method"] == 1
+    assert list(result["summary"]) == [
+        "fixed:demo/teacher",
+        "fixed:demo/student",
+        "fixed:lite/teacher",
+        "fixed:lite/student",
+        "supervised/teacher",
+    ]
+    for folder, preset in (("fixed-demo", "demo"), ("fixed-lite", "lite")):
+        config = json.loads((out / "runs" / folder / "config.json").read_text())
+        assert config["preset"] == preset and config["minutes"] == 0.03
+    assert all(result["iterations"][m].get("supervised", 0) > 0 for m in methods.split(","))

@@ -83,6 +83,23 @@ def test_default_split_is_disjoint_and_ordered(small_la: Path) -> None:
     assert "first 2 of train.list" in split.description and "last 1" in split.description
 
 
+def test_scribbled_cases_move_from_unlabelled_to_partially_labelled(small_la: Path, tmp_path: Path) -> None:
+    ids = _ids(small_la)
+    split = la.add_scribbled(la.make_split(small_la, 1, n_eval=1), 1, 3, tmp_path / "scribbles")
+    assert [c.case_id for c in split.labeled] == ids[:2]
+    assert [c.case_id for c in split.unlabeled] == ids[2:3]
+    partial = split.labeled[1]
+    assert partial.label == tmp_path / "scribbles" / f"{ids[1]}_label.nrrd"
+    assert partial.image == small_la / f"{ids[1]}_image.nrrd"
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(partial.label)))
+    assert {int(v) for v in set(values.ravel().tolist())} == {0, 1, 255}
+    record = split.to_dict()
+    assert record["scribbled"] == [ids[1]] and 0 < record["annotated_fraction"][ids[1]] < 0.05
+    assert "scribbled" in split.description
+    with pytest.raises(la.BenchmarkError, match="--scribbled 5"):
+        la.add_scribbled(la.make_split(small_la, 1, n_eval=1), 5, 3, tmp_path / "s2")
+
+
 def test_split_errors(small_la: Path, tmp_path: Path) -> None:
     ids = _ids(small_la)
     with pytest.raises(la.BenchmarkError, match="overlap"):
