@@ -200,3 +200,11 @@ def test_unannotated_voxels_are_no_class(tmp_path: Path) -> None:
     assert plan_from_fingerprint(fp, "cpu").values["n_classes"] == 2
     record = read_case_fingerprint(labeled[0])
     assert record.label.annotated == array.size - int((array == 255).sum())
+
+
+def test_label_values_are_counted_in_slabs_exactly() -> None:
+    from reciprocalseg.planning.fingerprint import _value_counts
+
+    label = np.random.default_rng(0).integers(0, 4, (20, 30, 17)).astype(np.uint8)
+    label[-1, -1, -3:] = 255  # the largest value only in the last slab
+    assert np.array_equal(_value_counts(label, chunk=1000), np.bincount(label.ravel()))

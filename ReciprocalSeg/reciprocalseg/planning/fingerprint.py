@@ -234,7 +234,7 @@ def label_summary(
     rng: np.random.Generator | None = None,
 ) -> LabelSummary:
     """The classes of a label map, and the scan's `voxels` inside it when given (same grid)."""
-    counts = np.bincount(label.ravel().astype(np.int64))
+    counts = _value_counts(label)
     classes = {c: int(n) for c, n in enumerate(counts) if n and c not in (0, UNANNOTATED)}
     unannotated = int(counts[UNANNOTATED]) if counts.size > UNANNOTATED else 0
     foreground = None
@@ -248,6 +248,23 @@ def label_summary(
         voxel_ml=float(np.prod(spacing)) / 1000.0,
         foreground=foreground,
     )
+
+
+def _value_counts(label: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
+    """Voxels per label value, counted in slabs (an int64 copy of a whole big label map is GBs)."""
+    flat = label.ravel()
+    counts = np.zeros(1, np.int64)
+    for start in range(0, flat.size, chunk):
+        part = flat[start : start + chunk].astype(np.int64)
+        if part.size and part.min() < 0:
+            raise DataError("the label holds negative values; labels are 0 (background) and 1, 2, ...")
+        found = np.bincount(part)
+        if found.size > counts.size:
+            found[: counts.size] += counts
+            counts = found
+        else:
+            counts[: found.size] += found
+    return counts
 
 
 def read_case_fingerprint(case: Case, intensity: bool = True, label: bool = True) -> CaseFingerprint:
