@@ -13,7 +13,12 @@ from reciprocalseg.config import make_config
 from reciprocalseg.data.io import Case
 from reciprocalseg.data.preprocess import Preprocessing, normalize_intensity
 from reciprocalseg.model.vnet import build_model
-from reciprocalseg.planning.fingerprint import compute_fingerprint
+from reciprocalseg.planning.fingerprint import (
+    CaseFingerprint,
+    combine,
+    compute_fingerprint,
+    read_case_fingerprint,
+)
 from reciprocalseg.planning.planner import Plan, plan_for_run, plan_from_fingerprint, planned_config
 
 
@@ -169,3 +174,37 @@ def test_a_warm_started_round_keeps_the_previous_runs_network(tmp_path: Path) ->
     config = planned_config(plan)
     assert config.patch_size == (64, 64, 48) and config.downsampling == previous.downsampling
     assert "warm-start" in plan.reasons["patch_size"]
+
+
+def test_case_records_combine_into_the_cohorts_fingerprint(tmp_path: Path) -> None:
+    """The service stores one record per case and combines them: the same fingerprint as the CLI's."""
+    labeled, unlabeled = _cohort(tmp_path, 2, 2, (24, 48, 48), (0.8, 0.8, 2.0), classes=2, ct=True)
+    records = [CaseFingerprint.from_dict(read_case_fingerprint(c).to_dict()) for c in labeled + unlabeled]
+    combined = combine(records[:2], records[2:])
+    assert combined == compute_fingerprint(labeled, unlabeled)
+    assert combined.modality == "CT" and set(combined.classes) == {1, 2}
+    assert records[2].label is None and records[0].label.foreground is not None
+
+
+def test_unannotated_voxels_are_no_class(tmp_path: Path) -> None:
+    """A partial label's unannotated voxels (255) are neither a class nor foreground."""
+    labeled, unlabeled = _cohort(tmp_path, 2, 1, (24, 40, 40), (1.0, 1.0, 1.0))
+    label = sitk.ReadImage(str(labeled[0].label))
+    array = sitk.GetArrayFromImage(label)
+    array[:, :, :10] = 255
+    partial = sitk.GetImageFromArray(array)
+    partial.CopyInformation(label)
+    sitk.WriteImage(partial, str(labeled[0].label))
+    fp = compute_fingerprint(labeled, unlabeled)
+    assert set(fp.classes) == {1}
+    assert plan_from_fingerprint(fp, "cpu").values["n_classes"] == 2
+    record = read_case_fingerprint(labeled[0])
+    assert record.label.annotated == array.size - int((array == 255).sum())
+
+
+def test_label_values_are_counted_in_slabs_exactly() -> None:
+    from reciprocalseg.planning.fingerprint import _value_counts
+
+    label = np.random.default_rng(0).integers(0, 4, (20, 30, 17)).astype(np.uint8)
+    label[-1, -1, -3:] = 255  # the largest value only in the last slab
+    assert np.array_equal(_value_counts(label, chunk=1000), np.bincount(label.ravel()))

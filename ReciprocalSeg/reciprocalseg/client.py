@@ -4,7 +4,8 @@
 >>> c = Client(workspace="~/rs-workspace")       # URL and token from WORKSPACE/.service/
 >>> c.add_cases_from_folder("scans/")
 >>> c.put_label("case01", "case01_label.nrrd", author="me")
->>> c.start_training(preset="demo"); c.wait_for_training(callback=print)
+>>> c.plan()["values"]                          # what an auto round will train with, and why
+>>> c.start_training(minutes=10); c.wait_for_training(callback=print)
 >>> c.next_case()
 
 Every method raises :class:`ServiceError` carrying the server's message (``status_code`` is 0 when
@@ -144,6 +145,7 @@ class TrainingStatus:
     warm_start_round: int | None = None
     warning: str | None = None
     background_only: list[str] = field(default_factory=list)
+    plan: dict[str, Any] | None = None  # an auto round's planned values (None for other presets)
 
     @property
     def active(self) -> bool:
@@ -563,9 +565,14 @@ class Client:
         )
 
     # ------------------------------------------------------------------ training
+    def plan(self) -> dict[str, Any]:
+        """The ``auto`` plan the next round would train with (``values``, ``reasons``,
+        ``fingerprint``, ``device``, ``overrides``, ``format``); 404 before the first label."""
+        return self._json("GET", "/plan")
+
     def start_training(
         self,
-        preset: str = "demo",
+        preset: str = "auto",
         iterations: int | None = None,
         supervised_iterations: int | None = None,
         device: str = "auto",

@@ -18,6 +18,7 @@ import reciprocalseg
 from reciprocalseg.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
+from .fingerprints import CaseFingerprints
 from .jobs import TrainingManager
 from .live import LiveCheckpoint, LiveModel
 from .middleware import LOOPBACK_HOSTS
@@ -70,8 +71,10 @@ class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.ws = Workspace(config.workspace, n_classes=config.n_classes)
+        self.fingerprints = CaseFingerprints(self.ws)
         self.jobs = TrainingManager(
             self.ws,
+            fingerprints=self.fingerprints,
             train_command=config.train_command,
             default_device=config.device,
             on_round=self._new_round,
@@ -180,6 +183,7 @@ class Service:
             raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
         image = read_upload(tmp, filename, self.config.max_voxels)
         rec = self.ws.add_case(image, case_id, source=f"upload:{filename}")
+        self.fingerprints.record(case_id, image)
         return self.case_info(rec, self.ws.registry().get("current"))
 
     def register_case(self, req: S.RegisterCase) -> S.CaseInfo:
@@ -203,6 +207,7 @@ class Service:
         except DataError as exc:
             raise _image_error(exc) from None
         rec = self.ws.add_case(image, case_id, source=f"path:{path}")
+        self.fingerprints.record(case_id, image)
         return self.case_info(rec, self.ws.registry().get("current"))
 
     def registrable_path(self, given: str) -> Path:
@@ -267,6 +272,7 @@ class Service:
         )
         if kind == "submitted":
             self.ws.grow_n_classes(max_value + 1)
+            self.fingerprints.record(case_id, image, arr, entry["version"])
         return S.LabelVersion(**entry)
 
     def draft_from_prediction(self, case_id: str, author: str | None) -> S.LabelVersion:
@@ -438,6 +444,12 @@ class Service:
             by=by,
             qa_flags=flags.get(best),
         )
+
+    # ------------------------------------------------------------------ plan
+    def plan(self) -> dict[str, Any]:
+        """The ``auto`` plan the next round would run (warm-started from the current round) on the
+        service's device, from the cases' stored fingerprint records."""
+        return self.jobs.plan().to_dict()
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> S.Settings:

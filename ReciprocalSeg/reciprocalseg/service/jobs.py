@@ -37,6 +37,7 @@ import psutil
 
 from reciprocalseg.data.io import Case, write_case_list
 
+from .fingerprints import CaseFingerprints, workspace_plan
 from .model_store import sha256_file
 from .workspace import Conflict, Invalid, NotFound, Workspace, now_iso
 
@@ -164,8 +165,10 @@ class TrainingManager:
         max_auto_resumes: int = 3,
         stop_timeout: float = 60.0,
         on_round: Callable[[dict[str, Any]], None] | None = None,
+        fingerprints: CaseFingerprints | None = None,
     ) -> None:
         self.ws = ws
+        self.fingerprints = fingerprints or CaseFingerprints(ws)
         self.train_command = train_command or default_train_command()
         self.default_device = default_device
         self.max_auto_resumes = max_auto_resumes
@@ -228,7 +231,7 @@ class TrainingManager:
     # ------------------------------------------------------------------ start
     def start(
         self,
-        preset: str = "demo",
+        preset: str = "auto",
         iterations: int | None = None,
         supervised_iterations: int | None = None,
         device: str | None = None,
@@ -236,7 +239,11 @@ class TrainingManager:
         checkpoint_every: int | None = None,
         minutes: float | None = None,
     ) -> dict[str, Any]:
-        """Start a new round on the current labels; 409 while another run is active."""
+        """Start a new round on the current labels; 409 while another run is active.
+
+        An ``auto`` round's plan is made here, from the cases' fingerprint records (what
+        ``GET /plan`` shows), written to ``RUN/plan.json`` and passed to the child with ``--plan``.
+        """
         from reciprocalseg.config import PRESETS
 
         if preset not in PRESETS:
@@ -254,29 +261,23 @@ class TrainingManager:
                 else:
                     unlabeled.append(Case(rec["id"], cdir / rec["image"], None))
             check_trainable(labeled, unlabeled, preset, iterations, device)
-            warm_from, note = None, None
-            if warm_start:
-                reg = self.ws.registry()
-                if reg.get("current") is not None:
-                    warm_from = self.ws.round_entry(reg["current"])
-                    old = warm_from.get("preset")
-                    if warm_from.get("n_classes") not in (None, self.ws.n_classes):
-                        note = (
-                            f"started from scratch: round {warm_from['round']} segments "
-                            f"{warm_from['n_classes']} classes, the workspace now has {self.ws.n_classes}"
-                        )
-                        warm_from, old = None, None
-                    differs = self._network_change(warm_from, old, preset)
-                    if differs:
-                        raise Conflict(
-                            f"cannot warm-start a {preset!r} round from round {warm_from['round']} "
-                            f"(preset {old!r}): the networks differ in {', '.join(differs)}; "
-                            f"use preset {old!r} (or auto, which keeps the network) or warm_start=false"
-                        )
+            warm_from, note = self._warm_start_round() if warm_start else (None, None)
+            if warm_from is not None:
+                old = warm_from.get("preset")
+                differs = self._network_change(warm_from, old, preset)
+                if differs:
+                    raise Conflict(
+                        f"cannot warm-start a {preset!r} round from round {warm_from['round']} "
+                        f"(preset {old!r}): the networks differ in {', '.join(differs)}; "
+                        f"use preset {old!r} (or auto, which keeps the network) or warm_start=false"
+                    )
+            plan = self.plan(device, warm_from) if preset == "auto" else None
             run_id = self._new_run_id()
             run_dir = self.ws.runs_dir / run_id
             run_dir.mkdir(parents=True)
             write_case_list(run_dir / "cases.json", labeled, unlabeled)
+            if plan is not None:
+                plan.save(run_dir / "plan.json")
             job = {
                 "run_id": run_id,
                 "state": "running",
@@ -308,6 +309,27 @@ class TrainingManager:
             }
             self._launch(job)
             return job
+
+    def _warm_start_round(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The round a warm-started round continues (the current one), or None with a note why not."""
+        reg = self.ws.registry()
+        if reg.get("current") is None:
+            return None, None
+        warm_from = self.ws.round_entry(reg["current"])
+        if warm_from.get("n_classes") not in (None, self.ws.n_classes):
+            return None, (
+                f"started from scratch: round {warm_from['round']} segments "
+                f"{warm_from['n_classes']} classes, the workspace now has {self.ws.n_classes}"
+            )
+        return warm_from, None
+
+    def plan(self, device: str | None = None, warm_from: dict[str, Any] | None | bool = True) -> Any:
+        """The ``auto`` plan of a round on ``device`` (default: the service's) from the cases'
+        fingerprint records; ``warm_from=True``: warm-started as a new round would be."""
+        if warm_from is True:
+            warm_from = self._warm_start_round()[0]
+        folder = self.ws.root / warm_from["dir"] if warm_from and warm_from.get("dir") else None
+        return workspace_plan(self.ws, self.fingerprints, device or self.default_device, folder)
 
     def _refuse_if_active(self) -> None:
         if self._active is not None:
@@ -342,6 +364,8 @@ class TrainingManager:
             cmd += ["--minutes", str(job["minutes"])]
         if job.get("warm_start_dir"):
             cmd += ["--warm-start", str(self.ws.root / job["warm_start_dir"])]
+        if (run_dir / "plan.json").is_file():  # the service's plan (runs started before it had none)
+            cmd += ["--plan", str(run_dir / "plan.json")]
         return cmd
 
     def _launch(self, job: dict[str, Any]) -> None:
@@ -689,8 +713,24 @@ class TrainingManager:
             warm_start_round=job.get("warm_start_round"),
             warning=warning.get("message"),
             background_only=warning.get("networks") or [],
+            plan=self._run_plan(run_id) if job.get("preset") == "auto" else None,
         )
         return base
+
+    def _run_plan(self, run_id: str) -> dict[str, Any] | None:
+        """The values a run's ``plan.json`` trains with (its overrides applied); None without one."""
+        from reciprocalseg.errors import ReciprocalSegError
+        from reciprocalseg.planning.planner import Plan
+
+        path = self.ws.runs_dir / run_id / "plan.json"
+        if not path.is_file():
+            return None
+        try:
+            plan = Plan.load(path)
+        except ReciprocalSegError as exc:
+            log.warning("run %s: %s", run_id, exc)
+            return None
+        return {**plan.values, **plan.overrides}
 
     def uses_case(self, case_id: str) -> bool:
         """Whether the active run trains on ``case_id`` (such a case cannot be deleted now)."""

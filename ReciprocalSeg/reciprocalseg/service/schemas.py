@@ -88,7 +88,9 @@ class TrainingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: str = Field(
-        "demo", max_length=32, description="demo, auto (planned from the cases), lite, paper or improved"
+        "auto",
+        max_length=32,
+        description="auto (default: planned from the cases, see GET /plan), demo, lite, paper or improved",
     )
     minutes: float | None = Field(
         None,
@@ -140,6 +142,22 @@ class TrainingStatus(BaseModel):
     background_only: list[str] = Field(
         default_factory=list, description="networks of the round that predict background everywhere"
     )
+    plan: dict[str, Any] | None = Field(
+        None,
+        description="an auto round's planned values as it trains them (RUN/plan.json's values with "
+        "its overrides applied); null for the other presets",
+    )
+
+
+class PlanInfo(BaseModel):
+    """The ``auto`` plan of the next round (``Plan.to_dict()``)."""
+
+    format: str
+    device: str = Field(description="the device it was planned for")
+    values: dict[str, Any] = Field(description="TrainConfig fields")
+    overrides: dict[str, Any] = Field(description="fields set over the plan (the workspace's n_classes)")
+    reasons: dict[str, str] = Field(description="why each value was chosen")
+    fingerprint: dict[str, Any] = Field(description="the cases' fingerprint it was made from")
 
 
 class TrainingEvents(BaseModel):
