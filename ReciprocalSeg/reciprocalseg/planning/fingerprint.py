@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from ..data.io import Case, read_image
 from ..errors import DataError
+from ..file_formats import UNANNOTATED
 
 MAX_INTENSITY_CASES = 16
 MAX_LABEL_CASES = 50
@@ -178,13 +179,16 @@ def compute_fingerprint(
     for case in label_cases:
         label = sitk.GetArrayFromImage(read_image(case.label))
         counts = np.bincount(label.ravel().astype(np.int64))
+        # A partial label's unannotated voxels (255) are no class: sizes and fractions count the
+        # annotated voxels only.
+        counts[UNANNOTATED:] = 0
         per_case.append({int(c): int(n) for c, n in enumerate(counts) if n})
-        totals.append(int(label.size))
+        totals.append(int(counts.sum()))
         voxel_ml.append(float(np.prod(read_geometry(case.label)[0])) / 1000.0)
         if case.case_id in intensity_ids:
             image = sitk.GetArrayFromImage(read_image(case.image)).astype(np.float64)
             if image.shape == label.shape:
-                fg_samples.append(_sample(image[label > 0], SAMPLES_PER_CASE, rng))
+                fg_samples.append(_sample(image[(label > 0) & (label != UNANNOTATED)], SAMPLES_PER_CASE, rng))
             samples.append(_sample(image.ravel(), SAMPLES_PER_CASE, rng))
     for case in _spread(list(unlabeled), max(0, MAX_INTENSITY_CASES - len(samples))):
         image = sitk.GetArrayFromImage(read_image(case.image)).astype(np.float64)
