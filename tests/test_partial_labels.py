@@ -29,6 +29,7 @@ from reciprocalseg.data.sampling import (
 from reciprocalseg.data.validation import check_label, infer_n_classes, largest_class
 from reciprocalseg.errors import DataError, TrainingError
 from reciprocalseg.file_formats import UNANNOTATED
+from reciprocalseg.model.vnet import build_model
 from reciprocalseg.planning.fingerprint import compute_fingerprint
 from reciprocalseg.training.collapse import labeled_fractions
 from reciprocalseg.training.events import read_events
@@ -165,6 +166,28 @@ def test_full_labels_give_the_unmasked_losses_bit_for_bit() -> None:
     ).mean()
     assert torch.equal(cross_entropy(logits.float(), labels), F.cross_entropy(logits.float(), labels))
     assert torch.equal(soft_dice_loss(logits.float(), labels), unmasked_dice)
+
+
+def test_full_labels_on_a_channels_last_network_keep_the_unmasked_gradients() -> None:
+    """Training runs the network channels-last: the masked Dice must still sum a full label's
+    probabilities in the same order as the unmasked one, or trained weights drift from before."""
+    torch.manual_seed(0)
+    model = build_model(2, n_filters=4, dropout=False).to(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 1, 16, 16, 16).contiguous(memory_format=torch.channels_last_3d)
+    labels = (x[:, 0] > 0.5).long()
+
+    def unmasked(logits: torch.Tensor) -> torch.Tensor:  # the loss before partial labels
+        probs = torch.softmax(logits, dim=1)
+        p, y = probs[:, 1], (labels == 1).float()
+        dice = 1 - (2 * (p * y).sum() + 1e-5) / (p.sum() + y.sum() + 1e-5)
+        return 0.5 * F.cross_entropy(logits, labels) + 0.5 * dice
+
+    grads = []
+    for loss_fn in (lambda logits: supervised_loss(logits, labels), unmasked):
+        model.zero_grad()
+        loss_fn(model(x)).backward()
+        grads.append([q.grad.clone() for q in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_a_batch_without_annotated_voxels_gives_zero_not_nan() -> None:

@@ -1,8 +1,8 @@
 """Losses: cross-entropy (both phases) and the UA-MT soft Dice (supervised recipe).
 
 Partial labels: voxels labelled `UNANNOTATED` (255) count in neither loss. CE averages over the
-annotated voxels (``ignore_index``); Dice sums over them only. With a full label the arithmetic
-is the one without a mask (the mask multiplies by exactly 1.0, and ``ignore_index`` skips nothing).
+annotated voxels (``ignore_index``); Dice sums over them only. A full label gives the unmasked
+arithmetic bit for bit (``ignore_index`` skips nothing, and Dice takes the plain sums).
 """
 
 from __future__ import annotations
@@ -39,13 +39,20 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1
     one Dice over the whole batch, (2 * intersection + smooth) / (sum p + sum y + smooth).
     """
     probs = torch.softmax(at_least_fp32(logits), dim=1)
-    annotated = (labels != UNANNOTATED).to(probs.dtype)
+    unannotated = labels == UNANNOTATED
+    annotated = (~unannotated).to(probs.dtype)
+    partial = unannotated.any()
     n_classes = probs.shape[1]
     losses = []
     for c in range(1, n_classes):
-        p, y = probs[:, c] * annotated, (labels == c).to(probs.dtype)
-        intersection = (p * y).sum()
-        losses.append(1 - (2 * intersection + smooth) / (p.sum() + y.sum() + smooth))
+        p, y = probs[:, c], (labels == c).float()
+        intersection = (p * y).sum()  # y is 0 where unannotated: no mask needed
+        # sum p over the annotated voxels. A full label takes the plain sum: p * mask sums in
+        # another memory order (the network's output is channels-last), which changes the last bits
+        # and, amplified over iterations, the trained weights. where() needs no host sync, and
+        # the branch it does not take gets an exact zero gradient.
+        p_sum = torch.where(partial, (p * annotated).sum(), p.sum())
+        losses.append(1 - (2 * intersection + smooth) / (p_sum + y.sum() + smooth))
     return torch.stack(losses).mean()
 
 
