@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reciprocalseg.file_formats import UNANNOTATED
 from reciprocalseg.model.vnet import build_model
 from reciprocalseg.training.perturb import IntensityPerturbation
 from reciprocalseg.training.reciprocal import ReciprocalStep
@@ -197,3 +198,54 @@ def test_student_never_sees_labels() -> None:
     for p, q in zip(s_a.parameters(), s_b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     assert any(not torch.allclose(p, q) for p, q in zip(t_a.parameters(), t_b.parameters(), strict=True))
+
+
+def _annotated_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE over the annotated voxels by hand: the rows of the annotated voxels, no ignore_index."""
+    rows = logits.movedim(1, -1).reshape(-1, logits.shape[1])
+    keep = labels.reshape(-1) != UNANNOTATED
+    return F.cross_entropy(rows[keep], labels.reshape(-1)[keep])
+
+
+def _annotated_dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    rows = torch.softmax(logits.movedim(1, -1).reshape(-1, logits.shape[1]), dim=1)
+    keep = labels.reshape(-1) != UNANNOTATED
+    p, y = rows[keep][:, 1], (labels.reshape(-1)[keep] == 1).to(rows.dtype)
+    return 1 - (2 * (p * y).sum() + 1e-5) / (p.sum() + y.sum() + 1e-5)
+
+
+@pytest.mark.parametrize("teacher_dice", [False, True])
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_partial_labels_mask_both_labelled_losses(mode: str, teacher_dice: bool) -> None:
+    """With unannotated voxels (255) in y_l, the student's labelled CE after its step (which makes h)
+    and the teacher's labelled loss count the annotated voxels only; the rest follows by hand."""
+    lr, wd = 0.01, 1e-4
+    teacher, student = _pair(4)
+    x_l, y_l, x_u = _data(5)
+    g = torch.Generator().manual_seed(6)
+    y_l[torch.rand(y_l.shape, generator=g) < 0.7] = UNANNOTATED  # 30% annotated, scattered
+    t0, s0 = copy.deepcopy(teacher), copy.deepcopy(student)
+    opts = _sgd(teacher, lr), _sgd(student, lr)
+    out = ReciprocalStep(teacher, student, *opts, mode=mode, teacher_dice=teacher_dice)(x_l, y_l, x_u, lr)
+
+    t0.train(), s0.train()
+    pseudo = t0(x_u).argmax(1)
+    g_u = _grads(s0, F.cross_entropy(s0(x_u), pseudo))
+    s1 = copy.deepcopy(s0)
+    with torch.no_grad():
+        for p, grad in zip(s1.parameters(), g_u, strict=True):
+            p -= lr * (grad + wd * p)
+    loss_sl = _annotated_ce(s1(x_l), y_l)
+    g_l = _grads(s1, loss_sl)
+    h = lr * sum(torch.sum(a * b) for a, b in zip(g_u, g_l, strict=True))
+    assert out.h == pytest.approx(float(h), rel=1e-9, abs=1e-15)
+    assert out.student_labeled == pytest.approx(float(loss_sl), rel=1e-9)
+    logits_tl = t0(x_l)
+    loss_tl = _annotated_ce(logits_tl, y_l)
+    if teacher_dice:
+        loss_tl = 0.5 * loss_tl + 0.5 * _annotated_dice(logits_tl, y_l)
+    assert out.teacher_labeled == pytest.approx(float(loss_tl), rel=1e-9)
+    g_tu = _grads(t0, F.cross_entropy(t0(x_u), pseudo))
+    g_tl = _grads(t0, loss_tl)
+    for p_new, a, b in zip(teacher.parameters(), g_tu, g_tl, strict=True):
+        torch.testing.assert_close(p_new.grad, h * a + b, rtol=1e-9, atol=1e-12)

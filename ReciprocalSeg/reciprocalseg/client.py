@@ -93,6 +93,8 @@ class CaseInfo:
     source: str | None = None
     label_version: int | None = None
     n_label_versions: int = 0
+    annotation: str = "none"  # "full", "partial" (some voxels 255 = unannotated) or "none"
+    annotated_fraction: float = 0.0
     score: float | None = None
     score_round: int | None = None
     score_current: bool = False
@@ -108,6 +110,7 @@ class LabelVersion:
     author: str | None = None
     source: str | None = None
     note: str | None = None
+    annotated_fraction: float | None = None  # < 1: a partial label (255 = unannotated)
 
 
 @dataclass

@@ -4,16 +4,21 @@ Rows hold one (model, case, class) each with the metrics of `metrics.evaluate_ca
 summary gives, per model, each class's mean and standard deviation over the cases, then
 the mean over classes: the mean of the per-class means, so every structure counts the same
 whatever its size or how often a distance was undefined (nan values are skipped and counted,
-as in `metrics.summarize`).
+as in `metrics.summarize`). Against a partial label (255 = unannotated) Dice and Jaccard count
+the annotated voxels only and the distances are nan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import DataError
+from .file_formats import UNANNOTATED
 from .metrics import CaseMetrics, summarize
 from .prediction_files import find_predictions
 
@@ -45,7 +50,6 @@ def evaluate_folders(
 
     from .data.io import read_image
     from .data.validation import check_same_grid
-    from .metrics import evaluate_case
 
     labels = label_files(label_dir)
     preds, unmatched = find_predictions(pred_dir, set(labels), model)
@@ -62,13 +66,27 @@ def evaluate_folders(
         problems = check_same_grid(pred, ref)
         if problems:
             raise DataError(f"{p.case_id}: prediction and label grids differ: {'; '.join(problems)}")
-        per_class = evaluate_case(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), ref.GetSpacing())
+        per_class = _evaluate(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), ref.GetSpacing())
         for cls, m in per_class.items():
             rows.append({"model": p.model or "", "case": p.case_id, "class": cls, **m.to_dict()})
     predicted = {(p.model, p.case_id) for p in preds}
     models = sorted({p.model for p in preds}, key=lambda m: m or "")
     missing = sorted({cid for cid in labels for m in models if (m, cid) not in predicted})
     return rows, missing
+
+
+def _evaluate(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> dict[int, CaseMetrics]:
+    """`metrics.evaluate_case`; against a partial label (255 = unannotated) on its annotated voxels
+    only: Dice and Jaccard there, and no distances (nan: the annotation's edge is no surface)."""
+    from .metrics import evaluate_case
+
+    unannotated = ref == UNANNOTATED
+    if not unannotated.any():
+        return evaluate_case(pred, ref, spacing)
+    # Zero outside the annotation in both: overlaps and sizes count the annotated voxels only.
+    per_class = evaluate_case(np.where(unannotated, 0, pred), np.where(unannotated, 0, ref), spacing)
+    no_distance = dict.fromkeys(("hd95_mm", "asd_mm", "hd95_vox", "asd_vox"), math.nan)
+    return {cls: dataclasses.replace(m, **no_distance) for cls, m in per_class.items()}
 
 
 def class_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,3 +13,6 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", 
 UPLOAD_SUFFIXES: tuple[str, ...] = (".nrrd", ".nii", ".nii.gz", ".mha")
 # File-name endings that mark a label map in a folder of image/label pairs.
 LABEL_NAME_SUFFIXES: tuple[str, ...] = ("_label", "_seg")
+# The label value of voxels a partial label leaves unannotated (never a class): losses and
+# statistics skip them, and crops of partially labelled cases are centred where the annotation is.
+UNANNOTATED: int = 255

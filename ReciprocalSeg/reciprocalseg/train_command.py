@@ -104,14 +104,14 @@ def load_cases(args: argparse.Namespace) -> tuple[list[Case], list[Case]]:
 
 def n_classes_from_labels(labeled: list[Case]) -> int:
     """Classes including background, from the largest label value found in the label maps."""
-    import numpy as np
     import SimpleITK as sitk
 
     from .data.io import read_image
-    from .data.validation import infer_n_classes
+    from .data.validation import infer_n_classes, largest_class
 
-    # GetArrayFromImage (a copy): a view of a temporary image would read freed memory.
-    maxima = [int(np.max(sitk.GetArrayFromImage(read_image(c.label)))) for c in labeled]
+    # GetArrayFromImage (a copy): a view of a temporary image would read freed memory. 255 marks
+    # unannotated voxels of a partial label, never a class.
+    maxima = [largest_class(sitk.GetArrayFromImage(read_image(c.label))) for c in labeled]
     return infer_n_classes(maxima) + 1
 
 

@@ -15,7 +15,8 @@ seed give the same crops on any device (tests run the sampler on CPU tensors).
 
 Class-centred crops (`class_share`, see sampling.py) centre that share of labelled crops on a
 voxel of a random class of the case; the voxel samples (`sampling.class_locations`) are kept
-in host memory, since they only become slice bounds.
+in host memory, since they only become slice bounds. Crops of partially labelled cases are
+centred on annotated voxels as in sampling.py (`sampling.annotated_locations`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .sampling import CachedCase, centred_starts, class_locations, crop_bounds
+from .sampling import CachedCase, annotated_locations, centred_starts, class_locations, crop_bounds
 
 Triple = tuple[int, int, int]
 
@@ -125,6 +126,7 @@ class DeviceCases:
         self.labels: list[torch.Tensor | None] = []
         self.class_share = class_share if with_labels else 0.0
         self.locations: list[dict[int, np.ndarray]] = []
+        self.annotated: list[np.ndarray | None] = []  # per case; None: a full label (or none held)
         for case in cases:
             image, label = case.load()
             self.images.append(_to_device(image, torch.float32, self.device))
@@ -132,6 +134,7 @@ class DeviceCases:
             self.labels.append(_to_device(label, torch.uint8, self.device) if keep else None)
             if keep and self.class_share > 0:
                 self.locations.append(class_locations(label))
+            self.annotated.append(annotated_locations(label) if keep else None)
 
     @property
     def has_labels(self) -> bool:
@@ -143,7 +146,16 @@ class DeviceCases:
         return sum(sizes)
 
     def _center(self, index: int, generator: torch.Generator) -> np.ndarray | None:
-        """A voxel of a random class of case `index` for a class-centred crop, or None (random crop)."""
+        """The voxel to centre the crop on, or None (a random crop): a class-centred crop's, else
+        for a partial label an annotated voxel's (no extra draw for a full label)."""
+        center = self._class_center(index, generator)
+        annotated = self.annotated[index]
+        if center is not None or annotated is None:
+            return center
+        return annotated[_randint(generator, len(annotated))]
+
+    def _class_center(self, index: int, generator: torch.Generator) -> np.ndarray | None:
+        """A voxel of a random class of case `index` for a class-centred crop, or None."""
         if self.class_share <= 0 or float(torch.rand((), generator=generator)) >= self.class_share:
             return None
         locations = self.locations[index]

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DataError
+from ..file_formats import UNANNOTATED
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,16 @@ def needs_resampling(image: sitk.Image, prep: Preprocessing, tol: float = 1e-3) 
     return any(abs(a - b) > tol for a, b in zip(image.GetSpacing(), prep.target_spacing, strict=True))
 
 
-def to_working_grid(image: sitk.Image, prep: Preprocessing, is_label: bool = False) -> sitk.Image:
-    """Resample onto the training grid (no-op without a target spacing)."""
+def to_working_grid(
+    image: sitk.Image, prep: Preprocessing, is_label: bool = False, outside: float = 0.0
+) -> sitk.Image:
+    """Resample onto the training grid (no-op without a target spacing); `outside` fills the
+    grid's voxels that fall outside the scan."""
     if not needs_resampling(image, prep):
         return image
     grid = _resampled_grid(image, prep.target_spacing)
     interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
-    return sitk.Resample(image, grid, sitk.Transform(), interp, 0.0, image.GetPixelID())
+    return sitk.Resample(image, grid, sitk.Transform(), interp, outside, image.GetPixelID())
 
 
 def preprocess_image(image: sitk.Image, prep: Preprocessing) -> np.ndarray:
@@ -114,8 +118,11 @@ def preprocess_image(image: sitk.Image, prep: Preprocessing) -> np.ndarray:
 
 
 def preprocess_label(label: sitk.Image, prep: Preprocessing) -> np.ndarray:
-    """Label map -> uint8 (z, y, x) array on the working grid."""
-    return sitk.GetArrayFromImage(to_working_grid(label, prep, is_label=True)).astype(np.uint8)
+    """Label map -> uint8 (z, y, x) array on the working grid (nearest neighbour: 255, unannotated,
+    stays 255; voxels outside the scan are background, or unannotated for a partial label)."""
+    partial = bool(np.any(sitk.GetArrayViewFromImage(label) == UNANNOTATED))
+    outside = float(UNANNOTATED) if partial else 0.0
+    return sitk.GetArrayFromImage(to_working_grid(label, prep, True, outside)).astype(np.uint8)
 
 
 def restore_probabilities(probs: np.ndarray, original: sitk.Image, prep: Preprocessing) -> np.ndarray:

@@ -15,6 +15,10 @@ the case has, as nnU-Net's oversampling (a third) does, so a small structure nex
 is seen in most batches. The centre is kept within the bounds a random crop may take, so the
 padding rule is the same. The voxels come from `class_locations`, a fixed-size sample per class
 computed once per case.
+
+Partially labelled cases (voxels = 255, unannotated): every labelled crop of such a case that is
+not class-centred is centred on an annotated voxel (`annotated_locations`), so a crop never falls
+where nothing is annotated. Fully labelled cases draw exactly as before.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..atomic import atomic_path
 from ..errors import DataError
+from ..file_formats import UNANNOTATED
 from .io import Case, read_image
 from .preprocess import Preprocessing, preprocess_image, preprocess_label
 from .validation import check_label
@@ -112,25 +117,50 @@ def cache_cases(
     return [cache_case(c, prep, cache_dir, n_classes) for c in cases]
 
 
+def partially_labeled(cases: Sequence[CachedCase]) -> list[CachedCase]:
+    """The partially labelled cases among `cases`, as unlabelled ones (their scans, no label): they
+    also serve the student as unlabelled data, which never sees a label."""
+    out = []
+    for case in cases:
+        _, label = case.load()
+        if label is not None and np.any(label == UNANNOTATED):
+            out.append(CachedCase(case.case_id, case.image, None))
+    return out
+
+
 # Voxels kept per class for class-centred crops (nnU-Net keeps 10 000 too): enough to cover a
 # structure's extent, small enough to hold for every case.
 LOCATIONS_PER_CLASS = 10_000
 
 
 def class_locations(label: np.ndarray, per_class: int = LOCATIONS_PER_CLASS) -> dict[int, np.ndarray]:
-    """{class: (n, 3) int (z, y, x) voxels of that class}, for each foreground class present;
-    at most `per_class` voxels each, a fixed sample (the same for the same label map)."""
+    """{class: (n, 3) int (z, y, x) voxels of that class}, for each foreground class present
+    (255, unannotated, is no class); at most `per_class` voxels each, a fixed sample (the same
+    for the same label map)."""
     array = np.asarray(label)
     rng = np.random.default_rng(0)
     out = {}
     for cls in np.unique(array):
-        if cls == 0:
+        if cls == 0 or cls == UNANNOTATED:
             continue
-        where = np.argwhere(array == cls)
-        if len(where) > per_class:
-            where = where[np.sort(rng.choice(len(where), per_class, replace=False))]
-        out[int(cls)] = where.astype(np.int64)
+        out[int(cls)] = _fixed_sample(np.argwhere(array == cls), per_class, rng)
     return out
+
+
+def annotated_locations(label: np.ndarray, count: int = LOCATIONS_PER_CLASS) -> np.ndarray | None:
+    """(n, 3) int (z, y, x) annotated voxels (any value but 255) of a partial label, at most
+    `count`, a fixed sample; None for a full label (its crops are drawn anywhere)."""
+    array = np.asarray(label)
+    annotated = array != UNANNOTATED
+    if annotated.all():
+        return None
+    return _fixed_sample(np.argwhere(annotated), count, np.random.default_rng(0))
+
+
+def _fixed_sample(where: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    if len(where) > count:
+        where = where[np.sort(rng.choice(len(where), count, replace=False))]
+    return where.astype(np.int64)
 
 
 def crop_bounds(n: int, w: int) -> tuple[int, int]:
@@ -211,12 +241,29 @@ class CropStream(IterableDataset):
         self.augment, self.with_labels = augment, with_labels
         self.class_share = class_share if with_labels else 0.0
         self._locations: dict[int, dict[int, np.ndarray]] = {}  # per case index, filled on first use
+        self._annotated: dict[int, np.ndarray | None] = {}  # the same; None for a full label
 
     def _center(self, index: int, label: np.ndarray | None, rng: np.random.Generator) -> np.ndarray | None:
-        """A voxel of a random class of case `index` for a class-centred crop, or None (random crop).
+        """The voxel to centre the crop on, or None (a random crop): a class-centred crop's, else
+        for a partial label an annotated voxel's. Draws nothing more for a full label, so the
+        paper's crop stream is unchanged."""
+        if label is None:
+            return None
+        center = self._class_center(index, label, rng)
+        if center is not None:
+            return center
+        if index not in self._annotated:
+            self._annotated[index] = annotated_locations(label)
+        annotated = self._annotated[index]
+        if annotated is None:
+            return None
+        return annotated[int(rng.integers(0, len(annotated)))]
 
-        Draws nothing when `class_share` is 0, so the paper's crop stream is unchanged."""
-        if self.class_share <= 0 or label is None or rng.random() >= self.class_share:
+    def _class_center(self, index: int, label: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """A voxel of a random class of case `index` for a class-centred crop, or None.
+
+        Draws nothing when `class_share` is 0."""
+        if self.class_share <= 0 or rng.random() >= self.class_share:
             return None
         if index not in self._locations:
             self._locations[index] = class_locations(label)

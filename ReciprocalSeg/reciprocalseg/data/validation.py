@@ -3,7 +3,8 @@
 Conventions: arrays are in SimpleITK order (z, y, x); sizes, spacings and origins in
 messages are in ITK order (x, y, z), in LPS millimetres, as a viewer shows them.
 
-Labels are integer maps with 0 = background and 1..K = the K foreground classes.
+Labels are integer maps with 0 = background and 1..K = the K foreground classes; the value
+255 (`UNANNOTATED`) marks voxels a partial label leaves unannotated and is never a class.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DataError
+from ..file_formats import UNANNOTATED
 
 __all__ = [
     "check_image",
@@ -21,9 +23,11 @@ __all__ = [
     "check_label",
     "check_same_grid",
     "infer_n_classes",
+    "largest_class",
 ]
 
-# Labels are returned as uint8; more classes than this cannot be represented.
+# Labels are returned as uint8: no value above this can be represented (and 255 itself marks
+# unannotated voxels, so 254 is the largest class value).
 MAX_LABEL = 255
 
 
@@ -130,8 +134,9 @@ def check_label(
 
     Raises DataError naming ``source`` when the label is not on the image's voxel grid
     (size, spacing, origin, direction; see ``check_same_grid`` for ``tol``), or when its
-    values are not integers in 0..K (K = ``n_classes`` when given, else at most 255).
-    An all-background label is valid and returned as is; callers may warn about it.
+    values are not integers in 0..K (K = ``n_classes`` when given, else at most 254) or 255
+    (unannotated; a partial label). An all-background label is valid and returned as is; callers
+    may warn about it. A label without any annotated voxel (all 255) is refused.
     """
     check_image_structure(label, source)
     diffs = check_same_grid(label, image, tol=tol, names=("label", "image"))
@@ -164,17 +169,24 @@ def check_label(
             f"{source}: the label has negative values ({_few([int(v) for v in negative])}); "
             "labels must be 0 (background) or 1..K."
         )
+    if present.size == 1 and int(present[0]) == UNANNOTATED:
+        raise DataError(
+            f"{source}: every voxel of the label is {UNANNOTATED} (unannotated); a partial label needs "
+            "some annotated voxels (0 = background, 1..K = classes). Annotate some, or use the case "
+            "as unlabelled."
+        )
     limit = MAX_LABEL if n_classes is None else int(n_classes)
-    too_high = present[present > limit]
+    too_high = present[(present > limit) & (present != UNANNOTATED)]
     if too_high.size:
         values = _few([int(v) for v in too_high])
         if n_classes is None:
             raise DataError(
-                f"{source}: the label has values above {MAX_LABEL} ({values}); at most {MAX_LABEL} "
-                "classes are supported. Remap the label values to 0..K."
+                f"{source}: the label has values above {MAX_LABEL} ({values}); at most {UNANNOTATED - 1} "
+                f"classes are supported ({UNANNOTATED} marks unannotated voxels). Remap the label "
+                "values to 0..K."
             )
         # n_classes counts the background everywhere the user sets it (train/serve --n-classes).
-        needed = int(present.max()) + 1
+        needed = int(too_high.max()) + 1
         raise DataError(
             f"{source}: the label has values {values} but the configured number of classes is "
             f"{n_classes + 1} (background + K={n_classes} foreground; labels 0..{n_classes}). Set n_classes "
@@ -187,7 +199,8 @@ def infer_n_classes(labels: Iterable[np.ndarray | int] | np.ndarray | int) -> in
     """Number of foreground classes K: the largest label value over ``labels``, at least 1.
 
     ``labels`` may be one array, one int, or an iterable of arrays and/or ints (e.g. the
-    per-case maxima). An all-background cohort still gives 1 (binary segmentation).
+    per-case maxima; give those with `largest_class`, which skips 255). 255 (unannotated) is
+    never a class. An all-background cohort still gives 1 (binary segmentation).
     """
     if isinstance(labels, np.ndarray | int | np.integer):
         labels = [labels]
@@ -198,5 +211,12 @@ def infer_n_classes(labels: Iterable[np.ndarray | int] | np.ndarray | int) -> in
         lowest = int(np.min(item))
         if lowest < 0:
             raise DataError(f"label values must be >= 0 (0 = background); found {lowest}.")
-        best = max(best, int(np.max(item)))
+        best = max(best, largest_class(item))
     return max(best, 1)
+
+
+def largest_class(label: np.ndarray | int) -> int:
+    """The largest class value in ``label`` (0 when it holds only background and/or 255)."""
+    array = np.asarray(label)
+    classes = array[array != UNANNOTATED] if np.any(array == UNANNOTATED) else array
+    return int(np.max(classes)) if classes.size else 0

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 
 from ..data.io import Case, read_image
 from ..errors import DataError
+from ..file_formats import UNANNOTATED  # label value of voxels a partial label leaves out
 
 MAX_INTENSITY_CASES = 16
 MAX_LABEL_CASES = 50
@@ -36,7 +37,7 @@ SAMPLES_PER_CASE = 100_000  # voxels drawn per scan for its intensity summary (b
 QUANTILES = np.linspace(0.0, 100.0, 1001)  # a case's intensity distribution in 0.1% steps
 CT_AIR_THRESHOLD = -500.0  # HU: below it at the 1st percentile, a scan holds air in Hounsfield units
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's: an axis this many times coarser than the others is "thick"
-UNANNOTATED = 255  # file_formats.UNANNOTATED: label value of voxels a partial label leaves out
+
 RECORD_FORMAT = "reciprocalseg-case-fingerprint-1"
 
 

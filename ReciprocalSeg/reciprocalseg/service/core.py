@@ -152,6 +152,7 @@ class Service:
         chosen = preds.get(str(current_round)) if current_round is not None else None
         chosen = chosen or latest
         status = "labelled" if cur is not None else ("predicted" if preds else "unlabelled")
+        annotation, fraction = self.ws.annotation(rec)
         return S.CaseInfo(
             id=rec["id"],
             status=status,
@@ -160,6 +161,8 @@ class Service:
             geometry=S.Geometry(**rec["geometry"]),
             label_version=cur["version"] if cur else None,
             n_label_versions=len(rec["labels"]),
+            annotation=annotation,
+            annotated_fraction=fraction,
             score=chosen["score"] if chosen else None,
             score_round=chosen["round"] if chosen else None,
             score_current=bool(chosen and chosen["round"] == current_round),
@@ -245,7 +248,7 @@ class Service:
         import SimpleITK as sitk
 
         from reciprocalseg.data.io import read_image
-        from reciprocalseg.data.validation import check_label
+        from reciprocalseg.data.validation import check_label, largest_class
 
         image_path = self.ws.image_path(case_id)
         label = read_upload(tmp, filename, self.config.max_voxels)
@@ -258,7 +261,7 @@ class Service:
             )
         except DataError as exc:
             raise Invalid(_fixed_classes_hint(str(exc).replace(str(tmp), filename), fixed)) from None
-        max_value = int(arr.max())
+        max_value = largest_class(arr)  # 255 marks unannotated voxels (a partial label), no class
         stored = sitk.GetImageFromArray(arr)
         stored.CopyInformation(image)
         entry = self.ws.add_label(

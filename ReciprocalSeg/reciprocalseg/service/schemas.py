@@ -46,6 +46,9 @@ class LabelVersion(BaseModel):
     time: str
     source: str | None = None
     note: str | None = None
+    annotated_fraction: float | None = Field(
+        None, description="share of voxels annotated (< 1: a partial label, 255 = unannotated); None: unknown"
+    )
 
 
 class CaseInfo(BaseModel):
@@ -56,6 +59,13 @@ class CaseInfo(BaseModel):
     geometry: Geometry
     label_version: int | None = Field(None, description="current (latest submitted) label version")
     n_label_versions: int = 0
+    annotation: Literal["full", "partial", "none"] = Field(
+        "none",
+        description="the current label: full, partial (some voxels 255 = unannotated) or none (no label)",
+    )
+    annotated_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of the case's voxels the current label annotates"
+    )
     score: float | None = Field(None, description="teacher/student disagreement of the latest prediction")
     score_round: int | None = Field(None, description="model round of that prediction")
     score_current: bool = Field(False, description="whether the score comes from the current round")

@@ -457,8 +457,14 @@ class Workspace:
         note: str | None = None,
         max_value: int | None = None,
     ) -> dict[str, Any]:
-        """Store a new label version: a checked SimpleITK image on the case grid, values 0..max_value."""
+        """Store a new label version: a checked SimpleITK image on the case grid, values 0..max_value
+        and 255 (unannotated, a partial label; its annotated fraction is recorded)."""
+        import SimpleITK as sitk
+
+        from reciprocalseg.data.annotation import annotated_fraction
         from reciprocalseg.data.io import write_image
+
+        fraction = annotated_fraction(sitk.GetArrayViewFromImage(label))
 
         if kind not in LABEL_KINDS:
             raise Invalid(f"label kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
@@ -478,6 +484,7 @@ class Workspace:
                 "source": source,
                 "note": note,
                 "max_value": max_value,
+                "annotated_fraction": fraction,
             }
             rec["labels"].append(entry)
             self._write_case(rec)
@@ -489,6 +496,27 @@ class Workspace:
         """The latest submitted label version of a case manifest, or ``None``."""
         submitted = [v for v in rec["labels"] if v["kind"] == "submitted"]
         return submitted[-1] if submitted else None
+
+    def annotation(self, rec: dict[str, Any]) -> tuple[str, float]:
+        """("full" | "partial" | "none", annotated fraction) of a case's current label.
+
+        The fraction is recorded when a label is stored; for versions stored before that it is
+        read from the file once and kept in memory."""
+        entry = self.current_label(rec)
+        if entry is None:
+            return "none", 0.0
+        fraction = entry.get("annotated_fraction")
+        if fraction is None:
+            import SimpleITK as sitk
+
+            from reciprocalseg.data.annotation import annotated_fraction
+
+            path = self.case_dir(rec["id"]) / entry["file"]
+            fraction = entry["annotated_fraction"] = annotated_fraction(
+                sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            )
+        fraction = float(fraction)
+        return ("full" if fraction >= 1.0 else "partial" if fraction > 0 else "none"), fraction
 
     def label_entry(self, case_id: str, version: int | None = None) -> tuple[dict[str, Any], Path]:
         """A label version (the current submitted one by default) and its file path."""
@@ -620,13 +648,15 @@ class Workspace:
 
 
 def label_max(case_dir: Path, entry: dict[str, Any]) -> int:
-    """The largest value of a label version (recorded when stored; read from the file for older ones)."""
+    """The largest class value of a label version, 255 (unannotated) left out (recorded when
+    stored; read from the file for older ones)."""
     if entry.get("max_value") is not None:
         return int(entry["max_value"])
-    import numpy as np
     import SimpleITK as sitk
 
-    return int(np.max(sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / entry["file"])))))
+    from reciprocalseg.data.validation import largest_class
+
+    return largest_class(sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / entry["file"]))))
 
 
 def check_scan(image: Any, source: str) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..file_formats import UNANNOTATED
+
 CHECK_EVERY = 10
 WINDOW = 5  # checks (50 iterations)
 LOST_RATIO = 0.1
@@ -30,10 +32,17 @@ MODELS = ("teacher", "student")
 
 
 def labeled_fractions(labels: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
-    """Each class's share of all the labelled cases' voxels."""
+    """Each class's share of all the labelled cases' annotated voxels.
+
+    Partial labels (255 = unannotated) count only when no label is full: strokes drawn on a
+    structure and around it hold far more foreground than the scan does, which would make a
+    healthy model look as if it had lost the class."""
+    arrays = [np.asarray(label) for label in labels]
+    full = [a for a in arrays if not np.any(a == UNANNOTATED)]
     counts = np.zeros(n_classes, dtype=np.float64)
-    for label in labels:
-        counts += np.bincount(np.asarray(label).ravel(), minlength=n_classes)[:n_classes]
+    for label in full or arrays:
+        # [:n_classes] leaves out 255 (unannotated), and any value above the classes.
+        counts += np.bincount(label.ravel(), minlength=n_classes)[:n_classes]
     return counts / max(counts.sum(), 1.0)
 
 

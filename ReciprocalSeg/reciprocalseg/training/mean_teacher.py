@@ -36,7 +36,7 @@ from ..atomic import atomic_write_json
 from ..config import TrainConfig
 from ..data.io import Case, write_case_list
 from ..data.preprocess import Preprocessing
-from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num_workers
+from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num_workers, partially_labeled
 from ..device import describe_device, resolve_device
 from ..errors import TrainingError
 from ..model.vnet import build_model
@@ -213,7 +213,8 @@ def train_mean_teacher(
     cache = cache_dir or run_dir / "cache"
     events.emit("phase", phase="preprocess", total=len(labeled) + len(unlabeled))
     labeled_cached = cache_cases(labeled, prep, cache, config.n_classes)
-    unlabeled_cached = cache_cases(unlabeled, prep, cache)
+    # Partially labelled cases are unlabelled scans too (as in the reciprocal runner).
+    unlabeled_cached = cache_cases(unlabeled, prep, cache) + partially_labeled(labeled_cached)
     pin = device.type == "cuda"
     workers = config.num_workers
     if workers < 0:  # automatic, as the runner: workers only on CUDA, shared by the two streams

@@ -20,10 +20,11 @@ from torch import nn
 
 from ..atomic import atomic_write_json
 from ..config import TrainConfig
+from ..data.annotation import any_partial_label
 from ..data.gpu_sampler import HeldCases
 from ..data.io import Case, write_case_list
 from ..data.preprocess import Preprocessing
-from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num_workers
+from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num_workers, partially_labeled
 from ..device import describe_device, resolve_device
 from ..errors import CancelledError, ReciprocalSegError, TrainingError
 from ..model.vnet import build_model
@@ -36,6 +37,10 @@ from .perturb import IntensityPerturbation
 from .reciprocal import GradSync, ReciprocalStep, supervised_step
 
 PHASES = ("supervised", "reciprocal", "finetune")
+_NO_UNLABELED = (
+    "reciprocal learning needs unlabelled cases (or partially labelled ones); add some or set "
+    "reciprocal iterations to 0"
+)
 
 
 class CancelToken:
@@ -149,10 +154,8 @@ class Trainer:
         config.validate()
         if not labeled:
             raise TrainingError("training needs at least one labelled case")
-        if config.reciprocal_iterations > 0 and not unlabeled:
-            raise TrainingError(
-                "reciprocal learning needs unlabelled cases; add some or set reciprocal iterations to 0"
-            )
+        if config.reciprocal_iterations > 0 and not unlabeled and not any_partial_label(labeled):
+            raise TrainingError(_NO_UNLABELED)
         self.config, self.run_dir = config, Path(run_dir)
         self.labeled, self.unlabeled = list(labeled), list(unlabeled)
         self.cancel = cancel or CancelToken(self.run_dir / "CANCEL")
@@ -319,8 +322,14 @@ class Trainer:
         t0 = time.perf_counter()
         self.events.emit("phase", phase="preprocess", total=len(self.labeled) + len(self.unlabeled))
         self.labeled_cached = cache_cases(self.labeled, prep, self.cache_dir, self.config.n_classes)
-        self.unlabeled_cached = cache_cases(self.unlabeled, prep, self.cache_dir)
-        self.events.emit("preprocessed", seconds=round(time.perf_counter() - t0, 2))
+        # Partially labelled cases are unlabelled scans for the student too (after the others, so a
+        # cohort of full labels draws exactly the crops it drew before).
+        partial = partially_labeled(self.labeled_cached)
+        self.unlabeled_cached = cache_cases(self.unlabeled, prep, self.cache_dir) + partial
+        extra = {"partial": len(partial)} if partial else {}
+        self.events.emit("preprocessed", seconds=round(time.perf_counter() - t0, 2), **extra)
+        if self.config.reciprocal_iterations > 0 and not self.unlabeled_cached:
+            raise TrainingError(_NO_UNLABELED)
 
     def _held_cases(self) -> HeldCases | None:
         """The cases held on the training device (loaded once, on first use), or None: stream from disk."""

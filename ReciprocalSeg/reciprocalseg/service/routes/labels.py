@@ -23,7 +23,10 @@ router = APIRouter(tags=["labels"])
 def put_label(
     service: ServiceDep,
     case_id: CaseId,
-    file: Annotated[UploadFile, File(description="label map on the image's grid, values 0..n_classes-1")],
+    file: Annotated[
+        UploadFile,
+        File(description="label map on the image's grid, values 0..n_classes-1, and 255 = unannotated"),
+    ],
     author: Annotated[str | None, Form(max_length=200)] = None,
     kind: Annotated[Literal["submitted", "draft"], Form()] = "submitted",
     note: Annotated[str | None, Form(max_length=2000)] = None,
