@@ -94,7 +94,13 @@ def cache_case(case: Case, prep: Preprocessing, cache_dir: Path, n_classes: int 
         check_label(label, image, str(case.label), max_label)
     try:
         if label_npy is not None:
-            _save_npy(label_npy, preprocess_label(label, prep))
+            working = preprocess_label(label, prep)
+            if not np.any(working != UNANNOTATED):
+                raise DataError(
+                    f"{case.label}: no annotated voxel is left on the working grid (every voxel 255, "
+                    "unannotated); annotate more, or use the case as unlabelled"
+                )
+            _save_npy(label_npy, working)
         _save_npy(image_npy, preprocess_image(image, prep))
     except OSError as exc:
         # Each file is written atomically; removing the pair's other half leaves no case half cached.
