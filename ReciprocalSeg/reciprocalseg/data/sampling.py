@@ -155,10 +155,11 @@ def class_locations(label: np.ndarray, per_class: int = LOCATIONS_PER_CLASS) -> 
 
 def annotated_locations(label: np.ndarray, count: int = LOCATIONS_PER_CLASS) -> np.ndarray | None:
     """(n, 3) int (z, y, x) annotated voxels (any value but 255) of a partial label, at most
-    `count`, a fixed sample; None for a full label (its crops are drawn anywhere)."""
+    `count`, a fixed sample; None for a full label (its crops are drawn anywhere) and for one
+    with nothing annotated (`cache_case` refuses those; its crops would teach nothing anyway)."""
     array = np.asarray(label)
     annotated = array != UNANNOTATED
-    if annotated.all():
+    if annotated.all() or not annotated.any():
         return None
     return _fixed_sample(np.argwhere(annotated), count, np.random.default_rng(0))
 
