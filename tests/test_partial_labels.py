@@ -89,22 +89,45 @@ def test_class_count_inference_ignores_255() -> None:
     assert annotation_kind(np.array([0, 1])) == "full" and annotation_kind(None) == "none"
 
 
-def test_nearest_neighbour_resampling_keeps_255() -> None:
+def test_resampling_keeps_255_and_thin_annotations() -> None:
     image = _image((8, 8, 8))
     array = np.full((8, 8, 8), UNANNOTATED, np.uint8)
     array[:, :4] = 0
     array[:, :2, :2] = 1
-    coarser = preprocess_label(_on(image, array), Preprocessing(target_spacing=(1.6, 1.6, 4.0)))
-    np.testing.assert_array_equal(coarser, array[::2, ::2, ::2])  # exactly every other voxel
     finer = preprocess_label(_on(image, array), Preprocessing(target_spacing=(0.4, 0.4, 1.0)))
     assert set(np.unique(finer).tolist()) == {0, 1, UNANNOTATED}
     # Grid voxels at the scan's edge (outside it) are unannotated, not background, in a partial label.
-    assert (finer[:, 8:] == UNANNOTATED).all()
+    assert (finer[:, 9:] == UNANNOTATED).all() and (finer[:-1, :7, :-1] != UNANNOTATED).all()
+    assert (finer[-1] == UNANNOTATED).all()  # the last slice of the finer grid lies outside the scan
     full = preprocess_label(
         _on(image, np.where(array == UNANNOTATED, 0, array).astype(np.uint8)),
         Preprocessing(target_spacing=(0.4, 0.4, 1.0)),
     )
     assert UNANNOTATED not in full
+
+    # Strokes on one slice survive a grid twice as coarse, whichever slice they are on (nearest
+    # neighbour samples every other slice and would drop them).
+    for z in (3, 4):
+        stroke = np.full((8, 8, 8), UNANNOTATED, np.uint8)
+        stroke[z, 3:5, 1:7] = 1  # a thin stroke on the structure
+        stroke[z, 0] = stroke[z, 7] = 0  # background strokes away from it
+        coarse = preprocess_label(_on(image, stroke), Preprocessing(target_spacing=(1.6, 1.6, 4.0)))
+        assert coarse.shape == (4, 4, 4)
+        assert {0, 1} <= set(np.unique(coarse).tolist()), z
+        # Only the coarse slices whose footprint (source slices 2k-1..2k+1) reaches the stroke.
+        annotated_slices = sorted(set(np.nonzero(coarse != UNANNOTATED)[0].tolist()))
+        assert annotated_slices == [k for k in range(4) if abs(2 * k - z) <= 1], z
+
+
+def test_a_partial_label_is_cached_voxel_for_voxel_without_resampling(tmp_path: Path) -> None:
+    image = _image((8, 8, 8))
+    write_image(image, tmp_path / "c_image.nrrd")
+    array = np.full((8, 8, 8), UNANNOTATED, np.uint8)
+    array[0, 0, 0], array[5, 2, 3] = 1, 0
+    write_image(_on(image, array), tmp_path / "c_label.nrrd")
+    case = Case("c", tmp_path / "c_image.nrrd", tmp_path / "c_label.nrrd")
+    cached = cache_case(case, Preprocessing(), tmp_path / "cache", 2)
+    np.testing.assert_array_equal(np.load(cached.label), array)
 
 
 # --------------------------------------------------------------------------- losses

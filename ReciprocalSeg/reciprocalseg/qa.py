@@ -38,8 +38,8 @@ from scipy import ndimage
 
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import DataError
+from .file_formats import UNANNOTATED  # the label value of voxels a partial label leaves unannotated
 
-UNANNOTATED = 255  # the label value of voxels a partial label leaves unannotated
 VOLUME_MARGIN = 0.25
 HIGH_DISAGREEMENT = 0.5
 _STRUCTURE = ndimage.generate_binary_structure(3, 3)  # 26-neighbourhood, as postprocess

@@ -10,6 +10,7 @@ Inverse: predictions made on the preprocessed grid go back onto the scan's own g
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,16 +100,13 @@ def needs_resampling(image: sitk.Image, prep: Preprocessing, tol: float = 1e-3) 
     return any(abs(a - b) > tol for a, b in zip(image.GetSpacing(), prep.target_spacing, strict=True))
 
 
-def to_working_grid(
-    image: sitk.Image, prep: Preprocessing, is_label: bool = False, outside: float = 0.0
-) -> sitk.Image:
-    """Resample onto the training grid (no-op without a target spacing); `outside` fills the
-    grid's voxels that fall outside the scan."""
+def to_working_grid(image: sitk.Image, prep: Preprocessing, is_label: bool = False) -> sitk.Image:
+    """Resample onto the training grid (no-op without a target spacing)."""
     if not needs_resampling(image, prep):
         return image
     grid = _resampled_grid(image, prep.target_spacing)
     interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
-    return sitk.Resample(image, grid, sitk.Transform(), interp, outside, image.GetPixelID())
+    return sitk.Resample(image, grid, sitk.Transform(), interp, 0.0, image.GetPixelID())
 
 
 def preprocess_image(image: sitk.Image, prep: Preprocessing) -> np.ndarray:
@@ -118,11 +116,48 @@ def preprocess_image(image: sitk.Image, prep: Preprocessing) -> np.ndarray:
 
 
 def preprocess_label(label: sitk.Image, prep: Preprocessing) -> np.ndarray:
-    """Label map -> uint8 (z, y, x) array on the working grid (nearest neighbour: 255, unannotated,
-    stays 255; voxels outside the scan are background, or unannotated for a partial label)."""
-    partial = bool(np.any(sitk.GetArrayViewFromImage(label) == UNANNOTATED))
-    outside = float(UNANNOTATED) if partial else 0.0
-    return sitk.GetArrayFromImage(to_working_grid(label, prep, True, outside)).astype(np.uint8)
+    """Label map -> uint8 (z, y, x) array on the working grid (nearest neighbour; a partial label,
+    with voxels 255 = unannotated, by `partial_to_working_grid`)."""
+    if needs_resampling(label, prep) and np.any(sitk.GetArrayViewFromImage(label) == UNANNOTATED):
+        return partial_to_working_grid(label, prep)
+    return sitk.GetArrayFromImage(to_working_grid(label, prep, is_label=True)).astype(np.uint8)
+
+
+def partial_to_working_grid(label: sitk.Image, prep: Preprocessing) -> np.ndarray:
+    """A partial label on the working grid, uint8 (z, y, x), its annotation kept.
+
+    Nearest neighbour, as for a full label, wherever it lands on an annotated voxel. It alone would
+    drop thin annotations: going from 0.625 to 1.25 mm it samples every other slice, so a stroke on
+    the others vanishes. Where it lands on 255, a working voxel takes the annotated value with the
+    largest share of its footprint (a box as wide as the spacing ratio, then linear interpolation;
+    a class wins a tie with the background); 255 only where nothing annotated reaches it (or it
+    lies outside the scan). So a stroke on a dropped slice lands on the working slices next to it.
+    """
+    if prep.target_spacing is None:
+        return sitk.GetArrayFromImage(label).astype(np.uint8)
+    grid = _resampled_grid(label, prep.target_spacing)
+    nearest = sitk.GetArrayFromImage(
+        sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, float(UNANNOTATED))
+    ).astype(np.uint8)
+    missing = nearest == UNANNOTATED
+    if not missing.any():
+        return nearest
+    ratios = [t / s for s, t in zip(label.GetSpacing(), prep.target_spacing, strict=True)]
+    radius = [max(0, math.ceil((r - 1) / 2 - 1e-6)) for r in ratios]
+    values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(label)) if v != UNANNOTATED]
+    fill = np.full(nearest.shape, UNANNOTATED, np.uint8)
+    best = np.zeros(nearest.shape, np.float32)
+    for value in values:  # ascending: on a tie the class wins over the background
+        indicator = sitk.Cast(label == value, sitk.sitkFloat32)
+        if any(radius):
+            indicator = sitk.BoxMean(indicator, radius)
+        share = sitk.GetArrayFromImage(
+            sitk.Resample(indicator, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        )
+        wins = (share > 0) & (share >= best)
+        fill[wins], best[wins] = value, share[wins]
+    nearest[missing] = fill[missing]
+    return nearest
 
 
 def restore_probabilities(probs: np.ndarray, original: sitk.Image, prep: Preprocessing) -> np.ndarray:

@@ -94,7 +94,13 @@ def cache_case(case: Case, prep: Preprocessing, cache_dir: Path, n_classes: int 
         check_label(label, image, str(case.label), max_label)
     try:
         if label_npy is not None:
-            _save_npy(label_npy, preprocess_label(label, prep))
+            working = preprocess_label(label, prep)
+            if not np.any(working != UNANNOTATED):
+                raise DataError(
+                    f"{case.label}: no annotated voxel is left on the working grid (every voxel 255, "
+                    "unannotated); annotate more, or use the case as unlabelled"
+                )
+            _save_npy(label_npy, working)
         _save_npy(image_npy, preprocess_image(image, prep))
     except OSError as exc:
         # Each file is written atomically; removing the pair's other half leaves no case half cached.
@@ -149,10 +155,11 @@ def class_locations(label: np.ndarray, per_class: int = LOCATIONS_PER_CLASS) -> 
 
 def annotated_locations(label: np.ndarray, count: int = LOCATIONS_PER_CLASS) -> np.ndarray | None:
     """(n, 3) int (z, y, x) annotated voxels (any value but 255) of a partial label, at most
-    `count`, a fixed sample; None for a full label (its crops are drawn anywhere)."""
+    `count`, a fixed sample; None for a full label (its crops are drawn anywhere) and for one
+    with nothing annotated (`cache_case` refuses those; its crops would teach nothing anyway)."""
     array = np.asarray(label)
     annotated = array != UNANNOTATED
-    if annotated.all():
+    if annotated.all() or not annotated.any():
         return None
     return _fixed_sample(np.argwhere(annotated), count, np.random.default_rng(0))
 
