@@ -66,10 +66,28 @@ def test_partial_label_upload_listing_and_training(service, phantoms, tmp_path: 
     assert err.value.status_code == 422 and "7" in err.value.message
     assert c.get_case("phantom_001").annotation == "partial"  # the stored version is untouched
 
-    # A round trains on the full and the partial label (two labelled, two unlabelled scans).
+    # A round trains on the full and the partial label; the student's scans are the two
+    # unlabelled cases and the partially labelled one.
     st = c.start_training(**TRAIN_FAST, warm_start=False)
-    assert st.n_labeled == 2 and st.n_unlabeled == 2
+    assert st.n_labeled == 2 and st.n_unlabeled == 3
     st = c.wait_for_training(poll=0.5, timeout=600)
     assert st.state == "completed", st.message
     events = c.training_events(since=0).events
     assert [e.get("partial") for e in events if e["event"] == "preprocessed"] == [1]
+
+
+def test_partial_labels_alone_give_the_student_its_scans(service, phantoms, tmp_path: Path) -> None:
+    """No case without a label: the partially labelled one is the student's unlabelled scan, so
+    a reciprocal round starts (it was refused as "no unlabelled case")."""
+    c = service.client
+    for case in phantoms[:2]:
+        c.add_case(case.image)
+    c.put_label(phantoms[0].case_id, phantoms[0].label)
+    _partial_label(phantoms[1].label, tmp_path / "partial.nrrd", slice(10, 14))
+    c.put_label(phantoms[1].case_id, tmp_path / "partial.nrrd")
+    st = c.start_training(**TRAIN_FAST, warm_start=False)
+    assert (st.n_labeled, st.n_unlabeled) == (2, 1)
+    st = c.wait_for_training(poll=0.5, timeout=600)
+    assert st.state == "completed", st.message
+    phases = {e.get("phase") for e in c.training_events(since=0).events}
+    assert "reciprocal" in phases

@@ -252,15 +252,17 @@ class TrainingManager:
         with self._lock:
             self._refuse_if_active()
             labeled, unlabeled, label_versions = [], [], {}
+            n_partial = 0
             for rec in self.ws.all_cases():
                 cdir = self.ws.case_dir(rec["id"])
                 cur = self.ws.current_label(rec)
                 if cur is not None:
                     labeled.append(Case(rec["id"], cdir / rec["image"], cdir / cur["file"]))
                     label_versions[rec["id"]] = cur["version"]
+                    n_partial += self.ws.annotation(rec)[0] == "partial"
                 else:
                     unlabeled.append(Case(rec["id"], cdir / rec["image"], None))
-            check_trainable(labeled, unlabeled, preset, iterations, device)
+            check_trainable(labeled, unlabeled, preset, iterations, device, n_partial)
             warm_from, note = self._warm_start_round() if warm_start else (None, None)
             if warm_from is not None:
                 old = warm_from.get("preset")
@@ -293,7 +295,9 @@ class TrainingManager:
                 "n_classes": self.ws.n_classes,
                 "classes_include_background": True,
                 "n_labeled": len(labeled),
-                "n_unlabeled": len(unlabeled),
+                # The student's scans: the unlabelled cases and the partially labelled ones.
+                "n_unlabeled": len(unlabeled) + n_partial,
+                "n_partial": n_partial,
                 "label_versions": label_versions,
                 "created": now_iso(),
                 "started": None,
@@ -746,9 +750,17 @@ class TrainingManager:
 
 
 def check_trainable(
-    labeled: list[Case], unlabeled: list[Case], preset: str, iterations: int | None, device: str
+    labeled: list[Case],
+    unlabeled: list[Case],
+    preset: str,
+    iterations: int | None,
+    device: str,
+    n_partial: int = 0,
 ) -> None:
-    """Refuse, before anything starts, a round that would fail in the worker a few seconds later."""
+    """Refuse, before anything starts, a round that would fail in the worker a few seconds later.
+
+    Partially labelled cases (`n_partial` of `labeled`) also serve the student as unlabelled
+    scans, so they alone are enough for a reciprocal round."""
     from reciprocalseg.config import make_config
 
     if not labeled:
@@ -756,10 +768,11 @@ def check_trainable(
             "no labelled case yet: submit at least one label (PUT /cases/{id}/label) before training"
         )
     reciprocal = iterations if iterations is not None else make_config(preset).reciprocal_iterations
-    if reciprocal > 0 and not unlabeled:
+    if reciprocal > 0 and not unlabeled and not n_partial:
         raise Conflict(
             "no unlabelled case: reciprocal learning trains the student on scans without labels; add some "
-            "(POST /cases) or ask for a supervised-only round with iterations=0"
+            "(POST /cases), submit a partial label (255 = unannotated), or ask for a supervised-only "
+            "round with iterations=0"
         )
     if device == "cuda":
         import torch
