@@ -38,11 +38,13 @@ from .scene_cases import (
     ROLE_DISAGREEMENT,
     ROLE_IMAGE,
     ROLE_LABEL,
+    ROLE_SCRIBBLES,
     ROLE_STUDENT,
     ROLE_TEACHER,
     CaseNodes,
     case_id_from_name,
 )
+from .scribbles import ScribbleSummary, add_scribble_segments, export_scribble_node
 from .segment_export import default_class_name, export_label_node, import_label_node, segment_id_for_class
 from .slicer_logics import SlicerLogics
 from .status_text import model_description
@@ -71,6 +73,8 @@ NETWORK_METHODS = frozenset(
         "case_volume",
         "upload_label_file",
         "submit_segmentation",
+        "submit_scribbles",
+        "plan",
         "fetch_prediction",
         "predict",
         "next_case",
@@ -511,6 +515,48 @@ class ReciprocalSegLoop:
             case_id, self.prepare_label_upload(case_id, segmentation, volume), author
         )
 
+    # ------------------------------------------------------------------ scribbles (partial labels)
+
+    def scribble_segmentation(self, case_id: str) -> Any:
+        """Main thread: the case's scribble segmentation, made when missing: empty segments
+        Background and one per class, on the scan's grid and under its transform."""
+        volume = self.case_node(case_id, ROLE_IMAGE)
+        if volume is None:
+            raise RuntimeError(f"Select {case_id} first: its volume is not in the scene.")
+        scribbles = self.case_node(case_id, ROLE_SCRIBBLES)
+        if scribbles is None:
+            scribbles = self.nodes.replace(
+                case_id, ROLE_SCRIBBLES, "vtkMRMLSegmentationNode", f"{case_id} scribbles", volume
+            )
+            scribbles.CreateDefaultDisplayNodes()
+            scribbles.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+            add_scribble_segments(scribbles, self._class_names(max(self.class_count() or 0, 1)), LABEL_COLORS)
+        self.nodes.show_only(case_id)
+        return scribbles
+
+    def prepare_scribble_upload(self, case_id: str, scribbles: Any = None) -> tuple:
+        """Main thread: (file, ScribbleSummary): the strokes as a partial label map on the scan's
+        grid (255 unpainted, 0 background, k class k). ScribbleError when nothing is painted."""
+        volume = self.case_node(case_id, ROLE_IMAGE)
+        scribbles = scribbles if scribbles is not None else self.case_node(case_id, ROLE_SCRIBBLES)
+        if volume is None or scribbles is None:
+            raise RuntimeError(f"Select {case_id} and paint its scribbles first.")
+        names = self._class_names(max(self.class_count() or 0, 1))
+        label_node, summary = export_scribble_node(scribbles, volume, self.nodes, names)
+        try:
+            path = write_volume(label_node, self._scratch() / f"{case_id}_label.nrrd")
+        finally:
+            self.nodes.remove(label_node)
+        return path, summary
+
+    def submit_scribbles(
+        self, case_id: str, scribbles: Any = None, author: str | None = None
+    ) -> ScribbleSummary:
+        """The case's strokes uploaded as its new (partial) label version; returns what they annotate."""
+        path, summary = self.prepare_scribble_upload(case_id, scribbles)
+        self.upload_label_file(case_id, path, author)
+        return summary
+
     # ------------------------------------------------------------------ prediction
 
     def fetch_prediction(self, case_id: str, need_image: bool = False, live: bool = False) -> tuple:
@@ -629,6 +675,21 @@ class ReciprocalSegLoop:
 
     def training_status(self) -> Any:
         return self.require_client().training_status()
+
+    def plan(self) -> dict | None:
+        """Any thread: the plan an ``auto`` round would run now (``Client.plan()``: values, reasons,
+        fingerprint); None when the service has no labelled case to plan from, or no plan yet."""
+        from reciprocalseg.client import ServiceError
+
+        client = self.require_client()
+        if not hasattr(client, "plan"):
+            return None  # a core package from before the plan was exposed (issue 16)
+        try:
+            return client.plan()
+        except ServiceError as error:
+            if error.status_code == 404:  # no labelled case yet, or a service without GET /plan
+                return None
+            raise
 
     def stop_training(self) -> Any:
         return self.require_client().stop_training()
