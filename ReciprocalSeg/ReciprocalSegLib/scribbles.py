@@ -174,3 +174,34 @@ def export_scribble_node(
         nodes.remove(output)
         raise
     return output, summary
+
+
+def import_scribble_label(
+    label_node: Any, segmentation_node: Any, class_names: Sequence[str], colors: Sequence[Sequence[float]]
+) -> None:
+    """A partial label map (255 unannotated, 0 background, k class k) into empty scribble segments
+    (``add_scribble_segments``): the inverse of ``export_scribble_node``, so strokes submitted
+    before come back for more painting. ``label_node``'s voxels are changed (a temporary node)."""
+    import slicer
+    import vtk
+    from slicer.util import arrayFromVolume, arrayFromVolumeModified
+
+    add_scribble_segments(segmentation_node, class_names, colors)
+    voxels = arrayFromVolume(label_node)
+    # The import maps label value n to ids[n-1] and skips 0: background -> 1, class k -> k + 1.
+    shifted = np.where(voxels == UNANNOTATED, 0, voxels.astype(np.int32) + 1)
+    if shifted.max() > len(class_names) + 1:
+        raise SegmentClassError(
+            f"The label holds class {int(shifted.max()) - 1}, "
+            f"beyond the {len(class_names)} classes of the case."
+        )
+    voxels[:] = shifted
+    arrayFromVolumeModified(label_node)
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(BACKGROUND_SEGMENT_ID)
+    for k in range(1, len(class_names) + 1):
+        ids.InsertNextValue(segment_id_for_class(k))
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+        label_node, segmentation_node, ids
+    ):
+        raise RuntimeError(f"Could not import {label_node.GetName()} into the scribbles.")

@@ -104,6 +104,13 @@ TOGGLES = [
         [S + "test_scribble_classes_follow_segment_identity_after_delete_rename_reorder_add"],
     ),
     (
+        "scribbles: a partial label from the service imported with 255 as a class",
+        L + "logic.py",
+        "                    voxels[unannotated] = 0\n",
+        "                    pass\n",
+        [S + "test_a_partial_label_comes_back_as_its_strokes_never_as_class_255"],
+    ),
+    (
         "orphans: only the node itself removed",
         L + "scene_cases.py",
         "        for other in owned:\n            if other.GetScene() is not None:",

@@ -19,6 +19,7 @@ from mrml_helpers import (
     oblique_ijk_to_ras,
     orphans,
     paint,
+    segmentation_on_grid,
     service_label,
 )
 
@@ -219,6 +220,53 @@ def test_full_label_mode_is_unchanged_beside_the_scribbles(two_class_service, lo
     np.testing.assert_array_equal(service_label(two_class_service.client, case_id, tmp_path), mask)
 
 
+def _label_file_on_the_scans_grid(client, case_id: str, array: np.ndarray, folder) -> object:
+    """A label map as the service stores it: the case image's grid, these voxel values."""
+    folder.mkdir(parents=True)
+    image = sitk.ReadImage(str(client.get_image(case_id, str(folder / f"{case_id}.nrrd"))))
+    label = sitk.GetImageFromArray(array.astype(np.uint8))
+    label.CopyInformation(image)
+    path = folder / f"{case_id}_label.nrrd"
+    sitk.WriteImage(label, str(path), True)
+    return path
+
+
+def test_a_partial_label_comes_back_as_its_strokes_never_as_class_255(
+    two_class_service, loop_factory, tmp_path
+):
+    """Showing a case whose current label is partial (scribbles submitted before): the label
+    segmentation holds its classes only (the old import made a segment per value up to 255), and
+    the strokes come back as the case's scribbles, which export to the same partial label."""
+    from ReciprocalSegLib.logic import CaseFiles
+    from ReciprocalSegLib.scene_cases import ROLE_SCRIBBLES
+
+    loop = loop_factory(two_class_service)
+    scene = loop.logics.scene
+    transform = add_linear_transform(scene)
+    expected = expected_label(strokes())
+    ids = []
+    for name in ("partial_back", "full_back"):
+        image, _ = blob_image(shape=SHAPE, seed=7)
+        volume = add_volume(scene, name, image, oblique_ijk_to_ras(left_handed=True))
+        volume.SetAndObserveTransformNodeID(transform.GetID())
+        ids.append(loop.add_volume(volume))
+    partial, full = ids
+    full_label = np.where(expected == UNPAINTED, 0, expected)
+
+    for case_id, array in ((partial, expected), (full, full_label)):
+        path = _label_file_on_the_scans_grid(two_class_service.client, case_id, array, tmp_path / case_id)
+        volume, label = loop.apply_case(case_id, CaseFiles(case_id, label=path))
+        assert segment_ids(label) == ["class_1", "class_2"]
+        np.testing.assert_array_equal(segmentation_on_grid(loop.nodes, label, volume), full_label)
+
+    scribbles = loop.case_node(partial, ROLE_SCRIBBLES)
+    assert segment_ids(scribbles) == ["background", "class_1", "class_2"]
+    assert scribbles.GetTransformNodeID() == transform.GetID()
+    np.testing.assert_array_equal(submitted(loop, partial)[0], expected)  # the same strokes go back
+    assert loop.case_node(full, ROLE_SCRIBBLES) is None  # a full label has no strokes to restore
+    assert not orphans(scene)
+
+
 PARTIAL_LABELS = hasattr(file_formats, "UNANNOTATED")
 
 
@@ -241,3 +289,7 @@ def test_scribbles_reach_the_service_voxel_exact_as_a_partial_label(
     case = two_class_service.client.get_case(case_id)
     assert case.annotation == "partial"
     assert case.annotated_fraction == pytest.approx(summary.fraction)
+    # Another session (a new scene) shows the case: the strokes come back from the service.
+    loop.remove_case_nodes(case_id)
+    loop.show_case(case_id)
+    np.testing.assert_array_equal(submitted(loop, case_id)[0], expected)
