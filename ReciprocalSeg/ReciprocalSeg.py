@@ -22,11 +22,18 @@ import threading
 from pathlib import Path
 from typing import Annotated
 
-from ReciprocalSegLib.case_table import CASE_COLUMNS, case_row, sort_cases
+from ReciprocalSegLib.case_table import CASE_COLUMNS, case_row, labelled_summary, next_sort, sort_cases
 from ReciprocalSegLib.logic import CaseFiles, ReciprocalSegLoop
 from ReciprocalSegLib.package_install import ensure_requirements
 from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_LABEL, ROLE_STUDENT
-from ReciprocalSegLib.status_text import RUNNING_STATES, format_training_status, round_end_message
+from ReciprocalSegLib.scribbles import BACKGROUND_SEGMENT_ID
+from ReciprocalSegLib.segment_export import segment_id_for_class
+from ReciprocalSegLib.status_text import (
+    RUNNING_STATES,
+    format_plan_box,
+    format_training_status,
+    round_end_message,
+)
 from ReciprocalSegLib.tasks import StatusPoller, TaskBusyError, TaskCancelled, TaskRunner
 
 from reciprocalseg import slicer_requirements
@@ -57,6 +64,10 @@ BACKEND_MODES = ("local", "remote")
 # Presets come from the core package; "auto" (planned from the cases) first: the default.
 PRESET_NAMES = tuple(sorted(PRESETS, key=lambda name: (name != "auto", name)))
 DEVICES = ("auto", "cpu", "cuda")  # the service's TrainingRequest.device values
+# full label: edit a whole label (from scratch or the student's prediction), every voxel submitted;
+# scribbles: strokes per class and background, only painted voxels submitted (ReciprocalSegLib.scribbles).
+ANNOTATION_MODES = ("full label", "scribbles")
+SCRIBBLES = "scribbles"
 
 SETTINGS_WORKSPACE = "ReciprocalSeg/Workspace"
 SETTINGS_BACKEND_MODE = "ReciprocalSeg/BackendMode"
@@ -100,7 +111,8 @@ class ReciprocalSegParameterNode:
     backendMode local/remote; workspace of a local service; remoteUrl; preset, time budget in
     minutes (0: the iterations decide), iterations per phase (0: the preset's) and device of
     training; inputVolume, the volume "Add volume" sends; liveModel: predict with the round in
-    training; nextByQa: *Next to annotate* orders by QA flags instead of disagreement.
+    training; nextByQa: *Next to annotate* orders by QA flags instead of disagreement;
+    annotationMode: what *Edit* and *Submit* work on, the full label or the scribbles.
     """
 
     backendMode: Annotated[str, Choice(BACKEND_MODES)] = "local"
@@ -113,6 +125,7 @@ class ReciprocalSegParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     liveModel: bool = False
     nextByQa: bool = False
+    annotationMode: Annotated[str, Choice(ANNOTATION_MODES)] = "full label"
 
 
 class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -140,6 +153,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._taskTimer = None
         self._cases = []  # the last case list, re-sorted by a header click
         self._caseSort = (0, False)  # (column, descending)
+        self._lastStatus = None  # the last training status (its plan goes to the plan box)
+        self._nextPlan = None  # what an auto round would plan now (Client.plan())
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -318,8 +333,12 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.removeCaseButton, self.ui.editLabelButton, self.ui.submitLabelButton,
                        self.ui.predictButton):  # fmt: skip
             widget.setEnabled(hasCase)
+        scribbling = node is not None and node.annotationMode == SCRIBBLES
+        self.ui.submitLabelButton.setText(_("Submit scribbles") if scribbling else _("Submit label"))
         self.ui.correctFromStudentButton.setEnabled(
-            hasCase and self.logic.case_node(self._currentCaseId, ROLE_STUDENT) is not None
+            hasCase
+            and not scribbling  # a correction is a full label
+            and self.logic.case_node(self._currentCaseId, ROLE_STUDENT) is not None
         )
         self.ui.startTrainingButton.setEnabled(ready and not running)
         self.ui.iterationsSpinBox.setEnabled(node is None or not node.minutes)  # a budget overrides them
@@ -416,21 +435,19 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
 
         def listCases(context):
-            # The class count follows the labels: read it again with the list.
-            return self.logic.list_cases(), self.logic.class_settings()
+            # The class count and the plan follow the labels: read them again with the list.
+            return self.logic.list_cases(), self.logic.class_settings(), self.logic.plan()
 
         def done(answer):
-            cases, classes = answer
+            cases, classes, self._nextPlan = answer
             self._showCases(cases)
             self._showClassCount(classes)
+            self._showPlan()
 
         self._run(_("Listing cases"), listCases, done)
 
     def onCaseHeaderClicked(self, column):
-        previous, descending = self._caseSort
-        # A first click on the QA or disagreement column puts the most flagged / uncertain first.
-        descending = not descending if column == previous else column >= 2
-        self._caseSort = (column, descending)
+        self._caseSort = next_sort(self._caseSort, column)
         self._showCases(self._cases)
 
     def _showCases(self, cases):
@@ -456,10 +473,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 table.selectRow(selectedRow)
         finally:
             table.blockSignals(False)
-        labelled = sum(1 for c in cases if c.status == "labelled")
-        self.ui.labelledCountLabel.setText(
-            _("{labelled} labelled of {total} cases").format(labelled=labelled, total=len(cases))
-        )
+        self.ui.labelledCountLabel.setText(labelled_summary(cases))
 
     def _selectedCaseId(self):
         row = self.ui.casesTable.currentRow()
@@ -545,11 +559,26 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ Annotate
 
     def onEditLabel(self):
+        if self._parameterNode.annotationMode == SCRIBBLES:
+            self._showCase(self._currentCaseId, then=self._editScribbles)
+            return
         self._showCase(
             self._currentCaseId, then=lambda volume, label: self.logic.open_segment_editor(label, volume)
         )
 
+    def _editScribbles(self, volume, label):
+        """The case's scribble segmentation (Background + a segment per class) in the Segment Editor,
+        the first class selected and the Paint effect active."""
+        with slicer.util.tryWithErrorDisplay(_("Could not open the scribbles.")):
+            scribbles = self.logic.scribble_segmentation(self._currentCaseId)
+            self.logic.open_segment_editor(
+                scribbles, volume, segmentId=segment_id_for_class(1), effect="Paint"
+            )
+
     def onSubmitLabel(self):
+        if self._parameterNode.annotationMode == SCRIBBLES:
+            self._submitScribbles()
+            return
         caseId = self._currentCaseId
         with slicer.util.tryWithErrorDisplay(_("Could not submit the label.")):
             volume = self.logic.case_node(caseId, ROLE_IMAGE)
@@ -561,6 +590,24 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.onRefreshCases()
 
             self._run(_("Submitting the label"), lambda c: self.logic.upload_label_file(caseId, path), done)
+
+    def _submitScribbles(self):
+        caseId = self._currentCaseId
+        with slicer.util.tryWithErrorDisplay(_("Could not submit the scribbles.")):
+            path, summary = self.logic.prepare_scribble_upload(caseId)  # 255 wherever nothing is painted
+
+            def done(result):
+                slicer.util.showStatusMessage(
+                    _("Scribbles of {case} submitted: {summary}.").format(
+                        case=caseId, summary=summary.text()
+                    ),
+                    8000,
+                )
+                self.onRefreshCases()
+
+            self._run(
+                _("Submitting the scribbles"), lambda c: self.logic.upload_label_file(caseId, path), done
+            )
 
     # ------------------------------------------------------------------ Train
 
@@ -608,6 +655,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trainingStatusLabel.setText(
                 format_training_status(status, self.logic.budget_minutes(status))
             )
+            self._lastStatus = status
+            self._showPlan()
             self._pollTimer.start()
 
         self._run(_("Starting training"), start, done)
@@ -628,6 +677,11 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         slicer.modules.plots.logic().ShowChartInLayout(chart)
 
+    def _showPlan(self):
+        """The plan box: the planned values of the round in training (or the last one) and what an
+        auto round would plan from the current cases, each with the planner's reasons."""
+        self.ui.planLabel.setText(format_plan_box(self._lastStatus, self._nextPlan))
+
     def _onPollTimer(self):
         for kind, payload in self.poller.drain():
             if kind == "status":
@@ -645,6 +699,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trainingProgressBar.setRange(0, 1000)
             self.ui.trainingProgressBar.setValue(int(round(1000 * fraction)))
         self.ui.trainingStatusLabel.setText(format_training_status(status, self.logic.budget_minutes(status)))
+        self._lastStatus = status
+        self._showPlan()
         curve = self.logic.learning_curve
         if status.state in RUNNING_STATES and curve.add(status) and curve.update_nodes():
             # Only a chart that did not exist is put in the layout; later rounds leave the layout alone.
@@ -765,13 +821,18 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
         return ReciprocalSegLoop.wait_for_training(self, poll=poll, timeout=timeout, callback=onStatus)
 
     @staticmethod
-    def open_segment_editor(segmentationNode, volumeNode):
-        """Switch to the Segment Editor with this segmentation and source volume selected."""
+    def open_segment_editor(segmentationNode, volumeNode, segmentId=None, effect=None):
+        """Switch to the Segment Editor with this segmentation and source volume selected (and, when
+        given, this segment and effect, e.g. "Paint" for scribbles)."""
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.util.getModuleWidget("SegmentEditor").editor
         editor.setSegmentationNode(segmentationNode)
         if volumeNode is not None:
             editor.setSourceVolumeNode(volumeNode)
+        if segmentId is not None and segmentationNode.GetSegmentation().GetSegment(segmentId) is not None:
+            editor.setCurrentSegmentID(segmentId)
+        if effect is not None:
+            editor.setActiveEffectByName(effect)
 
 
 class ReciprocalSegTest(ScriptedLoadableModuleTest):
@@ -839,7 +900,32 @@ class ReciprocalSegTest(ScriptedLoadableModuleTest):
             label = logic.copy_student_to_label(caseIds[2])
             self.assertEqual(label.GetSegmentation().GetNumberOfSegments(), 1)
             self.assertIn(logic.next_case()[0], caseIds[2:])
+
+            self.delayDisplay("Submitting scribbles")
+            self._submitScribbles(logic, caseIds[3], labels[3], tmp)
             self.delayDisplay("Test passed")
         finally:
             logic.stop_service()
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _submitScribbles(self, logic, caseId, truth, tmp):
+        """One stroke of the structure and one of background on the middle slice: the service's
+        label is 1 and 0 there and 255 (unannotated) everywhere else."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        volume = logic.show_case(caseId)[0]
+        scribbles = logic.scribble_segmentation(caseId)
+        middle = truth.shape[0] // 2
+        stroke, background = np.zeros(truth.shape, np.uint8), np.zeros(truth.shape, np.uint8)
+        stroke[middle] = truth[middle] > 0
+        background[middle, :2] = truth[middle, :2] == 0  # along the slice's edge
+        slicer.util.updateSegmentBinaryLabelmapFromArray(stroke, scribbles, segment_id_for_class(1), volume)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(background, scribbles, BACKGROUND_SEGMENT_ID, volume)
+        summary = logic.submit_scribbles(caseId)
+        expected = np.full(truth.shape, 255, np.uint8)
+        expected[background > 0] = 0
+        expected[stroke > 0] = 1
+        self.assertEqual(summary.annotated, int((expected != 255).sum()))
+        uploaded = logic.client.get_label(caseId, str(tmp / f"{caseId}_scribbles.nrrd"))
+        self.assertTrue(np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(uploaded))), expected))

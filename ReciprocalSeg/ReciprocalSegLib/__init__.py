@@ -8,8 +8,10 @@ package ``reciprocalseg``; the same code runs in the Slicer application and on t
 - ``scene_cases``: node attributes that tie nodes to cases, lookup, placement, show/hide, removal.
 - ``volume_files``: volumes to and from NRRD files through storage nodes and the volumes logic.
 - ``segment_export``: segmentation <-> label map, class values by segment identity.
+- ``scribbles``: strokes per class and background -> a partial label map (255 where unpainted).
 - ``prediction_display``: teacher (filled), student (outline), disagreement (zero transparent).
 - ``learning_curve``: the losses table and plot nodes.
+- ``case_table``, ``status_text``: the case table's rows and the panel's texts (plain Python).
 - ``tasks``: a worker thread + queue so that the GUI never waits on the network or a process.
 - ``logic``: the annotation loop, split into network steps (any thread) and scene steps (main thread).
 """

@@ -38,12 +38,20 @@ from .scene_cases import (
     ROLE_DISAGREEMENT,
     ROLE_IMAGE,
     ROLE_LABEL,
+    ROLE_SCRIBBLES,
     ROLE_STUDENT,
     ROLE_TEACHER,
     CaseNodes,
     case_id_from_name,
 )
-from .segment_export import default_class_name, export_label_node, import_label_node, segment_id_for_class
+from .scribbles import ScribbleSummary, add_scribble_segments, export_scribble_node, import_scribble_label
+from .segment_export import (
+    UNANNOTATED,
+    default_class_name,
+    export_label_node,
+    import_label_node,
+    segment_id_for_class,
+)
 from .slicer_logics import SlicerLogics
 from .status_text import model_description
 from .volume_files import is_scalar_volume, keep_file, read_volume, write_volume
@@ -71,6 +79,8 @@ NETWORK_METHODS = frozenset(
         "case_volume",
         "upload_label_file",
         "submit_segmentation",
+        "submit_scribbles",
+        "plan",
         "fetch_prediction",
         "predict",
         "next_case",
@@ -443,9 +453,12 @@ class ReciprocalSegLoop:
 
     def _segmentation_from_label_file(
         self, path: Path | None, case_id: str, role: str, volume: Any, colors: Sequence
-    ) -> Any:
-        """A new segmentation for ``role`` of a case from a label-map file (or empty when None)."""
-        from slicer.util import arrayFromVolume
+    ) -> tuple:
+        """(a new segmentation for ``role`` of a case from a label-map file (or empty when None),
+        whether the file had unannotated voxels).
+
+        Unannotated voxels (255, a partial label) are in no segment; they never become a class."""
+        from slicer.util import arrayFromVolume, arrayFromVolumeModified
 
         segmentation = self.nodes.replace(
             case_id, role, "vtkMRMLSegmentationNode", f"{case_id} {role}", volume
@@ -453,6 +466,7 @@ class ReciprocalSegLoop:
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         label_node = None
+        partial = False
         try:
             present = 0
             if path is not None:
@@ -462,7 +476,13 @@ class ReciprocalSegLoop:
                 # On the scan's local grid, so under the scan's transform (the import resamples
                 # across any transform between the label map and the segmentation).
                 CaseNodes.place_like(label_node, volume)
-                present = int(arrayFromVolume(label_node).max())
+                voxels = arrayFromVolume(label_node)
+                unannotated = voxels == UNANNOTATED
+                partial = bool(unannotated.any())
+                if partial:
+                    voxels[unannotated] = 0
+                    arrayFromVolumeModified(label_node)
+                present = int(voxels.max())
             count = max(self.class_count() or 0, present, 1)
             names = self._class_names(count)
             if label_node is None:
@@ -474,12 +494,36 @@ class ReciprocalSegLoop:
                 import_label_node(label_node, segmentation, count, colors, names)
         finally:
             self.nodes.remove(label_node)
-        return segmentation
+        return segmentation, partial
 
     def _label_from_file(self, case_id: str, path: Path | None, volume: Any) -> Any:
-        label = self._segmentation_from_label_file(path, case_id, ROLE_LABEL, volume, LABEL_COLORS)
+        """The case's editable label from the service's label file; a partial label (scribbles
+        submitted before) also becomes the case's scribble segmentation, unless it has one."""
+        label, partial = self._segmentation_from_label_file(path, case_id, ROLE_LABEL, volume, LABEL_COLORS)
         label.SetName(f"{case_id} label")
+        if partial and self.case_node(case_id, ROLE_SCRIBBLES) is None:
+            self._scribbles_from_label_file(case_id, path, volume)
         return label
+
+    def _scribbles_from_label_file(self, case_id: str, path: Path, volume: Any) -> Any:
+        """Main thread: the strokes of a partial label file back in a new scribble segmentation."""
+        from slicer.util import arrayFromVolume
+
+        label_node = read_volume(self.logics.volumes, path, f"{case_id} scribbles labelmap", labelmap=True)
+        try:
+            CaseNodes.place_like(label_node, volume)  # on the scan's local grid, as the label
+            voxels = arrayFromVolume(label_node)
+            annotated = voxels[voxels != UNANNOTATED]
+            count = max(self.class_count() or 0, int(annotated.max()) if annotated.size else 0, 1)
+            scribbles = self.nodes.replace(
+                case_id, ROLE_SCRIBBLES, "vtkMRMLSegmentationNode", f"{case_id} scribbles", volume
+            )
+            scribbles.CreateDefaultDisplayNodes()
+            scribbles.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+            import_scribble_label(label_node, scribbles, self._class_names(count), LABEL_COLORS)
+            return scribbles
+        finally:
+            self.nodes.remove(label_node)
 
     # ------------------------------------------------------------------ submitting a label
 
@@ -511,6 +555,48 @@ class ReciprocalSegLoop:
             case_id, self.prepare_label_upload(case_id, segmentation, volume), author
         )
 
+    # ------------------------------------------------------------------ scribbles (partial labels)
+
+    def scribble_segmentation(self, case_id: str) -> Any:
+        """Main thread: the case's scribble segmentation, made when missing: empty segments
+        Background and one per class, on the scan's grid and under its transform."""
+        volume = self.case_node(case_id, ROLE_IMAGE)
+        if volume is None:
+            raise RuntimeError(f"Select {case_id} first: its volume is not in the scene.")
+        scribbles = self.case_node(case_id, ROLE_SCRIBBLES)
+        if scribbles is None:
+            scribbles = self.nodes.replace(
+                case_id, ROLE_SCRIBBLES, "vtkMRMLSegmentationNode", f"{case_id} scribbles", volume
+            )
+            scribbles.CreateDefaultDisplayNodes()
+            scribbles.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+            add_scribble_segments(scribbles, self._class_names(max(self.class_count() or 0, 1)), LABEL_COLORS)
+        self.nodes.show_only(case_id)
+        return scribbles
+
+    def prepare_scribble_upload(self, case_id: str, scribbles: Any = None) -> tuple:
+        """Main thread: (file, ScribbleSummary): the strokes as a partial label map on the scan's
+        grid (255 unpainted, 0 background, k class k). ScribbleError when nothing is painted."""
+        volume = self.case_node(case_id, ROLE_IMAGE)
+        scribbles = scribbles if scribbles is not None else self.case_node(case_id, ROLE_SCRIBBLES)
+        if volume is None or scribbles is None:
+            raise RuntimeError(f"Select {case_id} and paint its scribbles first.")
+        names = self._class_names(max(self.class_count() or 0, 1))
+        label_node, summary = export_scribble_node(scribbles, volume, self.nodes, names)
+        try:
+            path = write_volume(label_node, self._scratch() / f"{case_id}_label.nrrd")
+        finally:
+            self.nodes.remove(label_node)
+        return path, summary
+
+    def submit_scribbles(
+        self, case_id: str, scribbles: Any = None, author: str | None = None
+    ) -> ScribbleSummary:
+        """The case's strokes uploaded as its new (partial) label version; returns what they annotate."""
+        path, summary = self.prepare_scribble_upload(case_id, scribbles)
+        self.upload_label_file(case_id, path, author)
+        return summary
+
     # ------------------------------------------------------------------ prediction
 
     def fetch_prediction(self, case_id: str, need_image: bool = False, live: bool = False) -> tuple:
@@ -532,10 +618,10 @@ class ReciprocalSegLoop:
             self.last_prediction_score = result.score
             teacher = self._segmentation_from_label_file(
                 result.teacher, case_id, ROLE_TEACHER, volume, TEACHER_COLORS
-            )
+            )[0]
             student = self._segmentation_from_label_file(
                 result.student, case_id, ROLE_STUDENT, volume, STUDENT_COLORS
-            )
+            )[0]
             show_teacher(teacher)
             show_student(student)
             self.nodes.remove(self.case_node(case_id, ROLE_DISAGREEMENT))
@@ -629,6 +715,21 @@ class ReciprocalSegLoop:
 
     def training_status(self) -> Any:
         return self.require_client().training_status()
+
+    def plan(self) -> dict | None:
+        """Any thread: the plan an ``auto`` round would run now (``Client.plan()``: values, reasons,
+        fingerprint); None when the service has no labelled case to plan from, or no plan yet."""
+        from reciprocalseg.client import ServiceError
+
+        client = self.require_client()
+        if not hasattr(client, "plan"):
+            return None  # a core package from before the plan was exposed (issue 16)
+        try:
+            return client.plan()
+        except ServiceError as error:
+            if error.status_code == 404:  # no labelled case yet, or a service without GET /plan
+                return None
+            raise
 
     def stop_training(self) -> Any:
         return self.require_client().stop_training()

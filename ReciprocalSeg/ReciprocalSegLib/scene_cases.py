@@ -20,7 +20,8 @@ ROLE_LABEL = "label"
 ROLE_TEACHER = "teacher"
 ROLE_STUDENT = "student"
 ROLE_DISAGREEMENT = "disagreement"
-DERIVED_ROLES = (ROLE_LABEL, ROLE_TEACHER, ROLE_STUDENT, ROLE_DISAGREEMENT)
+ROLE_SCRIBBLES = "scribbles"  # strokes per class and background (scribbles.py)
+DERIVED_ROLES = (ROLE_LABEL, ROLE_TEACHER, ROLE_STUDENT, ROLE_DISAGREEMENT, ROLE_SCRIBBLES)
 # Node classes that can carry a case role (subclasses included by GetNodesByClass).
 CASE_NODE_CLASSES = ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode")
 

@@ -25,7 +25,10 @@ from .scene_cases import CaseNodes
 
 SEGMENT_ID_PATTERN = re.compile(r"^class_(\d+)$")
 CLASS_NAME_PATTERN = re.compile(r"^class\s*(\d+)$", re.IGNORECASE)
-MAX_CLASS = 255  # label maps are written as uint8
+# Label maps are written as uint8 and 255 marks unannotated voxels (partial labels, issue 17):
+# the highest class a segment can hold is 254.
+UNANNOTATED = 255  # = reciprocalseg.file_formats.UNANNOTATED (the agreed value; test_module_static checks)
+MAX_CLASS = UNANNOTATED - 1
 
 
 class SegmentClassError(ValueError):
@@ -41,7 +44,7 @@ def default_class_name(k: int) -> str:
 
 
 def class_of_segment(segment_id: str, name: str, class_names: Sequence[str] = ()) -> int | None:
-    """The class of one segment (1..255) from its ID, else its name; None when neither tells."""
+    """The class of one segment (1..254) from its ID, else its name; None when neither tells."""
     for pattern, text in ((SEGMENT_ID_PATTERN, segment_id), (CLASS_NAME_PATTERN, (name or "").strip())):
         match = pattern.match(text or "")
         if match and 1 <= int(match.group(1)) <= MAX_CLASS:
@@ -83,27 +86,15 @@ def export_label_node(
 
     The caller writes it and removes it with ``nodes.remove`` (which also removes its colour table).
     """
-    import slicer
-    import vtk
-    from slicer.util import arrayFromVolume, arrayFromVolumeModified
+    from slicer.util import arrayFromVolume
 
     classes = segment_classes(segmentation_node, class_names)
     label = None
     owner: dict = {}  # class -> first segment that put it there, for the overlap message
     output = None
     for segment_id, k in classes.items():
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(segment_id)
-        node = nodes.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{segment_id} export")
+        node = export_segment_node(segmentation_node, segment_id, reference_volume, nodes)
         try:
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                segmentation_node,
-                ids,
-                node,
-                reference_volume,
-                slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
-            ):
-                raise RuntimeError(f"Could not export segment {segment_id} to a label map.")
             mask = arrayFromVolume(node) > 0
             if label is None:
                 label = np.zeros(mask.shape, dtype=np.uint8)
@@ -126,9 +117,47 @@ def export_label_node(
             output = node  # keeps the reference grid and parent transform the export gave it
         else:
             nodes.remove(node)
-    arrayFromVolume(output)[:] = label
-    arrayFromVolumeModified(output)
+    write_label_array(output, label)
     return output
+
+
+def export_segment_node(
+    segmentation_node: Any, segment_id: str, reference_volume: Any, nodes: CaseNodes
+) -> Any:
+    """One segment as a new vtkMRMLLabelMapVolumeNode (non-zero inside) on the reference volume's
+    full grid (``EXTENT_REFERENCE_GEOMETRY``, resampled across any transform between the two); an
+    empty segment gives an all-zero map. The caller removes it with ``nodes.remove``."""
+    import slicer
+    import vtk
+
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    node = nodes.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{segment_id} export")
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node,
+            ids,
+            node,
+            reference_volume,
+            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+        ):
+            raise RuntimeError(f"Could not export segment {segment_id} to a label map.")
+    except BaseException:
+        nodes.remove(node)
+        raise
+    return node
+
+
+def write_label_array(label_node: Any, label: np.ndarray) -> None:
+    """Put ``label`` into an exported label map's voxels (same shape), checking every value fits
+    the node's scalar type (the export makes int16 maps; 255 must survive)."""
+    from slicer.util import arrayFromVolume, arrayFromVolumeModified
+
+    voxels = arrayFromVolume(label_node)
+    voxels[:] = label
+    if not np.array_equal(voxels, label):
+        raise RuntimeError(f"The label map's scalar type ({voxels.dtype}) cannot hold the label values.")
+    arrayFromVolumeModified(label_node)
 
 
 def import_label_node(

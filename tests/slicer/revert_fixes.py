@@ -1,5 +1,6 @@
-"""Revert one fix of issue 14 at a time in a scratch copy of the repository and run the test that
-guards it: each must fail there. ``python tests/slicer/revert_fixes.py [name-part ...]``.
+"""Revert one fix of issue 14 (or one rule of issue 17's scribbles) at a time in a scratch copy of
+the repository and run the test that guards it: each must fail there.
+``python tests/slicer/revert_fixes.py [name-part ...]``.
 
 Not collected by pytest (a developer's check of the tests themselves; it runs the real-MRML tests
 once per fix, several minutes on a small machine).
@@ -15,6 +16,7 @@ SRC = Path(__file__).resolve().parents[2]
 W = Path(tempfile.mkdtemp(prefix="revert-fixes-")) / "repo"
 L = "ReciprocalSeg/ReciprocalSegLib/"
 T = "tests/slicer/test_mrml_scene.py::"
+S = "tests/slicer/test_mrml_scribbles.py::"
 TOGGLES = [
     (
         "transform: nodes not placed under the scan's transform",
@@ -72,6 +74,41 @@ TOGGLES = [
         "        self._offset = 0\n",
         "        self._offset = 0\n        self._chart = None\n",
         [T + "test_learning_curve_reports_a_new_chart_only_once"],
+    ),
+    (
+        "scribbles: unpainted voxels submitted as background",
+        L + "scribbles.py",
+        "                label = np.full(mask.shape, UNANNOTATED, dtype=np.uint8)",
+        "                label = np.zeros(mask.shape, dtype=np.uint8)",
+        [S + "test_only_painted_voxels_are_annotated_under_a_parent_transform"],
+    ),
+    (
+        "scribbles: contradicting strokes resolved by segment order",
+        L + "scribbles.py",
+        "        label[conflict] = UNANNOTATED",
+        "        pass",
+        [S + "test_contradicting_strokes_are_left_unannotated_whatever_the_segment_order"],
+    ),
+    (
+        "scribbles: a segment named Background is no background",
+        L + "scribbles.py",
+        '    named_background = (name or "").strip().casefold() == BACKGROUND_NAME.casefold()',
+        "    named_background = False",
+        [S + "test_scribble_classes_follow_segment_identity_after_delete_rename_reorder_add"],
+    ),
+    (
+        "scribbles/labels: a segment named Class 255 collides with unannotated",
+        L + "segment_export.py",
+        "MAX_CLASS = UNANNOTATED - 1",
+        "MAX_CLASS = UNANNOTATED",
+        [S + "test_scribble_classes_follow_segment_identity_after_delete_rename_reorder_add"],
+    ),
+    (
+        "scribbles: a partial label from the service imported with 255 as a class",
+        L + "logic.py",
+        "                    voxels[unannotated] = 0\n",
+        "                    pass\n",
+        [S + "test_a_partial_label_comes_back_as_its_strokes_never_as_class_255"],
     ),
     (
         "orphans: only the node itself removed",

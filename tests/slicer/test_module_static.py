@@ -868,6 +868,28 @@ def test_case_table_columns_of_the_ui_are_the_lib_columns():
     assert tuple(c.findtext("property/string") for c in table.findall("column")) == CASE_COLUMNS
 
 
+def test_unannotated_value_is_the_core_packages():
+    """The Lib writes 255 for unpainted scribble voxels (and keeps it out of the class range):
+    the value the core package reads as unannotated (issue 17's agreed interface)."""
+    from ReciprocalSegLib import scribbles, segment_export
+
+    from reciprocalseg import file_formats
+
+    assert scribbles.UNANNOTATED == segment_export.UNANNOTATED == 255
+    assert segment_export.MAX_CLASS == 254
+    if not hasattr(file_formats, "UNANNOTATED"):
+        pytest.skip("reciprocalseg.file_formats.UNANNOTATED arrives with issue 17 part 1")
+    assert file_formats.UNANNOTATED == segment_export.UNANNOTATED
+
+
+def test_annotation_modes_of_the_panel():
+    """The panel's modes: the full label (the correction mode, the default) and the scribbles."""
+    constants = module_constants()
+    assert constants["ANNOTATION_MODES"] == ("full label", "scribbles")
+    assert constants["SCRIBBLES"] in constants["ANNOTATION_MODES"]
+    assert ast.literal_eval(parameter_node_fields()["annotationMode"][1]) == "full label"
+
+
 def test_minutes_field_has_the_service_limit():
     pytest.importorskip("pydantic")
     from reciprocalseg.service.schemas import TrainingRequest

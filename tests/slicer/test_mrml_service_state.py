@@ -4,6 +4,7 @@ model made a prediction, the live model, and the QA column and ordering (issue 1
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -51,6 +52,33 @@ def test_a_time_budget_reaches_the_service_and_the_status_line_shows_the_plan(fr
     assert loop.budget_minutes(TrainingStatus(state="running", run_id="another-clients-run")) is None
     line = format_training_status(final, loop.budget_minutes(final))
     assert line.startswith("completed") and "preset auto, budget 0.05 min" in line
+    if "plan" in {f.name for f in dataclasses.fields(TrainingStatus)}:  # issue 16's status field
+        assert f"crop {' × '.join(map(str, final.plan['patch_size']))} voxels" in line
+
+
+def test_case_table_and_plan_box_on_the_service_answers(fresh_service, loop_factory):
+    """The annotation columns and the plan as the service (of whatever version) reports them: the
+    real values where it sends them, "?" and no plan where it does not; never an exception."""
+    from ReciprocalSegLib.case_table import COLUMN_ANNOTATED, COLUMN_ANNOTATION, case_row, labelled_summary
+    from ReciprocalSegLib.status_text import NO_PLAN, format_plan_box
+
+    loop = loop_factory(fresh_service)
+    cases = {c.id: c for c in loop.list_cases()}
+    rows = {case_id: case_row(c) for case_id, c in cases.items()}
+    labelled, unlabelled = "phantom_000", CASE  # the fixture labels the first two phantoms
+    if hasattr(cases[labelled], "annotation"):  # a service with partial labels (issue 17 part 1)
+        assert rows[labelled][COLUMN_ANNOTATION : COLUMN_ANNOTATED + 1] == ("full", "100 %")
+        assert rows[unlabelled][COLUMN_ANNOTATION : COLUMN_ANNOTATED + 1] == ("unlabelled", "0 %")
+        assert labelled_summary(list(cases.values())).startswith("2 fully and 0 partially labelled of")
+    else:
+        assert rows[labelled][COLUMN_ANNOTATION : COLUMN_ANNOTATED + 1] == ("?", "?")
+        assert labelled_summary(list(cases.values())).startswith("2 labelled of")
+    plan = loop.plan()  # an auto round's plan from the two labelled phantoms, when the service has GET /plan
+    box = format_plan_box(loop.training_status(), plan)
+    if hasattr(fresh_service.client, "plan"):
+        assert isinstance(plan, dict) and "Crop: " in box and "Normalisation: " in box
+    else:
+        assert plan is None and box == NO_PLAN
 
 
 def _pause_after_checkpoint(client, worker: psutil.Process, timeout: float = 300) -> dict:
@@ -144,16 +172,16 @@ def _case(case_id: str, flags: int | None, score: float | None = None) -> CaseIn
 
 
 def test_case_table_sorts_numbers_as_numbers_and_keeps_empty_cells_last():
-    from ReciprocalSegLib.case_table import COLUMN_QA, case_row, sort_cases
+    from ReciprocalSegLib.case_table import COLUMN_QA, COLUMN_SCORE, case_row, sort_cases
 
     cases = [_case("b", 9, 0.5), _case("a", None), _case("c", 10, 0.05), _case("d", 9, None)]
     ids = lambda cs: [c.id for c in cs]  # noqa: E731
     assert ids(sort_cases(cases, COLUMN_QA)) == ["b", "d", "c", "a"]  # 9 < 10 (text would say "10" < "9")
     assert ids(sort_cases(cases, COLUMN_QA, descending=True)) == ["c", "b", "d", "a"]
-    assert ids(sort_cases(cases, 2, descending=True)) == ["b", "c", "a", "d"]
+    assert ids(sort_cases(cases, COLUMN_SCORE, descending=True)) == ["b", "c", "a", "d"]
     assert ids(sort_cases(cases, 0, descending=True)) == ["d", "c", "b", "a"]
-    assert case_row(cases[1]) == ("a", "unlabelled", "", "")
-    assert case_row(cases[2]) == ("c", "unlabelled", "0.0500", "10")
+    assert case_row(cases[1])[:2] + case_row(cases[1])[COLUMN_SCORE:] == ("a", "unlabelled", "", "")
+    assert case_row(cases[2])[:2] + case_row(cases[2])[COLUMN_SCORE:] == ("c", "unlabelled", "0.0500", "10")
     with pytest.raises(ValueError, match="no column 7"):
         sort_cases(cases, 7)
 
