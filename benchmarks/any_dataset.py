@@ -166,8 +166,11 @@ def _train_one(
     config = method_config(method, labeled, unlabeled, args)
     t0 = time.perf_counter()
     pool = unlabeled if method != "supervised" else []
-    result = train(config, labeled, pool, args.out / "runs" / method.replace(":", "-"))
-    seconds = round(time.perf_counter() - t0, 1)
+    run_dir = args.out / "runs" / method.replace(":", "-")
+    result = train(config, labeled, pool, run_dir)
+    # A finished run is not redone (an evaluation-only rerun): its own record has the training time.
+    done = json.loads((run_dir / "done.json").read_text(encoding="utf-8"))
+    seconds = round(float(done.get("seconds", time.perf_counter() - t0)), 1)
     if method == "supervised":
         return {"teacher": result.teacher}, seconds
     return {"teacher": result.teacher, "student": result.student}, seconds
