@@ -116,6 +116,8 @@ def test_isotropic_multiclass_mri_plan_zscore_and_class_crops(tmp_path: Path) ->
     assert plan.values["class_crop_share"] == pytest.approx(1 / 3)
     assert plan.values["patch_size"] == [40, 56, 40]  # nnU-Net's hippocampus crop for this size
     assert plan.values["downsampling"][3] == [1, 1, 1]  # too small to halve a fourth time
+    # A small crop, but on a CPU the batch stays 2+2 (4): there a doubled batch costs double time.
+    assert (plan.values["supervised_batch"], plan.values["batch_labeled"]) == (4, 2)
 
 
 def test_ct_cohort_gets_dataset_clip_and_zscore(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ adapted to the paper's V-Net (four down steps, fixed depth):
   (4 in the bottleneck) and while its spacing is within 2x of the finest one, so a thick-slice
   axis keeps its resolution until the in-plane axes have caught up (nnU-Net's pooling rule).
 - width and batch: 16 filters and the paper's 2+2 (4 supervised) on a GPU; 8 filters on a CPU
-  (the `lite` network); the batch doubles when a crop is under half the voxel budget.
+  (the `lite` network); on a GPU the batch doubles when a crop is under half the voxel budget
+  (on a CPU time grows with the batch, so a time budget is better spent on more steps).
 - normalisation: CT (Hounsfield units) is clipped to the 0.5-99.5 percentiles of the labelled
   voxels and z-scored with their mean and std; MRI is z-scored per scan.
 - class-centred crops: a third of labelled crops (`class_crop_share`).
@@ -206,11 +207,18 @@ def plan_from_fingerprint(fp: Fingerprint, device: torch.device | str = "cpu") -
     values["dropout"] = gpu
     reasons["n_filters"] = "the paper's width on a GPU" if gpu else "lite's width: a CPU round in minutes"
     reasons["dropout"] = "the paper's channel dropout needs 16 channels" if gpu else "off with 8 channels"
-    small = math.prod(crop) * 2 <= budget
+    # A GPU left half idle by a small crop does a doubled batch in about the same time. A CPU's
+    # cost is linear in the voxels, so within a time budget a doubled batch halves the optimiser
+    # steps for the same crops seen (hippocampus, 30 CPU minutes: the demo preset's batch 2 in
+    # 3x the steps learned the head better than a plan with batch 8; benchmarks/RESULTS.md).
+    small = gpu and math.prod(crop) * 2 <= budget
     values["batch_labeled"] = values["batch_unlabeled"] = 4 if small else 2
     values["supervised_batch"] = 8 if small else 4
     reasons["batch_labeled"] = reasons["batch_unlabeled"] = reasons["supervised_batch"] = (
-        "doubled: the crop is under half the voxel budget" if small else "the paper's 2+2 (4 supervised)"
+        "doubled: the crop is under half the GPU's voxel budget"
+        if small
+        else "the paper's 2+2 (4 supervised)"
+        + ("" if gpu else "; not doubled on a CPU, where a bigger batch costs as much more time")
     )
     values.update(_normalisation(fp))
     reasons["intensity"] = (
