@@ -19,6 +19,11 @@ import SimpleITK as sitk
 from ..errors import DataError
 from ..file_formats import UNANNOTATED
 
+# The most voxels a scan may have on the working grid (2 GiB as float32). Checked before resampling:
+# a target spacing far finer than a scan's own (an edited plan, or one coarse scan among fine ones)
+# would otherwise have SimpleITK allocate terabytes, a traceback or an out-of-memory kill.
+MAX_WORKING_VOXELS = 1 << 29
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -82,11 +87,22 @@ def normalize_intensity(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return ((array - float(array.mean())) / std).astype(np.float32)
 
 
+def _mm(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
 def _resampled_grid(image: sitk.Image, spacing: tuple[float, float, float]) -> sitk.Image:
     """An empty image covering the same physical extent at `spacing`."""
     size = [
         max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing, strict=True)
     ]
+    if math.prod(size) > MAX_WORKING_VOXELS:
+        raise DataError(
+            f"a scan of size {tuple(image.GetSize())} at spacing {_mm(image.GetSpacing())} mm would have "
+            f"{math.prod(size):.3g} voxels on the working grid at the target spacing {_mm(spacing)} mm "
+            f"(at most {MAX_WORKING_VOXELS:,}): choose a coarser target spacing (--target-spacing, the "
+            "plan's target_spacing) or leave out the scans much coarser than the others"
+        )
     grid = sitk.Image(size, sitk.sitkUInt8)
     grid.SetSpacing(spacing)
     grid.SetOrigin(image.GetOrigin())
