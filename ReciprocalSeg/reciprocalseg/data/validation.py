@@ -168,7 +168,8 @@ def check_label(
     if negative.size:
         raise DataError(
             f"{source}: the label has negative values ({_few([int(v) for v in negative])}); "
-            "labels must be 0 (background) or 1..K."
+            f"labels must be 0 (background) or 1..K; {UNANNOTATED} marks an unannotated voxel "
+            "(a partial label)."
         )
     if present.size == 1 and int(present[0]) == UNANNOTATED:
         raise DataError(
