@@ -81,6 +81,9 @@ def normalize_intensity(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
     if prep.intensity == "ct":
         lo, hi = prep.ct_window
         return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32)
+    peak = max(float(array.max()), -float(array.min()))
+    if peak > 1e12:  # float32 sums of squares would overflow to inf (NaN voxels): the z-score does not
+        array = array / np.float32(peak)  # depend on the scale, so bring huge values to [-1, 1] first
     std = float(array.std())
     if std == 0:
         raise DataError("image has constant intensity: nothing to segment (check the file)")
