@@ -150,6 +150,8 @@ def test_check_label_negative_values(image: sitk.Image) -> None:
     with pytest.raises(DataError, match=r"negative values \(-3, -1\)") as err:
         check_label(_on_grid(lab), image, SRC)
     assert SRC in str(err.value)
+    # -1 is another tools' "ignore" value: say what marks an unannotated voxel here.
+    assert "255 marks an unannotated voxel" in str(err.value)
 
 
 def test_check_label_values_above_k(image: sitk.Image) -> None:

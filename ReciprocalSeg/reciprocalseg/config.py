@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +168,10 @@ class TrainConfig:
                 "intensity='ct_dataset' needs intensity_clip (low < high) and intensity_mean_std "
                 "(std > 0): the `auto` plan sets them from the data"
             )
+        spacing = self.target_spacing
+        positive = spacing is not None and all(math.isfinite(v) and v > 0 for v in spacing)
+        if spacing is not None and not (len(spacing) == 3 and positive):
+            problems.append(f"target_spacing={spacing}: three finite spacings > 0 mm (x, y, z), or none")
         if not 0 <= self.class_crop_share <= 1:
             problems.append(f"class_crop_share={self.class_crop_share}: a share in [0, 1]")
         if self.minutes is not None and not self.minutes > 0:

@@ -49,7 +49,7 @@ def evaluate_folders(
     import SimpleITK as sitk
 
     from .data.io import read_image
-    from .data.validation import check_same_grid
+    from .data.validation import check_label, check_same_grid
 
     labels = label_files(label_dir)
     preds, unmatched = find_predictions(pred_dir, set(labels), model)
@@ -66,6 +66,7 @@ def evaluate_folders(
         problems = check_same_grid(pred, ref)
         if problems:
             raise DataError(f"{p.case_id}: prediction and label grids differ: {'; '.join(problems)}")
+        check_label(ref, pred, str(labels[p.case_id]))  # as training reads it: e.g. not all 255
         per_class = _evaluate(sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(ref), ref.GetSpacing())
         for cls, m in per_class.items():
             rows.append({"model": p.model or "", "case": p.case_id, "class": cls, **m.to_dict()})

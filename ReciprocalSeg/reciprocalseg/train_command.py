@@ -8,6 +8,7 @@ neither imports the other.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,12 +108,33 @@ def n_classes_from_labels(labeled: list[Case]) -> int:
     import SimpleITK as sitk
 
     from .data.io import read_image
-    from .data.validation import infer_n_classes, largest_class
+    from .data.validation import infer_n_classes, present_values
+    from .file_formats import UNANNOTATED
 
     # GetArrayFromImage (a copy): a view of a temporary image would read freed memory. 255 marks
     # unannotated voxels of a partial label, never a class.
-    maxima = [largest_class(sitk.GetArrayFromImage(read_image(c.label))) for c in labeled]
-    return infer_n_classes(maxima) + 1
+    present: set[int] = set()
+    for case in labeled:
+        present.update(int(v) for v in present_values(sitk.GetArrayFromImage(read_image(case.label))))
+    present.discard(UNANNOTATED)
+    refuse_class_gaps(present)
+    return infer_n_classes(max(present, default=0)) + 1
+
+
+def refuse_class_gaps(present: Iterable[int]) -> None:
+    """Without --n-classes the class count comes from the largest label value; refuse labels whose
+    classes skip values (254 from another tool, a scan saved as a label), which would otherwise
+    train that many output channels, most of them never labelled."""
+    classes = {int(c) for c in present if c != 0}
+    missing = sorted(set(range(1, max(classes, default=0))) - classes)
+    if missing:
+        shown = f"{missing[0]}..{missing[-1]}" if len(missing) > 3 else ", ".join(map(str, missing))
+        largest = max(classes)
+        raise ReciprocalSegError(
+            f"the labels hold class {largest}, but no label has class {shown}: is a label a scan, or "
+            "another tool's class numbering? Remap the labels to consecutive classes 1..K, or give "
+            f"--n-classes {largest + 1} to train {largest + 1} classes (background included) anyway"
+        )
 
 
 def build_config(
@@ -139,7 +161,10 @@ def _planned_config(args: argparse.Namespace, labeled: list[Case], unlabeled: li
     else:
         plan = plan_for_run(args.out, labeled, unlabeled, resolve_device(args.device or "auto"))
     if len(labeled) > MAX_LABEL_CASES:  # the fingerprint read a sample of the label maps
-        plan.values["n_classes"] = max(plan.values["n_classes"], n_classes_from_labels(labeled))
+        if args.n_classes is None:  # (with --n-classes the labels' own count is not used)
+            plan.values["n_classes"] = max(plan.values["n_classes"], n_classes_from_labels(labeled))
+    elif args.n_classes is None:
+        refuse_class_gaps(int(c) for c in plan.fingerprint.get("classes", {}))
     warm = getattr(args, "warm_start", None)
     if warm is not None and (Path(warm) / "config.json").is_file():
         keep_architecture(plan, Path(warm) / "config.json")

@@ -19,6 +19,11 @@ import SimpleITK as sitk
 from ..errors import DataError
 from ..file_formats import UNANNOTATED
 
+# The most voxels a scan may have on the working grid (2 GiB as float32). Checked before resampling:
+# a target spacing far finer than a scan's own (an edited plan, or one coarse scan among fine ones)
+# would otherwise have SimpleITK allocate terabytes, a traceback or an out-of-memory kill.
+MAX_WORKING_VOXELS = 1 << 29
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -76,10 +81,17 @@ def normalize_intensity(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
     if prep.intensity == "ct":
         lo, hi = prep.ct_window
         return ((np.clip(array, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32)
+    peak = max(float(array.max()), -float(array.min()))
+    if peak > 1e12:  # float32 sums of squares would overflow to inf (NaN voxels): the z-score does not
+        array = array / np.float32(peak)  # depend on the scale, so bring huge values to [-1, 1] first
     std = float(array.std())
     if std == 0:
         raise DataError("image has constant intensity: nothing to segment (check the file)")
     return ((array - float(array.mean())) / std).astype(np.float32)
+
+
+def _mm(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 def _resampled_grid(image: sitk.Image, spacing: tuple[float, float, float]) -> sitk.Image:
@@ -87,6 +99,13 @@ def _resampled_grid(image: sitk.Image, spacing: tuple[float, float, float]) -> s
     size = [
         max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing, strict=True)
     ]
+    if math.prod(size) > MAX_WORKING_VOXELS:
+        raise DataError(
+            f"a scan of size {tuple(image.GetSize())} at spacing {_mm(image.GetSpacing())} mm would have "
+            f"{math.prod(size):.3g} voxels on the working grid at the target spacing {_mm(spacing)} mm "
+            f"(at most {MAX_WORKING_VOXELS:,}): choose a coarser target spacing (--target-spacing, the "
+            "plan's target_spacing) or leave out the scans much coarser than the others"
+        )
     grid = sitk.Image(size, sitk.sitkUInt8)
     grid.SetSpacing(spacing)
     grid.SetOrigin(image.GetOrigin())

@@ -24,6 +24,7 @@ __all__ = [
     "check_same_grid",
     "infer_n_classes",
     "largest_class",
+    "present_values",
 ]
 
 # Labels are returned as uint8: no value above this can be represented (and 255 itself marks
@@ -108,7 +109,7 @@ def check_same_grid(
     return diffs
 
 
-def _present_values(arr: np.ndarray) -> np.ndarray:
+def present_values(arr: np.ndarray) -> np.ndarray:
     """Sorted distinct values of an integer-valued array (bincount: much faster than np.unique)."""
     lo, hi = int(arr.min()), int(arr.max())
     if hi - lo > 1 << 16:
@@ -162,12 +163,13 @@ def check_label(
         arr = rounded
     elif not np.issubdtype(arr.dtype, np.integer):
         raise DataError(f"{source}: unsupported label pixel type {arr.dtype}; use an integer type.")
-    present = _present_values(arr)
+    present = present_values(arr)
     negative = present[present < 0]
     if negative.size:
         raise DataError(
             f"{source}: the label has negative values ({_few([int(v) for v in negative])}); "
-            "labels must be 0 (background) or 1..K."
+            f"labels must be 0 (background) or 1..K; {UNANNOTATED} marks an unannotated voxel "
+            "(a partial label)."
         )
     if present.size == 1 and int(present[0]) == UNANNOTATED:
         raise DataError(

@@ -191,7 +191,8 @@ def plan_from_fingerprint(fp: Fingerprint, device: torch.device | str = "cpu") -
         shape = shape / np.array([1 if i == keep else factor for i in range(3)])
         why_spacing += f", coarsened {factor:.2f}x so a crop sees enough of a case on this device"
     exact = all(np.allclose(s, spacing, rtol=0.01) for s in fp.spacings)
-    values["target_spacing"] = None if exact else [round(s, 4) for s in spacing]
+    # 4 significant digits (4 decimals of a mm made a 30 micrometre spacing 0)
+    values["target_spacing"] = None if exact else [float(f"{s:.4g}") for s in spacing]
     reasons["target_spacing"] = "every case has the median spacing: no resampling" if exact else why_spacing
     crop = fit_crop(shape, spacing, budget)
     levels = downsampling(crop, spacing)

@@ -262,6 +262,8 @@ class Service:
         except DataError as exc:
             raise Invalid(_fixed_classes_hint(str(exc).replace(str(tmp), filename), fixed)) from None
         max_value = largest_class(arr)  # 255 marks unannotated voxels (a partial label), no class
+        if not fixed:
+            _refuse_class_gaps(arr, max_value, self.ws.n_classes, filename)
         stored = sitk.GetImageFromArray(arr)
         stored.CopyInformation(image)
         entry = self.ws.add_label(
@@ -514,6 +516,29 @@ def _image_error(exc: DataError) -> ApiError:
     from reciprocalseg.data.io import TooManyVoxels
 
     return TooLarge(str(exc)) if isinstance(exc, TooManyVoxels) else Invalid(str(exc))
+
+
+def _refuse_class_gaps(arr: Any, max_value: int, n_classes: int, filename: str) -> None:
+    """Refuse a label that would grow a following class count past classes no label has.
+
+    One such upload (a scan sent as a label, another tool's numbering such as 254) would otherwise
+    raise the count for good (stored versions are never rewritten, and the count cannot go below
+    what they use), and every round would train that many output channels.
+    """
+    from reciprocalseg.data.validation import present_values
+
+    if max_value < n_classes:
+        return
+    missing = sorted(set(range(n_classes, max_value)) - {int(v) for v in present_values(arr)})
+    if missing:
+        shown = f"{missing[0]}..{missing[-1]}" if len(missing) > 3 else ", ".join(map(str, missing))
+        raise Invalid(
+            f"{filename}: the label holds class {max_value}, but no label has class {shown} "
+            f"(the workspace has {n_classes} classes, 0..{n_classes - 1}): is it a scan, or another "
+            "tool's class numbering? Remap the label to consecutive classes, or, if the classes are "
+            f'meant, fix the count first: PUT /settings {{"n_classes": {max_value + 1}}} '
+            f"(client.set_n_classes({max_value + 1}))."
+        )
 
 
 def _fixed_classes_hint(message: str, fixed: bool) -> str:

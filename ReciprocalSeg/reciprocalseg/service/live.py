@@ -124,7 +124,10 @@ def _network(state: dict[str, Any], meta: dict[str, Any], device: str) -> Loaded
     from reciprocalseg.model.vnet import build_model
 
     dev = resolve_device(device)
-    module = build_model(meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"])
+    # The planned strides too: an `auto` round's V-Net may halve an axis fewer times than the paper's.
+    module = build_model(
+        meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"], meta.get("strides")
+    )
     module.load_state_dict(state)
     # As inference.load_model: channels-last weights, evaluation mode.
     module.to(dev, memory_format=torch.channels_last_3d).eval()

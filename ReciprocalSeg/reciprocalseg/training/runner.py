@@ -253,14 +253,16 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         if self.device.type == "cuda" and self.config.step_mode == "fast":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: autotuning pays off
-        self.teacher, self.student = self._new_model(), self._new_model()
-        self.teacher_opt = _sgd(self.teacher, self.config, self.device)
-        self.student_opt = _sgd(self.student, self.config, self.device)
-        self.supervised_opt = _supervised_optimizer(self.teacher, self.config, self.device, self.teacher_opt)
-        self.student_ema = self._make_ema()
-        self.h_average = 0.0
-        phase, iteration = self._restore()
         try:
+            self.teacher, self.student = self._new_model(), self._new_model()
+            self.teacher_opt = _sgd(self.teacher, self.config, self.device)
+            self.student_opt = _sgd(self.student, self.config, self.device)
+            self.supervised_opt = _supervised_optimizer(
+                self.teacher, self.config, self.device, self.teacher_opt
+            )
+            self.student_ema = self._make_ema()
+            self.h_average = 0.0
+            phase, iteration = self._restore()
             self._prepare_data()
             for name in PHASES[PHASES.index(phase) :]:
                 self._run_phase(name, iteration if name == phase else 0)
@@ -279,6 +281,18 @@ class Trainer:
         except ReciprocalSegError as exc:
             self.events.emit("error", message=str(exc))
             raise
+        except (MemoryError, RuntimeError) as exc:
+            if not isinstance(exc, MemoryError) and "can't allocate memory" not in str(exc):
+                raise
+            # The CPU's allocators (numpy, torch) fail at once on a request beyond what can be had.
+            c = self.config
+            message = (
+                f"out of memory on {self.device_name}: patch {c.patch_size}, batch {c.batch_labeled}+"
+                f"{c.batch_unlabeled}, width {c.n_filters} need more than this machine has: use a smaller "
+                "patch, batch or width (--patch-size, --n-filters, or the plan's values)"
+            )
+            self.events.emit("error", message=message)
+            raise TrainingError(message) from exc
         finally:
             self.events.close()
 
