@@ -24,10 +24,11 @@ from reciprocalseg.data.sampling import (
     annotated_locations,
     cache_case,
     class_locations,
+    labeled_case_weights,
     partially_labeled,
 )
 from reciprocalseg.data.validation import check_label, infer_n_classes, largest_class
-from reciprocalseg.errors import DataError, TrainingError
+from reciprocalseg.errors import DataError, ReciprocalSegError, TrainingError
 from reciprocalseg.file_formats import UNANNOTATED
 from reciprocalseg.model.vnet import build_model
 from reciprocalseg.planning.fingerprint import compute_fingerprint
@@ -255,6 +256,37 @@ def test_device_crops_of_a_partial_case_hold_annotated_voxels(tmp_path: Path, cl
     assert bool((labels != UNANNOTATED).flatten(1).any(dim=1).all())
 
 
+def _full_cached(folder: Path, name: str) -> CachedCase:
+    np.save(folder / f"{name}-img.npy", np.zeros((24, 24, 24), np.float32))
+    np.save(folder / f"{name}-lab.npy", np.zeros((24, 24, 24), np.uint8))
+    return CachedCase(name, folder / f"{name}-img.npy", folder / f"{name}-lab.npy")
+
+
+def test_partial_cases_take_at_most_their_share_of_labelled_crops(tmp_path: Path) -> None:
+    """1 full + 3 partial labels: uniform draws would give the partial cases 3 of 4 crops."""
+    full = _full_cached(tmp_path, "full")
+    partial = [_partial_cached(tmp_path)] * 3
+    cases = [full, *(CachedCase(f"partial{i}", c.image, c.label) for i, c in enumerate(partial))]
+    ids = {"partial0", "partial1", "partial2"}
+    weights = labeled_case_weights(cases, ids, 0.5)
+    assert weights == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6])
+    # Uniform (None: the paper's draw sequence) when the share is not exceeded or nothing is mixed.
+    assert labeled_case_weights(cases, ids, 0.75) is None
+    assert labeled_case_weights(cases, set(), 0.5) is None
+    assert labeled_case_weights(cases[1:], ids, 0.5) is None
+
+    def full_share(labels: list[torch.Tensor]) -> float:
+        return float(np.mean([bool((lab != UNANNOTATED).all()) for lab in labels]))
+
+    stream = CropStream(cases, (16, 16, 16), seed=2, case_weights=weights)
+    assert 0.4 < full_share([lab for _, lab in itertools.islice(iter(stream), 400)]) < 0.6
+    uniform = CropStream(cases, (16, 16, 16), seed=2)
+    assert full_share([lab for _, lab in itertools.islice(iter(uniform), 400)]) < 0.35
+    held = DeviceCases(cases, "cpu", case_weights=weights)
+    _, labels = held.sample((16, 16, 16), 400, torch.Generator().manual_seed(3))
+    assert 0.4 < full_share(list(labels)) < 0.6
+
+
 def test_255_is_no_class_for_class_centred_crops(tmp_path: Path) -> None:
     label = np.load(_partial_cached(tmp_path).label)
     assert sorted(class_locations(label)) == [1]
@@ -318,6 +350,15 @@ def test_training_with_partial_labels_and_no_other_unlabelled_scans(partial_coho
     assert result.teacher.is_file() and result.student.is_file()
     listed = json.loads((tmp_path / "run" / "cases.json").read_text())
     assert len(listed["labeled"]) == 4 and listed["unlabeled"] == []  # they stay labelled cases
+
+
+def test_the_trainer_draws_partial_cases_at_most_at_their_share(partial_cohort, tmp_path: Path) -> None:
+    """2 full + 2 partial labels with partial_crop_share 0.25: the partial ones get a quarter."""
+    trainer = Trainer(_tiny(partial_crop_share=0.25), partial_cohort, [], tmp_path / "run")
+    trainer._prepare_data()
+    assert trainer.labeled_weights == pytest.approx([0.375, 0.375, 0.125, 0.125])
+    with pytest.raises(ReciprocalSegError, match="partial_crop_share"):
+        _tiny(partial_crop_share=0.0)
 
 
 def test_full_labels_without_unlabelled_scans_still_refused(partial_cohort, tmp_path: Path) -> None:

@@ -117,10 +117,12 @@ class DeviceCases:
         device: torch.device | str,
         with_labels: bool = True,
         class_share: float = 0.0,
+        case_weights: Sequence[float] | None = None,
     ) -> None:
         if not cases:
             raise DataError("no cases to sample crops from")
         self.device = torch.device(device)
+        self.case_cdf = None if case_weights is None else np.cumsum(case_weights)
         self.case_ids = [c.case_id for c in cases]
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor | None] = []
@@ -166,7 +168,11 @@ class DeviceCases:
 
     def draw(self, patch_zyx: Triple, generator: torch.Generator, augment: bool = True) -> CropDraw:
         """One crop's random choices, drawn in `random_crop`'s order (case first, as CropStream)."""
-        index = _randint(generator, len(self.images))
+        if self.case_cdf is None:
+            index = _randint(generator, len(self.images))
+        else:  # weighted (sampling.labeled_case_weights), from the same CPU generator
+            u = float(torch.rand((), generator=generator))
+            index = min(int(np.searchsorted(self.case_cdf, u, side="right")), len(self.images) - 1)
         center = self._center(index, generator)
         k = _randint(generator, 4) if augment else 0
         pz, py, px = patch_zyx
@@ -245,12 +251,14 @@ class HeldCases:
         device: torch.device,
         setting: str = "auto",
         class_share: float = 0.0,
+        case_weights: Sequence[float] | None = None,
     ) -> HeldCases | None:
         """Load the cases onto `device` when `should_hold_on_device` says so, else None."""
         if not should_hold_on_device([*labeled, *unlabeled], device, setting):
             return None
         held_unlabeled = DeviceCases(unlabeled, device, with_labels=False) if unlabeled else None
-        return cls(DeviceCases(labeled, device, class_share=class_share), held_unlabeled)
+        held_labeled = DeviceCases(labeled, device, class_share=class_share, case_weights=case_weights)
+        return cls(held_labeled, held_unlabeled)
 
     def streams(
         self,

@@ -134,6 +134,30 @@ def partially_labeled(cases: Sequence[CachedCase]) -> list[CachedCase]:
     return out
 
 
+def labeled_case_weights(
+    cases: Sequence[CachedCase], partial_ids: set[str], partial_share: float
+) -> list[float] | None:
+    """How often to draw each labelled case: uniformly (None), except when full and partial
+    labels are mixed and the partial cases' uniform share exceeds `partial_share`; then the
+    partial cases share `partial_share` and the full ones the rest (uniformly within each).
+
+    Why: a scribbled case has a fraction of a percent of its voxels annotated; drawn as often as a
+    full label, many of them crowd out the full labels' crops at a fixed number of iterations."""
+    flags = [c.case_id in partial_ids for c in cases]
+    n_partial = sum(flags)
+    n_full = len(cases) - n_partial
+    if n_partial == 0 or n_full == 0 or n_partial / len(cases) <= partial_share:
+        return None
+    return [partial_share / n_partial if p else (1 - partial_share) / n_full for p in flags]
+
+
+def draw_index(weights_cdf: np.ndarray | None, n: int, u: float | None, rng: np.random.Generator) -> int:
+    """A case index: uniform (the paper's draw, one integer) or by the cumulative weights."""
+    if weights_cdf is None:
+        return int(rng.integers(0, n))
+    return min(int(np.searchsorted(weights_cdf, u if u is not None else rng.random(), side="right")), n - 1)
+
+
 # Voxels kept per class for class-centred crops (nnU-Net keeps 10 000 too): enough to cover a
 # structure's extent, small enough to hold for every case.
 LOCATIONS_PER_CLASS = 10_000
@@ -241,10 +265,12 @@ class CropStream(IterableDataset):
         augment: bool = True,
         with_labels: bool = True,
         class_share: float = 0.0,
+        case_weights: Sequence[float] | None = None,
     ) -> None:
         if not cases:
             raise DataError("no cases to sample crops from")
         self.cases, self.patch_zyx, self.seed = list(cases), patch_zyx, seed
+        self.case_cdf = None if case_weights is None else np.cumsum(case_weights)
         self.augment, self.with_labels = augment, with_labels
         self.class_share = class_share if with_labels else 0.0
         self._locations: dict[int, dict[int, np.ndarray]] = {}  # per case index, filled on first use
@@ -285,7 +311,7 @@ class CropStream(IterableDataset):
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, worker])
         while True:
-            index = int(rng.integers(0, len(self.cases)))
+            index = draw_index(self.case_cdf, len(self.cases), None, rng)
             image, label = self.cases[index].load()
             if not self.with_labels:
                 label = None

@@ -24,7 +24,14 @@ from ..data.annotation import any_partial_label
 from ..data.gpu_sampler import HeldCases
 from ..data.io import Case, write_case_list
 from ..data.preprocess import Preprocessing
-from ..data.sampling import CropStream, batch_iterator, cache_cases, default_num_workers, partially_labeled
+from ..data.sampling import (
+    CropStream,
+    batch_iterator,
+    cache_cases,
+    default_num_workers,
+    labeled_case_weights,
+    partially_labeled,
+)
 from ..device import describe_device, resolve_device
 from ..errors import CancelledError, ReciprocalSegError, TrainingError
 from ..model.vnet import build_model
@@ -339,6 +346,9 @@ class Trainer:
         # Partially labelled cases are unlabelled scans for the student too (after the others, so a
         # cohort of full labels draws exactly the crops it drew before).
         partial = partially_labeled(self.labeled_cached)
+        self.labeled_weights = labeled_case_weights(
+            self.labeled_cached, {p.case_id for p in partial}, self.config.partial_crop_share
+        )
         self.unlabeled_cached = cache_cases(self.unlabeled, prep, self.cache_dir) + partial
         extra = {"partial": len(partial)} if partial else {}
         self.events.emit("preprocessed", seconds=round(time.perf_counter() - t0, 2), **extra)
@@ -350,7 +360,12 @@ class Trainer:
         if not hasattr(self, "_device_cases"):
             c = self.config
             self._device_cases = HeldCases.load_if_fits(
-                self.labeled_cached, self.unlabeled_cached, self.device, c.data_on_gpu, c.class_crop_share
+                self.labeled_cached,
+                self.unlabeled_cached,
+                self.device,
+                c.data_on_gpu,
+                c.class_crop_share,
+                self.labeled_weights,
             )
         return self._device_cases
 
@@ -382,6 +397,7 @@ class Trainer:
                     _seed(seed, 0),
                     c.augment,
                     class_share=c.class_crop_share,
+                    case_weights=self.labeled_weights,
                 ),
                 labeled_bs,
                 workers,
