@@ -172,6 +172,7 @@ class Trainer:
         # loading, so that a resumed run makes the same choice.
         self.student_warm_started = warm_start is not None and (Path(warm_start) / "student.pt").is_file()
         self.cache_dir = cache_dir or self.run_dir / "cache"
+        self.labeled_weights: list[float] | None = None  # set with the data (_prepare_data)
         self.device = resolve_device(config.device)
         self.device_name = describe_device(self.device)
         self.amp_dtype = amp_dtype_for(config, self.device)
