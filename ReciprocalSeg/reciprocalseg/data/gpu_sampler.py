@@ -29,7 +29,14 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .sampling import CachedCase, annotated_locations, centred_starts, class_locations, crop_bounds
+from .sampling import (
+    CachedCase,
+    annotated_locations,
+    centred_starts,
+    class_locations,
+    crop_bounds,
+    weighted_index,
+)
 
 Triple = tuple[int, int, int]
 
@@ -171,8 +178,7 @@ class DeviceCases:
         if self.case_cdf is None:
             index = _randint(generator, len(self.images))
         else:  # weighted (sampling.labeled_case_weights), from the same CPU generator
-            u = float(torch.rand((), generator=generator))
-            index = min(int(np.searchsorted(self.case_cdf, u, side="right")), len(self.images) - 1)
+            index = weighted_index(self.case_cdf, float(torch.rand((), generator=generator)))
         center = self._center(index, generator)
         k = _randint(generator, 4) if augment else 0
         pz, py, px = patch_zyx

@@ -151,11 +151,9 @@ def labeled_case_weights(
     return [partial_share / n_partial if p else (1 - partial_share) / n_full for p in flags]
 
 
-def draw_index(weights_cdf: np.ndarray | None, n: int, u: float | None, rng: np.random.Generator) -> int:
-    """A case index: uniform (the paper's draw, one integer) or by the cumulative weights."""
-    if weights_cdf is None:
-        return int(rng.integers(0, n))
-    return min(int(np.searchsorted(weights_cdf, u if u is not None else rng.random(), side="right")), n - 1)
+def weighted_index(cdf: np.ndarray, u: float) -> int:
+    """The case index a uniform draw `u` in [0, 1) picks from cumulative case weights."""
+    return min(int(np.searchsorted(cdf, u, side="right")), len(cdf) - 1)
 
 
 # Voxels kept per class for class-centred crops (nnU-Net keeps 10 000 too): enough to cover a
@@ -311,7 +309,10 @@ class CropStream(IterableDataset):
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.seed, worker])
         while True:
-            index = draw_index(self.case_cdf, len(self.cases), None, rng)
+            if self.case_cdf is None:  # the paper's draw: one integer
+                index = int(rng.integers(0, len(self.cases)))
+            else:
+                index = weighted_index(self.case_cdf, rng.random())
             image, label = self.cases[index].load()
             if not self.with_labels:
                 label = None
