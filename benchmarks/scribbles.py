@@ -26,7 +26,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-UNANNOTATED = 255  # the label value of unannotated voxels (reciprocalseg.file_formats.UNANNOTATED)
+from reciprocalseg.data.annotation import annotated_fraction
+from reciprocalseg.file_formats import UNANNOTATED
+
+__all__ = ["UNANNOTATED", "annotated_fraction", "scribble_label", "scribble_slices", "write_scribbled_label"]
 
 
 def scribble_slices(label_zyx: np.ndarray, slices: int) -> list[int]:
@@ -72,10 +75,6 @@ def scribble_label(
     for z in scribble_slices(label_zyx, slices):
         out[z] = scribble_slice(label_zyx[z], stroke_width, margin)
     return out
-
-
-def annotated_fraction(partial_zyx: np.ndarray) -> float:
-    return float(np.mean(partial_zyx != UNANNOTATED))
 
 
 def write_scribbled_label(label_path: Path, out_path: Path, **rule: int) -> float:
