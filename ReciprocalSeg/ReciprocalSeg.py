@@ -36,8 +36,8 @@ from ReciprocalSegLib.status_text import (
 )
 from ReciprocalSegLib.tasks import StatusPoller, TaskBusyError, TaskCancelled, TaskRunner
 
-from reciprocalseg import slicer_requirements
 from reciprocalseg.config import PRESETS
+from reciprocalseg.service import slicer_requirements
 
 # isort: split
 # Slicer-only imports. Everything above must import in plain Python with only the packages that

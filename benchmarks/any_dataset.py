@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from reciprocalseg.atomic import atomic_path, atomic_write_json, atomic_write_text
+from reciprocalseg.common.atomic import atomic_path, atomic_write_json, atomic_write_text
 from reciprocalseg.config import TrainConfig, make_config
 from reciprocalseg.data.io import Case, discover_cases, read_image, require_labels
 from reciprocalseg.data.validation import infer_n_classes
@@ -80,7 +80,7 @@ def method_config(
 
 
 def _device(name: str) -> str:
-    from reciprocalseg.device import resolve_device
+    from reciprocalseg.common.device import resolve_device
 
     return str(resolve_device(name))
 
@@ -89,8 +89,8 @@ def evaluate(model_path: Path, cases: list[Case], n_classes: int, device: str) -
     """Per case and class: Dice and HD95 (mm) of the model's prediction on the scan's grid."""
     import SimpleITK as sitk
 
-    from reciprocalseg.inference import load_model, predict_image
-    from reciprocalseg.metrics import evaluate_case
+    from reciprocalseg.evaluation.metrics import evaluate_case
+    from reciprocalseg.inference.sliding_window import load_model, predict_image
 
     model = load_model(model_path, device)
     rows = []

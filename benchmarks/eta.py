@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.any_dataset import machine, split_cases
-from reciprocalseg.atomic import atomic_write_json
+from reciprocalseg.common.atomic import atomic_write_json
 from reciprocalseg.data.io import discover_cases, require_labels
 from reciprocalseg.planning.fingerprint import compute_fingerprint
 from reciprocalseg.planning.planner import plan_from_fingerprint, planned_config

@@ -36,8 +36,8 @@ import torch
 from benchmarks.la import DEFAULT_DATA, EvalCase, load_eval_cases, parse_ids
 from reciprocalseg.data.io import Case, discover_cases
 from reciprocalseg.data.preprocess import preprocess_image
-from reciprocalseg.inference import LoadedModel, Prediction, load_model, predict_image
-from reciprocalseg.metrics import evaluate_case
+from reciprocalseg.evaluation.metrics import evaluate_case
+from reciprocalseg.inference.sliding_window import LoadedModel, Prediction, load_model, predict_image
 
 # The V-Net halves the resolution four times: a whole-scan input must divide by 2**4.
 NETWORK_DIVISOR = 16

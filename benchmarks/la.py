@@ -17,7 +17,7 @@ on a separate folder of `<ID>_image.nrrd` / `<ID>_label.nrrd` pairs instead (the
 unlabelled cases are all of train.list after the labelled ones, as in the paper).
 
 Methods: `reciprocal` (gives the supervised-only teacher of phase 1 for free, the final
-teacher and the student), `mean_teacher` (training/mean_teacher.py) and `control`: the
+teacher and the student), `mean_teacher` (benchmarks/mean_teacher.py) and `control`: the
 phase-1 model trained as many more iterations as the reciprocal phase has, on the labelled
 cases alone with phase 1's recipe (the equal-iteration supervised control: what the extra
 iterations give without the unlabelled scans). Outputs in OUT:
@@ -48,16 +48,16 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
-from reciprocalseg.atomic import atomic_write_json  # noqa: E402
+from benchmarks.mean_teacher import MeanTeacherSettings, train_mean_teacher  # noqa: E402
+from reciprocalseg.common.atomic import atomic_write_json  # noqa: E402
+from reciprocalseg.common.device import describe_device, resolve_device  # noqa: E402
+from reciprocalseg.common.errors import CancelledError, ReciprocalSegError  # noqa: E402
 from reciprocalseg.config import PRESETS, TrainConfig  # noqa: E402
 from reciprocalseg.data.io import Case, discover_cases, read_image, read_list_file  # noqa: E402
-from reciprocalseg.device import describe_device, resolve_device  # noqa: E402
-from reciprocalseg.errors import CancelledError, ReciprocalSegError  # noqa: E402
-from reciprocalseg.inference import LoadedModel, load_model, predict_image  # noqa: E402
-from reciprocalseg.metrics import evaluate_case, summarize  # noqa: E402
+from reciprocalseg.evaluation.metrics import evaluate_case, summarize  # noqa: E402
+from reciprocalseg.inference.sliding_window import LoadedModel, load_model, predict_image  # noqa: E402
 from reciprocalseg.model.vnet import build_model  # noqa: E402
 from reciprocalseg.training.checkpoint import load_checkpoint, model_meta  # noqa: E402
-from reciprocalseg.training.mean_teacher import MeanTeacherSettings, train_mean_teacher  # noqa: E402
 from reciprocalseg.training.runner import CancelToken, train  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "la"

@@ -26,8 +26,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
+from reciprocalseg.common.file_formats import UNANNOTATED
 from reciprocalseg.data.annotation import annotated_fraction
-from reciprocalseg.file_formats import UNANNOTATED
 
 __all__ = ["UNANNOTATED", "annotated_fraction", "scribble_label", "scribble_slices", "write_scribbled_label"]
 
@@ -80,7 +80,7 @@ def scribble_label(
 def write_scribbled_label(label_path: Path, out_path: Path, **rule: int) -> float:
     """Write the scribbled version of `label_path` (same geometry) to `out_path`; its annotated
     fraction."""
-    from reciprocalseg.atomic import atomic_path
+    from reciprocalseg.common.atomic import atomic_path
 
     label = sitk.ReadImage(str(label_path))
     partial = scribble_label(sitk.GetArrayFromImage(label), **rule)

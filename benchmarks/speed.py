@@ -81,7 +81,7 @@ _allow_missing_simpleitk()
 from reciprocalseg.config import COMPILE_MODES, TrainConfig, make_config  # noqa: E402
 from reciprocalseg.data.io import Case  # noqa: E402
 from reciprocalseg.data.sampling import CachedCase  # noqa: E402
-from reciprocalseg.inference import (  # noqa: E402
+from reciprocalseg.inference.sliding_window import (  # noqa: E402
     PAPER_STRIDE_XYZ,
     LoadedModel,
     from_module,

@@ -7,7 +7,7 @@ Needs only numpy, SimpleITK and onnxruntime:
 It follows EXPORT_DIR/metadata.json: resample to the model's spacing when it has one,
 normalise the intensities, pad a scan smaller than the patch, run Gaussian-weighted
 overlapping windows through the network, merge their probabilities, undo the padding and
-the resampling, and take the argmax. `reciprocalseg.inference` does the same (the tests
+the resampling, and take the argmax. `reciprocalseg.inference.sliding_window` does the same (the tests
 check that both give the same labels).
 """
 

@@ -21,8 +21,8 @@ import torch
 
 from reciprocalseg.config import make_config
 from reciprocalseg.data.io import discover_cases
-from reciprocalseg.inference import LoadedModel, load_model, predict_image
-from reciprocalseg.metrics import dice
+from reciprocalseg.evaluation.metrics import dice
+from reciprocalseg.inference.sliding_window import LoadedModel, load_model, predict_image
 from reciprocalseg.model.vnet import build_model
 from reciprocalseg.training.checkpoint import model_meta
 from reciprocalseg.training.runner import train

@@ -1,7 +1,7 @@
 """Installing the packages the service needs into Slicer's Python (the one Lib file that needs the
 application: its dialogs, Slicer's pip installer and the PyTorch extension).
 
-Which packages, and which never to touch, is decided by ``reciprocalseg.slicer_requirements``.
+Which packages, and which never to touch, is decided by ``reciprocalseg.service.slicer_requirements``.
 torch comes from the PyTorch extension (the CUDA or CPU build that fits the machine); the rest
 from pip with Slicer's bundled packages pinned so that pip cannot replace them. pip must run on
 the main thread (docs/SLICER.md), so this is the one blocking step of *Start / connect*, behind
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from reciprocalseg import slicer_requirements
+from reciprocalseg.service import slicer_requirements
 
 
 def ensure_requirements(scratch: Path, askConfirmation: bool = True) -> bool:

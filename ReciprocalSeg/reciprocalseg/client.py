@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from .file_formats import IMAGE_SUFFIXES, LABEL_NAME_SUFFIXES, UPLOAD_SUFFIXES
+from .common.file_formats import IMAGE_SUFFIXES, LABEL_NAME_SUFFIXES, UPLOAD_SUFFIXES
 
 __all__ = [
     "CaseInfo",

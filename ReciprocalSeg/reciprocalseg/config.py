@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ReciprocalSegError
+from .common.errors import ReciprocalSegError
 
 Triple = tuple[int, int, int]
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
-from reciprocalseg import slicer_requirements as sr
+from reciprocalseg.service import slicer_requirements as sr
 
 
 class _Slicer512:

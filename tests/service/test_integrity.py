@@ -20,8 +20,8 @@ import pytest
 import requests
 import SimpleITK as sitk
 
+from reciprocalseg.common.errors import DataError
 from reciprocalseg.data.io import Case, read_image
-from reciprocalseg.errors import DataError
 from reciprocalseg.service.jobs import TrainingManager, child_env
 from reciprocalseg.service.workspace import Workspace
 from reciprocalseg.training.checkpoint import nonfinite_tensors

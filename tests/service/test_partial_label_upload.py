@@ -10,8 +10,8 @@ import SimpleITK as sitk
 from service_helpers import TRAIN_FAST
 
 from reciprocalseg.client import ServiceError
+from reciprocalseg.common.file_formats import UNANNOTATED
 from reciprocalseg.data.io import write_image
-from reciprocalseg.file_formats import UNANNOTATED
 
 
 def _partial_label(full_label: Path, out: Path, slices: slice) -> np.ndarray:

@@ -12,8 +12,8 @@ import requests
 import SimpleITK as sitk
 from service_helpers import start_service
 
+from reciprocalseg.common.errors import DataError
 from reciprocalseg.data.io import Case, ForeignDataFile, TooManyVoxels, read_image
-from reciprocalseg.errors import DataError
 
 SECRET = "top-secret-content-0123456789abcdef"
 

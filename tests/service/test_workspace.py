@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from reciprocalseg.atomic import atomic_write_json
+from reciprocalseg.common.atomic import atomic_write_json
 from reciprocalseg.data.io import Case
 from reciprocalseg.service.app import Service, ServiceConfig, safe_filename
 from reciprocalseg.service.jobs import EventReader, TrainingManager
@@ -106,7 +106,7 @@ def test_delete_and_not_found(tmp_path: Path, phantoms: list[Case]) -> None:
 
 
 def test_n_classes_cannot_drop_below_the_labels(tmp_path: Path, phantoms: list[Case]) -> None:
-    from reciprocalseg.errors import DataError
+    from reciprocalseg.common.errors import DataError
 
     ws = Workspace(tmp_path / "ws", n_classes=3)
     assert Workspace(tmp_path / "ws").n_classes == 3

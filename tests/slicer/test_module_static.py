@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import module_files
 import pytest
 
-from reciprocalseg import slicer_requirements as sr
+from reciprocalseg.service import slicer_requirements as sr
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "ReciprocalSeg"
@@ -356,7 +356,9 @@ def test_every_slicer_util_function_exists_in_supported_versions():
         "childWidgetVariables",
         "arrayFromVolume",
         "updateTableFromArray",
-    } <= set(used)  # pip_install is reached through reciprocalseg.slicer_requirements.install_with_slicer
+    } <= set(
+        used
+    )  # pip_install is reached through reciprocalseg.service.slicer_requirements.install_with_slicer
     problems = []
     for name, line in sorted(used.items()):
         if name in SLICER_UTIL_CLASSES:
@@ -511,12 +513,16 @@ def test_module_imports_cleanly_up_to_its_slicer_imports():
     assert result["error"] == "SlicerImportReached", result
     assert result["module"] == expected
     # Everything before the Slicer imports ran: the core modules it needs were imported.
-    assert {"reciprocalseg.slicer_requirements", "reciprocalseg.config"} <= set(result["core_loaded"])
+    assert {"reciprocalseg.service.slicer_requirements", "reciprocalseg.config"} <= set(result["core_loaded"])
 
 
 def test_module_and_helpers_compile_for_python_3_9():
     """Slicer 5.8 has Python 3.9: the module must still load there to say it needs 5.10+."""
-    for path in (MODULE_FILE, MODULE_DIR / "reciprocalseg" / "slicer_requirements.py", *LIB_FILES):
+    for path in (
+        MODULE_FILE,
+        MODULE_DIR / "reciprocalseg" / "service" / "slicer_requirements.py",
+        *LIB_FILES,
+    ):
         source = path.read_text(encoding="utf-8")
         compile(source, str(path), "exec")
         ast.parse(source, feature_version=(3, 9))
@@ -549,7 +555,7 @@ def ruff_command() -> list[str] | None:
 RUFF_FILES = [
     MODULE_FILE,
     LIB_DIR,
-    MODULE_DIR / "reciprocalseg" / "slicer_requirements.py",
+    MODULE_DIR / "reciprocalseg" / "service" / "slicer_requirements.py",
     Path(__file__).parent,
 ]
 
@@ -582,7 +588,9 @@ def test_module_cmakelists_lists_every_python_file_and_resource():
     assert not missing_resources, f"not in MODULE_PYTHON_RESOURCES: {sorted(missing_resources)}{hint}"
     # The package is really there and complete: its __init__ files and this file's own helper.
     assert "ReciprocalSeg.py" in scripts
-    assert "reciprocalseg/__init__.py" in scripts and "reciprocalseg/slicer_requirements.py" in scripts
+    assert (
+        "reciprocalseg/__init__.py" in scripts and "reciprocalseg/service/slicer_requirements.py" in scripts
+    )
     assert {"Resources/Icons/ReciprocalSeg.png", "Resources/UI/ReciprocalSeg.ui"} <= set(resources)
     for sub in {Path(s).parent for s in scripts if s.startswith("reciprocalseg/")}:
         assert f"{sub.as_posix()}/__init__.py" in scripts, f"{sub} has no __init__.py listed"
@@ -873,12 +881,12 @@ def test_unannotated_value_is_the_core_packages():
     the value the core package reads as unannotated (issue 17's agreed interface)."""
     from ReciprocalSegLib import scribbles, segment_export
 
-    from reciprocalseg import file_formats
+    from reciprocalseg.common import file_formats
 
     assert scribbles.UNANNOTATED == segment_export.UNANNOTATED == 255
     assert segment_export.MAX_CLASS == 254
     if not hasattr(file_formats, "UNANNOTATED"):
-        pytest.skip("reciprocalseg.file_formats.UNANNOTATED arrives with issue 17 part 1")
+        pytest.skip("reciprocalseg.common.file_formats.UNANNOTATED arrives with issue 17 part 1")
     assert file_formats.UNANNOTATED == segment_export.UNANNOTATED
 
 

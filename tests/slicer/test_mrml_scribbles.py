@@ -23,7 +23,7 @@ from mrml_helpers import (
     service_label,
 )
 
-from reciprocalseg import file_formats
+from reciprocalseg.common import file_formats
 
 UNPAINTED = 255
 SHAPE = (20, 24, 28)

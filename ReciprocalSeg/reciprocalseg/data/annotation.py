@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..file_formats import UNANNOTATED
+from ..common.file_formats import UNANNOTATED
 from .io import Case, read_image
 
 __all__ = [

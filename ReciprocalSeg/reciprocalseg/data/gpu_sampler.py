@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..common.errors import DataError
 from .sampling import (
     CachedCase,
     annotated_locations,

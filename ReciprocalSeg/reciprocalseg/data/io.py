@@ -2,7 +2,7 @@
 
 Supported inputs: NRRD (``.nrrd``, ``.nhdr``), NIfTI (``.nii``, ``.nii.gz``), MetaImage
 (``.mha``, ``.mhd``) and DICOM series (a folder). Every problem with an input file is
-reported as a :class:`~reciprocalseg.errors.DataError` whose message names the file.
+reported as a :class:`~reciprocalseg.common.errors.DataError` whose message names the file.
 
 Case IDs (one rule, used everywhere; see :func:`case_id_from_path`):
 
@@ -34,13 +34,13 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..atomic import atomic_path, atomic_write_json, fsync_dir
-from ..errors import DataError
-from ..file_formats import IMAGE_SUFFIXES, LABEL_NAME_SUFFIXES
+from ..common.atomic import atomic_path, atomic_write_json, fsync_dir
+from ..common.errors import DataError
+from ..common.file_formats import IMAGE_SUFFIXES, LABEL_NAME_SUFFIXES
 
 # One Geometry class for the package; re-exported here because the data layer is where
 # callers look for it (docs/DESIGN.md).
-from ..geometry import Geometry
+from ..common.geometry import Geometry
 from .validation import check_image
 
 __all__ = [

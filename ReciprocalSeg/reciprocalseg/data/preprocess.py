@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import DataError
-from ..file_formats import UNANNOTATED
+from ..common.errors import DataError
+from ..common.file_formats import UNANNOTATED
 
 # The most voxels a scan may have on the working grid (2 GiB as float32). Checked before resampling:
 # a target spacing far finer than a scan's own (an edited plan, or one coarse scan among fine ones)

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..atomic import atomic_path
-from ..errors import DataError
-from ..file_formats import UNANNOTATED
+from ..common.atomic import atomic_path
+from ..common.errors import DataError
+from ..common.file_formats import UNANNOTATED
 from .io import Case, read_image
 from .preprocess import Preprocessing, preprocess_image, preprocess_label
 from .validation import check_label

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import DataError
-from ..file_formats import UNANNOTATED
+from ..common.errors import DataError
+from ..common.file_formats import UNANNOTATED
 
 __all__ = [
     "check_image",

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from ..common.errors import DataError
+from ..common.file_formats import UNANNOTATED  # label value of voxels a partial label leaves out
 from ..data.io import Case, read_image
-from ..errors import DataError
-from ..file_formats import UNANNOTATED  # label value of voxels a partial label leaves out
 
 MAX_INTENSITY_CASES = 16
 MAX_LABEL_CASES = 50

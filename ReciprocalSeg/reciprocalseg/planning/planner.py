@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_json
+from ..common.atomic import atomic_write_json
+from ..common.errors import ReciprocalSegError
 from ..config import TrainConfig, make_config
 from ..data.io import Case
-from ..errors import ReciprocalSegError
 from .fingerprint import ANISOTROPY_THRESHOLD, Fingerprint, compute_fingerprint
 
 PLAN_FORMAT = "reciprocalseg-plan-1"

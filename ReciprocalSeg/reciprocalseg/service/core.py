@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import reciprocalseg
-from reciprocalseg.errors import DataError, ReciprocalSegError
+from reciprocalseg.common.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
 from .fingerprints import CaseFingerprints
@@ -40,7 +40,7 @@ from .workspace import (
 )
 
 if TYPE_CHECKING:
-    from reciprocalseg.inference import TeacherStudentPredictor
+    from reciprocalseg.inference.sliding_window import TeacherStudentPredictor
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Service:
         stuck in the all-background optimum); where a network finds anything, it is not flagged.
         """
         from reciprocalseg.data.io import read_image
-        from reciprocalseg.inference import TeacherStudentPredictor
+        from reciprocalseg.inference.sliding_window import TeacherStudentPredictor
 
         cases = []
         for rec in self.ws.all_cases():
@@ -293,7 +293,7 @@ class Service:
     # ------------------------------------------------------------------ prediction
     def predictor(self) -> tuple[int, Any]:
         """The current round's predictor, loaded once and replaced when the round changes."""
-        from reciprocalseg.inference import TeacherStudentPredictor
+        from reciprocalseg.inference.sliding_window import TeacherStudentPredictor
 
         entry = self.ws.round_entry(None)
         teacher, student = self.ws.model_paths(entry)

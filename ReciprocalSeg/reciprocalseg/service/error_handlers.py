@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from reciprocalseg.errors import DataError
+from reciprocalseg.common.errors import DataError
 
 from .workspace import ApiError
 

@@ -19,8 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from reciprocalseg.atomic import atomic_write_json
-from reciprocalseg.errors import DataError
+from reciprocalseg.common.atomic import atomic_write_json
+from reciprocalseg.common.errors import DataError
 
 from .workspace import Invalid, NotFound, Workspace
 
@@ -123,10 +123,10 @@ def workspace_plan(
     """The ``auto`` plan of the next round on ``device``: from the cases' records, with the
     network kept from the run a warm start continues, and the workspace's class count, exactly
     as the training child applies them (``train_command``)."""
-    from reciprocalseg.device import resolve_device
-    from reciprocalseg.errors import ReciprocalSegError
+    from reciprocalseg.common.device import resolve_device
+    from reciprocalseg.common.errors import ReciprocalSegError
     from reciprocalseg.planning.planner import plan_from_fingerprint, planned_config
-    from reciprocalseg.train_command import keep_architecture
+    from reciprocalseg.training.command import keep_architecture
 
     fp = fingerprints.cohort()
     try:

@@ -723,7 +723,7 @@ class TrainingManager:
 
     def _run_plan(self, run_id: str) -> dict[str, Any] | None:
         """The values a run's ``plan.json`` trains with (its overrides applied); None without one."""
-        from reciprocalseg.errors import ReciprocalSegError
+        from reciprocalseg.common.errors import ReciprocalSegError
         from reciprocalseg.planning.planner import Plan
 
         path = self.ws.runs_dir / run_id / "plan.json"
@@ -785,7 +785,7 @@ def check_trainable(
 
 def _unusable_models(run_dir: Path) -> str | None:
     """Why a finished run's models must not become a round (missing, unreadable, non-finite), or None."""
-    from reciprocalseg.errors import ReciprocalSegError
+    from reciprocalseg.common.errors import ReciprocalSegError
     from reciprocalseg.training.checkpoint import check_finite_model
 
     for name in ("teacher", "student"):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .workspace import Conflict
 
 if TYPE_CHECKING:  # torch is imported when a checkpoint is loaded, not when the service starts
-    from reciprocalseg.inference import LoadedModel, TeacherStudentPredictor
+    from reciprocalseg.inference.sliding_window import LoadedModel, TeacherStudentPredictor
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _build(run_id: str, data: bytes, device: str) -> tuple[LiveCheckpoint, Teach
     import torch
 
     from reciprocalseg.config import TrainConfig
-    from reciprocalseg.inference import TeacherStudentPredictor
+    from reciprocalseg.inference.sliding_window import TeacherStudentPredictor
     from reciprocalseg.training.checkpoint import model_meta, nonfinite_tensors
 
     where = f"the latest checkpoint of run {run_id}"
@@ -119,8 +119,8 @@ def _build(run_id: str, data: bytes, device: str) -> tuple[LiveCheckpoint, Teach
 def _network(state: dict[str, Any], meta: dict[str, Any], device: str) -> LoadedModel:
     import torch
 
-    from reciprocalseg.device import resolve_device
-    from reciprocalseg.inference import LoadedModel
+    from reciprocalseg.common.device import resolve_device
+    from reciprocalseg.inference.sliding_window import LoadedModel
     from reciprocalseg.model.vnet import build_model
 
     dev = resolve_device(device)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import reciprocalseg
-from reciprocalseg.errors import ReciprocalSegError
+from reciprocalseg.common.errors import ReciprocalSegError
 
 from . import schemas as S
 from .workspace import Conflict, Invalid, NotFound, TooLarge, UnsupportedType, Workspace, file_suffix, now_iso

@@ -1,6 +1,6 @@
 """Per-structure QA of the service's predictions, against the workspace's labelled cases.
 
-The measurements and flags are :mod:`reciprocalseg.qa`'s (volume in mL, connected pieces,
+The measurements and flags are :mod:`reciprocalseg.evaluation.qa`'s (volume in mL, connected pieces,
 teacher/student disagreement per class; flags outside the labelled cases' ranges). Here:
 
 * the reference ranges come from the current submitted label of every labelled case, computed
@@ -19,12 +19,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reciprocalseg.errors import DataError
+from reciprocalseg.common.errors import DataError
 
 from .workspace import Conflict, Workspace
 
 if TYPE_CHECKING:  # numpy and scipy are imported on the first QA, not when the service starts
-    from reciprocalseg.qa import ReferenceRanges, StructureQA
+    from reciprocalseg.evaluation.qa import ReferenceRanges, StructureQA
 
 NETWORKS = ("teacher", "student")
 
@@ -58,7 +58,7 @@ class StructureChecks:
             if cached is not None and cached[0] == generation:
                 return cached[1], cached[2]  # nothing stored since: no need to look at every case
             state, paths = self.label_state(n_classes)
-            from reciprocalseg.qa import reference_ranges_from_files
+            from reciprocalseg.evaluation.qa import reference_ranges_from_files
 
             if cached is not None and cached[1] == state:  # e.g. only a draft was stored
                 ranges = cached[2]
@@ -77,7 +77,7 @@ class StructureChecks:
         """The QA fields to store with a new prediction (SimpleITK label maps of one scan)."""
         import SimpleITK as sitk
 
-        from reciprocalseg.qa import structure_qa
+        from reciprocalseg.evaluation.qa import structure_qa
 
         state, ranges = self.ranges(n_classes)
         images = {"teacher": teacher, "student": student}
@@ -91,7 +91,7 @@ class StructureChecks:
         Predictions stored before QA existed are measured from their files (not stored back: a
         read does not write the manifest).
         """
-        from reciprocalseg.qa import StructureQA, reflag
+        from reciprocalseg.evaluation.qa import StructureQA, reflag
 
         n_classes = int(entry.get("qa_n_classes") or self.ws.n_classes)
         state, ranges = self.ranges(n_classes)
@@ -110,7 +110,7 @@ class StructureChecks:
         import SimpleITK as sitk
 
         from reciprocalseg.data.io import read_image
-        from reciprocalseg.qa import structure_qa
+        from reciprocalseg.evaluation.qa import structure_qa
 
         images = {n: read_image(self.ws.case_dir(case_id) / entry["files"][n]) for n in NETWORKS}
         arrays = {n: sitk.GetArrayViewFromImage(img) for n, img in images.items()}

@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from reciprocalseg.atomic import atomic_write_text
+from reciprocalseg.common.atomic import atomic_write_text
 
 from .lifecycle import ParentWatch, add_stop_route, stale_service_note
 from .middleware import LOOPBACK_HOSTS

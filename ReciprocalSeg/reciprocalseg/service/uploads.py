@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import UploadFile
 
-from reciprocalseg.errors import DataError
+from reciprocalseg.common.errors import DataError
 
 from .workspace import Invalid, TooLarge, Workspace, check_scan
 

@@ -46,9 +46,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reciprocalseg.atomic import atomic_write_json
-from reciprocalseg.errors import DataError
-from reciprocalseg.file_formats import UPLOAD_SUFFIXES
+from reciprocalseg.common.atomic import atomic_write_json
+from reciprocalseg.common.errors import DataError
+from reciprocalseg.common.file_formats import UPLOAD_SUFFIXES
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
+from ..common.atomic import atomic_path
+from ..common.errors import ReciprocalSegError
 from ..config import TrainConfig
 from ..data.preprocess import Preprocessing
-from ..errors import ReciprocalSegError
 
 
 def save_torch(obj: Any, path: Path) -> None:

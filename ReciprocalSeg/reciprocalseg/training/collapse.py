@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..file_formats import UNANNOTATED
+from ..common.file_formats import UNANNOTATED
 
 CHECK_EVERY = 10
 WINDOW = 5  # checks (50 iterations)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..file_formats import UNANNOTATED
+from ..common.file_formats import UNANNOTATED
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

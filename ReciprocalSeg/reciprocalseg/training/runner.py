@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_json
+from ..common.atomic import atomic_write_json
+from ..common.device import describe_device, resolve_device
+from ..common.errors import CancelledError, ReciprocalSegError, TrainingError
 from ..config import TrainConfig
 from ..data.annotation import any_partial_label
 from ..data.gpu_sampler import HeldCases
@@ -32,8 +34,6 @@ from ..data.sampling import (
     labeled_case_weights,
     partially_labeled,
 )
-from ..device import describe_device, resolve_device
-from ..errors import CancelledError, ReciprocalSegError, TrainingError
 from ..model.vnet import build_model
 from .budget import PROBE_ITERATIONS, TimeBudget
 from .checkpoint import load_checkpoint, load_model_file, rng_state, save_model, save_torch, set_rng_state

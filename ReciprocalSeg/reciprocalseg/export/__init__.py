@@ -1,1 +1,0 @@
-"""Models leaving the tool: portable formats that run without this package."""
