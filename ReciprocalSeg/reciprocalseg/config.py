@@ -83,6 +83,14 @@ class TrainConfig:
     intensity_clip: tuple[float, float] | None = None
     intensity_mean_std: tuple[float, float] | None = None
     target_spacing: tuple[float, float, float] | None = None  # (x, y, z) mm; None keeps the scan's grid
+    # Several images per case (issue 24): one entry per channel, in order, {"name": "T2", "intensity":
+    # "zscore" | "ct" | "ct_dataset", and that mode's "ct_window" / "intensity_clip" /
+    # "intensity_mean_std"}; the fields above then only set the working grid. Empty: one channel,
+    # normalised by the fields above (what every run did before).
+    channels: tuple[dict[str, Any], ...] = ()
+    # A channel off channel 0's grid is refused, or resampled onto it with this interpolation
+    # ("linear", "nearest", "bspline") when the user asks for it.
+    channel_resampling: str | None = None
     # execution
     step_mode: str = "fast"  # "fast" (default) or "reference" (the published arithmetic, fp32)
     amp: str = "auto"  # "auto": bf16 autocast on CUDA GPUs that support it; "off": fp32
@@ -120,6 +128,15 @@ class TrainConfig:
     def patch_zyx(self) -> Triple:
         x, y, z = self.patch_size
         return (z, y, x)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the network: one per entry of `channels`, else one."""
+        return max(1, len(self.channels))
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [str(c.get("name", f"channel {k}")) for k, c in enumerate(self.channels)]
 
     @property
     def strides_zyx(self) -> tuple[Triple, ...]:
@@ -173,6 +190,7 @@ class TrainConfig:
                 "intensity='ct_dataset' needs intensity_clip (low < high) and intensity_mean_std "
                 "(std > 0): the `auto` plan sets them from the data"
             )
+        problems += _channel_problems(self.channels, self.channel_resampling)
         spacing = self.target_spacing
         positive = spacing is not None and all(math.isfinite(v) and v > 0 for v in spacing)
         if spacing is not None and not (len(spacing) == 3 and positive):
@@ -224,6 +242,8 @@ class TrainConfig:
         for key in ("patch_size", "ct_window", "target_spacing", "intensity_clip", "intensity_mean_std"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
+        if values.get("channels") is not None:
+            values["channels"] = tuple(dict(c) if isinstance(c, dict) else c for c in values["channels"])
         for key in ("downsampling", "budget_split"):
             if values.get(key) is not None:
                 values[key] = tuple(tuple(v) if isinstance(v, list | tuple) else v for v in values[key])
@@ -237,6 +257,52 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _channel_problems(channels: tuple[dict[str, Any], ...], resampling: str | None) -> list[str]:
+    problems = []
+    names = []
+    for k, channel in enumerate(channels):
+        if not isinstance(channel, dict):
+            problems.append(f"channels[{k}]={channel!r}: an object with a name and an intensity")
+            continue
+        name = channel.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"channels[{k}]: needs a name (such as T2, ADC, CT, PET)")
+        names.append(name)
+        intensity = channel.get("intensity", "zscore")
+        if intensity not in ("zscore", "ct", "ct_dataset"):
+            problems.append(f"channels[{k}].intensity={intensity!r}: use 'zscore', 'ct' or 'ct_dataset'")
+        if intensity == "ct_dataset" and not (
+            channel.get("intensity_clip") and channel.get("intensity_mean_std")
+        ):
+            problems.append(f"channels[{k}]: 'ct_dataset' needs intensity_clip and intensity_mean_std")
+        unknown = sorted(
+            set(channel) - {"name", "intensity", "ct_window", "intensity_clip", "intensity_mean_std"}
+        )
+        if unknown:
+            problems.append(f"channels[{k}]: unknown keys {unknown}")
+    duplicates = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    if duplicates:
+        problems.append(f"channels: names used twice {duplicates}; each channel needs its own name")
+    if resampling not in (None, "linear", "nearest", "bspline"):
+        problems.append(f"channel_resampling={resampling!r}: use 'linear', 'nearest', 'bspline' or none")
+    return problems
+
+
+def with_channels(config: TrainConfig, names: list[str]) -> TrainConfig:
+    """`config` for cases with these channels: each channel normalised as `config` normalises its one
+    channel (the `auto` plan sets them per channel instead). One name leaves a single-channel config."""
+    if len(names) <= 1 or config.channels:
+        return config
+    keys = ("intensity", "ct_window", "intensity_clip", "intensity_mean_std")
+    base = {k: _jsonable_value(getattr(config, k)) for k in keys if getattr(config, k) is not None}
+    channels = tuple({"name": name, **base} for name in names)
+    return config.replace(channels=channels)
+
+
+def _jsonable_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -16,7 +16,8 @@ seed give the same crops on any device (tests run the sampler on CPU tensors).
 Class-centred crops (`class_share`, see sampling.py) centre that share of labelled crops on a
 voxel of a random class of the case; the voxel samples (`sampling.class_locations`) are kept
 in host memory, since they only become slice bounds. Crops of partially labelled cases are
-centred on annotated voxels as in sampling.py (`sampling.annotated_locations`).
+centred on annotated voxels as in sampling.py (`sampling.annotated_locations`). A case with
+several channels is held as (C, z, y, x) and cropped, rotated and flipped on all channels at once.
 """
 
 from __future__ import annotations
@@ -84,24 +85,26 @@ def crop_on_device(
 ) -> torch.Tensor:
     """The window at `starts` (zero-filled outside the volume), rotated k*90 deg in (y, x), flipped.
 
-    Mirrors `sampling.random_crop` for given draws: rot90 over axes (1, 2) as numpy's, then
-    a flip along `flip_axis` (1 = y, 2 = x; None = no flip).
+    Mirrors `sampling.random_crop` for given draws: rot90 over the (y, x) axes as numpy's, then
+    a flip along `flip_axis` (1 = y, 2 = x; None = no flip). Leading (channel) axes are kept whole.
     """
-    src, dst = [], []
-    for start, n, w in zip(starts, volume.shape, window, strict=True):
+    lead = volume.shape[:-3]
+    src, dst = [slice(None)] * len(lead), [slice(None)] * len(lead)
+    for start, n, w in zip(starts, volume.shape[-3:], window, strict=True):
         lo, hi = max(start, 0), min(start + w, n)
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
-    inside = all(d.start == 0 and d.stop == w for d, w in zip(dst, window, strict=True))
+    spatial = dst[len(lead) :]
+    inside = all(d.start == 0 and d.stop == w for d, w in zip(spatial, window, strict=True))
     if inside:
         crop = volume[tuple(src)]  # a view; the rotation/flip/stack below copy it once
     else:
-        crop = volume.new_full(tuple(window), fill)
+        crop = volume.new_full((*lead, *window), fill)
         crop[tuple(dst)] = volume[tuple(src)]
     if k % 4:
-        crop = torch.rot90(crop, k, dims=(1, 2))
+        crop = torch.rot90(crop, k, dims=(-2, -1))
     if flip_axis is not None:
-        crop = torch.flip(crop, dims=(flip_axis,))
+        crop = torch.flip(crop, dims=(flip_axis - 3,))
     return crop
 
 
@@ -183,7 +186,7 @@ class DeviceCases:
         k = _randint(generator, 4) if augment else 0
         pz, py, px = patch_zyx
         window = (pz, px, py) if k % 2 else (pz, py, px)
-        shape = tuple(self.images[index].shape)
+        shape = tuple(self.images[index].shape[-3:])
         if center is not None:
             starts = centred_starts(center, shape, window)
         else:
@@ -209,7 +212,8 @@ class DeviceCases:
         augment: bool = True,
         with_labels: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch: images (N, 1, D, H, W) float32 and labels (N, D, H, W) int64.
+        """One batch: images (N, C, D, H, W) float32 (C = 1 for a single channel) and labels
+        (N, D, H, W) int64.
 
         Without labels the second tensor is empty, shape (N, 0), like the DataLoader path's.
         """
@@ -221,7 +225,8 @@ class DeviceCases:
             images.append(image)
             if label is not None:
                 labels.append(label)
-        x = torch.stack(images)[:, None]
+        x = torch.stack(images)
+        x = x[:, None] if x.dim() == 4 else x
         if with_labels:
             y = torch.stack(labels).long()
         else:

@@ -12,6 +12,11 @@ Case IDs (one rule, used everywhere; see :func:`case_id_from_path`):
 
 So ``ABC_image.nrrd``, ``ABC_label.nrrd``, ``ABC.nii.gz``, ``labels/ABC.nii.gz`` and
 ``imagesTr/ABC_0000.nii.gz`` all belong to case ``ABC``.
+
+Several channels per case (nnU-Net's naming): a folder whose images are ``<ID>_0000``,
+``<ID>_0001``, ... holds one case per ID with one channel per file, in the order of the 4-digit
+index (:func:`discover_cases`; reading them is ``channels.py``). A folder of ``_0000`` files
+alone is a single-channel folder, as before.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ __all__ = [
     "check_voxel_count",
     "dicom_series_ids",
     "discover_cases",
+    "nnunet_channel",
     "image_suffix",
     "load_case_list",
     "read_image",
@@ -108,6 +114,19 @@ def case_id_from_path(path: str | os.PathLike[str]) -> str:
         if lower.endswith(ending) and len(stem) > len(ending):
             return stem[: -len(ending)]
     return stem
+
+
+# nnU-Net's channel files: <ID>_<4-digit channel index>.<ext>
+_CHANNEL_NAME = re.compile(r"^(.+)_(\d{4})$")
+
+
+def nnunet_channel(path: str | os.PathLike[str]) -> tuple[str, int] | None:
+    """``(case ID, channel index)`` of a file named like nnU-Net's ``<ID>_0001.nii.gz``, else None."""
+    p = Path(path)
+    if p.is_dir():
+        return None
+    m = _CHANNEL_NAME.match(_strip_extension(p.name))
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 def _is_label_name(path: Path) -> bool:
@@ -414,6 +433,50 @@ def read_image(
     return img
 
 
+def read_image_channels(
+    path: str | os.PathLike[str], max_voxels: int | None = None, attached_only: bool = False
+) -> list[sitk.Image]:
+    """The 3D channels of one file: a 3D scalar volume gives one; a 4D image (the 4th axis is the
+    channel axis, as in a 4D NIfTI) or an image with several components per voxel (a NRRD or MHA
+    with a vector axis) gives one per channel. The same checks as :func:`read_image`, per channel."""
+    p = Path(path)
+    if p.is_dir() or image_suffix(p) is None or not p.exists():
+        return [read_image(p, max_voxels=max_voxels, attached_only=attached_only)]
+    check_data_file(p, attached_only=attached_only)
+    try:
+        if max_voxels is not None:
+            check_voxel_count(_declared_size(p), max_voxels, str(p))
+        if image_suffix(p) in (".nii", ".nii.gz"):
+            check_nifti_complete(p)
+        img = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        raise DataError(f"{p}: cannot read the image (corrupt or truncated?): {_itk_reason(exc)}") from exc
+    channels = split_channels(img, str(p))
+    for k, channel in enumerate(channels):
+        check_image(channel, str(p) if len(channels) == 1 else f"{p} (channel {k})")
+    return channels
+
+
+def split_channels(img: sitk.Image, source: str) -> list[sitk.Image]:
+    """One 3D image per channel of a 4D image (4th axis) or a multi-component 3D image."""
+    if img.GetDimension() == 4:
+        size = list(img.GetSize())
+        if size[3] > MAX_CHANNELS:
+            raise DataError(
+                f"{source}: a 4D image with {size[3]} volumes along its 4th axis; a channel axis holds at "
+                f"most {MAX_CHANNELS} channels (is this a time series?)."
+            )
+        return [sitk.Extract(img, [*size[:3], 0], [0, 0, 0, k]) for k in range(size[3])]
+    n = img.GetNumberOfComponentsPerPixel()
+    if img.GetDimension() == 3 and 1 < n <= MAX_CHANNELS:
+        return [sitk.VectorIndexSelectionCast(img, k) for k in range(n)]
+    return [img]
+
+
+# More channels than any multi-modal protocol has (BraTS has 4): a longer axis is not channels.
+MAX_CHANNELS = 16
+
+
 def write_image(img: sitk.Image, path: str | os.PathLike[str]) -> None:
     """Write ``img`` atomically with compression; the format follows the extension.
 
@@ -476,17 +539,50 @@ def _write_detached(img: sitk.Image, target: Path) -> None:
 
 @dataclass(frozen=True)
 class Case:
-    """One case: an image (file or DICOM folder) and, if labelled, its label map."""
+    """One case: an image (file or DICOM folder) and, if labelled, its label map.
+
+    A case with several channels in separate files lists them in ``channels``, in channel order
+    (``image`` is then ``channels[0]``); a 4D file with a channel axis is ``image`` alone. The label
+    lies on channel 0's grid.
+    """
 
     case_id: str
     image: Path
     label: Path | None = None
+    channels: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         # Accept str paths from callers / JSON; store Path objects.
         object.__setattr__(self, "image", Path(self.image))
         if self.label is not None:
             object.__setattr__(self, "label", Path(self.label))
+        files = tuple(Path(c) for c in self.channels)
+        if len(files) == 1:
+            files = ()  # one channel file is the image itself
+        if files and files[0] != self.image:
+            raise DataError(
+                f"case {self.case_id}: its image {self.image} is not its first channel {files[0]}."
+            )
+        object.__setattr__(self, "channels", files)
+
+    @property
+    def image_files(self) -> tuple[Path, ...]:
+        """The files holding the case's scan: one per channel, or the single (3D or 4D) file."""
+        return self.channels or (self.image,)
+
+    def without_label(self) -> Case:
+        """The same scan (all its channels) as an unlabelled case."""
+        return Case(self.case_id, self.image, None, self.channels)
+
+    @classmethod
+    def of_channels(
+        cls, case_id: str, channels: Sequence[str | os.PathLike[str]], label: Path | None = None
+    ) -> Case:
+        """A case from its channel files, in channel order."""
+        files = [Path(c) for c in channels]
+        if not files:
+            raise DataError(f"case {case_id}: no channel files given.")
+        return cls(case_id, files[0], label, tuple(files))
 
 
 def _looks_like_dicom_folder(folder: Path) -> bool:
@@ -559,7 +655,12 @@ def discover_cases(
             raise DataError(f"{lab_dir}: label folder not found.")
         if lab_dir.resolve() != img_dir.resolve():
             label_paths += _scan(lab_dir, include_dicom_dirs=False)
-    images = _by_id(image_paths, "images")
+    grouped = _channel_groups(image_paths)
+    images = (
+        _by_id(image_paths, "images")
+        if grouped is None
+        else {cid: files[0] for cid, files in grouped.items()}
+    )
     labels = _by_id(label_paths, "labels")
     orphans = sorted(set(labels) - set(images))
     if orphans:
@@ -572,7 +673,40 @@ def discover_cases(
     if not images:
         where = img_dir if labels_dir is None else f"{img_dir} (labels: {labels_dir})"
         raise DataError(f"no images found in {where}; supported: {', '.join(IMAGE_SUFFIXES)}, DICOM folders.")
-    return [Case(cid, images[cid], labels.get(cid)) for cid in sorted(images)]
+    channels = grouped or {}
+    return [Case(cid, images[cid], labels.get(cid), channels.get(cid, ())) for cid in sorted(images)]
+
+
+def _channel_groups(paths: Sequence[Path]) -> dict[str, tuple[Path, ...]] | None:
+    """Channel files by case ID when the images are nnU-Net channel files with more than one
+    channel (``<ID>_0000``, ``<ID>_0001``, ...), else None (one image per case, as before).
+
+    Raises DataError naming the case when a case lacks a channel the others have (every case has
+    the same channels), or has two files for one channel."""
+    parsed = [(p, nnunet_channel(p)) for p in paths]
+    if not parsed or any(v is None for _, v in parsed):
+        return None
+    groups: dict[str, dict[int, Path]] = {}
+    for path, (cid, index) in parsed:  # type: ignore[misc]
+        seen = groups.setdefault(cid, {})
+        if index in seen:
+            raise DataError(
+                f"case {cid}: two files for channel {index:04d}: {seen[index]} and {path}; keep one of them."
+            )
+        seen[index] = path
+    if not any(0 in g and len(g) > 1 for g in groups.values()):
+        return None  # _0000 files alone (or names that merely end in digits): one channel per case
+    n = max(max(g) for g in groups.values()) + 1
+    for cid in sorted(groups):
+        missing = [k for k in range(n) if k not in groups[cid]]
+        if missing:
+            have = ", ".join(p.name for _, p in sorted(groups[cid].items()))
+            raise DataError(
+                f"case {cid} lacks channel {', '.join(f'{k:04d}' for k in missing)} "
+                f"({cid}_{missing[0]:04d}.<ext>); it has {have}. Every case needs the same {n} channels "
+                f"{cid}_0000 .. {cid}_{n - 1:04d}: add the missing file or leave the case out."
+            )
+    return {cid: tuple(g[k] for k in range(n)) for cid, g in groups.items()}
 
 
 def require_labels(cases: Sequence[Case]) -> list[Case]:
@@ -603,10 +737,21 @@ def _entry_path(manifest: Path, where: str, entry: dict, key: str) -> Path:
     return p if p.is_absolute() else manifest.parent / p
 
 
+def _entry_channels(manifest: Path, where: str, entry: dict) -> list[Path]:
+    """An entry's ``channels`` (a list of paths, channel order), or [] when it has none."""
+    value = entry.get("channels")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{manifest}: {where}'s 'channels' must be a non-empty list of paths, got {value!r}.")
+    return [_entry_path(manifest, f"{where}.channels[{i}]", {"p": v}, "p") for i, v in enumerate(value)]
+
+
 def load_case_list(path: str | os.PathLike[str]) -> tuple[list[Case], list[Case]]:
     """Read a case manifest -> (labeled, unlabeled).
 
-    Format: ``{"labeled": [{"id", "image", "label"}], "unlabeled": [{"id", "image"}]}``;
+    Format: ``{"labeled": [{"id", "image", "label"}], "unlabeled": [{"id", "image"}]}``; a case with
+    several channel files has ``"channels": [path, ...]`` (channel order) instead of ``image``;
     ``id`` may be left out (derived from the image path), relative paths are relative to
     the manifest's folder, either list may be missing or empty. Raises DataError naming
     the manifest for bad JSON, a bad structure, missing files and duplicate IDs.
@@ -638,14 +783,15 @@ def load_case_list(path: str | os.PathLike[str]) -> tuple[list[Case], list[Case]
             where = f"{key}[{i}]"
             if not isinstance(entry, dict):
                 raise DataError(f"{manifest}: {where} must be an object like {{'id', 'image', ...}}.")
-            image = _entry_path(manifest, where, entry, "image")
+            channels = _entry_channels(manifest, where, entry)
+            image = channels[0] if channels else _entry_path(manifest, where, entry, "image")
             label = _entry_path(manifest, where, entry, "label") if key == "labeled" else None
             cid = entry.get("id")
             if cid is None:
                 cid = case_id_from_path(image)
             elif not isinstance(cid, str) or not cid.strip():
                 raise DataError(f"{manifest}: {where} has an invalid 'id' {cid!r}; use a non-empty string.")
-            cases.append(Case(cid, image, label))
+            cases.append(Case(cid, image, label, tuple(channels)))
         result[key] = cases
     labeled, unlabeled = result["labeled"], result["unlabeled"]
     dups = _duplicates(c.case_id for c in labeled + unlabeled)
@@ -654,7 +800,7 @@ def load_case_list(path: str | os.PathLike[str]) -> tuple[list[Case], list[Case]
     missing = [
         f"{c.case_id}: {p}"
         for c in labeled + unlabeled
-        for p in (c.image, c.label)
+        for p in (*c.image_files, c.label)
         if p is not None and not p.exists()
     ]
     if missing:
@@ -672,14 +818,17 @@ def write_case_list(path: str | os.PathLike[str], labeled: Sequence[Case], unlab
     if bad:
         raise DataError(f"labelled cases without a label cannot be written to {path}: {', '.join(bad)}.")
     doc = {
-        "labeled": [
-            {"id": c.case_id, "image": str(c.image.absolute()), "label": str(c.label.absolute())}
-            for c in labeled
-            if c.label is not None
-        ],
-        "unlabeled": [{"id": c.case_id, "image": str(c.image.absolute())} for c in unlabeled],
+        "labeled": [{**_entry(c), "label": str(c.label.absolute())} for c in labeled if c.label is not None],
+        "unlabeled": [_entry(c) for c in unlabeled],
     }
     atomic_write_json(path, doc)
+
+
+def _entry(case: Case) -> dict:
+    entry = {"id": case.case_id, "image": str(case.image.absolute())}
+    if case.channels:
+        entry["channels"] = [str(p.absolute()) for p in case.channels]
+    return entry
 
 
 def read_list_file(path: str | os.PathLike[str]) -> list[str]:

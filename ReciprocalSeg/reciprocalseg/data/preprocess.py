@@ -6,6 +6,11 @@ scaled to [-1, 1], or for CT the dataset's percentile clip then the dataset's z-
 planned from the data by planning/planner.py). Padding to the patch size happens at crop / window time.
 Inverse: predictions made on the preprocessed grid go back onto the scan's own grid
 (identity when no resampling was done, so labels come back voxel for voxel).
+
+Several channels (issue 24): `Preprocessing.channels` holds one normalisation per channel (a CT
+channel the CT one, an MRI channel the per-scan z-score), the scan is a vector image (data/channels.py)
+and the array is (C, z, y, x); each channel is resampled and normalised on its own. Without
+`channels` a scan is one channel and its array (z, y, x), exactly as before.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ class Preprocessing:
     target_spacing: tuple[float, float, float] | None = None
     intensity_clip: tuple[float, float] | None = None  # "ct_dataset": dataset percentiles
     intensity_mean_std: tuple[float, float] | None = None  # "ct_dataset": dataset statistics
+    # Several channels: each one's normalisation (its intensity fields; target_spacing is ours).
+    channels: tuple[Preprocessing, ...] = ()
+    # Channels off channel 0's grid are resampled onto it with this interpolation (None: refused).
+    channel_resampling: str | None = None
 
     @classmethod
     def from_config(cls, config: object) -> Preprocessing:
@@ -41,7 +50,14 @@ class Preprocessing:
             target_spacing=_tuple_or_none(getattr(config, "target_spacing", None)),
             intensity_clip=_tuple_or_none(getattr(config, "intensity_clip", None)),
             intensity_mean_std=_tuple_or_none(getattr(config, "intensity_mean_std", None)),
+            channels=tuple(_channel_from_dict(c) for c in getattr(config, "channels", ()) or ()),
+            channel_resampling=getattr(config, "channel_resampling", None),
         )
+
+    @property
+    def in_channels(self) -> int:
+        """The channels a scan must have (one without per-channel settings)."""
+        return max(1, len(self.channels))
 
     def to_dict(self) -> dict:
         out = {
@@ -52,6 +68,9 @@ class Preprocessing:
         if self.intensity == "ct_dataset":  # other modes keep the keys (and cache keys) they had
             out["intensity_clip"] = list(self.intensity_clip or ())
             out["intensity_mean_std"] = list(self.intensity_mean_std or ())
+        if self.channels:  # only then: single-channel dicts (and cache keys) stay as they were
+            out["channels"] = [_channel_dict(c) for c in self.channels]
+            out["channel_resampling"] = self.channel_resampling
         return out
 
     @classmethod
@@ -62,7 +81,24 @@ class Preprocessing:
             _tuple_or_none(data.get("target_spacing")),
             _tuple_or_none(data.get("intensity_clip")),
             _tuple_or_none(data.get("intensity_mean_std")),
+            tuple(_channel_from_dict(c) for c in data.get("channels") or ()),
+            data.get("channel_resampling"),
         )
+
+
+def _channel_dict(prep: Preprocessing) -> dict:
+    out = {k: v for k, v in prep.to_dict().items() if k != "target_spacing"}
+    return out
+
+
+def _channel_from_dict(data: dict) -> Preprocessing:
+    """One channel's normalisation from its dict (a config's `channels` entry or a model file's)."""
+    return Preprocessing(
+        intensity=data.get("intensity", "zscore"),
+        ct_window=tuple(data.get("ct_window") or (-125.0, 275.0)),
+        intensity_clip=_tuple_or_none(data.get("intensity_clip")),
+        intensity_mean_std=_tuple_or_none(data.get("intensity_mean_std")),
+    )
 
 
 def _tuple_or_none(value: object) -> tuple | None:
@@ -129,9 +165,26 @@ def to_working_grid(image: sitk.Image, prep: Preprocessing, is_label: bool = Fal
 
 
 def preprocess_image(image: sitk.Image, prep: Preprocessing) -> np.ndarray:
-    """Image -> float32 (z, y, x) array on the working grid, normalised."""
-    working = to_working_grid(sitk.Cast(image, sitk.sitkFloat32), prep)
-    return normalize_intensity(sitk.GetArrayFromImage(working), prep)
+    """Image -> float32 array on the working grid, normalised: (z, y, x) for a single-channel
+    setting, (C, z, y, x) with per-channel settings (`prep.channels`; `image` a vector image)."""
+    found = image.GetNumberOfComponentsPerPixel()
+    if found != prep.in_channels:
+        raise DataError(
+            f"the scan has {found} channel(s) but the model takes {prep.in_channels}: give every case "
+            "the channels the model was trained on, in the same order"
+        )
+    if not prep.channels:
+        working = to_working_grid(sitk.Cast(image, sitk.sitkFloat32), prep)
+        return normalize_intensity(sitk.GetArrayFromImage(working), prep)
+    arrays = []
+    for k, channel_prep in enumerate(prep.channels):
+        channel = sitk.VectorIndexSelectionCast(image, k, sitk.sitkFloat32) if found > 1 else image
+        working = to_working_grid(sitk.Cast(channel, sitk.sitkFloat32), prep)
+        try:
+            arrays.append(normalize_intensity(sitk.GetArrayFromImage(working), channel_prep))
+        except DataError as exc:
+            raise DataError(f"channel {k}: {exc}") from None
+    return np.stack(arrays)
 
 
 def preprocess_label(label: sitk.Image, prep: Preprocessing) -> np.ndarray:

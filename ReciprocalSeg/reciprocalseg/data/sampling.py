@@ -16,6 +16,10 @@ is seen in most batches. The centre is kept within the bounds a random crop may 
 padding rule is the same. The voxels come from `class_locations`, a fixed-size sample per class
 computed once per case.
 
+Several channels per case (issue 24): the cached image is (C, z, y, x) and every crop, rotation
+and flip is applied to all channels together (the same window, the same draws); a single-channel
+image stays (z, y, x) and draws exactly as before.
+
 Partially labelled cases (voxels = 255, unannotated): every labelled crop of such a case that is
 not class-centred is centred on an annotated voxel (`annotated_locations`), so a crop never falls
 where nothing is annotated. Fully labelled cases draw exactly as before.
@@ -39,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..common.atomic import atomic_path
 from ..common.errors import DataError
 from ..common.file_formats import UNANNOTATED
+from .channels import read_case_image
 from .io import Case, read_image
 from .preprocess import Preprocessing, preprocess_image, preprocess_label
 from .validation import check_label
@@ -47,7 +52,9 @@ from .validation import check_label
 @dataclass(frozen=True)
 class CachedCase:
     case_id: str
-    image: Path  # float32 (z, y, x) .npy, normalised, on the working grid
+    image: (
+        Path  # float32 (z, y, x) .npy, or (C, z, y, x) for several channels, normalised, on the working grid
+    )
     label: Path | None  # uint8 (z, y, x) .npy
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -58,7 +65,7 @@ class CachedCase:
 
 def _cache_key(case: Case, prep: Preprocessing) -> str:
     parts = [json.dumps(prep.to_dict(), sort_keys=True)]
-    for path in (case.image, case.label):
+    for path in (*case.image_files, case.label):
         if path is not None:
             stat = Path(path).stat()
             parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
@@ -86,7 +93,7 @@ def cache_case(case: Case, prep: Preprocessing, cache_dir: Path, n_classes: int 
     label_npy = cache_dir / f"{case.case_id}-{key}-label.npy" if case.label else None
     if image_npy.exists() and (label_npy is None or label_npy.exists()):
         return CachedCase(case.case_id, image_npy, label_npy)
-    image = read_image(case.image)
+    image = read_case_image(case, prep.channel_resampling, prep.in_channels)
     label = None
     if label_npy is not None:
         label = read_image(case.label)
@@ -224,11 +231,12 @@ def random_crop(
     pz, py, px = patch_zyx
     # Crop a window of the pre-rotation shape: odd k swaps the x and y extents.
     window = (pz, px, py) if k % 2 else (pz, py, px)
+    spatial = image.shape[-3:]  # channels, if any, lead and are cropped together
     if center is not None:
-        starts = centred_starts(center, image.shape, window)
+        starts = centred_starts(center, spatial, window)
     else:
         starts = []
-        for n, w in zip(image.shape, window, strict=True):
+        for n, w in zip(spatial, window, strict=True):
             lo, hi = crop_bounds(n, w)
             starts.append(int(rng.integers(0, hi - lo + 1)) + lo)
     crops = []
@@ -236,18 +244,19 @@ def random_crop(
         if volume is None:
             crops.append(None)
             continue
-        out = np.full(window, fill, dtype=volume.dtype)
-        src, dst = [], []
-        for start, n, w in zip(starts, volume.shape, window, strict=True):
+        lead = volume.shape[:-3]
+        out = np.full((*lead, *window), fill, dtype=volume.dtype)
+        src, dst = [slice(None)] * len(lead), [slice(None)] * len(lead)
+        for start, n, w in zip(starts, volume.shape[-3:], window, strict=True):
             lo, hi = max(start, 0), min(start + w, n)
             src.append(slice(lo, hi))
             dst.append(slice(lo - start, hi - start))
         out[tuple(dst)] = volume[tuple(src)]
         if augment:
-            out = np.rot90(out, k, axes=(1, 2))
+            out = np.rot90(out, k, axes=(-2, -1))
         crops.append(out)
     if augment:
-        axis = int(rng.integers(1, 3))  # the paper flips along x or y, never z
+        axis = int(rng.integers(1, 3)) - 3  # the paper flips along x or y (-2 or -1), never z
         crops = [None if c is None else np.flip(c, axis=axis) for c in crops]
     return tuple(None if c is None else np.ascontiguousarray(c) for c in crops)  # type: ignore[return-value]
 
@@ -323,7 +332,7 @@ class CropStream(IterableDataset):
                 if lab is not None
                 else torch.zeros(0, dtype=torch.int64)
             )
-            yield torch.from_numpy(img)[None], lab_t
+            yield torch.from_numpy(img) if img.ndim == 4 else torch.from_numpy(img)[None], lab_t
 
 
 def batch_iterator(

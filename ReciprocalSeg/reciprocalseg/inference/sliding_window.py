@@ -55,6 +55,14 @@ class LoadedModel:
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.meta["preprocessing"])
 
+    @property
+    def in_channels(self) -> int:
+        return int(self.meta.get("in_channels", 1))
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.meta.get("channel_names") or [])
+
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     """Load `teacher.pt`, `student.pt` or `supervised.pt` (any ReciprocalSeg model file)."""
@@ -62,7 +70,12 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     meta = data["meta"]
     dev = resolve_device(device)
     module = build_model(
-        meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"], meta.get("strides")
+        meta["n_classes"],
+        meta["n_filters"],
+        meta["normalization"],
+        meta["dropout"],
+        meta.get("strides"),
+        meta.get("in_channels", 1),
     )
     module.load_state_dict(data["state_dict"])
     # Channels-last weights: the layout cuDNN's bf16 tensor-core and oneDNN's CPU convolutions want.
@@ -125,7 +138,8 @@ def sliding_window_probabilities(
     mixed_precision: bool = True,
     streaming: bool | None = None,
 ) -> np.ndarray:
-    """Class probabilities (C, z, y, x) for a preprocessed (z, y, x) volume.
+    """Class probabilities (K, z, y, x) for a preprocessed (z, y, x) volume, or (C, z, y, x) with
+    C channels.
 
     `streaming`: None decides by itself: the scan and the probabilities stay on the GPU
     when they fit in its free memory, else (or on running out of memory) they are
@@ -147,7 +161,7 @@ def sliding_window_probabilities(
 
     padded, undo = pad_to_at_least(volume.astype(np.float32, copy=False), patch)
     image = torch.from_numpy(np.ascontiguousarray(padded))
-    shape = tuple(image.shape)
+    shape = tuple(image.shape[-3:])
     weight = _window_weights(patch, weighting)
     corners = [
         (z0, y0, x0)
@@ -158,7 +172,7 @@ def sliding_window_probabilities(
     model.module.eval()
     windows = _Windows(model, patch, weight, corners, batch_size, mixed_precision)
     if streaming is None:
-        streaming = not _fits_on_device(model.device, model.n_classes, shape)
+        streaming = not _fits_on_device(model.device, model.n_classes + image.dim() - 3, shape)
     if not streaming:
         try:
             probs = windows.accumulate(image, on_device=True)
@@ -196,7 +210,8 @@ class _Windows:
     mixed_precision: bool
 
     def accumulate(self, image: torch.Tensor, on_device: bool) -> torch.Tensor:
-        """Weighted mean probabilities (C, z, y, x) of the host tensor `image` (z, y, x).
+        """Weighted mean probabilities (K, z, y, x) of the host tensor `image` (z, y, x), or
+        (C, z, y, x) with C channels.
 
         on_device: the scan and the sums live on the model's device. Otherwise (streaming)
         they stay in host memory; each batch of windows goes to the device through a pinned
@@ -208,17 +223,19 @@ class _Windows:
         pin = not on_device and device.type == "cuda"
         image = image.to(home)
         weight_device, weight_home = _on(self.weight, device), _on(self.weight, home)
-        probs = torch.zeros((self.model.n_classes, *image.shape), dtype=torch.float32, device=home)
-        counts = torch.zeros(image.shape, dtype=torch.float32, device=home)
+        spatial = image.shape[-3:]
+        probs = torch.zeros((self.model.n_classes, *spatial), dtype=torch.float32, device=home)
+        counts = torch.zeros(spatial, dtype=torch.float32, device=home)
         # The fast path feeds channels-last windows (cuDNN bf16 tensor cores, oneDNN on the CPU); the
         # paper mode (fp32, mixed_precision off) stays as published.
         channels_last = self.mixed_precision
         for i in range(0, len(self.corners), self.batch_size):
             batch = self.corners[i : i + self.batch_size]
             crops = torch.stack(
-                [image[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch]
+                [image[..., z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in batch]
             )
-            crops = (crops.pin_memory() if pin else crops).to(device, non_blocking=pin)[:, None]
+            crops = (crops.pin_memory() if pin else crops).to(device, non_blocking=pin)
+            crops = crops[:, None] if crops.dim() == 4 else crops  # one channel: add its axis
             if channels_last:
                 crops = crops.contiguous(memory_format=torch.channels_last_3d)
             with _autocast(device, self.mixed_precision):

@@ -135,6 +135,8 @@ def build_model(
     normalization: str = "batchnorm",
     dropout: bool = True,
     strides: Sequence[Sequence[int]] | None = None,
+    in_channels: int = 1,
 ) -> VNet:
-    """A V-Net; `strides` None (as in model files from before anisotropic plans) = the paper's."""
-    return VNet(1, n_classes, n_filters, normalization, dropout, strides or PAPER_STRIDES)
+    """A V-Net; `strides` None (as in model files from before anisotropic plans) = the paper's;
+    `in_channels`: the images per case (one before multi-channel support)."""
+    return VNet(in_channels, n_classes, n_filters, normalization, dropout, strides or PAPER_STRIDES)

@@ -37,6 +37,8 @@ def model_meta(config: TrainConfig) -> dict[str, Any]:
         "normalization": config.normalization,
         "dropout": config.dropout,
         "strides": [list(s) for s in config.strides_zyx],  # (z, y, x) per V-Net level (planner)
+        "in_channels": config.in_channels,  # images per case (files from before: 1)
+        "channel_names": config.channel_names,  # [] for a single channel
         "patch_size": list(config.patch_size),
         "preprocessing": Preprocessing.from_config(config).to_dict(),
         "inference_overlap": config.inference_overlap,

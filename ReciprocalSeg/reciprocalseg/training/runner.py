@@ -222,7 +222,9 @@ class Trainer:
     # -- models --------------------------------------------------------------------------
     def _new_model(self) -> nn.Module:
         c = self.config
-        model = build_model(c.n_classes, c.n_filters, c.normalization, c.dropout, c.strides_zyx)
+        model = build_model(
+            c.n_classes, c.n_filters, c.normalization, c.dropout, c.strides_zyx, c.in_channels
+        )
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
@@ -237,8 +239,10 @@ class Trainer:
         data = load_model_file(path)
         meta = data["meta"]
         meta = {**meta, "strides": meta.get("strides") or [[2, 2, 2]] * 4}  # files from before plans
+        meta.setdefault("in_channels", 1)  # files from before multi-channel support
         c = self.config
         ours = {"n_classes": c.n_classes, "n_filters": c.n_filters, "normalization": c.normalization}
+        ours["in_channels"] = c.in_channels
         ours["strides"] = [list(s) for s in c.strides_zyx]
         for key, value in ours.items():
             if meta[key] != value:
