@@ -100,7 +100,7 @@ def _reference_label_paths(args: argparse.Namespace) -> tuple[list[Path], str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..data.io import case_id_from_path, discover_cases
+    from ..data.io import Case, case_id_from_path, discover_cases
     from ..evaluation.qa import (
         background_only_message,
         predicts_only_background,
@@ -110,10 +110,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     from ..inference.sliding_window import load_model
 
-    if args.images.is_dir():
-        sources = [(c.case_id, c.image) for c in discover_cases(args.images)]
+    if args.images.is_dir():  # a folder of nnU-Net channel files gives cases with their channels
+        sources = discover_cases(args.images)
     else:
-        sources = [(case_id_from_path(args.images), args.images)]
+        sources = [Case(case_id_from_path(args.images), args.images)]
     model_paths = _model_paths(args.run, args.model)
     if args.disagreement and len(model_paths) != 2:
         raise ReciprocalSegError(
@@ -130,8 +130,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"QA reference: none, {ref_source}; give --reference-labels DIR to flag unusual structures")
     args.out.mkdir(parents=True, exist_ok=True)
     qa_rows, found_something = [], dict.fromkeys(models, False)
-    for case_id, path in sources:
-        labels, spacing = _predict_case(args, case_id, path, models)
+    for case in sources:
+        case_id = case.case_id
+        labels, spacing = _predict_case(args, case, models)
         for name, array in labels.items():
             found_something[name] |= not predicts_only_background([array])
         rows = structure_qa(case_id, labels, spacing, n_classes, ranges)
@@ -145,9 +146,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_overwriting_scans(
-    args: argparse.Namespace, sources: list[tuple[str, Path]], models: list[str]
-) -> None:
+def _refuse_overwriting_scans(args: argparse.Namespace, sources: list[Any], models: list[str]) -> None:
     """Stop before anything is written when a prediction would take a scan's own file name.
 
     Outputs keep the input's format, so with one model (``<ID>.<ext>``) and ``--out`` the scans'
@@ -158,11 +157,12 @@ def _refuse_overwriting_scans(
     def same(p: Path) -> set[Path]:
         return {p.absolute(), p.resolve()}
 
-    scans = set().union(*(same(path) for _, path in sources)) if sources else set()
+    scans = set().union(*(same(path) for case in sources for path in case.image_files)) if sources else set()
     names: list[str | None] = list(models) if len(models) > 1 else [None]
     if args.disagreement:
         names.append(DISAGREEMENT)
-    for case_id, path in sources:
+    for case in sources:
+        case_id, path = case.case_id, case.image
         fmt = output_format(path, args.format)
         for name in names:
             target = prediction_path(args.out, case_id, name, fmt)
@@ -174,17 +174,23 @@ def _refuse_overwriting_scans(
 
 
 def _predict_case(
-    args: argparse.Namespace, case_id: str, path: Path, models: dict[str, Any]
+    args: argparse.Namespace, case: Any, models: dict[str, Any]
 ) -> tuple[dict[str, Any], tuple[float, ...]]:
-    """Predict one scan with every model, write the label maps; the (z, y, x) arrays and spacing."""
+    """Predict one scan (all its channels) with every model, write the label maps; the (z, y, x)
+    arrays and spacing."""
     import SimpleITK as sitk
 
     from ..common.display import format_numbers, format_size
-    from ..data.io import read_image, write_image
+    from ..data.channels import read_case_image
+    from ..data.io import write_image
     from ..inference.prediction_files import DISAGREEMENT, output_format, prediction_path
     from ..inference.sliding_window import disagreement, predict_image
 
-    image = read_image(path)
+    case_id, path = case.case_id, case.image
+    first = next(iter(models.values()))  # teacher and student of a run take the same channels
+    image = read_case_image(
+        case, first.preprocessing.channel_resampling, first.in_channels, first.channel_names
+    )
     fmt = output_format(path, args.format)
     arrays, probs, written = {}, {}, []
     for name, model in models.items():

@@ -103,8 +103,9 @@ def write_channel_phantom_cohort(
     seed: int = 0,
     shape_zyx: Sequence[int] = (32, 40, 40),
     layout: str = "nnunet",
+    prefix: str = "chan",
 ) -> list[Case]:
-    """Write `n_cases` two-channel phantoms and return them as cases (IDs ``chan_000`` ...).
+    """Write `n_cases` two-channel phantoms and return them as cases (IDs ``<prefix>_000`` ...).
 
     ``layout="nnunet"``: ``imagesTr/<ID>_0000.nii.gz``, ``imagesTr/<ID>_0001.nii.gz`` and
     ``labelsTr/<ID>.nii.gz``; ``layout="4d"``: ``imagesTr/<ID>.nii.gz`` (a 4D NIfTI, channel last)
@@ -114,7 +115,7 @@ def write_channel_phantom_cohort(
     out = Path(out_dir)
     cases = []
     for i in range(n_cases):
-        cid = f"chan_{i:03d}"
+        cid = f"{prefix}_{i:03d}"
         channels, label = make_channel_phantom(phantom_case_seed(seed, i), shape_zyx)
         label_path = out / "labelsTr" / f"{cid}.nii.gz"
         write_image(label, label_path)

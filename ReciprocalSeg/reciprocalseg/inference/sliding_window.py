@@ -182,7 +182,7 @@ def sliding_window_probabilities(
         if model.device.type == "cuda":
             torch.cuda.empty_cache()
         probs = windows.accumulate(image, on_device=False)
-    return probs[(slice(None), *undo)].cpu().numpy()
+    return probs[(slice(None), *undo[-3:])].cpu().numpy()
 
 
 # The scan, its probabilities and the weight sums stay on the GPU when they take less than this

@@ -15,6 +15,10 @@ most `MAX_LABEL_CASES` label maps (there are few of them in semi-supervised work
 CT is recognised from Hounsfield units: air is -1000 HU, so a cohort whose 1st intensity
 percentile is below -500 is CT. MRI and other modalities have no absolute scale and are
 normalised per scan. Voxels a partial label leaves unannotated (value 255) count as no class.
+
+Several channels per case (issue 24): the geometry and the classes come from the case (channel 0's
+grid); the intensity summaries are kept per channel too (`ChannelSummary`), pooled per channel
+(`Fingerprint.channels`), so each channel is recognised as CT or MRI and planned on its own.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import SimpleITK as sitk
 
 from ..common.errors import DataError
 from ..common.file_formats import UNANNOTATED  # label value of voxels a partial label leaves out
+from ..data.channels import image_channels, read_case_image
 from ..data.io import Case, read_image
 
 MAX_INTENSITY_CASES = 16
@@ -61,6 +66,8 @@ class Fingerprint:
     intensity: dict[str, float]  # mean, std, p00_5, p01, p99_5, min, max of the sampled voxels
     foreground_intensity: dict[str, float] | None  # the same inside the labels (None: no labels)
     classes: dict[int, ClassStats] = field(default_factory=dict)
+    # Several channels: per channel {"modality", "intensity", "foreground_intensity"} (else empty).
+    channels: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def median_spacing(self) -> tuple[float, float, float]:
@@ -93,6 +100,7 @@ class Fingerprint:
             "intensity": self.intensity,
             "foreground_intensity": self.foreground_intensity,
             "classes": {str(k): asdict(v) for k, v in self.classes.items()},
+            **({"channels": self.channels} if self.channels else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,16 +162,33 @@ class LabelSummary:
 
 
 @dataclass
+class ChannelSummary:
+    """One channel's intensities in a case with several channels (and inside its label)."""
+
+    intensity: IntensitySummary | None
+    foreground: IntensitySummary | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChannelSummary:
+        return cls(
+            *(IntensitySummary(**data[k]) if data.get(k) else None for k in ("intensity", "foreground"))
+        )
+
+
+@dataclass
 class CaseFingerprint:
     """One case's contribution to the fingerprint."""
 
     spacing: tuple[float, float, float]  # (x, y, z) mm
     size: tuple[int, int, int]  # (x, y, z) voxels
-    intensity: IntensitySummary | None = None  # None: the scan's voxels were not read
+    intensity: IntensitySummary | None = None  # None: the scan's voxels were not read (channel 0's)
     label: LabelSummary | None = None  # None: unlabelled, or its label map was not read
+    channels: list[ChannelSummary] = field(default_factory=list)  # several channels: one each
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        if not self.channels:
+            del out["channels"]  # single-channel records stay as they were
         if self.label is not None:
             out["label"]["class_voxels"] = {str(k): v for k, v in self.label.class_voxels.items()}
         return {"format": RECORD_FORMAT, **out}
@@ -188,6 +213,7 @@ class CaseFingerprint:
             size=tuple(int(n) for n in data["size"]),  # type: ignore[arg-type]
             intensity=IntensitySummary(**intensity) if intensity else None,
             label=label,
+            channels=[ChannelSummary.from_dict(c) for c in data.get("channels") or []],
         )
 
 
@@ -204,6 +230,8 @@ def read_geometry(path: Path) -> tuple[tuple[float, ...], tuple[int, ...]]:
         raise DataError(
             f"{path}: cannot read the image header ({str(exc).strip().splitlines()[-1]})"
         ) from exc
+    if reader.GetDimension() == 4:  # a 4D file with a channel axis: the first three are the grid
+        return reader.GetSpacing()[:3], reader.GetSize()[:3]
     if reader.GetDimension() != 3:
         raise DataError(f"{path}: a {reader.GetDimension()}D image; ReciprocalSeg needs 3D scans")
     return reader.GetSpacing(), reader.GetSize()
@@ -212,7 +240,11 @@ def read_geometry(path: Path) -> tuple[tuple[float, ...], tuple[int, ...]]:
 def case_fingerprint(
     image: sitk.Image, label: np.ndarray | None = None, label_version: int | None = None
 ) -> CaseFingerprint:
-    """A case's record from its scan in memory, and its label map (z, y, x array) when labelled."""
+    """A case's record from its scan in memory, and its label map (z, y, x array) when labelled.
+
+    A vector image (several channels) gives channel 0's record plus every channel's summaries."""
+    channels = image_channels(image)
+    image = channels[0]
     rng = np.random.default_rng(0)  # the same sample every time: a recomputed record is the same
     voxels = sitk.GetArrayViewFromImage(image)  # no copy; `image` outlives it
     record = CaseFingerprint(
@@ -224,6 +256,16 @@ def case_fingerprint(
         if label.shape != voxels.shape:
             raise DataError(f"the label's shape {label.shape} differs from the scan's {voxels.shape}")
         record.label = label_summary(label, image.GetSpacing(), label_version, voxels, rng)
+    if len(channels) > 1:
+        for channel in channels:
+            values = sitk.GetArrayFromImage(channel)
+            inside = None if label is None else values[(label > 0) & (label != UNANNOTATED)]
+            record.channels.append(
+                ChannelSummary(
+                    IntensitySummary.of(values, np.random.default_rng(0)),
+                    None if inside is None else IntensitySummary.of(inside, np.random.default_rng(0)),
+                )
+            )
     return record
 
 
@@ -268,7 +310,9 @@ def _value_counts(label: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
     return counts
 
 
-def read_case_fingerprint(case: Case, intensity: bool = True, label: bool = True) -> CaseFingerprint:
+def read_case_fingerprint(
+    case: Case, intensity: bool = True, label: bool = True, channel_resampling: str | None = None
+) -> CaseFingerprint:
     """A case's record from its files, reading only what is asked for: the geometry always (from
     the header), the scan's voxels with `intensity`, the label map with `label` (and, with both,
     the scan's voxels inside the label)."""
@@ -277,7 +321,7 @@ def read_case_fingerprint(case: Case, intensity: bool = True, label: bool = True
         label_image = read_image(case.label)
         label_array = sitk.GetArrayFromImage(label_image)
     if intensity:
-        image = read_image(case.image)
+        image = read_case_image(case, channel_resampling)
         if label_array is not None and label_array.shape != sitk.GetArrayViewFromImage(image).shape:
             label_array = None  # off the scan's grid: training reports it; plan without that label
         return case_fingerprint(image, label_array)
@@ -343,7 +387,7 @@ def combine(labeled: Sequence[CaseFingerprint], unlabeled: Sequence[CaseFingerpr
     labels = [r.label for r in labeled if r.label is not None]
     foreground = [s.foreground for s in labels if s.foreground is not None]
     intensity = _pooled(intensities)
-    return Fingerprint(
+    fingerprint = Fingerprint(
         n_labeled=len(labeled),
         n_unlabeled=len(unlabeled),
         spacings=[r.spacing for r in records],
@@ -353,9 +397,42 @@ def combine(labeled: Sequence[CaseFingerprint], unlabeled: Sequence[CaseFingerpr
         foreground_intensity=_pooled(foreground) if foreground else None,
         classes=_class_stats(labels),
     )
+    fingerprint.channels = _channel_stats(
+        [r for r in labeled if r.channels], [r for r in records if r.channels]
+    )
+    return fingerprint
 
 
-def compute_fingerprint(labeled: Sequence[Case], unlabeled: Sequence[Case] = ()) -> Fingerprint:
+def _channel_stats(
+    labeled: Sequence[CaseFingerprint], records: Sequence[CaseFingerprint]
+) -> list[dict[str, Any]]:
+    """Per channel {"modality", "intensity", "foreground_intensity"}, pooled over the records that
+    hold channel summaries (empty for single-channel cases)."""
+    if not records:
+        return []
+    counts = {len(r.channels) for r in records}
+    if len(counts) > 1:
+        raise DataError(
+            f"the cases have different numbers of channels ({sorted(counts)}); every case needs the same"
+        )
+    out = []
+    for k in range(counts.pop()):
+        summaries = [r.channels[k].intensity for r in records if r.channels[k].intensity is not None]
+        foreground = [r.channels[k].foreground for r in labeled if r.channels[k].foreground is not None]
+        pooled = _pooled(summaries)
+        out.append(
+            {
+                "modality": "CT" if pooled["p01"] < CT_AIR_THRESHOLD else "MRI",
+                "intensity": pooled,
+                "foreground_intensity": _pooled(foreground) if foreground else None,
+            }
+        )
+    return out
+
+
+def compute_fingerprint(
+    labeled: Sequence[Case], unlabeled: Sequence[Case] = (), channel_resampling: str | None = None
+) -> Fingerprint:
     """The fingerprint of a cohort on disk (`labeled` cases need labels), reading few voxels."""
     if not labeled and not unlabeled:
         raise DataError("no cases to plan from")
@@ -365,10 +442,18 @@ def compute_fingerprint(labeled: Sequence[Case], unlabeled: Sequence[Case] = ())
     room = max(0, MAX_INTENSITY_CASES - len(intensity_ids))
     intensity_ids |= {c.case_id for c in _spread(list(unlabeled), room)}
     labeled_records = [
-        read_case_fingerprint(c, intensity=c.case_id in intensity_ids, label=c.case_id in label_ids)
+        read_case_fingerprint(
+            c,
+            intensity=c.case_id in intensity_ids,
+            label=c.case_id in label_ids,
+            channel_resampling=channel_resampling,
+        )
         for c in labeled
     ]
     unlabeled_records = [
-        read_case_fingerprint(c, intensity=c.case_id in intensity_ids, label=False) for c in unlabeled
+        read_case_fingerprint(
+            c, intensity=c.case_id in intensity_ids, label=False, channel_resampling=channel_resampling
+        )
+        for c in unlabeled
     ]
     return combine(labeled_records, unlabeled_records)

@@ -174,8 +174,10 @@ def round_up_crop(crop: list[int], levels: list[list[int]]) -> list[int]:
     return [max(m, math.ceil(c / m) * m) for c, m in zip(crop, multiple, strict=True)]
 
 
-def plan_from_fingerprint(fp: Fingerprint, device: torch.device | str = "cpu") -> Plan:
-    """The `auto` plan for a cohort on a device."""
+def plan_from_fingerprint(
+    fp: Fingerprint, device: torch.device | str = "cpu", channel_names: Sequence[str] | None = None
+) -> Plan:
+    """The `auto` plan for a cohort on a device (`channel_names`: the cases' channels, when several)."""
     device = torch.device(device)
     values: dict[str, Any] = {}
     reasons: dict[str, str] = {}
@@ -221,12 +223,22 @@ def plan_from_fingerprint(fp: Fingerprint, device: torch.device | str = "cpu") -
         else "the paper's 2+2 (4 supervised)"
         + ("" if gpu else "; not doubled on a CPU, where a bigger batch costs as much more time")
     )
-    values.update(_normalisation(fp))
-    reasons["intensity"] = (
-        "CT: dataset 0.5-99.5 percentile clip of labelled voxels, then their z-score"
-        if fp.modality == "CT"
-        else "MRI (no absolute scale): per-scan z-score"
-    )
+    values.update(_normalisation(fp.modality, fp.intensity, fp.foreground_intensity))
+    reasons["intensity"] = _normalisation_reason(fp.modality)
+    if fp.channels:
+        names = list(channel_names or [f"channel {k}" for k in range(len(fp.channels))])
+        if len(names) != len(fp.channels):
+            raise ReciprocalSegError(
+                f"{len(names)} channel names ({', '.join(names)}) for cases with {len(fp.channels)} channels"
+            )
+        values["channels"] = [
+            {"name": name, **_normalisation(c["modality"], c["intensity"], c["foreground_intensity"])}
+            for name, c in zip(names, fp.channels, strict=True)
+        ]
+        reasons["channels"] = "per channel: " + "; ".join(
+            f"{name}: {_normalisation_reason(c['modality'])}"
+            for name, c in zip(names, fp.channels, strict=True)
+        )
     values["n_classes"] = max([1, *fp.classes]) + 1
     reasons["n_classes"] = "background and the classes found in the labelled cases"
     values["class_crop_share"] = CLASS_CROP_SHARE
@@ -239,10 +251,18 @@ def plan_from_fingerprint(fp: Fingerprint, device: torch.device | str = "cpu") -
     return Plan(values, reasons, fp.summary(), str(device))
 
 
-def _normalisation(fp: Fingerprint) -> dict[str, Any]:
-    if fp.modality != "CT":
+def _normalisation_reason(modality: str) -> str:
+    if modality == "CT":
+        return "CT: dataset 0.5-99.5 percentile clip of labelled voxels, then their z-score"
+    return "MRI (no absolute scale): per-scan z-score"
+
+
+def _normalisation(
+    modality: str, intensity: dict[str, float], foreground: dict[str, float] | None
+) -> dict[str, Any]:
+    if modality != "CT":
         return {"intensity": "zscore"}
-    stats = fp.foreground_intensity or fp.intensity
+    stats = foreground or intensity
     std = max(stats["std"], 1e-3)
     return {
         "intensity": "ct_dataset",
@@ -265,12 +285,15 @@ def plan_for_run(
     labeled: Sequence[Case],
     unlabeled: Sequence[Case],
     device: torch.device | str = "cpu",
+    channel_names: Sequence[str] | None = None,
+    channel_resampling: str | None = None,
 ) -> Plan:
     """RUN/plan.json when the run folder has one (a resume keeps its plan), else a new plan."""
     path = None if run_dir is None else Path(run_dir) / "plan.json"
     if path is not None and path.exists():
         return Plan.load(path)
-    return plan_from_fingerprint(compute_fingerprint(labeled, unlabeled), device)
+    fingerprint = compute_fingerprint(labeled, unlabeled, channel_resampling)
+    return plan_from_fingerprint(fingerprint, device, channel_names)
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..common.errors import ReciprocalSegError
-from ..config import TrainConfig, make_config
+from ..config import TrainConfig, make_config, with_channels
 from .progress import progress_listener
 
 if TYPE_CHECKING:  # torch and SimpleITK load when a command runs, not when the parser is built
@@ -53,6 +53,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalization", choices=["batchnorm", "groupnorm", "instancenorm", "none"])
     p.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"))
     p.add_argument("--intensity", choices=["zscore", "ct", "ct_dataset"])
+    p.add_argument(
+        "--channel-names",
+        nargs="+",
+        metavar="NAME",
+        help="names of the cases' channels, in order (e.g. T2 ADC; default channel_0, channel_1, ...)",
+    )
+    p.add_argument(
+        "--resample-channels",
+        choices=["linear", "nearest", "bspline"],
+        help="resample a channel that is off its case's channel-0 grid with this interpolation "
+        "(default: such a case is refused)",
+    )
     p.add_argument("--step-mode", choices=["fast", "reference"])
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument(
@@ -142,14 +154,42 @@ def build_config(
 ) -> TrainConfig:
     """The run's configuration: the preset (for `auto`, the plan from the cases, written to
     OUT/plan.json and shown), with every option given on the command line over it."""
+    names = channel_names(args, labeled, unlabeled or [])
     if args.preset == "auto":
-        return _planned_config(args, labeled, unlabeled or [])
-    return make_config(
+        return _planned_config(args, labeled, unlabeled or [], names)
+    config = make_config(
         args.preset, n_classes=args.n_classes or n_classes_from_labels(labeled), **_overrides(args)
     )
+    return with_channels(config, names)
 
 
-def _planned_config(args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case]) -> TrainConfig:
+def channel_names(args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case]) -> list[str]:
+    """The channels' names (--channel-names, else channel_0 ...); one name for single-channel cases.
+
+    Every case must have as many channels as the first labelled one (read from the file names or
+    headers); a case with another count is refused by name."""
+    from ..data.channels import case_channel_count
+
+    given = getattr(args, "channel_names", None)
+    counts = {c.case_id: case_channel_count(c) for c in [*labeled, *unlabeled]}
+    n = counts[labeled[0].case_id] if labeled else 1
+    odd = sorted(cid for cid, count in counts.items() if count != n)
+    if odd:
+        shown = ", ".join(f"{cid} ({counts[cid]})" for cid in odd[:10])
+        raise ReciprocalSegError(
+            f"the cases have {n} channel(s) ({labeled[0].case_id} and others), but these have another "
+            f"number: {shown}. Every case needs the same channels, in the same order."
+        )
+    if given is not None and len(given) != n:
+        raise ReciprocalSegError(
+            f"--channel-names gives {len(given)} names but the cases have {n} channel(s)"
+        )
+    return list(given) if given else [f"channel_{k}" for k in range(n)]
+
+
+def _planned_config(
+    args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case], names: list[str]
+) -> TrainConfig:
     import sys
 
     from ..common.device import resolve_device
@@ -159,7 +199,11 @@ def _planned_config(args: argparse.Namespace, labeled: list[Case], unlabeled: li
     if getattr(args, "plan", None) is not None:
         plan = Plan.load(args.plan)
     else:
-        plan = plan_for_run(args.out, labeled, unlabeled, resolve_device(args.device or "auto"))
+        device = resolve_device(args.device or "auto")
+        resampling = getattr(args, "resample_channels", None)
+        plan = plan_for_run(
+            args.out, labeled, unlabeled, device, names if len(names) > 1 else None, resampling
+        )
     if len(labeled) > MAX_LABEL_CASES:  # the fingerprint read a sample of the label maps
         if args.n_classes is None:  # (with --n-classes the labels' own count is not used)
             plan.values["n_classes"] = max(plan.values["n_classes"], n_classes_from_labels(labeled))
@@ -177,7 +221,7 @@ def _planned_config(args: argparse.Namespace, labeled: list[Case], unlabeled: li
 
 # What a warm start needs unchanged (the weights' shapes and what they were trained to see).
 ARCHITECTURE = ("patch_size", "downsampling", "n_filters", "normalization", "dropout", "target_spacing")
-ARCHITECTURE += ("intensity", "intensity_clip", "intensity_mean_std")
+ARCHITECTURE += ("intensity", "intensity_clip", "intensity_mean_std", "channels")
 
 
 def keep_architecture(plan: Plan, previous_config: Path) -> None:
@@ -210,6 +254,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         num_workers=args.num_workers,
+        channel_resampling=getattr(args, "resample_channels", None),
     )
 
 
