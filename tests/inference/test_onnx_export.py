@@ -66,14 +66,17 @@ def _export(run: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
-def _compare(export_dir: Path, run: Path, model: str, image: sitk.Image) -> None:
-    """onnxruntime + the example's numpy sliding window against `predict_image`, on the scan's grid."""
+def _compare(export_dir: Path, run: Path, model: str, image, ours_image: sitk.Image | None = None) -> None:
+    """onnxruntime + the example's numpy sliding window against `predict_image`, on the scan's grid
+    (`image`: what the example gets, a scan or a list of channels; `ours_image`: what we get)."""
     example = _example()
-    ours = predict_image(load_model(run / f"{model}.pt", "cpu"), image, return_probabilities=True)
+    ours_image = image if ours_image is None else ours_image
+    ours = predict_image(load_model(run / f"{model}.pt", "cpu"), ours_image, return_probabilities=True)
     probs = example.predict_probabilities(export_dir / "metadata.json", model, image)
     assert probs.shape == ours.probabilities.shape
     assert np.max(np.abs(probs - ours.probabilities)) < 1e-4
     labels = example.to_label_image(probs, image)
+    image = ours_image
     assert labels.GetSize() == image.GetSize() and labels.GetOrigin() == image.GetOrigin()
     theirs, expected = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(ours.labels)
     assert float(np.mean(theirs == expected)) > 0.999
@@ -178,3 +181,83 @@ def test_the_example_says_how_to_call_it_and_names_the_models(tmp_path: Path) ->
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "'studnt'" in res.stderr and "teacher, student" in res.stderr
+
+
+def test_a_two_channel_model_exports_and_runs_in_onnxruntime(tmp_path: Path) -> None:
+    """Issue 24: input N x 2 x ..., channel names and each channel's normalisation in the metadata; the
+    example takes one file per channel (or a 4D file) and gives our inference's probabilities."""
+    from reciprocalseg.config import with_channels
+    from reciprocalseg.data.channels import read_case_image
+    from reciprocalseg.data.phantom_channels import write_channel_phantom_cohort
+
+    cases = write_channel_phantom_cohort(tmp_path / "data", 5, seed=2, shape_zyx=(24, 24, 24))
+    config = make_config(
+        "demo",
+        patch_size=(16, 16, 16),
+        reciprocal_iterations=2,
+        supervised_iterations=2,
+        n_filters=4,
+        device="cpu",
+    )
+    config = with_channels(config, ["T2", "ADC"]).replace(
+        channels=(
+            {"name": "T2", "intensity": "zscore"},
+            {"name": "ADC", "intensity": "ct", "ct_window": [0, 200]},
+        )
+    )
+    run = train(config, cases[:2], [c.without_label() for c in cases[2:4]], tmp_path / "run").student.parent
+    out = tmp_path / "export"
+    res = _export(run, out)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["input"]["shape"] == ["N", 2, 16, 16, 16]
+    assert [(c["name"], c["intensity"]["method"]) for c in meta["channels"]] == [
+        ("T2", "zscore"),
+        ("ADC", "ct_window"),
+    ]
+    assert meta["channels"][1]["intensity"]["window"] == [0, 200]
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "student.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1] == 2
+    (probs,) = session.run(None, {"image": np.zeros((3, 2, 16, 16, 16), np.float32)})
+    assert probs.shape == (3, 2, 16, 16, 16)
+
+    case = cases[4]
+    channels = [read_image(p) for p in case.channels]
+    for model in ("teacher", "student"):
+        _compare(out, run, model, channels, read_case_image(case))
+
+    # The example from the command line: one file per channel, then one 4D file; no reciprocalseg import.
+    four_d = tmp_path / "case_4d.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries(channels), str(four_d))
+    ours = predict_image(load_model(run / "student.pt", "cpu"), read_case_image(case)).labels
+    for i, scans in enumerate([[str(p) for p in case.channels], [str(four_d)]]):
+        seg = tmp_path / f"seg{i}.nii.gz"
+        res = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "examples" / "onnx_predict.py"),
+                str(out / "metadata.json"),
+                "student",
+            ]
+            + scans
+            + [str(seg)],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in ENV.items() if k != "PYTHONPATH"},
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        assert (
+            np.mean(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))) == sitk.GetArrayFromImage(ours)) > 0.999
+        )
+    res = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "onnx_predict.py"), str(out / "metadata.json"), "student"]
+        + [str(case.channels[0]), str(tmp_path / "seg_bad.nii.gz")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "takes 2 channel(s) (T2, ADC), in that order; got 1" in res.stderr

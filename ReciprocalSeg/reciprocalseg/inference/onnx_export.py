@@ -1,11 +1,12 @@
 """Export a run's teacher and student as ONNX, with the metadata needed to run them elsewhere.
 
 ``DIR/teacher.onnx``, ``DIR/student.onnx``: the network with a softmax on top, input
-``image`` (N, 1, z, y, x) float32 of the patch size, output ``probabilities`` (N, C, z, y, x);
-the batch size is free. ``DIR/metadata.json`` (also stored in each model's metadata_props)
-says what a runtime must do around it: classes and names, the spacing the model expects,
-the intensity normalisation, the patch size and the sliding window (overlap, Gaussian
-weights). ``examples/onnx_predict.py`` applies an exported model to a scan with numpy,
+``image`` (N, C, z, y, x) float32 of the patch size (C: the channels per case, 1 for a single
+image), output ``probabilities`` (N, K, z, y, x); the batch size is free. ``DIR/metadata.json``
+(also stored in each model's metadata_props) says what a runtime must do around it: classes and
+names, the spacing the model expects, the channels in order with each one's intensity
+normalisation, the patch size and the sliding window (overlap, Gaussian weights).
+``examples/onnx_predict.py`` applies an exported model to a scan with numpy,
 SimpleITK and onnxruntime only.
 
 The exporter is PyTorch's TorchScript-based one (``dynamo=False``): it needs only the
@@ -71,6 +72,13 @@ def class_list(n_classes: int, names: list[str] | None) -> list[dict[str, Any]]:
 
 
 def _intensity(prep: dict[str, Any]) -> dict[str, Any]:
+    if prep["intensity"] == "ct_dataset":
+        return {
+            "method": "ct_dataset",
+            "clip": list(prep["intensity_clip"]),
+            "mean_std": list(prep["intensity_mean_std"]),
+            "formula": "(clip(x, clip[0], clip[1]) - mean_std[0]) / mean_std[1]",
+        }
     if prep["intensity"] == "ct":
         lo, hi = prep["ct_window"]
         return {
@@ -82,6 +90,17 @@ def _intensity(prep: dict[str, Any]) -> dict[str, Any]:
         "method": "zscore",
         "formula": "(x - mean(x)) / std(x) over the whole scan (on the model's grid), in float32",
     }
+
+
+def _channels(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The input channels in order, each with its name and intensity normalisation."""
+    prep = meta["preprocessing"]
+    per_channel = prep.get("channels") or [prep]
+    names = meta.get("channel_names") or ["image"]
+    return [
+        {"index": k, "name": name, "intensity": _intensity(channel)}
+        for k, (name, channel) in enumerate(zip(names, per_channel, strict=True))
+    ]
 
 
 def _training_spacing(run: Path) -> list[float] | None:
@@ -112,15 +131,21 @@ def build_metadata(
     patch_xyz = [int(v) for v in meta["patch_size"]]
     overlap = float(meta.get("inference_overlap", 0.5))
     target = prep.get("target_spacing")
+    channels = _channels(meta)
     return {
         "format": FORMAT,
         "models": files,
         "input": {
             "name": INPUT_NAME,
-            "shape": ["N", 1, *patch_xyz[::-1]],
+            "shape": ["N", len(channels), *patch_xyz[::-1]],
             "dtype": "float32",
             "axes": "N, channel, z, y, x (SimpleITK's array order)",
         },
+        "channels": channels,
+        "channel_rule": (
+            "one scan per channel, in this order, all on channel 0's grid (size, spacing, origin, "
+            "direction); each is normalised on its own; predictions are on channel 0's grid"
+        ),
         "output": {
             "name": OUTPUT_NAME,
             "shape": ["N", meta["n_classes"], *patch_xyz[::-1]],
@@ -137,7 +162,7 @@ def build_metadata(
             ),
             "training_median_mm_xyz": _training_spacing(run) if run.is_dir() else None,
         },
-        "intensity": _intensity(prep),
+        "intensity": channels[0]["intensity"],  # channel 0's (the only one of a single-channel model)
         "patch_size_xyz": patch_xyz,
         "patch_size_zyx": patch_xyz[::-1],
         "sliding_window": {
@@ -165,7 +190,7 @@ class _WithSoftmax(nn.Module):
 
 def _onnx_bytes(model: LoadedModel, opset: int) -> bytes:
     net = _WithSoftmax(model.module.to("cpu", memory_format=torch.contiguous_format)).eval()
-    example = torch.zeros((1, 1, *model.patch_zyx), dtype=torch.float32)
+    example = torch.zeros((1, model.in_channels, *model.patch_zyx), dtype=torch.float32)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: see above
@@ -202,7 +227,8 @@ def _verify(model: LoadedModel, data: bytes) -> float | None:
         import onnxruntime as ort
     except ImportError:
         return None
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 1, *model.patch_zyx), dtype=np.float32))
+    shape = (2, model.in_channels, *model.patch_zyx)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
     with torch.inference_mode():
         expected = torch.softmax(model.module(x), dim=1).numpy()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
