@@ -14,6 +14,7 @@ the service could not be reached at all). The answers are the dataclasses of ``r
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -247,25 +248,47 @@ class Client:
     def get_case(self, case_id: str) -> CaseInfo:
         return build(CaseInfo, self._json("GET", f"/cases/{_seg(case_id)}"))
 
-    def add_case(self, image_path: str | Path, case_id: str | None = None, upload: bool = True) -> CaseInfo:
-        """Add a scan: upload the file (default), or register a path the server can read itself."""
+    def add_case(
+        self,
+        image_path: str | Path,
+        case_id: str | None = None,
+        upload: bool = True,
+        channels: list[str | Path] | None = None,
+        channel_names: list[str] | None = None,
+        resample_channels: str | None = None,
+    ) -> CaseInfo:
+        """Add a scan: upload the file (default), or register a path the server can read itself.
+
+        A case with several images: `channels` are its further channel files, in order after
+        `image_path` (or `image_path` is one 4D file), `channel_names` name them all (T2, ADC), and
+        `resample_channels` ("linear", ...) resamples a channel off the first one's grid."""
         p = Path(image_path).expanduser()
+        more = [Path(c).expanduser() for c in channels or []]
         if not upload:
             body: dict[str, Any] = {"path": str(p.resolve())}
             if case_id is not None:
                 body["case_id"] = case_id
+            if more:
+                body["channels"] = [str(c.resolve()) for c in more]
+            if channel_names is not None:
+                body["channel_names"] = list(channel_names)
+            if resample_channels is not None:
+                body["resample_channels"] = resample_channels
             return build(
                 CaseInfo, self._json("POST", "/cases/register", json=body, timeout=self.long_timeout)
             )
         data = {"case_id": case_id} if case_id is not None else {}
-        with open(p, "rb") as f:
-            d = self._json(
-                "POST",
-                "/cases",
-                files={"file": (p.name, f, "application/octet-stream")},
-                data=data,
-                timeout=self.long_timeout,
-            )
+        if channel_names is not None:
+            data["channel_names"] = ",".join(channel_names)
+        if resample_channels is not None:
+            data["resample_channels"] = resample_channels
+        with contextlib.ExitStack() as stack:
+            files = [("file", (p.name, stack.enter_context(open(p, "rb")), "application/octet-stream"))]
+            for c in more:
+                files.append(
+                    ("channels", (c.name, stack.enter_context(open(c, "rb")), "application/octet-stream"))
+                )
+            d = self._json("POST", "/cases", files=files, data=data, timeout=self.long_timeout)
         return build(CaseInfo, d)
 
     def add_cases_from_folder(self, folder: str | Path, upload: bool = True) -> FolderImport:
@@ -299,8 +322,10 @@ class Client:
                 result.skipped.append(case_id)  # added meanwhile by someone else
         return result
 
-    def get_image(self, case_id: str, out_path: str | Path) -> Path:
-        return self._download(f"/cases/{_seg(case_id)}/image", out_path)
+    def get_image(self, case_id: str, out_path: str | Path, channel: int = 0) -> Path:
+        """Download the case's scan (`channel` k of a case with several images) as NRRD."""
+        params = {"channel": int(channel)} if channel else None
+        return self._download(f"/cases/{_seg(case_id)}/image", out_path, params=params)
 
     def delete_case(self, case_id: str) -> None:
         self._json("DELETE", f"/cases/{_seg(case_id)}")

@@ -60,6 +60,7 @@ class CaseInfo:
     score_current: bool = False
     qa_flags: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    channels: list[str] = field(default_factory=list)  # names of a case's several images; [] for one
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .middleware import LOOPBACK_HOSTS
 from .model_store import ModelStore
 from .quality import StructureChecks, n_flags
 from .rounds import record_background_only
-from .uploads import looks_like_dicom_folder, read_upload
+from .uploads import looks_like_dicom_folder, read_upload, read_upload_channels
 from .workspace import DEFAULT_MAX_VOXELS, Workspace, check_new_case_id, label_max
 
 if TYPE_CHECKING:
@@ -115,7 +115,6 @@ class Service:
         A few labelled cases are enough to catch a round that has learned nothing (the student
         stuck in the all-background optimum); where a network finds anything, it is not flagged.
         """
-        from reciprocalseg.data.io import read_image
         from reciprocalseg.inference.sliding_window import TeacherStudentPredictor
 
         cases = []
@@ -129,7 +128,7 @@ class Service:
         predictor = TeacherStudentPredictor(teacher, student, device=self.config.device)
         empty = {"teacher": True, "student": True}
         for case_id in cases[:max_cases]:
-            result = predictor.predict(read_image(self.ws.image_path(case_id)))
+            result = predictor.predict(self.ws.read_scan(case_id))
             empty["teacher"] &= _all_background(result.teacher)
             empty["student"] &= _all_background(result.student)
         return [name for name, is_empty in empty.items() if is_empty]
@@ -157,10 +156,21 @@ class Service:
             score_round=chosen["round"] if chosen else None,
             score_current=bool(chosen and chosen["round"] == current_round),
             qa_flags=n_flags(self.checks.rows(rec["id"], chosen)[0]) if chosen and chosen.get("qa") else None,
+            channels=[c["name"] for c in rec.get("channels") or []],
             metadata=rec.get("metadata") or {},
         )
 
-    def add_uploaded_case(self, tmp: Path, filename: str, case_id: str | None) -> S.CaseInfo:
+    def add_uploaded_case(
+        self,
+        tmp: Path,
+        filename: str,
+        case_id: str | None,
+        more_channels: list[tuple[Path, str]] | None = None,
+        channel_names: list[str] | None = None,
+        resample_channels: str | None = None,
+    ) -> S.CaseInfo:
+        """Add an uploaded scan; `more_channels` (saved file, client's name): its further channels,
+        in order (a 4D or multi-component upload holds its channels itself)."""
         from reciprocalseg.data.io import case_id_from_path
 
         if case_id is None:
@@ -174,15 +184,63 @@ class Service:
         check_new_case_id(case_id)
         if self.ws.has_case(case_id):
             raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
-        image = read_upload(tmp, filename, self.config.max_voxels)
-        rec = self.ws.add_case(image, case_id, source=f"upload:{filename}")
-        self.fingerprints.record(case_id, image)
+        sources = [(tmp, filename), *(more_channels or [])]
+        channels = [
+            ch for path, name in sources for ch in read_upload_channels(path, name, self.config.max_voxels)
+        ]
+        image, named, scan = self._case_channels(case_id, channels, channel_names, resample_channels)
+        rec = self.ws.add_case(image, case_id, source=f"upload:{filename}", channels=named)
+        self.fingerprints.record(case_id, scan)
         return self.case_info(rec, self.ws.registry().get("current"))
 
-    def register_case(self, req: S.RegisterCase) -> S.CaseInfo:
-        from reciprocalseg.data.io import case_id_from_path, image_suffix, read_image
+    def _case_channels(
+        self, case_id: str, channels: list[Any], names: list[str] | None, resampling: str | None
+    ) -> tuple[Any, dict[str, Any] | None, Any]:
+        """(channel 0, {name: channel} or None for one image, the scan as training reads it) of a
+        new case: its channels checked on channel 0's grid (or resampled onto it when asked)."""
+        from reciprocalseg.data.channels import align_channels, compose_channels
 
-        path = self.registrable_path(req.path)
+        if len(channels) == 1 and not names:
+            return channels[0], None, channels[0]
+        have = self.ws.channel_names()
+        names = list(
+            names or (have if len(have) == len(channels) else [f"channel_{k}" for k in range(len(channels))])
+        )
+        if len(names) != len(channels):
+            raise Invalid(
+                f"case {case_id!r}: {len(names)} channel names ({', '.join(names)}) "
+                f"for {len(channels)} channels"
+            )
+        if len(set(names)) != len(names):
+            raise Invalid(f"case {case_id!r}: channel names must differ ({', '.join(names)})")
+        shown = [f"channel {k} ({name})" for k, name in enumerate(names)]
+        try:
+            aligned = align_channels(channels, f"case {case_id!r}", shown, resampling)
+        except DataError as exc:
+            raise Invalid(str(exc)) from None
+        return aligned[0], dict(zip(names, aligned, strict=True)), compose_channels(aligned)
+
+    def register_case(self, req: S.RegisterCase) -> S.CaseInfo:
+        from reciprocalseg.data.io import case_id_from_path, read_image_channels
+
+        paths = [self._registrable_scan(p) for p in (req.path, *req.channels)]
+        case_id = req.case_id if req.case_id is not None else case_id_from_path(paths[0])
+        check_new_case_id(case_id)
+        if self.ws.has_case(case_id):
+            raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+        try:
+            channels = [ch for p in paths for ch in read_image_channels(p, max_voxels=self.config.max_voxels)]
+        except DataError as exc:
+            raise _image_error(exc) from None
+        image, named, scan = self._case_channels(case_id, channels, req.channel_names, req.resample_channels)
+        rec = self.ws.add_case(image, case_id, source=f"path:{paths[0]}", channels=named)
+        self.fingerprints.record(case_id, scan)
+        return self.case_info(rec, self.ws.registry().get("current"))
+
+    def _registrable_scan(self, given: str) -> Path:
+        from reciprocalseg.data.io import image_suffix
+
+        path = self.registrable_path(given)
         if path.is_dir() and not looks_like_dicom_folder(path):
             raise Invalid(f"{path}: a folder must hold a DICOM series (files with the DICM marker)")
         if not path.is_dir() and not path.is_file():
@@ -191,17 +249,7 @@ class Service:
             raise UnsupportedType(
                 f"{path}: unsupported file type; use NRRD, NIfTI, MetaImage or a DICOM folder"
             )
-        case_id = req.case_id if req.case_id is not None else case_id_from_path(path)
-        check_new_case_id(case_id)
-        if self.ws.has_case(case_id):
-            raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
-        try:
-            image = read_image(path, max_voxels=self.config.max_voxels)
-        except DataError as exc:
-            raise _image_error(exc) from None
-        rec = self.ws.add_case(image, case_id, source=f"path:{path}")
-        self.fingerprints.record(case_id, image)
-        return self.case_info(rec, self.ws.registry().get("current"))
+        return path
 
     def registrable_path(self, given: str) -> Path:
         """The resolved ``given`` if it lies in a ``--register-root`` folder and exists.
@@ -237,12 +285,10 @@ class Service:
     ) -> S.LabelVersion:
         import SimpleITK as sitk
 
-        from reciprocalseg.data.io import read_image
         from reciprocalseg.data.validation import check_label, largest_class
 
-        image_path = self.ws.image_path(case_id)
         label = read_upload(tmp, filename, self.config.max_voxels)
-        image = read_image(image_path)
+        image = self.ws.read_scan(case_id)  # the label lies on channel 0's grid, the scan's grid
         fixed = self.ws.n_classes_fixed
         try:
             # check_label takes the largest allowed value; unfixed counts grow with the labels.
@@ -300,10 +346,9 @@ class Service:
     def predict(self, case_id: str, model: PredictionModel = "current") -> S.PredictionInfo:
         """Predict a case with the current round, or (``model="live"``) with the latest checkpoint of
         the round in training; when no round is training that is the current round too."""
-        from reciprocalseg.data.io import read_image
 
         self.ws.get_case(case_id)
-        image = read_image(self.ws.image_path(case_id))
+        image = self.ws.read_scan(case_id)
         with self._predict_lock:
             live = self.live_predictor() if model == "live" else None
             if live is not None:

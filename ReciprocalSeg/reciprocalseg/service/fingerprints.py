@@ -86,7 +86,7 @@ class CaseFingerprints:
 
         case_dir = self.ws.case_dir(rec["id"])
         try:
-            image = read_image(case_dir / rec["image"])
+            image = self.ws.read_scan(rec["id"])  # every channel (a vector image for several)
             label = sitk.GetArrayFromImage(read_image(case_dir / current["file"])) if current else None
             record = case_fingerprint(image, label, current["version"] if current else None)
         except (DataError, OSError) as exc:
@@ -131,7 +131,7 @@ def workspace_plan(
 
     fp = fingerprints.cohort()
     try:
-        plan = plan_from_fingerprint(fp, resolve_device(device))
+        plan = plan_from_fingerprint(fp, resolve_device(device), ws.channel_names() or None)
         if warm_start_dir is not None and (warm_start_dir / "config.json").is_file():
             keep_architecture(plan, warm_start_dir / "config.json")
         planned_config(plan, {"n_classes": ws.n_classes})  # records the override as the child does

@@ -199,11 +199,11 @@ class TrainingManager:
                 cdir = self.ws.case_dir(rec["id"])
                 cur = self.ws.current_label(rec)
                 if cur is not None:
-                    labeled.append(Case(rec["id"], cdir / rec["image"], cdir / cur["file"]))
+                    labeled.append(self.ws.training_case(rec, cdir / cur["file"]))
                     label_versions[rec["id"]] = cur["version"]
                     n_partial += self.ws.annotation(rec)[0] == "partial"
                 else:
-                    unlabeled.append(Case(rec["id"], cdir / rec["image"], None))
+                    unlabeled.append(self.ws.training_case(rec))
             check_trainable(labeled, unlabeled, preset, iterations, device, n_partial)
             warm_from, note = self._warm_start_round() if warm_start else (None, None)
             if warm_from is not None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .workspace import CASE_ID_PATTERN
+
+# A channel's name (T2, ADC, CT, PET, T1c ...): shown in Slicer and written in model files.
+CHANNEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _+.-]{0,31}$"
+MAX_CHANNELS = 16  # as data.io.MAX_CHANNELS (the schemas do not import the data layer)
 
 CaseStatus = Literal["unlabelled", "labelled", "predicted"]
 TrainingState = Literal["idle", "running", "completed", "failed", "cancelled", "interrupted"]
@@ -73,6 +77,9 @@ class CaseInfo(BaseModel):
         None, description="QA flags of that prediction (both networks, against the labelled cases now)"
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    channels: list[str] = Field(
+        default_factory=list, description="channel names, in order, of a case with several images; [] for one"
+    )
 
 
 class CaseList(BaseModel):
@@ -86,6 +93,17 @@ class RegisterCase(BaseModel):
 
     path: str = Field(min_length=1, max_length=4096, description="absolute path on the server")
     case_id: str | None = Field(None, pattern=CASE_ID_PATTERN, description="default: from the file name")
+    channels: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=15,
+        description="further channels of the case (absolute paths), in order after `path`",
+    )
+    channel_names: list[Annotated[str, Field(pattern=CHANNEL_NAME_PATTERN)]] | None = Field(
+        None, max_length=16, description="names of the channels, in order (default: the workspace's)"
+    )
+    resample_channels: Literal["linear", "nearest", "bspline"] | None = Field(
+        None, description="resample channels off channel 0's grid with this interpolation (default: refuse)"
+    )
 
 
 class LabelHistory(BaseModel):

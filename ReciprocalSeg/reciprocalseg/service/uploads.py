@@ -61,6 +61,22 @@ def read_upload(tmp: Path, filename: str, max_voxels: int | None = None) -> Any:
     return img
 
 
+def read_upload_channels(tmp: Path, filename: str, max_voxels: int | None = None) -> list[Any]:
+    """The channels of an uploaded image: one for a 3D scan, several for a 4D or multi-component
+    file (data.io.read_image_channels); errors as in `read_upload`."""
+    from reciprocalseg.data.io import read_image_channels
+
+    if tmp.stat().st_size == 0:
+        raise Invalid(f"{filename}: the uploaded file is empty")
+    try:
+        channels = read_image_channels(tmp, max_voxels=max_voxels, attached_only=True)
+        for channel in channels:
+            check_scan(channel, filename)
+    except DataError as exc:
+        raise _as_api_error(exc, str(tmp), filename) from None
+    return channels
+
+
 def _as_api_error(exc: DataError, tmp: str, filename: str) -> Exception:
     from reciprocalseg.data.io import TooManyVoxels
 

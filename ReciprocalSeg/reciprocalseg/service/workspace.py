@@ -6,7 +6,9 @@ Layout (all paths relative to the workspace root)::
                                       whether it is fixed or follows the labels, creation time
     cases/<ID>/case.json              one small manifest per case (image geometry, label
                                       versions, predictions); replaced atomically on every change
-    cases/<ID>/image.nrrd             the scan, converted to NRRD when it was added
+    cases/<ID>/image.nrrd             the scan, converted to NRRD when it was added (channel 0 of a
+                                      case with several channels; the others are channel_01.nrrd, ...
+                                      and case.json lists them by name, in order)
     cases/<ID>/labels/v0001.nrrd      label versions (drafts and submitted ones), never overwritten
     cases/<ID>/predictions/r0001/     teacher.nrrd, student.nrrd, disagreement.nrrd of a model round
     cases/<ID>/predictions/live/      the same, made by the latest checkpoint of a round in training
@@ -346,6 +348,38 @@ class Workspace:
         rec = self.get_case(case_id)
         return self.case_dir(case_id) / rec["image"]
 
+    # -- channels (several images per case, issue 24) -------------------------------------
+    def channel_files(self, rec: dict[str, Any]) -> list[Path]:
+        """The files of a case's scan, one per channel (the image alone for one channel)."""
+        case_dir = self.case_dir(rec["id"])
+        return [case_dir / c["file"] for c in rec.get("channels") or [{"file": rec["image"]}]]
+
+    def channel_path(self, case_id: str, channel: int) -> Path:
+        rec = self.get_case(case_id)
+        files = self.channel_files(rec)
+        if not 0 <= channel < len(files):
+            raise NotFound(f"case {case_id!r} has {len(files)} channel(s); there is no channel {channel}")
+        return files[channel]
+
+    def training_case(self, rec: dict[str, Any], label: Path | None = None) -> Any:
+        """The case as the training code takes it (`data.io.Case`, with its channel files)."""
+        from reciprocalseg.data.io import Case
+
+        files = self.channel_files(rec)
+        return Case(rec["id"], files[0], label, tuple(files) if len(files) > 1 else ())
+
+    def read_scan(self, case_id: str) -> Any:
+        """The case's scan: a scalar image, or a vector image with one component per channel."""
+        from reciprocalseg.data.channels import read_case_image
+
+        return read_case_image(self.training_case(self.get_case(case_id)))
+
+    def channel_names(self) -> list[str]:
+        """The channel names every case of the workspace has ([] for single-channel cases or none)."""
+        with self.lock:
+            first = next(iter(self._cases.values()), None)
+        return [c["name"] for c in first.get("channels") or []] if first is not None else []
+
     def _write_case(self, rec: dict[str, Any]) -> None:
         atomic_write_json(self.case_dir(rec["id"]) / "case.json", rec)
         self._cases[rec["id"]] = rec
@@ -358,23 +392,38 @@ class Workspace:
             yield rec
             self._write_case(rec)
 
-    def add_case(self, image: Any, case_id: str, source: str, metadata: dict[str, Any] | None = None) -> dict:
+    def add_case(
+        self,
+        image: Any,
+        case_id: str,
+        source: str,
+        metadata: dict[str, Any] | None = None,
+        channels: dict[str, Any] | None = None,
+    ) -> dict:
         """Add a case from a SimpleITK image (already read and checked by the caller).
 
-        The case folder is built under a temporary name and renamed into place, so a crash leaves
-        either no case or a complete one.
+        `channels`: for a case with several images, {name: image} in channel order, channel 0 being
+        `image`, all on its grid (data.channels.align_channels); every case of a workspace has the
+        same channel names, in the same order. The case folder is built under a temporary name and
+        renamed into place, so a crash leaves either no case or a complete one.
         """
         from reciprocalseg.data.io import write_image
 
         check_new_case_id(case_id)
         check_scan(image, source)
+        names = list(channels or {})
         with self.lock:
             if case_id in self._cases or (self.cases_dir / case_id).exists():
                 raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+            self._check_channels(case_id, names)
             staging = self.cases_dir / f".incoming-{uuid.uuid4().hex}"
             staging.mkdir()
             try:
                 write_image(image, staging / "image.nrrd")
+                files = ["image.nrrd"] + [f"channel_{k:02d}.nrrd" for k in range(1, len(names))]
+                for file, channel in list(zip(files, (channels or {}).values(), strict=True))[1:]:
+                    check_scan(channel, source)
+                    write_image(channel, staging / file)
                 rec = {
                     "id": case_id,
                     "image": "image.nrrd",
@@ -385,6 +434,8 @@ class Workspace:
                     "labels": [],
                     "predictions": {},
                 }
+                if len(names) > 1:
+                    rec["channels"] = [{"name": n, "file": f} for n, f in zip(names, files, strict=True)]
                 atomic_write_json(staging / "case.json", rec)
                 _fsync_dir(staging)
                 os.rename(staging, self.cases_dir / case_id)
@@ -394,6 +445,20 @@ class Workspace:
                 raise
             self._cases[case_id] = rec
             return json.loads(json.dumps(rec))
+
+    def _check_channels(self, case_id: str, names: list[str]) -> None:
+        """Refuse a case whose channels differ from the other cases' (caller holds the lock)."""
+        if not self._cases:
+            return
+        have = self.channel_names()
+        new = names if len(names) > 1 else []
+        if new != have:
+            shown = ", ".join(have) if have else "one image"
+            theirs = ", ".join(new) if new else "one image"
+            raise Invalid(
+                f"case {case_id!r} has channels ({theirs}) but the workspace's cases have ({shown}): every "
+                "case needs the same channels, in the same order"
+            )
 
     def delete_case(self, case_id: str) -> None:
         """Remove a case with all its labels and predictions."""
