@@ -7,7 +7,7 @@ inference in the core package ``reciprocalseg``, reached only through its ``Clie
 
 Nothing on the GUI thread waits on the network or a process: the panel runs every service call
 on ``ReciprocalSegLib.tasks.TaskRunner`` (one worker thread, results delivered by a QTimer) and
-does only the scene steps itself (tests/slicer/test_module_static.py checks the slots).
+does only the scene steps itself (tests/slicer/test_static_gui_thread.py checks the slots).
 
 Supported Slicer versions: 5.10 and 5.12 (Python 3.12). Every Slicer API used was read in
 Slicer's source (docs/SLICER.md lists them with file, line and version); Slicer 5.8 loads this
@@ -41,7 +41,7 @@ from reciprocalseg.service import slicer_requirements
 
 # isort: split
 # Slicer-only imports. Everything above must import in plain Python with only the packages that
-# Slicer bundles (tests/slicer/test_module_static.py checks it).
+# Slicer bundles (tests/slicer/test_static_imports_lint.py checks it).
 import qt
 import slicer
 import vtk
