@@ -301,6 +301,13 @@ def with_channels(config: TrainConfig, names: list[str]) -> TrainConfig:
     return config.replace(channels=channels)
 
 
+def preset_channels(preset: str, overrides: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """A preset's `channels` for cases with these channels: each normalised as the preset (with
+    the settings in `overrides`, None: not set) normalises its one channel."""
+    config = make_config(preset, **{k: v for k, v in overrides.items() if v is not None})
+    return [dict(c) for c in with_channels(config, names).channels]
+
+
 def _jsonable_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
