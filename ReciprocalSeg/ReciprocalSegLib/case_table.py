@@ -8,6 +8,9 @@ predicted) must stay last in either direction.
 "partial" or "none") and ``annotated_fraction`` (0..1 of the case's voxels): a case labelled
 from scribbles is "partial" with the fraction of voxels its strokes cover. A service from before
 partial labels does not send them: the cells then read "?" (sorted last).
+
+*Channels* is the number of images the case holds (1, or 2 for T2 + ADC; the service's ``channels``
+lists their names, empty for one image).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-CASE_COLUMNS = ("Case", "Status", "Annotation", "Annotated", "Disagreement", "QA flags")
+CASE_COLUMNS = ("Case", "Status", "Channels", "Annotation", "Annotated", "Disagreement", "QA flags")
+COLUMN_CHANNELS = CASE_COLUMNS.index("Channels")
 COLUMN_ANNOTATION = CASE_COLUMNS.index("Annotation")
 COLUMN_ANNOTATED = CASE_COLUMNS.index("Annotated")
 COLUMN_SCORE = CASE_COLUMNS.index("Disagreement")
@@ -62,13 +66,19 @@ def _qa_text(flags: int | None) -> str:
     return "" if flags is None else str(int(flags))
 
 
+def channel_count(case: Any) -> int:
+    """How many images the case holds (a service from before several images per case: one)."""
+    return max(1, len(getattr(case, "channels", None) or []))
+
+
 def case_row(case: Any) -> tuple:
-    """The table's texts for one ``CaseInfo``: ID, status, annotation, annotated fraction,
-    disagreement score, QA flag count (empty: not predicted with the current round, or predicted
-    before QA existed)."""
+    """The table's texts for one ``CaseInfo``: ID, status, channel count, annotation, annotated
+    fraction, disagreement score, QA flag count (empty: not predicted with the current round, or
+    predicted before QA existed)."""
     return (
         case.id,
         case.status,
+        str(channel_count(case)),
         annotation_text(case),
         fraction_text(case),
         _score_text(getattr(case, "score", None)),
@@ -81,6 +91,8 @@ def _sort_key(case: Any, column: int) -> Any:
         return case.id
     if column == 1:
         return case.status
+    if column == COLUMN_CHANNELS:
+        return channel_count(case)
     if column == COLUMN_ANNOTATION:
         value = _annotation(case)
         return None if value is None else ANNOTATION_ORDER[value]

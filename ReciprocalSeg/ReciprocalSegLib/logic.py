@@ -19,10 +19,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .case_channels import check_channel_choice, show_channel, tag_channel
 from .learning_curve import LearningCurve
 from .prediction_display import (
     LABEL_COLORS,
@@ -113,6 +114,19 @@ class CaseFiles:
     case_id: str
     image: Path | None = None
     label: Path | None = None
+    channels: list = field(default_factory=list)  # (index, name, path) of channels 1.. of a case
+    channel_names: list = field(default_factory=list)  # all its channels' names ([] for one image)
+
+
+@dataclass
+class ChannelUpload:
+    """Scene volumes (channel order) written to files, to be uploaded as one case with their names."""
+
+    node_ids: list
+    names: list
+    paths: list
+    wanted_id: str
+    case_id: str | None = None
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -339,6 +353,55 @@ class ReciprocalSegLoop:
         uploads = self.upload_volume_files(self.prepare_volume_uploads([volume]))
         return self.finish_volume_uploads(uploads)[0]
 
+    # ------------------------------------------------------------------ a case of several volumes
+
+    def prepare_channel_upload(
+        self, volumes: Sequence[Any], names: Sequence[str], case_id: str | None = None
+    ) -> ChannelUpload:
+        """Main thread: check the user's channels (volumes in order, a name each) and write each
+        volume to a scratch NRRD file (its own grid: the service checks they share channel 0's)."""
+        names = check_channel_choice(volumes, names)
+        for volume in volumes:
+            if not is_scalar_volume(volume):
+                raise ValueError(f"{volume.GetName()} is a {volume.GetClassName()}, not a scalar volume.")
+        folder = self._scratch()
+        paths = [write_volume(v, folder / f"channel{k:02d}.nrrd") for k, v in enumerate(volumes)]
+        wanted = case_id or case_id_from_name(volumes[0].GetName())
+        return ChannelUpload([v.GetID() for v in volumes], names, paths, wanted)
+
+    def upload_channel_files(self, upload: ChannelUpload) -> ChannelUpload:
+        """Any thread: send the files as one case with a free ID, then delete them."""
+        client = self.require_client()
+        try:
+            known = {c.id for c in client.list_cases()}
+            case_id, k = upload.wanted_id, 2
+            while case_id in known:
+                case_id, k = f"{upload.wanted_id[:60]}_{k}", k + 1
+            first, *more = (str(p) for p in upload.paths)
+            info = client.add_case(first, case_id=case_id, channels=more, channel_names=upload.names)
+            upload.case_id = info.id
+        finally:
+            shutil.rmtree(Path(upload.paths[0]).parent, ignore_errors=True)
+        return upload
+
+    def finish_channel_upload(self, upload: ChannelUpload) -> str:
+        """Main thread: tag the volumes as the case's channels (channel 0 the case volume) and show
+        channel 0 behind, channel 1 in front; returns the case ID."""
+        nodes = [self.logics.scene.GetNodeByID(i) for i in upload.node_ids]
+        for index, (node, name) in enumerate(zip(nodes, upload.names, strict=True)):
+            if node is not None:
+                tag_channel(node, upload.case_id, index, name)
+        show_channel(self.logics.scene, nodes[0], nodes[1] if len(nodes) > 1 else None)
+        return upload.case_id
+
+    def add_volumes_as_case(
+        self, volumes: Sequence[Any], names: Sequence[str], case_id: str | None = None
+    ) -> str:
+        """Send scene volumes as one case with several images (T2, ADC ...); returns its ID."""
+        return self.finish_channel_upload(
+            self.upload_channel_files(self.prepare_channel_upload(volumes, names, case_id))
+        )
+
     def add_all_volumes(self) -> tuple:
         """Send every scalar volume that is no case yet; returns (case IDs, skipped-volume messages)."""
         volumes, skipped = self.volumes_to_add()
@@ -391,6 +454,13 @@ class ReciprocalSegLoop:
         folder = self._scratch()
         if need_image:
             files.image = client.get_image(case_id, str(folder / f"{case_id}.nrrd"))
+            names = getattr(client.get_case(case_id), "channels", None) or []
+            files.channel_names = list(names)
+            for index, name in enumerate(names[1:], start=1):
+                path = client.get_image(
+                    case_id, str(folder / f"{case_id}_channel{index}.nrrd"), channel=index
+                )
+                files.channels.append((index, name, path))
         if need_label:
             try:
                 files.label = client.get_label(case_id, str(folder / f"{case_id}_label.nrrd"))
@@ -413,6 +483,7 @@ class ReciprocalSegLoop:
                 volume = read_volume(self.logics.volumes, files.image, case_id)
                 CaseNodes.tag(volume, case_id, ROLE_IMAGE)
                 keep_file(volume, files.image, self._keep(case_id))
+                self._channel_volumes(case_id, files, volume)
             label = self.case_node(case_id, ROLE_LABEL)
             if label is None:
                 label = self._label_from_file(case_id, files.label, volume)
@@ -422,6 +493,20 @@ class ReciprocalSegLoop:
                     shutil.rmtree(Path(path).parent, ignore_errors=True)
         self.nodes.show_only(case_id)
         return volume, label
+
+    def _channel_volumes(self, case_id: str, files: CaseFiles, volume: Any) -> None:
+        """Channels 1.. of a case as volumes beside the case volume (channel 0), tagged by index and
+        name; the first of them in the slice views' foreground."""
+        layers = []
+        for index, name, path in files.channels:
+            node = read_volume(self.logics.volumes, path, f"{case_id} {name}")
+            tag_channel(node, case_id, index, name)
+            CaseNodes.place_like(node, volume)
+            keep_file(node, path, self._keep(case_id))
+            layers.append(node)
+        if files.channels:
+            tag_channel(volume, case_id, 0, files.channel_names[0])
+            show_channel(self.logics.scene, volume, layers[0])
 
     def show_case(self, case_id: str) -> tuple:
         """Case volume and editable label in the scene (downloaded when missing); others hidden."""
