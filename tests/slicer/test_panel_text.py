@@ -39,7 +39,7 @@ def test_case_table_shows_full_partial_unlabelled_and_the_annotated_fraction():
     }
     assert [rows[i][COLUMN_ANNOTATION] for i in rows] == ["full", "partial", "partial", "unlabelled"]
     assert [rows[i][COLUMN_ANNOTATED] for i in rows] == ["100 %", "0.52 %", "50 %", "0 %"]
-    assert rows["scribbled"][:2] == ("scribbled", "labelled") and len(rows["full"]) == 6
+    assert rows["scribbled"][:2] == ("scribbled", "labelled") and len(rows["full"]) == 7
 
 
 def test_case_table_without_the_annotation_fields_shows_question_marks():
