@@ -22,6 +22,7 @@ ROLE_STUDENT = "student"
 ROLE_DISAGREEMENT = "disagreement"
 ROLE_SCRIBBLES = "scribbles"  # strokes per class and background (scribbles.py)
 DERIVED_ROLES = (ROLE_LABEL, ROLE_TEACHER, ROLE_STUDENT, ROLE_DISAGREEMENT, ROLE_SCRIBBLES)
+CLASS_SEGMENT_ID = re.compile(r"^class_(\d+)$")  # = segment_export.SEGMENT_ID_PATTERN
 # Node classes that can carry a case role (subclasses included by GetNodesByClass).
 CASE_NODE_CLASSES = ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode")
 
@@ -71,6 +72,29 @@ class CaseNodes:
     def tag(node: Any, case_id: str, role: str) -> None:
         node.SetAttribute(ATTR_CASE_ID, case_id)
         node.SetAttribute(ATTR_ROLE, role)
+
+    @staticmethod
+    def untag(node: Any) -> None:
+        """The node is no case's any more (its case was deleted): *Add volume* sends it again."""
+        if node is not None:
+            node.RemoveAttribute(ATTR_CASE_ID)
+            node.RemoveAttribute(ATTR_ROLE)
+
+    def class_names(self, case_id: str) -> dict:
+        """Class -> name that this case's own nodes give (segments ``class_k``): its label's, and
+        for classes its label lacks, its scribbles'. Never another case's."""
+        names: dict = {}
+        for role in (ROLE_SCRIBBLES, ROLE_LABEL):  # the label's names win
+            node = self.find(case_id, role)
+            if node is None:
+                continue
+            segmentation = node.GetSegmentation()
+            for i in range(segmentation.GetNumberOfSegments()):
+                match = CLASS_SEGMENT_ID.match(segmentation.GetNthSegmentID(i))
+                name = segmentation.GetNthSegment(i).GetName()
+                if match and name:
+                    names[int(match.group(1))] = name
+        return names
 
     @staticmethod
     def place_like(node: Any, volume: Any) -> None:

@@ -1,0 +1,76 @@
+"""An empty label is asked about, a deleted case's volume is sent again (issue 26, item 5), on
+real MRML and a real service.
+
+The old code submitted an empty full label silently (the case became labelled, all background),
+and *Add volume* returned a deleted case's ID without sending anything (*Add all* skipped it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from mrml_helpers import add_volume, blob_image, oblique_ijk_to_ras, service_label
+
+SHAPE = (8, 9, 10)
+
+
+def new_volume(loop, name: str):
+    image, _ = blob_image(shape=SHAPE, seed=41)
+    return add_volume(loop.logics.scene, name, image, oblique_ijk_to_ras())
+
+
+def test_an_empty_full_label_is_asked_about_and_warned_of(two_class_service, loop_factory, tmp_path, caplog):
+    from ReciprocalSegLib.tasks import TaskRunner
+
+    loop = loop_factory(two_class_service)
+    case_id = loop.add_volume(new_volume(loop, "empty_label"))
+    volume, label = loop.show_case(case_id)
+    client = two_class_service.client
+
+    # The panel: the question is asked on the GUI thread (the polling one), before any upload.
+    asked, runner, out = [], TaskRunner(), {}
+
+    def decline(question):
+        asked.append(question)
+        return False
+
+    runner.submit(
+        "submit", lambda c: loop.submit(case_id, False, c, confirm=decline), lambda r: out.update(result=r)
+    )
+    assert runner.wait(timeout=120)
+    assert len(asked) == 1 and "all background" in asked[0] and case_id in asked[0]
+    assert out["result"].declined and out["result"].version is None
+    assert client.get_case(case_id).label_version is None  # declined: nothing uploaded
+
+    result = loop.submit(case_id, False, confirm=lambda question: True)
+    assert result.version is not None and "all background" in result.warning
+    np.testing.assert_array_equal(service_label(client, case_id, tmp_path), np.zeros(SHAPE, np.uint8))
+
+    # The console: no question, a warning in the result and in the log.
+    with caplog.at_level(logging.WARNING):
+        version = loop.submit_segmentation(case_id, label, volume)
+    assert version.version == 2
+    assert any("all background" in r.getMessage() for r in caplog.records)
+
+
+def test_a_deleted_cases_volume_is_sent_again(two_class_service, loop_factory):
+    from ReciprocalSegLib.scene_cases import ATTR_CASE_ID
+
+    loop = loop_factory(two_class_service)
+    client = two_class_service.client
+    volume = new_volume(loop, "readd_me")
+    case_id = loop.add_volume(volume)
+    client.delete_case(case_id)  # deleted by another client: the node is still tagged
+    assert volume.GetAttribute(ATTR_CASE_ID) == case_id
+    assert loop.add_volume(volume) == case_id
+    assert case_id in {c.id for c in client.list_cases()}  # uploaded again
+
+    client.delete_case(case_id)
+    assert case_id in loop.add_all_volumes()[0]  # Add all sends it again too
+    assert case_id in {c.id for c in client.list_cases()}
+
+    loop.delete_case(case_id)  # deleted from the panel: the volume is no case any more
+    assert volume.GetAttribute(ATTR_CASE_ID) is None
+    assert loop.add_volume(volume) == case_id
+    assert client.get_case(case_id).id == case_id
