@@ -696,7 +696,7 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
         """
         if not self.ensure_requirements(askConfirmation=askConfirmation):
             raise RuntimeError(_("The required Python packages were not installed."))
-        from reciprocalseg.service.launcher import service_python
+        from reciprocalseg.client import service_python
 
         python = service_python()  # PythonSlicer, never sys.executable (inside Slicer that is Slicer itself)
         # The child process must find the core package, which sits beside this file.

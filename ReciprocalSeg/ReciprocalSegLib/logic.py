@@ -241,7 +241,7 @@ class ReciprocalSegLoop:
         self, workspace: Path, python: str, env: dict | None = None, timeout: float = 60.0
     ) -> Any:
         """Start a service with ``python`` on a free loopback port and connect to it (blocks)."""
-        from reciprocalseg.service.launcher import LocalService
+        from reciprocalseg.client import LocalService
 
         self.stop_service()
         workspace = Path(workspace).expanduser()
