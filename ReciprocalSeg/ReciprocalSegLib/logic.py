@@ -42,11 +42,14 @@ from .case_content import (
 from .learning_curve import LearningCurve
 from .node_data import (
     BINARY_LABELMAP,
+    PaintedLayers,
     SegmentSpec,
     SegmentsSnapshot,
     add_segments,
     add_volume_node,
-    snapshot_segments,
+    copy_in_steps,
+    painted_layers,
+    release_layers,
     volume_grid,
 )
 from .prediction_display import (
@@ -135,21 +138,26 @@ class CaseFiles:
 @dataclass
 class VolumeSnapshot:
     """A copy of a scene volume to upload: its node name, the case it is tagged with (None: none),
-    its voxels (k, j, i) and grid."""
+    its voxels (k, j, i; copied after) and grid."""
 
     name: str
     case_id: str | None
-    voxels: np.ndarray
+    voxels: np.ndarray | None
     grid: Geometry
 
 
 @dataclass
 class Painted:
-    """A copy of what is painted in a segmentation, each segment's class, the volume's grid."""
+    """What is painted in a segmentation (its layers, copied in steps after; or, exported through
+    Slicer, a snapshot already), each segment's class, the volume's grid."""
 
-    snapshot: SegmentsSnapshot
+    layers: PaintedLayers | None
+    snapshot: SegmentsSnapshot | None
     classes: dict
     grid: Geometry
+
+    def copy(self, context: Any) -> SegmentsSnapshot:
+        return self.snapshot if self.snapshot is not None else self.layers.copy(context)
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -358,6 +366,7 @@ class ReciprocalSegLoop:
                     continue
                 context.progress(n / max(len(node_ids), 1), f"uploading {snapshot.name}")
                 try:
+                    snapshot.voxels = self._volume_voxels(context, node_id)
                     case_id = self._upload_volume(client, snapshot, known, folder)
                 except Exception as error:  # named and reported; the batch goes on
                     result.failed.append((snapshot.name, str(error)))
@@ -369,17 +378,29 @@ class ReciprocalSegLoop:
             shutil.rmtree(folder, ignore_errors=True)
         return result
 
-    def _volume_snapshot(self, node_id: str) -> VolumeSnapshot | None:
-        """Main thread: a copy of a volume's voxels and grid (one memory copy), or None if gone."""
+    def _volume_voxels(self, context: Any, node_id: str) -> np.ndarray:
+        """Any thread: a copy of a scene volume's voxels, taken in short GUI-thread steps."""
         from slicer.util import arrayFromVolume
 
+        def node() -> Any:
+            volume = self.logics.scene.GetNodeByID(node_id)
+            if volume is None or volume.GetImageData() is None:
+                raise RuntimeError("the volume left the scene while it was added")
+            return volume
+
+        return copy_in_steps(
+            context, lambda: arrayFromVolume(node()), lambda: node().GetImageData().GetMTime()
+        )
+
+    def _volume_snapshot(self, node_id: str) -> VolumeSnapshot | None:
+        """Main thread: a volume's name, case tag and grid (its voxels: ``_volume_voxels``), or None."""
         volume = self.logics.scene.GetNodeByID(node_id)
         if volume is None:
             return None
         if not is_scalar_volume(volume):
             raise ValueError(f"{volume.GetName()} is a {volume.GetClassName()}, not a scalar volume.")
         tagged = volume.GetAttribute(ATTR_CASE_ID) if volume.GetAttribute(ATTR_ROLE) == ROLE_IMAGE else None
-        return VolumeSnapshot(volume.GetName(), tagged, arrayFromVolume(volume).copy(), volume_grid(volume))
+        return VolumeSnapshot(volume.GetName(), tagged, None, volume_grid(volume))
 
     def _upload_volume(self, client: Any, snapshot: VolumeSnapshot, known: set, folder: Path) -> str:
         """Any thread: write the copy (its own grid) and upload it under a free case ID."""
@@ -596,9 +617,10 @@ class ReciprocalSegLoop:
         panel's OK/Cancel); without ``confirm`` it is submitted with a warning (result and log).
         """
         painted = context.on_main(lambda: self._painted(case_id, scribbles, segmentation))
+        snapshot = painted.copy(context)
         client = self.require_client()
         stored = self._stored_grid(client, case_id, painted.grid)
-        masks = painted.snapshot.masks(painted.classes, stored)
+        masks = snapshot.masks(painted.classes, stored)
         result = SubmitResult(case_id, scribbles)
         if scribbles:
             label, result.summary = compose_scribbles(masks)
@@ -616,7 +638,7 @@ class ReciprocalSegLoop:
         return result
 
     def _painted(self, case_id: str, scribbles: bool, segmentation: Any = None) -> Painted:
-        """Main thread: a copy of what is painted in the case's label or scribbles, with each
+        """Main thread: what is painted in the case's label or scribbles (its layers), with each
         segment's class (from this case's own names) and the volume's grid."""
         volume = self.case_node(case_id, ROLE_IMAGE)
         role = ROLE_SCRIBBLES if scribbles else ROLE_LABEL
@@ -631,10 +653,12 @@ class ReciprocalSegLoop:
             CaseNodes.tag(segmentation, case_id, ROLE_LABEL)
         names = self.case_state_names(case_id, max(self.class_count() or 0, 1))
         classes = (scribble_classes if scribbles else segment_classes)(segmentation, names)
-        snapshot = snapshot_segments(segmentation, volume)
-        if snapshot is None:  # a non-linear transform between them: Slicer resamples (slow path)
-            snapshot = exported_snapshot(segmentation, classes, volume, self.nodes)
-        return Painted(snapshot, classes, volume_grid(volume))
+        layers = painted_layers(segmentation, volume)
+        # A non-linear transform between them: Slicer exports (resamples) each segment (slow path).
+        snapshot = (
+            None if layers is not None else exported_snapshot(segmentation, classes, volume, self.nodes)
+        )
+        return Painted(layers, snapshot, classes, volume_grid(volume))
 
     @staticmethod
     def _stored_grid(client: Any, case_id: str, grid: Geometry) -> Geometry:
@@ -678,7 +702,7 @@ class ReciprocalSegLoop:
     def scribble_label(self, case_id: str) -> tuple:
         """Main thread: (the partial label map the scribbles give on the volume's grid, its summary)."""
         painted = self._painted(case_id, True)
-        return compose_scribbles(painted.snapshot.masks(painted.classes, painted.grid))
+        return compose_scribbles(painted.copy(DIRECT).masks(painted.classes, painted.grid))
 
     # ------------------------------------------------------------------ scribbles (partial labels)
 
@@ -805,6 +829,7 @@ class ReciprocalSegLoop:
         if label is None:
             label = self._new_segmentation(case_id, ROLE_LABEL, volume)
         CaseNodes.place_like(label, volume)
+        release_layers(label)  # the old segments go without splitting their shared labelmap
         label.GetSegmentation().RemoveAllSegments()
         for key, (_layer, specs) in layers.items():
             add_segments(label, copies[key], specs)

@@ -7,8 +7,10 @@ GUI thread only adds the nodes and hands them the data (``add_volume_node``, ``a
 pointer work, no voxel copy, no histogram (window/level are computed by the worker and the
 display node's automatic window/level is off).
 
-The other direction, the GUI thread copies what the user painted (``snapshot_segments``, one
-memory copy per labelmap layer) and the worker maps it to any grid (``SegmentsSnapshot.masks``).
+The other direction, the GUI thread reads which labelmap layers hold what the user painted
+(``painted_layers``), copies them in slabs of ``STEP_VOXELS`` (``copy_in_steps``, one short
+GUI-thread step each, taken again if the user paints meanwhile), and the worker maps them to any
+grid (``SegmentsSnapshot.masks``).
 
 Every grid is a :class:`reciprocalseg.common.geometry.Geometry` in the scan's local frame (the
 frame of the case volume's IJK-to-RAS, under its parent transform). Slicer facts used, read in
@@ -23,8 +25,9 @@ automatic window/level, vtkMRMLScalarVolumeNode.cxx:159).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -142,6 +145,17 @@ def add_segments(segmentation_node: Any, layer: Any, specs: Sequence[SegmentSpec
         segmentation.AddSegment(segment, spec.segment_id)
 
 
+def release_layers(segmentation_node: Any) -> None:
+    """Main thread: drop every segment's labelmap before the segments go. Removing a segment that
+    shares a labelmap with others splits it voxel by voxel (``vtkSegmentation::RemoveSegment`` ->
+    ``SeparateSegmentLabelmap``: two passes over the layer, v5.12.3 vtkSegmentation.cxx), which
+    ``RemoveAllSegments`` and the segmentation's destructor do for each one: seconds on a large
+    scan. Without representations nothing is shared (``vtkSegment::RemoveAllRepresentations``)."""
+    segmentation = segmentation_node.GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        segmentation.GetNthSegment(i).RemoveAllRepresentations()
+
+
 # ----------------------------------------------------------------------------- what the user painted
 
 
@@ -173,12 +187,32 @@ class SegmentsSnapshot:
             yield segment_id, classes[segment_id], mask
 
 
-def snapshot_segments(segmentation_node: Any, volume: Any) -> SegmentsSnapshot | None:
-    """Main thread: a copy of the segmentation's binary labelmaps in the volume's local frame;
-    None when that is not possible here (a non-linear transform between the two, or segments kept
-    in another representation): the caller then exports through Slicer (``export_segment_node``)."""
+@dataclass
+class PaintedLayers:
+    """What a segmentation holds, read on the GUI thread without copying voxels: its labelmap
+    layers (the vtkOrientedImageData objects, their grids in the scan's local frame) and segments
+    (segment ID, name, layer index, label value). ``copy`` takes the voxels in GUI-thread steps."""
+
+    layers: list = field(default_factory=list)  # [(vtkOrientedImageData, Geometry) | None (empty)]
+    segments: list = field(default_factory=list)
+
+    def copy(self, context: Any) -> SegmentsSnapshot:
+        """Any thread: the snapshot, each layer copied in slabs (``copy_in_steps``)."""
+        layers = [
+            None
+            if layer is None
+            else (copy_in_steps(context, _voxels_of(layer[0]), layer[0].GetMTime), layer[1])
+            for layer in self.layers
+        ]
+        return SegmentsSnapshot(layers, list(self.segments))
+
+
+def painted_layers(segmentation_node: Any, volume: Any) -> PaintedLayers | None:
+    """Main thread: the segmentation's binary labelmap layers with their grids in the volume's
+    local frame (no voxel copied); None when that is not possible here (a non-linear transform
+    between the two, or segments kept in another representation): the caller then exports
+    through Slicer (``segment_export.exported_masks``)."""
     import slicer
-    from vtk.util.numpy_support import vtk_to_numpy
 
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSourceRepresentationName() != BINARY_LABELMAP:
@@ -189,7 +223,7 @@ def snapshot_segments(segmentation_node: Any, volume: Any) -> SegmentsSnapshot |
     ):
         return None
     frame = matrix_array(to_volume)
-    snapshot, layer_of = SegmentsSnapshot(), {}
+    painted, layer_of = PaintedLayers(), {}
     for i in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(i)
         segment = segmentation.GetSegment(segment_id)
@@ -198,25 +232,79 @@ def snapshot_segments(segmentation_node: Any, volume: Any) -> SegmentsSnapshot |
             return None
         key = layer.__this__  # the C++ address: segments of one shared layer give the same object
         if key not in layer_of:
-            layer_of[key] = len(snapshot.layers)
-            snapshot.layers.append(_layer_copy(layer, frame, vtk_to_numpy))
-        snapshot.segments.append((segment_id, segment.GetName(), layer_of[key], segment.GetLabelValue()))
-    return snapshot
+            layer_of[key] = len(painted.layers)
+            grid = _layer_grid(layer, frame)
+            painted.layers.append(None if grid is None else (layer, grid))
+        painted.segments.append((segment_id, segment.GetName(), layer_of[key], segment.GetLabelValue()))
+    return painted
 
 
-def _layer_copy(layer: Any, frame: np.ndarray, vtk_to_numpy: Any) -> tuple | None:
-    """(a copy of the layer's voxels (k, j, i), its grid in the volume's frame); None if empty."""
+def _layer_grid(layer: Any, frame: np.ndarray) -> Geometry | None:
+    """A layer's grid (its extent) in the volume's frame; None when it holds no voxel."""
     from reciprocalseg.common.geometry import Geometry
 
     extent = layer.GetExtent()
     dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
-    scalars = layer.GetPointData().GetScalars()
-    if min(dims) < 1 or scalars is None:
+    if min(dims) < 1 or layer.GetPointData().GetScalars() is None:
         return None
     matrix = vtk_matrix(np.eye(4))
     layer.GetImageToWorldMatrix(matrix)
     start = np.eye(4)
     start[:3, 3] = [extent[0], extent[2], extent[4]]
-    grid = Geometry.from_ijk_to_ras(frame @ matrix_array(matrix) @ start, dims)
-    voxels = np.array(vtk_to_numpy(scalars)).reshape(tuple(reversed(dims)))  # the one copy
-    return voxels, grid
+    return Geometry.from_ijk_to_ras(frame @ matrix_array(matrix) @ start, dims)
+
+
+def _voxels_of(image: Any) -> Callable[[], np.ndarray]:
+    """A function giving the (k, j, i) view of an image data's scalars (called on the GUI thread)."""
+
+    def view() -> np.ndarray:
+        from vtk.util.numpy_support import vtk_to_numpy
+
+        extent = image.GetExtent()
+        dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+        return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(tuple(reversed(dims)))
+
+    return view
+
+
+# ----------------------------------------------------------------------------- copies in steps
+
+STEP_VOXELS = 1 << 22  # voxels one GUI-thread step copies: 4 Mi, a few ms of memory copy
+COPY_TRIES = 3
+
+
+class ChangedWhileCopied(RuntimeError):
+    """The voxels changed (painted, edited) while they were copied, every try."""
+
+
+def copy_in_steps(context: Any, view: Callable[[], np.ndarray], mtime: Callable[[], int]) -> np.ndarray:
+    """Any thread: a copy of ``view()`` (voxels owned by the scene, read on the GUI thread), one
+    slab of ``STEP_VOXELS`` per GUI-thread step, so a large scan never holds the GUI thread for
+    long. The copy is consistent: when ``mtime()`` (the data's modification time) changes between
+    the first and the last slab (the user painted meanwhile), it is taken again."""
+    for _ in range(COPY_TRIES):
+        copied = _copy_once(context, view, mtime)
+        if copied is not None:
+            return copied
+    raise ChangedWhileCopied(
+        "The voxels kept changing while they were copied: stop editing, then submit again."
+    )
+
+
+def _copy_once(context: Any, view: Callable[[], np.ndarray], mtime: Callable[[], int]) -> np.ndarray | None:
+    shape, dtype, stamp = context.on_main(lambda: (view().shape, view().dtype, mtime()))
+    out = np.empty(shape, dtype)
+    per = max(1, STEP_VOXELS // max(1, int(np.prod(shape[1:]))))
+    for first in range(0, shape[0], per):
+        if not context.on_main(partial(_copy_slab, view, mtime, out, stamp, slice(first, first + per))):
+            return None
+    return out
+
+
+def _copy_slab(view: Callable, mtime: Callable, out: np.ndarray, stamp: int, slab: slice) -> bool:
+    """GUI thread: one slab of the copy; False when the voxels changed since the copy began."""
+    source = view()
+    if source.shape != out.shape or mtime() != stamp:
+        return False
+    out[slab] = source[slab]
+    return True

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from .node_data import release_layers
+
 ATTR_CASE_ID = "ReciprocalSeg.CaseId"
 ATTR_ROLE = "ReciprocalSeg.Role"
 ROLE_IMAGE = "image"
@@ -122,6 +124,8 @@ class CaseNodes:
             storage = node.GetNthStorageNode(i)
             if storage is not None:
                 owned.append(storage)
+        if node.IsA("vtkMRMLSegmentationNode"):
+            release_layers(node)  # the node's segments go without splitting their shared labelmap
         self.scene.RemoveNode(node)
         for other in owned:
             if other.GetScene() is not None:

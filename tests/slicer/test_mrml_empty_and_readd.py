@@ -8,8 +8,10 @@ and *Add volume* returned a deleted case's ID without sending anything (*Add all
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
+import pytest
 from mrml_helpers import add_volume, blob_image, oblique_ijk_to_ras, service_label
 
 SHAPE = (8, 9, 10)
@@ -52,6 +54,38 @@ def test_an_empty_full_label_is_asked_about_and_warned_of(two_class_service, loo
         version = loop.submit_segmentation(case_id, label, volume)
     assert version.version == 2
     assert any("all background" in r.getMessage() for r in caplog.records)
+
+
+def test_the_service_and_the_client_warn_of_an_all_background_label(
+    two_class_service, loop_factory, tmp_path
+):
+    """The service's answer carries the warning for a full label with no class voxel (not for a
+    label with a class, nor for background scribbles); the client warns (console) and returns it."""
+    import SimpleITK as sitk
+
+    loop = loop_factory(two_class_service)
+    case_id = loop.add_volume(new_volume(loop, "client_warning"))
+    client = two_class_service.client
+    image = sitk.ReadImage(str(client.get_image(case_id, str(tmp_path / "image.nrrd"))))
+
+    def upload(array):
+        label = sitk.GetImageFromArray(array.astype(np.uint8))
+        label.CopyInformation(image)
+        sitk.WriteImage(label, str(tmp_path / "label.nrrd"))
+        return client.put_label(case_id, tmp_path / "label.nrrd")
+
+    with pytest.warns(UserWarning, match="all background"):
+        version = upload(np.zeros(SHAPE))
+    assert "no voxel of any class" in version.warning
+    painted = np.zeros(SHAPE)
+    painted[2:4, 2:5, 3:6] = 1
+    strokes = np.full(SHAPE, 255)
+    strokes[0] = 0  # background scribbles only: a partial label, no warning
+    for array in (painted, strokes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert upload(array).warning is None
+    assert client.label_history(case_id).versions[0].warning is None  # said once, not stored
 
 
 def test_a_deleted_cases_volume_is_sent_again(two_class_service, loop_factory):
