@@ -524,15 +524,19 @@ class ReciprocalSegLoop:
         if state.grid is None or not state.has_label:
             client = self.require_client()
             folder = self._scratch()
-            if state.grid is None:
-                context.progress(None, f"downloading {case_id}")
-                files.image = client.get_image(case_id, str(folder / f"{case_id}.nrrd"))
-            if not state.has_label:
-                try:
-                    files.label = client.get_label(case_id, str(folder / f"{case_id}_label.nrrd"))
-                except ServiceError as error:
-                    if error.status_code != 404:
-                        raise
+            try:
+                if state.grid is None:
+                    context.progress(None, f"downloading {case_id}")
+                    files.image = client.get_image(case_id, str(folder / f"{case_id}.nrrd"))
+                if not state.has_label:
+                    try:
+                        files.label = client.get_label(case_id, str(folder / f"{case_id}_label.nrrd"))
+                    except ServiceError as error:
+                        if error.status_code != 404:
+                            raise
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)  # no download left behind
+                raise
         return self.apply_case(case_id, files, context, state)
 
     def show_case(self, case_id: str) -> tuple:
@@ -734,7 +738,12 @@ class ReciprocalSegLoop:
         state = context.on_main(lambda: self.case_state(case_id))
         client = self.require_client()
         context.progress(None, f"predicting {case_id}")
-        result = client.predict(case_id, out_dir=str(self._scratch()), live=live)
+        folder = self._scratch()
+        try:
+            result = client.predict(case_id, out_dir=str(folder), live=live)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # no download left behind
+            raise
         return self.show_prediction_files(case_id, result, context, state)
 
     def predict(self, case_id: str, live: bool = False) -> tuple:
