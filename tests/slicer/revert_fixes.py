@@ -6,6 +6,7 @@ Not collected by pytest (a developer's check of the tests themselves; it runs th
 once per fix, several minutes on a small machine).
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -187,6 +188,8 @@ for name, path, old, new, tests in TOGGLES:
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         cwd=W,
+        # the scratch copy first, in the tests and in the services they start
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(W / "ReciprocalSeg"), str(W)])),
         capture_output=True,
         text=True,
         timeout=1200,

@@ -45,14 +45,15 @@ def test_an_empty_full_label_is_asked_about_and_warned_of(two_class_service, loo
     assert out["result"].declined and out["result"].version is None
     assert client.get_case(case_id).label_version is None  # declined: nothing uploaded
 
-    result = loop.submit(case_id, False, confirm=lambda question: True)
+    with pytest.warns(UserWarning, match="all background"):  # the client's, for a console
+        result = loop.submit(case_id, False, confirm=lambda question: True)
     assert result.version is not None and "all background" in result.warning
     np.testing.assert_array_equal(service_label(client, case_id, tmp_path), np.zeros(SHAPE, np.uint8))
 
-    # The console: no question, a warning in the result and in the log.
-    with caplog.at_level(logging.WARNING):
+    # The console: no question, a warning in the result, the log and Python's warnings.
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="all background"):
         version = loop.submit_segmentation(case_id, label, volume)
-    assert version.version == 2
+    assert version.version == 2 and "all background" in version.warning
     assert any("all background" in r.getMessage() for r in caplog.records)
 
 
