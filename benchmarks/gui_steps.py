@@ -87,8 +87,13 @@ class Recorder:
         try:
             return call()
         finally:
-            step = [time.perf_counter() - started, time.thread_time() - cpu]
+            step = [round(time.perf_counter() - started, 5), round(time.thread_time() - cpu, 5)]
             self.steps.setdefault(action, []).append(step)
+
+    def drop_idle(self, action: str) -> None:
+        """Forget the last poll if it ran no step (under 0.1 ms): the JSON keeps the real steps."""
+        if self.steps[action][-1][0] < 1e-4:
+            self.steps[action].pop()
 
 
 class OldLib:
@@ -144,6 +149,7 @@ class NewLib:
         self.runner.submit(action, work, lambda result: box.setdefault("result", result), failed)
         while self.runner.busy:
             self.rec.gui(action, self.runner.poll)
+            self.rec.drop_idle(action)
             time.sleep(0.002)
         if "error" in box:
             raise box["error"]

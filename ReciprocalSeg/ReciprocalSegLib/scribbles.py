@@ -129,7 +129,9 @@ def compose_scribbles(masks: Iterable[tuple]) -> tuple:
     """Any thread: (partial label map: 255 unpainted, 0 background, k class k; its ScribbleSummary)
     from (segment ID, class value, mask) triples. ScribbleError when no voxel is annotated."""
     label = conflict = None
+    values = {BACKGROUND}
     for _segment_id, k, mask in masks:
+        values.add(k)
         if label is None:
             label = np.full(mask.shape, UNANNOTATED, dtype=np.uint8)
             conflict = np.zeros(mask.shape, dtype=bool)
@@ -141,11 +143,13 @@ def compose_scribbles(masks: Iterable[tuple]) -> tuple:
             "The scribble segmentation has no segments: select the case again to recreate them."
         )
     label[conflict] = UNANNOTATED
-    counts = np.bincount(label[label != UNANNOTATED].ravel(), minlength=1)
+    # One comparison per class (numpy lets other threads run meanwhile; bincount of a large scan
+    # holds Python's lock for a quarter of a second, the GUI thread with it).
+    counts = {k: int(np.count_nonzero(label == k)) for k in sorted(values)}
     summary = ScribbleSummary(
         total=int(label.size),
-        per_class={k: int(n) for k, n in enumerate(counts) if n},
-        conflicts=int(conflict.sum()),
+        per_class={k: n for k, n in counts.items() if n},
+        conflicts=int(np.count_nonzero(conflict)),
     )
     if not summary.annotated:
         detail = (
