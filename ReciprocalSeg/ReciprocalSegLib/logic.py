@@ -409,8 +409,9 @@ class ReciprocalSegLoop:
         from reciprocalseg.common.geometry import image_from_array
 
         wanted = snapshot.case_id or case_id_from_name(snapshot.name)
+        taken = {known_id.casefold() for known_id in known}  # the service's IDs differ beyond case
         case_id, k = wanted, 2
-        while case_id in known:
+        while case_id.casefold() in taken:
             case_id, k = f"{wanted[:60]}_{k}", k + 1
         path = folder / f"{case_id}.nrrd"
         # Compressed for a remote service (the network is the bottleneck), raw for a local one.

@@ -87,3 +87,14 @@ def test_add_folder_with_a_bad_file_in_the_middle(two_class_service, loop_factor
     assert case_ids(two_class_service.client) == after
     assert two_class_service.client.get_case("fold_a").label_version == 1
     assert "1 failed: fold_b_bad.nrrd" in again.message()
+
+
+def test_a_free_case_id_differs_beyond_letter_case(two_class_service, loop_factory, tmp_path):
+    """The service's case IDs are unique without regard to case: a volume named like an existing
+    case in other letters gets a free variant, never a refusal."""
+    loop = loop_factory(two_class_service)
+    image, _ = blob_image(shape=SHAPE, seed=33)
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / "Mixed_Case.nrrd"))
+    two_class_service.client.add_case(tmp_path / "Mixed_Case.nrrd", case_id="Mixed_Case")
+    volume = add_volume(loop.logics.scene, "mixed_case", image, oblique_ijk_to_ras())
+    assert loop.add_volume(volume) == "mixed_case_2"
