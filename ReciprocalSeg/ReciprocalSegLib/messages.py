@@ -31,11 +31,6 @@ def backend_state(connected: bool, local: bool, url: str | None, info: Any = Non
     return text
 
 
-def cases_added(case_ids: list, skipped: list = ()) -> str:
-    text = f"Added {len(case_ids)} case{'' if len(case_ids) == 1 else 's'}."
-    return text + (f" {len(skipped)} skipped." if skipped else "")
-
-
 def class_count_set(count: int, fixed: bool) -> str:
     return f"{count} foreground classes, {'fixed' if fixed else 'following the labels'}."
 

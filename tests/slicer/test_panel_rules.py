@@ -133,16 +133,21 @@ def test_messages_of_the_panel():
     assert messages.next_case("c1", 0.25, None, "disagreement") == "Next: c1 (disagreement 0.2500)"
     assert messages.next_case("c1", None, None, "disagreement") is None
     assert messages.prediction_line("round 2", None).endswith("disagreement: ?")
-    assert messages.cases_added(["a"]) == "Added 1 case."
-    assert messages.cases_added(["a", "b"], ["x"]) == "Added 2 cases. 1 skipped."
+    from ReciprocalSegLib.batch import BatchResult
+
+    assert BatchResult(added=["a"]).message() == "Added 1 case."
+    both = BatchResult(added=["a", "b"], existing=["c"], failed=[("CT 3", "NaN voxels")])
+    assert both.message() == "Added 2 cases (1 already there); 1 failed: CT 3."
+    assert both.failure_text() == "CT 3: NaN voxels"
     assert messages.class_count_set(3, False) == "3 foreground classes, following the labels."
 
 
 def test_submission_texts():
-    from ReciprocalSegLib.submission import Submission
+    from ReciprocalSegLib.submission import SubmitResult, task_name
 
-    label = Submission("c1", False, Path("x.nrrd"), warning="Nothing was painted: all background.")
-    assert label.task_name == "Submitting the label of c1"
+    assert task_name("c1", False) == "Submitting the label of c1"
+    label = SubmitResult("c1", False, warning="Nothing was painted: all background.")
     assert label.done_message() == "Label of c1 submitted. Nothing was painted: all background."
-    strokes = Submission("c2", True, Path("y.nrrd"), summary=SimpleNamespace(text=lambda: "9 voxels"))
+    strokes = SubmitResult("c2", True, summary=SimpleNamespace(text=lambda: "9 voxels"))
     assert strokes.done_message() == "Scribbles of c2 submitted: 9 voxels."
+    assert SubmitResult("c3", False, declined=True).done_message() == "The label of c3 was not submitted."
