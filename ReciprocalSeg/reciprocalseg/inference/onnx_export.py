@@ -118,7 +118,7 @@ def _training_spacing(run: Path) -> list[float] | None:
             reader.ReadImageInformation()
         except RuntimeError:
             continue  # a moved or DICOM-folder scan: the median comes from the others
-        spacings.append(reader.GetSpacing())
+        spacings.append(reader.GetSpacing()[:3])  # a 4D file's 4th axis is its channels
     return [float(v) for v in np.median(spacings, axis=0)] if spacings else None
 
 
