@@ -602,6 +602,10 @@ class ReciprocalSegLoop:
                 raise
         return self.apply_case(case_id, files, context, state)
 
+    def channel_layer(self, case_id: str) -> Any:
+        """Main thread: channel 1 of a case with several images in the scene (None: one image)."""
+        return self.case_node(case_id, "channel1")
+
     @staticmethod
     def _download_channels(client: Any, case_id: str, folder: Path, files: CaseFiles) -> None:
         """Any thread: channels 1.. of a case with several images, beside its image (channel 0)."""
