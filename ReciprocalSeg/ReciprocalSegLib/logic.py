@@ -9,7 +9,7 @@ what was painted: benchmarks/gui_steps.py measures them). The panel runs them on
 (``tasks.TaskRunner``); with ``tasks.DIRECT``, the default, they run on the calling thread, as the
 Python console, scripts and tests call them (``add_volume``, ``show_case``, ``submit_segmentation``,
 ``predict``). ``NETWORK_METHODS`` lists the methods that wait on the network or a process;
-tests/slicer/test_module_static.py checks that the widget calls them only through its task runner.
+tests/slicer/test_static_gui_thread.py checks that the widget calls them only through its task runner.
 
 Nodes are made from memory, never from a kept file: a Save writes them (Slicer gives a node
 without a storage node a default one, qSlicerSaveDataDialog.cxx nodeFileInfo, v5.12.3), so the
