@@ -421,7 +421,8 @@ class Workspace:
             try:
                 write_image(image, staging / "image.nrrd")
                 files = ["image.nrrd"] + [f"channel_{k:02d}.nrrd" for k in range(1, len(names))]
-                for file, channel in list(zip(files, (channels or {}).values(), strict=True))[1:]:
+                more = list((channels or {}).values())[1:]  # channel 0 is `image`; one image: none
+                for file, channel in zip(files[1:], more, strict=True):
                     check_scan(channel, source)
                     write_image(channel, staging / file)
                 rec = {
