@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..common.errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, DataError, ReciprocalSegError
+from ..common.errors import (
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    DataError,
+    ReciprocalSegError,
+    exit_code_of,
+)
 from ..training.command import add_train_arguments, request_from_args
 
 __all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "main", "make_parser"]
@@ -348,17 +354,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except CancelledError as exc:
-        print(f"cancelled: {exc}. Rerun the same command to resume.", file=sys.stderr)
-        return EXIT_CANCELLED
-    except ReciprocalSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_CANCELLED
+    return exit_code_of(lambda: args.func(args))
 
 
 if __name__ == "__main__":

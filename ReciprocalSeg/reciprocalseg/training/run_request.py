@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..common.errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, ReciprocalSegError
+from ..common.errors import exit_code_of
 from .request import TrainRequest, print_result, train_in_process
 
 
@@ -33,17 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--request", type=Path, required=True, help="RUN/request.json")
     args = parser.parse_args(argv)
-    try:
-        return run(TrainRequest.load(args.request))
-    except CancelledError as exc:
-        print(f"cancelled: {exc}. Rerun the same command to resume.", file=sys.stderr)
-        return EXIT_CANCELLED
-    except ReciprocalSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_CANCELLED
+    return exit_code_of(lambda: run(TrainRequest.load(args.request)))
 
 
 if __name__ == "__main__":
