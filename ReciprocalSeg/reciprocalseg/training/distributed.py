@@ -268,6 +268,7 @@ class DistributedTrainer(Trainer):
         warm_start: Path | None = None,
         cache_dir: Path | None = None,
         sync_batchnorm: bool = False,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if sync_batchnorm and config.normalization != "batchnorm":
             raise TrainingError(
@@ -288,6 +289,7 @@ class DistributedTrainer(Trainer):
             cancel,
             warm_start,
             cache_dir,
+            clock,
         )
         if not ctx.is_main:  # rank 0 writes the events; the others keep theirs to themselves
             self.events.close()
