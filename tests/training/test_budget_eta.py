@@ -145,11 +145,13 @@ def load_mid_phase(phase: str, t: float) -> float:
     return base * (3.0 if 30.0 <= t < 100.0 else 1.0)
 
 
-def budgeted_run(cohort, run: Path, clock: LoadedClock, **changes) -> list[dict]:  # type: ignore[no-untyped-def]
+def budgeted_run(
+    cohort, run: Path, clock: LoadedClock, started: float | None = None, **changes
+) -> list[dict]:  # type: ignore[no-untyped-def]
     labeled, unlabeled = cohort
     config = tiny(minutes=2, checkpoint_every=10, **changes)  # 120 s: supervised to 48 s, then reciprocal
     with contextlib.suppress(CancelledError):
-        train(config, labeled, unlabeled, run, [clock.listen], clock.cancel, clock=clock)
+        train(config, labeled, unlabeled, run, [clock.listen], clock.cancel, clock=clock, started=started)
     return read_events(run / "events.jsonl")
 
 
@@ -218,9 +220,10 @@ def test_a_resumed_round_continues_on_the_same_clock(cohort, tmp_path: Path) -> 
 
 def test_a_supervised_only_round_gives_its_phase_the_whole_budget(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     clock = LoadedClock(load_mid_phase)
-    events = budgeted_run(cohort, tmp_path / "run", clock, reciprocal_iterations=0)
+    # The command started 10 s before training did (imports, planning): the budget counts them.
+    events = budgeted_run(cohort, tmp_path / "run", clock, started=clock.origin - 10, reciprocal_iterations=0)
     budgets = [e for e in events if e["event"] == "budget"]
-    assert [(e["phase"], e["deadline_s"]) for e in budgets] == [("supervised", 120.0)]
+    assert [(e["phase"], e["start_s"], e["deadline_s"]) for e in budgets] == [("supervised", 13.0, 120.0)]
     done = events[-1]
     # Within half of what one more iteration would have cost: 1 s, and at iteration 110 the
     # periodic checkpoint due with it (2 s).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    args.started = time.perf_counter()  # a time budget counts the start-up too (training/budget.py)
     labeled, unlabeled = load_cases(args)
     config = build_config(args, labeled, unlabeled)
     if args.gpus > 1:

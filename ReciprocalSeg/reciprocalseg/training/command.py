@@ -222,7 +222,10 @@ def train_in_process(
     cancel = CancelToken(args.out / "CANCEL")
     cancel.install_signal_handlers()
     listener = progress_listener(args.json)
-    return train(config, labeled, unlabeled, args.out, [listener], cancel, args.warm_start)
+    # A time budget counts from the command's start (`started`, set by the entry point): the user
+    # asked for the round to take that long, imports and planning included.
+    started = getattr(args, "started", None)
+    return train(config, labeled, unlabeled, args.out, [listener], cancel, args.warm_start, started=started)
 
 
 def print_result(args: argparse.Namespace, result: RunResult) -> None:

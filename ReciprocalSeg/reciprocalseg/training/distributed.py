@@ -38,6 +38,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -269,6 +270,7 @@ class DistributedTrainer(Trainer):
         cache_dir: Path | None = None,
         sync_batchnorm: bool = False,
         clock: Callable[[], float] | None = None,
+        started: float | None = None,
     ) -> None:
         if sync_batchnorm and config.normalization != "batchnorm":
             raise TrainingError(
@@ -290,6 +292,7 @@ class DistributedTrainer(Trainer):
             warm_start,
             cache_dir,
             clock,
+            started,
         )
         if not ctx.is_main:  # rank 0 writes the events; the others keep theirs to themselves
             self.events.close()
@@ -498,6 +501,7 @@ def train_rank(
         cancel,
         args.warm_start,
         sync_batchnorm=bool(getattr(args, "sync_bn", False)),
+        started=getattr(args, "started", None),  # the command's start (a budget counts from it)
     )
     return trainer.run()
 
@@ -533,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train":
         argv = argv[1:]
     args = train_parser("python -m reciprocalseg.training.distributed train").parse_args(argv)
+    args.started = time.perf_counter()  # a time budget counts the start-up (training/budget.py)
     ctx = None
     try:
         if "WORLD_SIZE" not in os.environ:

@@ -158,6 +158,7 @@ class Trainer:
         warm_start: Path | None = None,
         cache_dir: Path | None = None,
         clock: Callable[[], float] | None = None,
+        started: float | None = None,
     ) -> None:
         config.validate()
         if not labeled:
@@ -183,8 +184,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_run_files()
         self.events = EventLog(self.run_dir / "events.jsonl", listeners)
-        # Seconds, monotonic; tests inject a clock whose speed they change (budget.py).
+        # Seconds, monotonic; tests inject a clock whose speed they change (budget.py). `started`:
+        # the clock's reading when this session began (the command's start: a budget counts its
+        # imports and planning too); None: when run() is called.
         self.clock = clock or time.perf_counter
+        self.started = started
         self.pace = Pace(self.clock)
         self.eta = EtaModel(config)
         # A time budget (config.minutes): each phase runs to its deadline (budget.py).
@@ -259,7 +263,7 @@ class Trainer:
 
     # -- main ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        start = self._clock_start = self.clock()
+        start = self._clock_start = self.clock() if self.started is None else self.started
         done = self.run_dir / "done.json"
         if done.exists():
             return self._result(self.clock() - start)
@@ -806,6 +810,9 @@ def train(
     warm_start: Path | None = None,
     cache_dir: Path | None = None,
     clock: Callable[[], float] | None = None,
+    started: float | None = None,
 ) -> RunResult:
     """Run (or resume) a training run; see `Trainer`."""
-    return Trainer(config, labeled, unlabeled, run_dir, listeners, cancel, warm_start, cache_dir, clock).run()
+    return Trainer(
+        config, labeled, unlabeled, run_dir, listeners, cancel, warm_start, cache_dir, clock, started
+    ).run()
