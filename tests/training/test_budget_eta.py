@@ -13,8 +13,6 @@ import torch
 
 from reciprocalseg.common.errors import CancelledError, TrainingError
 from reciprocalseg.config import make_config
-from reciprocalseg.data.io import Case
-from reciprocalseg.data.phantom import write_phantom_cohort
 from reciprocalseg.data.preprocess import Preprocessing
 from reciprocalseg.data.sampling import cache_case
 from reciprocalseg.training.budget import FEW_ITERATIONS, TimeBudget
@@ -22,20 +20,6 @@ from reciprocalseg.training.checkpoint import load_checkpoint, load_model_file
 from reciprocalseg.training.eta import EtaModel, crop_passes
 from reciprocalseg.training.events import read_events
 from reciprocalseg.training.runner import PHASES, CancelToken, train
-
-
-def tiny(**changes):  # type: ignore[no-untyped-def]
-    values = dict(
-        patch_size=(16, 16, 16),
-        n_filters=4,
-        supervised_iterations=3,
-        reciprocal_iterations=4,
-        checkpoint_every=2,
-        device="cpu",
-        supervised_batch=2,
-    )
-    values.update(changes)
-    return make_config("demo", **values)
 
 
 @pytest.fixture(autouse=True)
@@ -46,12 +30,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> tuple[list[Case], list[Case]]:  # type: ignore[no-untyped-def]
-    cases = write_phantom_cohort(tmp_path_factory.mktemp("cohort"), 5, seed=3, shape_zyx=(24, 24, 24))
-    return cases[:2], [Case(c.case_id, c.image, None) for c in cases[2:]]
 
 
 # -- the ETA model -------------------------------------------------------------------------
@@ -145,19 +123,21 @@ def load_mid_phase(phase: str, t: float) -> float:
     return base * (3.0 if 30.0 <= t < 100.0 else 1.0)
 
 
-def budgeted_run(
-    cohort, run: Path, clock: LoadedClock, started: float | None = None, **changes
-) -> list[dict]:  # type: ignore[no-untyped-def]
+def budgeted_run(  # type: ignore[no-untyped-def]
+    cohort, tiny_config, run: Path, clock: LoadedClock, started: float | None = None, **changes
+) -> list[dict]:
     labeled, unlabeled = cohort
-    config = tiny(minutes=2, checkpoint_every=10, **changes)  # 120 s: supervised to 48 s, then reciprocal
+    config = tiny_config(minutes=2, checkpoint_every=10, **changes)  # 120 s: supervised to 48 s
     with contextlib.suppress(CancelledError):
         train(config, labeled, unlabeled, run, [clock.listen], clock.cancel, clock=clock, started=started)
     return read_events(run / "events.jsonl")
 
 
-def test_a_budgeted_round_ends_on_its_clock_when_the_load_changes_mid_phase(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_budgeted_round_ends_on_its_clock_when_the_load_changes_mid_phase(
+    tiny_config, cohort, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     clock = LoadedClock(load_mid_phase)
-    events = budgeted_run(cohort, tmp_path / "run", clock)
+    events = budgeted_run(cohort, tiny_config, tmp_path / "run", clock)
     done = next(e for e in events if e["event"] == "done")
     # The round ends within half an iteration (1 s) of its 120 s, whatever the load did after
     # it started (an iteration count fixed from the speed before the load misses it).
@@ -190,17 +170,17 @@ def test_a_budgeted_round_ends_on_its_clock_when_the_load_changes_mid_phase(coho
     }
 
 
-def test_a_resumed_round_continues_on_the_same_clock(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_resumed_round_continues_on_the_same_clock(tiny_config, cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # Cancelled mid reciprocal phase under the load; resumed later: another origin, since the
     # wait between the sessions does not count, and the load as it was at the checkpoint.
     first = LoadedClock(load_mid_phase)
     first.cancel_after = 70.0
-    events = budgeted_run(cohort, tmp_path / "run", first)
+    events = budgeted_run(cohort, tiny_config, tmp_path / "run", first)
     assert events[-1]["event"] == "cancelled" and events[-1]["phase"] == "reciprocal"
     stopped_at = events[-1]["iteration"]
     checkpoint_s = first.ended[("reciprocal", stopped_at)]  # the clock the checkpoint carries
     later = LoadedClock(lambda phase, t: load_mid_phase(phase, t + checkpoint_s), origin=50_000.0)
-    events = budgeted_run(cohort, tmp_path / "run", later)
+    events = budgeted_run(cohort, tiny_config, tmp_path / "run", later)
     session = events[[e["event"] for e in events].index("resumed") :]
     before, after = [e for e in events if e["event"] == "budget" and e["phase"] == "reciprocal"]
     # The same window: its start, deadline and lr drop as first set, not a fresh budget.
@@ -218,10 +198,14 @@ def test_a_resumed_round_continues_on_the_same_clock(cohort, tmp_path: Path) -> 
     assert later.now - later.origin == pytest.approx(done["elapsed_s"] - checkpoint_s, abs=0.01)
 
 
-def test_a_supervised_only_round_gives_its_phase_the_whole_budget(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_supervised_only_round_gives_its_phase_the_whole_budget(
+    tiny_config, cohort, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     clock = LoadedClock(load_mid_phase)
     # The command started 10 s before training did (imports, planning): the budget counts them.
-    events = budgeted_run(cohort, tmp_path / "run", clock, started=clock.origin - 10, reciprocal_iterations=0)
+    events = budgeted_run(
+        cohort, tiny_config, tmp_path / "run", clock, started=clock.origin - 10, reciprocal_iterations=0
+    )
     budgets = [e for e in events if e["event"] == "budget"]
     assert [(e["phase"], e["start_s"], e["deadline_s"]) for e in budgets] == [("supervised", 13.0, 120.0)]
     done = events[-1]
@@ -233,18 +217,20 @@ def test_a_supervised_only_round_gives_its_phase_the_whole_budget(cohort, tmp_pa
     assert not [e for e in events if e["event"] == "warning" and e.get("kind") == "few_iterations"]
 
 
-def test_too_few_iterations_for_the_budget_is_a_warning_and_the_clock_holds(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_too_few_iterations_for_the_budget_is_a_warning_and_the_clock_holds(
+    tiny_config, cohort, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     clock = LoadedClock(lambda phase, t: 6.0)  # a loaded machine: 6 s an iteration, 8 in 48 s
-    events = budgeted_run(cohort, tmp_path / "run", clock)
+    events = budgeted_run(cohort, tiny_config, tmp_path / "run", clock)
     warnings = [e for e in events if e["event"] == "warning" and e.get("kind") == "few_iterations"]
     assert [e["phase"] for e in warnings] == ["supervised", "reciprocal"]
     assert warnings[0]["iterations"] < FEW_ITERATIONS and "more minutes" in warnings[0]["message"]
     assert abs(events[-1]["elapsed_s"] - 120) <= 3.0  # half of a 6-s iteration
 
 
-def test_a_real_budgeted_run_reports_its_clock(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_real_budgeted_run_reports_its_clock(tiny_config, cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     labeled, unlabeled = cohort
-    config = tiny(minutes=0.1, checkpoint_every=1000)  # 6 seconds of this machine
+    config = tiny_config(minutes=0.1, checkpoint_every=1000)  # 6 seconds of this machine
     train(config, labeled, unlabeled, tmp_path / "run")
     events = read_events(tmp_path / "run" / "events.jsonl")
     assert [e["phase"] for e in events if e["event"] == "budget"] == ["supervised", "reciprocal"]
@@ -255,12 +241,14 @@ def test_a_real_budgeted_run_reports_its_clock(cohort, tmp_path: Path) -> None: 
 
 
 # -- a non-finite loss stops training --------------------------------------------------------
-def test_nan_input_stops_training_and_keeps_the_last_good_checkpoint(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_nan_input_stops_training_and_keeps_the_last_good_checkpoint(
+    tiny_config, cohort, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     labeled, unlabeled = cohort
     run = tmp_path / "run"
     cache = tmp_path / "cache"
     # A first session ends after the supervised phase, with a good checkpoint.
-    config = tiny(supervised_iterations=2, reciprocal_iterations=4, checkpoint_every=2)
+    config = tiny_config(supervised_iterations=2, reciprocal_iterations=4, checkpoint_every=2)
     first = config.replace(reciprocal_iterations=0)
     train(first, labeled, unlabeled, run, cache_dir=cache)
     (run / "done.json").unlink()  # continue this run with its reciprocal phase

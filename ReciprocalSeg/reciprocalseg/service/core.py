@@ -1,7 +1,7 @@
 """The service object: everything behind the HTTP layer (workspace, training, models, prediction).
 
 Routes (``routes/``) translate HTTP to calls on one :class:`Service`; the methods here raise
-:class:`~reciprocalseg.service.workspace.ApiError` subclasses that become 4xx answers.
+:class:`~reciprocalseg.service.errors.ApiError` subclasses that become 4xx answers.
 """
 
 from __future__ import annotations
@@ -18,26 +18,16 @@ import reciprocalseg
 from reciprocalseg.common.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
+from .errors import ApiError, Conflict, Forbidden, Invalid, NotFound, TooLarge, UnsupportedType
 from .fingerprints import CaseFingerprints
 from .jobs import TrainingManager
 from .live import LiveCheckpoint, LiveModel
 from .middleware import LOOPBACK_HOSTS
 from .model_store import ModelStore
 from .quality import StructureChecks, n_flags
+from .rounds import record_background_only
 from .uploads import looks_like_dicom_folder, read_upload
-from .workspace import (
-    DEFAULT_MAX_VOXELS,
-    ApiError,
-    Conflict,
-    Forbidden,
-    Invalid,
-    NotFound,
-    TooLarge,
-    UnsupportedType,
-    Workspace,
-    check_new_case_id,
-    label_max,
-)
+from .workspace import DEFAULT_MAX_VOXELS, Workspace, check_new_case_id, label_max
 
 if TYPE_CHECKING:
     from reciprocalseg.inference.sliding_window import TeacherStudentPredictor
@@ -117,7 +107,7 @@ class Service:
             log.warning("could not check round %s for background-only predictions: %s", entry["round"], exc)
             return
         if networks:
-            self.jobs.record_background_only(entry, networks)
+            record_background_only(self.ws, entry, networks)
 
     def background_only_networks(self, entry: dict[str, Any], max_cases: int = 2) -> list[str]:
         """The networks of a round that predict background everywhere on labelled scans with foreground.
@@ -278,7 +268,7 @@ class Service:
         if kind == "submitted":
             self.ws.grow_n_classes(max_value + 1)
             self.fingerprints.record(case_id, image, arr, entry["version"])
-        return S.LabelVersion(**entry)
+        return S.LabelVersion(**entry, warning=_all_background_warning(case_id, arr, kind))
 
     def draft_from_prediction(self, case_id: str, author: str | None) -> S.LabelVersion:
         from reciprocalseg.data.io import read_image
@@ -539,6 +529,20 @@ def _refuse_class_gaps(arr: Any, max_value: int, n_classes: int, filename: str) 
             f'meant, fix the count first: PUT /settings {{"n_classes": {max_value + 1}}} '
             f"(client.set_n_classes({max_value + 1}))."
         )
+
+
+def _all_background_warning(case_id: str, labels: Any, kind: str) -> str | None:
+    """The warning of a submitted full label with no foreground voxel (every voxel class 0): a
+    Slicer label nobody painted, or a mask saved empty; stored, as asked, but said. A partial
+    label (255 = unannotated) with only background strokes is what scribbles may mean: no warning."""
+    from reciprocalseg.common.file_formats import UNANNOTATED
+
+    if kind != "submitted" or (labels == UNANNOTATED).any() or labels.any():
+        return None
+    return (
+        f"The label of {case_id} has no voxel of any class: the case is labelled all background. "
+        "Upload a corrected label if that was not meant."
+    )
 
 
 def _fixed_classes_hint(message: str, fixed: bool) -> str:
