@@ -1,9 +1,10 @@
 """Rounds that keep to the clock: each phase of a time-budgeted round runs to its deadline.
 
 With `TrainConfig.minutes`, each phase gets a share of the budget (`budget_split`; a phase set to
-0 iterations is skipped and its share goes to the others), counted from the start of the run
-(preprocessing included: the user asked for the round to take that long). A phase's deadline is
-the end of its cumulative share, so a phase that ran over leaves the next one less.
+0 iterations is skipped and its share goes to the others), counted from the start of the train
+command (`Trainer(started=)`: imports, planning and preprocessing included, since the user asked
+for the round to take that long). A phase's deadline is the end of its cumulative share, so a
+phase that ran over leaves the next one less.
 
 Why by time and not by an iteration count: a count fixed from the speed of a few probe iterations
 moves the end whenever the load changes after the probe (a 20-minute round ended after 1083 s,
