@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Build the training request in process (the final plan made here) and train it."""
+    started = time.perf_counter()  # a time budget counts the start-up too (training/budget.py)
     from ..training.run_request import run
 
-    return run(request_from_args(args))
+    return run(request_from_args(args, started))
 
 
 # -- predict -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from ..common.errors import exit_code_of
@@ -32,8 +33,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m reciprocalseg.training.run_request", description="train a saved training request"
     )
     parser.add_argument("--request", type=Path, required=True, help="RUN/request.json")
+    started = time.perf_counter()  # a time budget counts the start-up (training/budget.py)
     args = parser.parse_args(argv)
-    return exit_code_of(lambda: run(TrainRequest.load(args.request)))
+
+    def run_loaded() -> int:
+        request = TrainRequest.load(args.request)
+        request.started = started
+        return run(request)
+
+    return exit_code_of(run_loaded)
 
 
 if __name__ == "__main__":
