@@ -1,8 +1,9 @@
 """Exceptions with messages meant for the user: each names the problem and what to do."""
 
 # Exit codes of the commands (`reciprocalseg ...`, `python -m reciprocalseg.training.distributed`):
-# 0 success, 1 an error (message on stderr), 2 a usage error (argparse), 3 cancelled.
-EXIT_ERROR, EXIT_CANCELLED = 1, 3
+# 0 success, 1 an error (message on stderr), 2 a usage error (a bad argument, a path that cannot
+# be read or written), 3 cancelled.
+EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 3
 
 
 class ReciprocalSegError(Exception):
@@ -19,3 +20,7 @@ class TrainingError(ReciprocalSegError, RuntimeError):
 
 class CancelledError(ReciprocalSegError):
     """Training was cancelled by a signal or a cancel flag; a checkpoint was written."""
+
+
+class UsageError(ReciprocalSegError):
+    """A command-line argument that cannot work (the command prints one line and exits with 2)."""

@@ -26,8 +26,8 @@ from ..data.preprocess import (
     preprocess_image,
     restore_probabilities,
 )
-from ..model.vnet import build_model
 from ..training.checkpoint import load_model_file
+from .model_check import build_network, check_inference_meta
 from .postprocess import largest_connected_component
 
 PAPER_STRIDE_XYZ = (18, 18, 4)
@@ -57,17 +57,20 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Load `teacher.pt`, `student.pt` or `supervised.pt` (any ReciprocalSeg model file)."""
+    """Load `teacher.pt`, `student.pt` or `supervised.pt` (any ReciprocalSeg model file).
+
+    Refused with a ``ReciprocalSegError`` naming the file: weights that do not fit the network its
+    description builds, NaN or infinite weights (such a model predicts nothing), or a description
+    prediction cannot use (model_check).
+    """
     data = load_model_file(Path(path))
     meta = data["meta"]
-    dev = resolve_device(device)
-    module = build_model(
-        meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"], meta.get("strides")
-    )
-    module.load_state_dict(data["state_dict"])
+    source = f"model file {path}"
+    check_inference_meta(meta, source)
+    module = build_network(meta, data["state_dict"], source)
     # Channels-last weights: the layout cuDNN's bf16 tensor-core and oneDNN's CPU convolutions want.
-    module.to(dev, memory_format=torch.channels_last_3d).eval()
-    return LoadedModel(module, meta, dev, Path(path))
+    module.to(resolve_device(device), memory_format=torch.channels_last_3d).eval()
+    return LoadedModel(module, meta, resolve_device(device), Path(path))
 
 
 def from_module(module: torch.nn.Module, meta: dict) -> LoadedModel:

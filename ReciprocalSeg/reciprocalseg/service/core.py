@@ -182,8 +182,7 @@ class Service:
                     f"{exc.message} (derived from the file name {filename!r}); pass case_id"
                 ) from None
         check_new_case_id(case_id)
-        if self.ws.has_case(case_id):
-            raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+        self.ws.refuse_taken_id(case_id)
         image = read_upload(tmp, filename, self.config.max_voxels)
         rec = self.ws.add_case(image, case_id, source=f"upload:{filename}")
         self.fingerprints.record(case_id, image)
@@ -203,8 +202,7 @@ class Service:
             )
         case_id = req.case_id if req.case_id is not None else case_id_from_path(path)
         check_new_case_id(case_id)
-        if self.ws.has_case(case_id):
-            raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+        self.ws.refuse_taken_id(case_id)
         try:
             image = read_image(path, max_voxels=self.config.max_voxels)
         except DataError as exc:
@@ -298,12 +296,18 @@ class Service:
         entry = self.ws.round_entry(None)
         teacher, student = self.ws.model_paths(entry)
         key = (entry["round"], str(teacher), str(student))
-        if self._predictor_key != key:
-            self._predictor = None
+        if self._predictor_key != key or self._predictor is None:
+            # Forget the old key with the old model: a failed load must not leave the key of a model
+            # that is no longer held (the next request for that round would find None: a 500 until
+            # a restart).
+            self._predictor, self._predictor_key = None, None
             try:
                 self._predictor = TeacherStudentPredictor(teacher, student, device=self.config.device)
             except (OSError, ReciprocalSegError, RuntimeError, ValueError, KeyError) as exc:
-                raise Conflict(f"cannot load the models of round {entry['round']}: {exc}") from None
+                raise Conflict(
+                    f"cannot load the models of round {entry['round']}: {exc}. Make another round current "
+                    "(PUT /models/current), or train or import a new one"
+                ) from None
             self._predictor_key = key
         return entry["round"], self._predictor
 
@@ -323,7 +327,10 @@ class Service:
             else:
                 round_id, predictor = self.predictor()
                 provenance = {"live": False, "run_id": self.ws.round_entry(round_id).get("run_id")}
-            result = predictor.predict(image)
+            try:
+                result = predictor.predict(image)
+            except DataError as exc:  # e.g. a constant scan stored before uploads were checked for it
+                raise Invalid(f"case {case_id}: {exc}; replace its scan or delete the case") from None
         extra = {
             "teacher_empty": _all_background(result.teacher),
             "student_empty": _all_background(result.student),

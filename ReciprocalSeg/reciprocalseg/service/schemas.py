@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .workspace import CASE_ID_PATTERN
+from .workspace import CASE_ID_PATTERN, MAX_CLASSES
 
 CaseStatus = Literal["unlabelled", "labelled", "predicted"]
 TrainingState = Literal["idle", "running", "completed", "failed", "cancelled", "interrupted"]
@@ -106,6 +106,7 @@ class TrainingRequest(BaseModel):
         None,
         gt=0,
         le=24 * 60,
+        allow_inf_nan=False,
         description="time budget: phases sized from measured speed (instead of iterations)",
     )
     iterations: int | None = Field(None, ge=0, le=1_000_000, description="reciprocal-phase iterations")
@@ -115,6 +116,49 @@ class TrainingRequest(BaseModel):
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the service's device")
     warm_start: bool = Field(True, description="start from the current round's models (False: from scratch)")
     checkpoint_every: int | None = Field(None, ge=1, le=1_000_000, description="default: the preset's")
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> TrainingRequest:
+        problem = round_problem(self.preset, self.supervised_iterations, self.iterations, self.minutes)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+def round_problem(
+    preset: str, supervised: int | None, reciprocal: int | None, minutes: float | None
+) -> str | None:
+    """Why a round with these settings would fail in the worker (a 202 followed by a failed run),
+    or None. Unknown presets are left to the training manager's message."""
+    import dataclasses
+
+    from reciprocalseg.common.errors import ReciprocalSegError
+    from reciprocalseg.config import PRESETS, make_config
+
+    if preset not in PRESETS:
+        return None
+    config = make_config(preset)
+    overrides = {"supervised_iterations": supervised, "reciprocal_iterations": reciprocal, "minutes": minutes}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    runs = [
+        n > 0 and (minutes is None or share > 0)
+        for n, share in zip(
+            (config.supervised_iterations, config.reciprocal_iterations, config.finetune_iterations),
+            config.budget_split,
+            strict=True,
+        )
+    ]
+    if not any(runs):
+        return (
+            "nothing to train: supervised_iterations and iterations are both 0"
+            + (" (a time budget sizes only the phases that have iterations)" if minutes else "")
+            + "; give one of them > 0 (iterations=0 alone is a supervised-only round)"
+        )
+    try:
+        config.validate()
+    except ReciprocalSegError as exc:
+        return str(exc)
+    return None
 
 
 class ResumeRequest(BaseModel):
@@ -291,7 +335,10 @@ class SettingsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_classes: int | None = Field(
-        ge=2, le=256, description="classes including background; null: follow the labels"
+        ge=2,
+        le=MAX_CLASSES,
+        description="classes including background; null: follow the labels (255 marks unannotated "
+        "voxels, so classes are 0..254 at most)",
     )
 
 
