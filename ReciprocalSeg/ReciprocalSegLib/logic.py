@@ -10,7 +10,7 @@ the service is split in two or three steps:
 
 The one-call methods (``add_volume``, ``show_case``, ``submit_segmentation``, ``predict``)
 chain the steps for scripts, the Python console and the tests. ``NETWORK_METHODS`` lists the
-steps that wait on the network or a process; tests/slicer/test_module_static.py checks that the
+steps that wait on the network or a process; tests/slicer/test_static_gui_thread.py checks that the
 widget calls them only through its task runner.
 """
 
@@ -54,6 +54,7 @@ from .segment_export import (
 )
 from .slicer_logics import SlicerLogics
 from .status_text import model_description
+from .submission import Submission
 from .volume_files import is_scalar_volume, keep_file, read_volume, write_volume
 
 # Attribute of prediction nodes (teacher, student, disagreement): the model that made them.
@@ -80,6 +81,7 @@ NETWORK_METHODS = frozenset(
         "upload_label_file",
         "submit_segmentation",
         "submit_scribbles",
+        "upload_submission",
         "plan",
         "fetch_prediction",
         "predict",
@@ -195,7 +197,7 @@ class ReciprocalSegLoop:
         self, workspace: Path, python: str, env: dict | None = None, timeout: float = 60.0
     ) -> Any:
         """Start a service with ``python`` on a free loopback port and connect to it (blocks)."""
-        from reciprocalseg.service.launcher import LocalService
+        from reciprocalseg.client import LocalService
 
         self.stop_service()
         workspace = Path(workspace).expanduser()
@@ -554,6 +556,26 @@ class ReciprocalSegLoop:
         return self.upload_label_file(
             case_id, self.prepare_label_upload(case_id, segmentation, volume), author
         )
+
+    # ------------------------------------------------------------------ submitting, for the panel
+
+    def prepare_submission(self, case_id: str, scribbles: bool = False) -> Submission:
+        """Main thread: the case's label (or with ``scribbles`` its strokes) exported for upload."""
+        if scribbles:
+            path, summary = self.prepare_scribble_upload(case_id)
+            return Submission(case_id, True, path, summary)
+        segmentation = self.case_node(case_id, ROLE_LABEL)
+        path = self.prepare_label_upload(case_id, segmentation, self.case_node(case_id, ROLE_IMAGE))
+        return Submission(case_id, False, path)
+
+    def upload_submission(self, submission: Submission, author: str | None = None) -> Any:
+        """Any thread: send a prepared submission as the case's new label version."""
+        return self.upload_label_file(submission.case_id, submission.path, author)
+
+    @staticmethod
+    def discard_submission(submission: Submission) -> None:
+        """A submission the user declined: its file goes."""
+        shutil.rmtree(Path(submission.path).parent, ignore_errors=True)
 
     # ------------------------------------------------------------------ scribbles (partial labels)
 

@@ -22,12 +22,13 @@ import torch
 from service_helpers import Running, snapshot, write_bundle
 
 from reciprocalseg.common.errors import DataError
+from reciprocalseg.common.processes import child_env
 from reciprocalseg.config import make_config
 from reciprocalseg.data.io import Case
 from reciprocalseg.service import service_log
-from reciprocalseg.service.jobs import child_env
+from reciprocalseg.service.errors import Conflict
 from reciprocalseg.service.live import LiveModel
-from reciprocalseg.service.workspace import Conflict, Workspace
+from reciprocalseg.service.workspace import Workspace
 from reciprocalseg.training.checkpoint import save_torch
 from reciprocalseg.training.events import read_events
 from reciprocalseg.training.runner import train

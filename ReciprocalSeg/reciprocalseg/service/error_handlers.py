@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from reciprocalseg.common.display import EXCERPT_CHARS, excerpt
 from reciprocalseg.common.errors import DataError
 
+from .errors import ApiError
 from .service_log import log_path
-from .workspace import CASE_ID_RULES, ApiError
+from .workspace import CASE_ID_RULES
 
 log = logging.getLogger(__name__)
 

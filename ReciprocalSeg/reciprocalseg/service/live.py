@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from reciprocalseg.common.errors import ReciprocalSegError
 
-from .workspace import Conflict
+from .errors import Conflict
 
 if TYPE_CHECKING:  # torch is imported when a checkpoint is loaded, not when the service starts
     from reciprocalseg.inference.sliding_window import LoadedModel, TeacherStudentPredictor

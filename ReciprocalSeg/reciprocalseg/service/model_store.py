@@ -22,7 +22,8 @@ from reciprocalseg.common.display import excerpt
 from reciprocalseg.common.errors import ReciprocalSegError
 
 from . import schemas as S
-from .workspace import Conflict, Invalid, NotFound, TooLarge, UnsupportedType, Workspace, file_suffix, now_iso
+from .errors import Conflict, Invalid, NotFound, TooLarge, UnsupportedType
+from .workspace import Workspace, file_suffix, now_iso
 
 BUNDLE_FORMAT = "reciprocalseg-models"
 BUNDLE_VERSIONS = (1, 2)  # 2: n_classes counts the background too
