@@ -124,6 +124,17 @@ def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> by
     return buf.getvalue()
 
 
+def _damaged_member(data: bytes, member: str) -> bytes:
+    """The bundle ``data`` deflated again, with the start of ``member``'s compressed data overwritten:
+    zlib fails while it inflates ("invalid block type"), not the zip's CRC check."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        data = _zip({n: zf.read(n) for n in zf.namelist()}, zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo(member)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    return data[:start] + bytes([255] * 64) + data[start + 64 :]
+
+
 def _forged_bundles(tmp: Path) -> dict[str, bytes]:
     """Bundles that pass the old checks (a zip, the members, torch files with finite weights) but
     hold models that cannot work, or unpack to far more than their networks need (issue 23)."""
@@ -174,6 +185,7 @@ def _forged_bundles(tmp: Path) -> dict[str, bytes]:
         zipfile.ZIP_DEFLATED,
     )  # fmt: skip
     return {
+        "bundle_damaged_deflate": _damaged_member(bundle(good["teacher.pt"]), "teacher.pt"),
         "bundle_version_text": bundle(good["teacher.pt"], {**meta, "format_version": "two"}),
         "bundle_version_99": bundle(good["teacher.pt"], {**meta, "format_version": 99}),
         "bundle_wrong_shape": bundle(forged_teacher(reshape)),
@@ -621,6 +633,10 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
         lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["zip_classes"])),
     ),
     # --- issue 23: forged bundles are built, loaded and run before they are stored
+    "import bundle with a damaged compressed member": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_damaged_deflate"])),
+    ),
     "import bundle with format_version 'two'": (
         422,
         lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_version_text"])),
@@ -771,7 +787,7 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
 
 
 def test_catalogue_is_large_enough() -> None:
-    assert len(CATALOGUE) >= 146  # 113 before issue 23
+    assert len(CATALOGUE) >= 147  # 113 before issue 23
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))

@@ -13,20 +13,23 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import requests
 import SimpleITK as sitk
 import torch
-from service_helpers import Running, snapshot, write_bundle
+from service_helpers import TRAIN_FAST, Running, snapshot, write_bundle
 
+from reciprocalseg.client.responses import TrainingStatus
 from reciprocalseg.common.errors import DataError
 from reciprocalseg.common.processes import child_env
 from reciprocalseg.config import make_config
 from reciprocalseg.data.io import Case
 from reciprocalseg.service import service_log
 from reciprocalseg.service.errors import Conflict
+from reciprocalseg.service.jobs import progress_fraction
 from reciprocalseg.service.live import LiveModel
 from reciprocalseg.service.workspace import Workspace
 from reciprocalseg.training.checkpoint import save_torch
@@ -232,3 +235,66 @@ def test_a_token_file_other_users_can_read_is_warned_about(tmp_path: Path) -> No
     text = log.read_text()
     assert f"the token file {token} can be read by other users" in text and "chmod 600" in text, text
     assert text.count("can be read by other users") == 1
+
+
+def test_a_supervised_only_round_registers_a_teacher_only(service: Running, tmp_path: Path, phantoms) -> None:  # noqa: ANN001
+    """iterations=0 made its never-trained student current: disagreement and next-case compared
+    against noise, and the panel showed it. Now the round is a teacher, and every answer says so."""
+    c = service.client
+    for case in phantoms[:4]:
+        c.add_case(case.image)
+    c.put_label(phantoms[0].case_id, phantoms[0].label)
+    st = c.start_training(**{**TRAIN_FAST, "iterations": 0})
+    st = c.wait_for_training(poll=0.5, timeout=900)
+    assert st.state == "completed" and st.fraction == 1.0, st.message
+    assert "supervised-only: a teacher, no student" in st.message
+    (entry,) = c.list_models().rounds
+    assert entry.teacher_only and entry.current and entry.student_sha256 is None
+    registry = json.loads((service.workspace / "models" / "registry.json").read_text())
+    assert registry["rounds"][0]["student"] is None
+
+    res = c.predict(phantoms[1].case_id, out_dir=tmp_path / "pred")
+    assert res.teacher_only and res.score is None and "supervised-only" in res.note
+    assert (
+        res.teacher is not None and res.teacher.exists() and res.student is None and res.disagreement is None
+    )
+    assert {r.model for r in res.qa} == {"teacher"}
+    r = c.session.get(f"{c.url}/cases/{phantoms[1].case_id}/prediction/student")
+    assert r.status_code == 404 and "supervised-only" in r.json()["detail"], r.text
+    nxt = c.next_case()
+    assert nxt.teacher_only and nxt.by == "qa" and "not by disagreement" in nxt.note
+    assert nxt.case_id in {p.case_id for p in phantoms[1:4]}
+
+    # The bundle holds the teacher alone, and comes back as the same round.
+    bundle = c.export_models(tmp_path / "teacher_only.zip")
+    with zipfile.ZipFile(bundle) as zf:
+        assert sorted(zf.namelist()) == ["meta.json", "teacher.pt"]
+        assert json.loads(zf.read("meta.json"))["teacher_only"] is True
+    assert c.import_models(bundle).round == entry.round
+
+    # The next round warm-starts the teacher only (its student from the teacher, as the preset says).
+    st = c.start_training(**TRAIN_FAST)
+    job = json.loads((service.workspace / "runs" / st.run_id / "job.json").read_text())
+    assert job["warm_start_dir"].endswith("/teacher.pt")
+    st = c.wait_for_training(poll=0.5, timeout=900)
+    assert st.state == "completed", st.message
+    second = c.list_models().rounds[-1]
+    assert not second.teacher_only and second.student_sha256 is not None
+    assert c.predict(phantoms[1].case_id).score is not None
+
+
+def test_the_status_fraction_is_time_based_under_a_budget() -> None:
+    """0.545 at 50 % of the wall time: the iterations of a budgeted round are only an estimate."""
+    running = {"state": "running", "minutes": 10}
+    halfway = {"overall_iteration": 545, "overall_total": 1000, "eta_s": 300.0}
+    assert progress_fraction(running, halfway) == 0.5
+    assert progress_fraction(running, {**halfway, "fraction": 0.47}) == 0.47  # the trainer's own clock
+    assert progress_fraction({"state": "running"}, halfway) == 0.545  # no budget: iterations
+    assert progress_fraction({"state": "completed", "minutes": 10}, halfway) == 1.0
+    assert progress_fraction(running, {}) is None
+    status = TrainingStatus(state="running", overall_iteration=545, overall_total=1000)
+    assert status.fraction == 0.545  # an older service: the client falls back on the iterations
+    assert (
+        TrainingStatus(state="running", overall_iteration=545, overall_total=1000, fraction=0.5).fraction
+        == 0.5
+    )

@@ -281,28 +281,39 @@ def disagreement(probs_a: np.ndarray, probs_b: np.ndarray) -> tuple[np.ndarray, 
 
 @dataclass
 class PairPrediction:
+    """Teacher and student maps with their disagreement; a teacher-only round (supervised only)
+    gives the teacher's map alone (``student``, ``disagreement`` and ``score`` None)."""
+
     teacher: sitk.Image
-    student: sitk.Image
-    disagreement: sitk.Image
-    score: float
+    student: sitk.Image | None
+    disagreement: sitk.Image | None
+    score: float | None
 
 
 class TeacherStudentPredictor:
-    """Both networks of a round, loaded once and kept for repeated predictions."""
+    """Both networks of a round (or its teacher alone), loaded once and kept for repeated predictions."""
 
-    def __init__(self, teacher_path: str | Path, student_path: str | Path, device: str = "auto") -> None:
+    def __init__(
+        self, teacher_path: str | Path, student_path: str | Path | None, device: str = "auto"
+    ) -> None:
         self.teacher = load_model(teacher_path, device)
-        self.student = load_model(student_path, device)
+        self.student = load_model(student_path, device) if student_path is not None else None
 
     @classmethod
-    def from_models(cls, teacher: LoadedModel, student: LoadedModel) -> TeacherStudentPredictor:
+    def from_models(cls, teacher: LoadedModel, student: LoadedModel | None) -> TeacherStudentPredictor:
         """A pair of networks already built (e.g. from a training checkpoint, not model files)."""
         pair = cls.__new__(cls)
         pair.teacher, pair.student = teacher, student
         return pair
 
+    @property
+    def teacher_only(self) -> bool:
+        return self.student is None
+
     def predict(self, image: sitk.Image) -> PairPrediction:
-        t = predict_image(self.teacher, image, return_probabilities=True)
+        t = predict_image(self.teacher, image, return_probabilities=self.student is not None)
+        if self.student is None:
+            return PairPrediction(t.labels, None, None, None)
         s = predict_image(self.student, image, return_probabilities=True)
         voxel, score = disagreement(t.probabilities, s.probabilities)
         dis = sitk.GetImageFromArray(voxel)

@@ -127,11 +127,12 @@ class Service:
             return []
         teacher, student = self.ws.model_paths(entry)
         predictor = TeacherStudentPredictor(teacher, student, device=self.config.device)
-        empty = {"teacher": True, "student": True}
+        empty = {"teacher": True, **({} if predictor.teacher_only else {"student": True})}
         for case_id in cases[:max_cases]:
             result = predictor.predict(read_image(self.ws.image_path(case_id)))
             empty["teacher"] &= _all_background(result.teacher)
-            empty["student"] &= _all_background(result.student)
+            if result.student is not None:
+                empty["student"] &= _all_background(result.student)
         return [name for name, is_empty in empty.items() if is_empty]
 
     # ------------------------------------------------------------------ cases
@@ -323,7 +324,8 @@ class Service:
                 raise Invalid(f"case {case_id}: {exc}; replace its scan or delete the case") from None
         extra = {
             "teacher_empty": _all_background(result.teacher),
-            "student_empty": _all_background(result.student),
+            "student_empty": None if result.student is None else _all_background(result.student),
+            "teacher_only": result.student is None,
             **provenance,
             **self.checks.measure(case_id, result.teacher, result.student, predictor.teacher.n_classes),
         }
@@ -333,7 +335,7 @@ class Service:
             result.teacher,
             result.student,
             result.disagreement,
-            float(result.score),
+            result.score,
             extra,
             live=provenance["live"],
         )
@@ -363,7 +365,8 @@ class Service:
 
     def prediction_info(self, case_id: str, entry: dict[str, Any]) -> S.PredictionInfo:
         fields = {k: v for k, v in entry.items() if k in S.PredictionInfo.model_fields and k != "qa"}
-        info = S.PredictionInfo(case_id=case_id, **fields, warning=background_warning(entry))
+        note = teacher_only_note(entry["round"]) if entry.get("teacher_only") else None
+        info = S.PredictionInfo(case_id=case_id, **fields, warning=background_warning(entry), note=note)
         if entry.get("qa") is not None:
             rows, _ = self.checks.rows(case_id, entry)
             info.qa = [S.StructureQA(**_qa_fields(r.to_dict())) for r in rows]
@@ -412,7 +415,8 @@ class Service:
 
         ``by="disagreement"``: the largest teacher/student disagreement (a case where both see
         nothing first). ``by="qa"``: the most QA flags over both networks' structures, ties broken
-        by the disagreement ranking.
+        by the disagreement ranking. A teacher-only current round (supervised only) has no
+        disagreement: its cases are ranked by the teacher's QA flags, and the answer says so.
         """
         candidates = [c for c in self.ws.all_cases() if self.ws.current_label(c) is None]
         if not candidates:
@@ -432,8 +436,16 @@ class Service:
                     continue  # deleted meanwhile, or the current round changed
                 n_new += 1
             preds[c["id"]] = pred
+        teacher_only = bool(self.ws.round_entry(current).get("teacher_only"))
+        note = None
+        if teacher_only:
+            by = "qa"
+            note = (
+                f"{teacher_only_note(current)}: ranked by the teacher's QA flags (a case where it finds "
+                "nothing first), not by disagreement"
+            )
         if not preds:
-            return S.NextCase(case_id=None, n_candidates=0, by=by)
+            return S.NextCase(case_id=None, n_candidates=0, by=by, teacher_only=teacher_only, note=note)
         flags = {k: n_flags(self.checks.rows(k, p)[0]) for k, p in preds.items()} if by == "qa" else {}
         best = max(preds, key=lambda k: (flags.get(k, 0), *uncertainty_rank(k, preds[k])))
         return S.NextCase(
@@ -445,6 +457,8 @@ class Service:
             n_predicted_now=n_new,
             by=by,
             qa_flags=flags.get(best),
+            teacher_only=teacher_only,
+            note=note,
         )
 
     # ------------------------------------------------------------------ plan
@@ -575,8 +589,19 @@ def both_empty(pred: dict[str, Any]) -> bool:
 
 def uncertainty_rank(case_id: str, pred: dict[str, Any]) -> tuple[bool, float, str]:
     """Sort key of next-case, largest first: a case where both networks see nothing is the most
-    uncertain of all (score 0 only because there is nothing to compare), then the disagreement."""
+    uncertain of all (score 0 only because there is nothing to compare), then the disagreement.
+    A teacher-only prediction has no disagreement: a case where the teacher sees nothing first."""
+    if pred.get("teacher_only"):
+        return bool(pred.get("teacher_empty")), 0.0, case_id
     return both_empty(pred), float(pred["score"]), case_id
+
+
+def teacher_only_note(round_id: int) -> str:
+    """What a teacher-only round's answers say about it."""
+    return (
+        f"round {round_id} is supervised-only: a teacher, no student (its student never trained), so "
+        "there is no student map and no disagreement"
+    )
 
 
 def background_warning(pred: dict[str, Any]) -> str | None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from .workspace import Workspace, file_suffix, now_iso
 
 BUNDLE_FORMAT = "reciprocalseg-models"
 BUNDLE_VERSIONS = (1, 2)  # 2: n_classes counts the background too
-BUNDLE_MEMBERS = ("teacher.pt", "student.pt", "meta.json")
 MODEL_MEMBERS = ("teacher.pt", "student.pt")
 META_LIMIT = 64 * 1024  # meta.json is a few hundred bytes
 #: A model file holds its weights plus a little: the torch zip's records and the description.
@@ -61,7 +61,7 @@ class ModelStore:
             entry = next((r for r in reg["rounds"] if r["round"] == round_id), None)
             if entry is None:
                 raise NotFound(f"no model round {round_id}")
-            for path in self.ws.model_paths(entry):  # rounds registered before the finite-weights check
+            for path in filter(None, self.ws.model_paths(entry)):  # rounds from before the checks
                 try:
                     check_model_file(path, f"round {round_id}: {path.name}")
                 except Invalid as exc:
@@ -75,7 +75,7 @@ class ModelStore:
         """Write a round's bundle to a temporary file; returns it with the download name."""
         entry = self.ws.round_entry(round_id)
         teacher, student = self.ws.model_paths(entry)
-        for p in (teacher, student):
+        for p in filter(None, (teacher, student)):
             if not p.exists():
                 raise Conflict(f"model file {p.name} of round {entry['round']} is missing from the workspace")
         meta = {
@@ -85,7 +85,8 @@ class ModelStore:
             "exported": now_iso(),
             **{k: v for k, v in entry.items() if k not in ("teacher", "student", "dir")},
             "teacher_sha256": sha256_file(teacher),
-            "student_sha256": sha256_file(student),
+            "student_sha256": sha256_file(student) if student else None,
+            "teacher_only": student is None,  # a supervised-only round: no student.pt in the bundle
             # What the importer builds and bounds the unpacked size by (before it unpacks anything).
             "network": _network_of(teacher, entry["round"]),
         }
@@ -93,7 +94,8 @@ class ModelStore:
         try:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
                 zf.write(teacher, "teacher.pt")
-                zf.write(student, "student.pt")
+                if student is not None:
+                    zf.write(student, "student.pt")
                 zf.writestr("meta.json", json.dumps(meta, indent=2))
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -117,15 +119,16 @@ class ModelStore:
         staging = self.ws.models_dir / f".incoming-{uuid.uuid4().hex}"
         try:
             meta, network = self._unpack(tmp, filename, staging)
-            for m in MODEL_MEMBERS:
+            members = model_members(meta)
+            for m in members:
                 self._check_member(staging / m, f"{filename}:{m}", network)
-            hashes = {m: sha256_file(staging / m) for m in MODEL_MEMBERS}
-            same = self._round_with(hashes["teacher.pt"], hashes["student.pt"])
+            hashes = {m: sha256_file(staging / m) for m in members}
+            same = self._round_with(hashes["teacher.pt"], hashes.get("student.pt"))
             if same is not None:
                 if make_current:
                     self.set_current(same["round"])
                 return self.round_info(same, self.ws.registry().get("current"))
-            for m in MODEL_MEMBERS:
+            for m in members:
                 with open(staging / m, "rb") as f:
                     os.fsync(f.fileno())
             entry = self.ws.add_round(
@@ -164,22 +167,23 @@ class ModelStore:
         try:
             with zipfile.ZipFile(tmp) as zf:
                 names = set(zf.namelist())
-                missing = [m for m in BUNDLE_MEMBERS if m not in names]
+                missing = [m for m in ("teacher.pt", "meta.json") if m not in names]
+                meta = self._bundle_meta(zf, filename) if not missing else {}
+                missing += [m for m in model_members(meta) if m not in names and m not in missing]
                 if missing:
                     raise Invalid(f"{filename}: not a model bundle; missing {', '.join(missing)}")
-                meta = self._bundle_meta(zf, filename)
                 network = declared_network(meta, self.ws.n_classes, filename)
                 limit = model_file_limit(network or {**UNNAMED_NETWORK, "n_classes": self.ws.n_classes})
-                for m in MODEL_MEMBERS:
+                for m in model_members(meta):
                     if zf.getinfo(m).file_size > limit:
                         raise TooLarge(_too_large(filename, m, zf.getinfo(m).file_size, limit, network))
                 staging.mkdir()
-                for m in MODEL_MEMBERS:
+                for m in model_members(meta):
                     with zf.open(m) as src, open(staging / m, "wb") as dst:
                         if not _bounded_copy(src, dst, limit):
                             raise TooLarge(_too_large(filename, m, None, limit, network))
-        except zipfile.BadZipFile as exc:
-            raise Invalid(f"{filename}: corrupt zip file ({str(exc)[:200]})") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # zlib/EOF: a damaged compressed member
+            raise Invalid(f"{filename}: corrupt zip file ({str(exc)[:200] or type(exc).__name__})") from None
         return meta, network
 
     def _bundle_meta(self, zf: zipfile.ZipFile, filename: str) -> dict[str, Any]:
@@ -209,7 +213,7 @@ class ModelStore:
             )
         return meta
 
-    def _round_with(self, teacher_sha: str, student_sha: str) -> dict[str, Any] | None:
+    def _round_with(self, teacher_sha: str, student_sha: str | None) -> dict[str, Any] | None:
         for r in self.ws.registry()["rounds"]:
             if r.get("teacher_sha256") == teacher_sha and r.get("student_sha256") == student_sha:
                 return r
@@ -229,15 +233,22 @@ class ModelStore:
             "created": now_iso(),
             "dir": rel,
             "teacher": f"{rel}/teacher.pt",
-            "student": f"{rel}/student.pt",
+            "student": f"{rel}/student.pt" if "student.pt" in hashes else None,
+            "teacher_only": "student.pt" not in hashes,
             "preset": meta.get("preset"),
             "n_classes": self.ws.n_classes,
             "n_labeled": meta.get("n_labeled"),
             "n_unlabeled": meta.get("n_unlabeled"),
             "imported_from": filename,
             "teacher_sha256": hashes["teacher.pt"],
-            "student_sha256": hashes["student.pt"],
+            "student_sha256": hashes.get("student.pt"),
         }
+
+
+def model_members(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The model files a bundle holds: teacher and student, or the teacher alone for a bundle of
+    a supervised-only round (meta.json's ``teacher_only``)."""
+    return MODEL_MEMBERS[:1] if meta.get("teacher_only") is True else MODEL_MEMBERS
 
 
 def bundle_n_classes(meta: dict[str, Any]) -> int | None:

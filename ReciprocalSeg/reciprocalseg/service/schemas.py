@@ -201,6 +201,13 @@ class TrainingStatus(BaseModel):
         description="an auto round's planned values as it trains them (RUN/plan.json's values with "
         "its overrides applied); null for the other presets",
     )
+    fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="how far the run is, in [0, 1]: under a time budget the share of the budget's time "
+        "spent, else the share of its iterations done",
+    )
 
 
 class PlanInfo(BaseModel):
@@ -263,11 +270,19 @@ class PredictionInfo(BaseModel):
     run_id: str | None = Field(None, description="the training run of the model")
     phase: str | None = Field(None, description="live: the checkpoint's phase (supervised, reciprocal...)")
     iteration: int | None = Field(None, description="live: the checkpoint's iteration within its phase")
-    score: float = Field(description="mean teacher/student disagreement (higher = more disagreement)")
+    score: float | None = Field(
+        description="mean teacher/student disagreement (higher = more disagreement); null for a "
+        "teacher-only round"
+    )
     time: str
     files: dict[str, str] = Field(
-        description="teacher, student, disagreement: GET /cases/{id}/prediction/{kind}"
+        description="teacher, student, disagreement: GET /cases/{id}/prediction/{kind} (teacher only "
+        "for a teacher-only round)"
     )
+    teacher_only: bool = Field(
+        False, description="made by a supervised-only round: the teacher's map alone (no student)"
+    )
+    note: str | None = Field(None, description="set for a teacher-only round's prediction: says so")
     teacher_empty: bool | None = Field(None, description="the teacher predicts background everywhere")
     student_empty: bool | None = Field(None, description="the student predicts background everywhere")
     warning: str | None = Field(None, description="set when a network predicts background everywhere")
@@ -301,6 +316,10 @@ class NextCase(BaseModel):
     n_predicted_now: int = Field(0, description="unlabelled cases predicted to answer this request")
     by: Literal["disagreement", "qa"] = Field("disagreement", description="the ranking used")
     qa_flags: int | None = Field(None, description="by=qa: the chosen case's QA flags")
+    teacher_only: bool = Field(
+        False, description="the current round is supervised-only (no student): ranked by QA flags"
+    )
+    note: str | None = Field(None, description="why the ranking is not the one asked for")
 
 
 class ModelRound(BaseModel):
@@ -317,6 +336,10 @@ class ModelRound(BaseModel):
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
     current: bool = False
+    teacher_only: bool = Field(
+        False,
+        description="a supervised-only round: its teacher alone is a model (the student never trained)",
+    )
     background_only: list[str] | None = Field(
         None, description="networks that predict background everywhere on labelled scans"
     )

@@ -543,7 +543,7 @@ class Workspace:
         teacher: Any,
         student: Any,
         disagreement: Any,
-        score: float,
+        score: float | None,
         flags: dict[str, Any] | None = None,
         live: bool = False,
     ) -> dict[str, Any]:
@@ -562,11 +562,14 @@ class Workspace:
             folder.mkdir(parents=True, exist_ok=True)
             files = {}
             for name, img in (("teacher", teacher), ("student", student), ("disagreement", disagreement)):
+                if img is None:  # a teacher-only round: no student, nothing to disagree with
+                    (folder / f"{name}.nrrd").unlink(missing_ok=True)
+                    continue
                 write_image(img, folder / f"{name}.nrrd")
                 files[name] = f"predictions/{folder_name}/{name}.nrrd"
             entry = {
                 "round": round_id,
-                "score": float(score),
+                "score": None if score is None else float(score),
                 "time": now_iso(),
                 "files": files,
                 **(flags or {}),
@@ -607,8 +610,10 @@ class Workspace:
                 return r
         raise NotFound(f"no model round {round_id}")
 
-    def model_paths(self, entry: dict[str, Any]) -> tuple[Path, Path]:
-        return self.root / entry["teacher"], self.root / entry["student"]
+    def model_paths(self, entry: dict[str, Any]) -> tuple[Path, Path | None]:
+        """A round's teacher and student files; the student is None for a teacher-only round."""
+        student = entry.get("student")
+        return self.root / entry["teacher"], (self.root / student if student else None)
 
     def add_round(self, make_entry: Callable[[int], dict[str, Any]], make_current: bool = True) -> dict:
         """Append a round built by ``make_entry(round_number)`` and make it current."""
