@@ -117,3 +117,11 @@ def test_a_refusal_during_training_is_printed_once_naming_the_case(files: dict[s
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, res.stderr
     assert "case empty" in errors[0] and "constant intensity" in errors[0]
+
+
+def test_serve_refuses_a_class_count_past_255_in_one_line(files: dict[str, Path]) -> None:
+    """255 marks unannotated voxels, so a workspace has at most 255 classes (0..254)."""
+    res = run_cli("serve", "--workspace", str(files["root"] / "ws"), "--n-classes", "256")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("reciprocalseg serve: error: --n-classes 256"), res.stderr

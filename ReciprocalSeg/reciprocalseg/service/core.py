@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import reciprocalseg
+from reciprocalseg.common.display import excerpt
 from reciprocalseg.common.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PredictionModel = Literal["current", "live"]
+PATH_CHARS = 300  # of a path quoted in an answer (a request may send 4096)
 Ranking = Literal["disagreement", "qa"]
 
 
@@ -216,7 +218,8 @@ class Service:
             )
         path = Path(given).expanduser()
         if "\x00" in given or not path.is_absolute():
-            raise Invalid(f"path {given!r} must be an absolute path on the server")
+            raise Invalid(f"path {excerpt(given, PATH_CHARS)} must be an absolute path on the server")
+        given = given if len(given) <= PATH_CHARS else excerpt(given, PATH_CHARS)  # quoted, not echoed
         shown = ", ".join(str(r) for r in roots)
         try:
             resolved = path.resolve(strict=True)
