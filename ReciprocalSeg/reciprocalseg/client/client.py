@@ -444,7 +444,8 @@ class Client:
 
     def _download_prediction(self, res: PredictionResult, out_dir: Path) -> None:
         params: dict[str, Any] = {"model": "live"} if res.live else {"round": res.round}
-        for kind in ("teacher", "student", "disagreement"):
+        kinds = ("teacher",) if res.teacher_only else ("teacher", "student", "disagreement")
+        for kind in kinds:  # a teacher-only round's prediction has no student and no disagreement
             path = self._download(
                 f"/cases/{_seg(res.case_id)}/prediction/{kind}",
                 out_dir / f"{res.case_id}_{kind}.nrrd",

@@ -67,7 +67,7 @@ def describe_event(event: dict[str, Any]) -> str | None:
     if kind == "cancelled":
         return f"cancelled at {_at(event)}; a checkpoint was written, rerun the same command to resume"
     if kind == "error":
-        return f"error: {event.get('message', '')}"
+        return None  # the command prints the error once, as it stops (an "error: ..." line here doubled it)
     if kind == "resumed":
         return f"resumed from the checkpoint at {_at(event)}"
     if kind == "warm_start":

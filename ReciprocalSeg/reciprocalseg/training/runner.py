@@ -640,7 +640,7 @@ class Trainer:
             overall_total=overall_total,
             losses=losses,
             h=h,
-            lr=lr,
+            lr=self._lr_in_use(phase, lr),
             sec_per_iter=None if sec is None else round(sec, 4),
             eta_s=self._eta(phase, iteration, total),
             device=self.device_name,
@@ -772,13 +772,20 @@ class Trainer:
         seconds += self.clock() - began
         summary = {"seconds": round(seconds, 2), "device": self.device_name, "time": time.time(), **clock}
         summary["iterations"] = {p: self._phase_total(p) for p in PHASES}
-        if collapse is not None:  # which classes each model lost, and which model to trust
+        if collapse is not None:  # which classes each model lost by the end
             summary.update(collapse)
         atomic_write_json(self.run_dir / "done.json", summary)
         self.events.emit(
             "done", seconds=round(seconds, 2), device=self.device_name, **clock, **(collapse or {})
         )
         return self._result(seconds)
+
+    def _lr_in_use(self, phase: str, lr: float) -> float:
+        """The learning rate the phase's optimizer runs at: phase 1's Adam follows the schedule
+        scaled to its own lr (`supervised_adam_lr`, 0.003 where the SGD schedule says 0.01)."""
+        if phase == "supervised" and self.supervised_opt is not self.teacher_opt:
+            return lr * self.config.supervised_adam_lr / self.config.lr
+        return lr
 
     def _result(self, seconds: float) -> RunResult:
         sup = self.run_dir / "supervised.pt"
