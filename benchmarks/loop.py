@@ -283,11 +283,18 @@ def run_loop(
     model_file = run_dir / f"{args.model}.pt"
     started = time.time()
     load_before = os.getloadavg()
-    rows: list[dict[str, Any]] = []
-    for case in cases:
-        rows.extend(run_case(case, model_file, labeled, run_dir / "cache", settings, args))
+    done = args.out / "cases"
+    # One file per finished case: a rerun skips them, and shards (`--shard k/n`, processes that
+    # share OUT) each take every n-th case; the tables are made from whatever files are there.
+    k, n = (int(v) for v in args.shard.split("/"))
+    for case in cases[k - 1 :: n]:
+        if not (done / f"{case.case_id}.json").exists():
+            rows = run_case(case, model_file, labeled, run_dir / "cache", settings, args)
+            atomic_write_json(done / f"{case.case_id}.json", rows)
+    rows = [row for case in cases if (done / f"{case.case_id}.json").exists() for row in _read(done, case)]
     result = {
         "summary": summarise(rows, args.max_strokes),
+        "cases": len({r["case"] for r in rows}),
         "settings": vars(settings),
         "args": {k: str(v) for k, v in vars(args).items()},
         "machine": machine() | {"load_average_at_start": load_before},
@@ -296,6 +303,10 @@ def run_loop(
     }
     _write(args.out, rows, result)
     return result
+
+
+def _read(folder: Path, case: Case) -> list[dict[str, Any]]:
+    return json.loads((folder / f"{case.case_id}.json").read_text(encoding="utf-8"))
 
 
 def _write(out: Path, rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
@@ -369,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stroke-length", type=int, default=7, help="voxels; see the annotator's rule")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard", default="1/1", help="k/n: this process runs every n-th case from the k-th")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--train-only", action="store_true")
     p.add_argument(

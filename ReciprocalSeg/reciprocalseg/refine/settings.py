@@ -29,9 +29,10 @@ class RefineSettings:
     # At least this many steps even when the prediction alone would take the whole limit (a
     # refine that learns nothing would only repeat the prediction): 0 honours the limit strictly.
     min_iterations: int = 1
-    # Adam on the copy's weights (the supervised start trains with Adam at 3e-3; a copy that should
-    # move toward a few voxels without forgetting the case takes a smaller step).
-    lr: float = 1e-3
+    # Adam on the tail's weights. 1e-2: on hippocampus tuning cases a round that never predicted
+    # class 1 learned it from one stroke at 1e-2 (Dice 0.01 -> 0.74-0.85, class 2 kept), at 3e-3
+    # only now and then, at 1e-3 and 3e-4 never within 30 s (docs/DESIGN.md, RESULTS.md).
+    lr: float = 1e-2
     # Crops of the labelled cases (replay) per step, beside the boxes around every stroke.
     replay_batch: int = 2
     # The share of the loss that comes from the replay crops (the rest from the stroke crops);
