@@ -17,7 +17,7 @@ from reciprocalseg.data.io import Case, read_image
 from reciprocalseg.data.phantom import write_phantom_cohort
 from reciprocalseg.data.preprocess import preprocess_image
 from reciprocalseg.inference.sliding_window import load_model, predict_image, sliding_window_probabilities
-from reciprocalseg.refine.adapt import refine_case, refine_loss
+from reciprocalseg.refine.adapt import CASE_FEATURES, REPLAY_FEATURES, refine_case, refine_loss
 from reciprocalseg.refine.features import WindowFeatures
 from reciprocalseg.refine.settings import CPU_SETTINGS, GPU_SETTINGS, RefineSettings, default_refine_settings
 from reciprocalseg.training.losses import supervised_loss
@@ -276,3 +276,27 @@ def test_default_settings_per_device() -> None:
     ):
         with pytest.raises(DataError, match="refine settings"):
             RefineSettings(**bad).validate()
+
+
+def test_a_second_refine_of_the_case_reuses_its_features_and_gives_the_same_result(trained, tmp_path) -> None:
+    model_file, labelled, case = trained
+    image = read_image(case.image)
+    strokes = stroke_map(image, {1: np.array([[12, 12, 12], [12, 12, 13]])})
+    CASE_FEATURES.clear()
+    REPLAY_FEATURES.clear()
+    settings = fast(max_iterations=5)
+    hits = CASE_FEATURES.hits, REPLAY_FEATURES.hits
+    first = refine_case(model_file, image, strokes, replay=labelled, settings=settings, device="cpu")
+    second = refine_case(model_file, image, strokes, replay=labelled, settings=settings, device="cpu")
+    assert (CASE_FEATURES.hits, REPLAY_FEATURES.hits) == (hits[0] + 1, hits[1] + 1)
+    assert second.losses == first.losses
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(second.labels), sitk.GetArrayFromImage(first.labels))
+    # Another model file (a new round) or another scan: computed afresh.
+    copy = tmp_path / "teacher.pt"
+    copy.write_bytes(model_file.read_bytes())
+    refine_case(copy, image, strokes, settings=settings, device="cpu")
+    other = sitk.Cast(image, sitk.sitkFloat32) * 1.5
+    refine_case(
+        model_file, other, stroke_map(other, {1: np.array([[12, 12, 12]])}), settings=settings, device="cpu"
+    )
+    assert CASE_FEATURES.hits == hits[0] + 1

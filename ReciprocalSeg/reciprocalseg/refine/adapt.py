@@ -46,9 +46,13 @@ from ..data.validation import check_image
 from ..inference.sliding_window import LoadedModel, load_model
 from ..training.checkpoint import nonfinite_tensors
 from ..training.losses import supervised_loss
-from .features import WindowFeatures, autocast
+from .features import LastValue, WindowFeatures, autocast, image_key, model_key
 from .settings import RefineSettings, default_refine_settings
 from .strokes import check_strokes, count_strokes
+
+# The last case's features and the last replay set, kept for the next refine (refine/features.py).
+CASE_FEATURES = LastValue()
+REPLAY_FEATURES = LastValue()
 
 # Replay crops centred on a class voxel this often, as the `auto` plan trains (nnU-Net's third).
 REPLAY_CLASS_SHARE = 1 / 3
@@ -102,21 +106,20 @@ def refine_case(
     model = _load_finite(model_file, device)
     painted = check_strokes(strokes, image, model.n_classes)
     prep = model.preprocessing
-    volume = preprocess_image(image, prep)
     working = preprocess_label(_on_grid(painted, image), prep)
     if not np.any(working != UNANNOTATED):
         raise DataError(
             "no stroke is left on the model's working grid (the strokes are too thin for its "
             "spacing); paint them a little wider"
         )
-    preprocessed_at = clock()
-    windows = WindowFeatures.compute(model, volume)
-    rng = np.random.default_rng(settings.seed)
+    key = model_key(model_file, model.device)
+    windows, resample_seconds = _case_features(model, key, image, clock)
     with tempfile.TemporaryDirectory(prefix="refine-") as scratch:
-        chosen, replay_set = _replay_set(replay, model, settings, Path(cache_dir or scratch), rng)
+        chosen, replay_set = _replay_set(replay, model, key, settings, Path(cache_dir or scratch))
     reserve = _prediction_reserve(model, windows, settings, clock)
     if needs_resampling(image, prep):  # the way back to the scan's grid: a resample per class
-        reserve += settings.prediction_margin * model.n_classes * (preprocessed_at - start)
+        reserve += settings.prediction_margin * model.n_classes * resample_seconds
+    rng = np.random.default_rng([settings.seed, 1])
     job = _Job(model, _stroke_boxes(windows, working), replay_set, settings, rng)
     adapted_at, steps = _adapt(job, start + settings.max_seconds - reserve, clock, cancel)
     labels, agreement = _predict(model, windows, image, prep, painted, settings.paste_strokes)
@@ -179,25 +182,45 @@ def _stroke_boxes(windows: WindowFeatures, working: np.ndarray) -> _Examples:
     return out
 
 
+def _case_features(
+    model: LoadedModel, key: tuple, image: sitk.Image, clock: Callable[[], float]
+) -> tuple[WindowFeatures, float]:
+    """The case's window features (the last case's, when it is this one again) and the seconds
+    its preprocessing took (the estimate of a resample back to the scan's grid)."""
+    case = (key, image_key(image))
+    cached = CASE_FEATURES.get(case)
+    if cached is None:
+        before = clock()
+        volume = preprocess_image(image, model.preprocessing)
+        cached = (WindowFeatures.compute(model, volume), clock() - before)
+        CASE_FEATURES.put(case, cached)
+    return cached  # type: ignore[return-value]
+
+
 def _replay_set(
-    replay: Sequence[Case],
-    model: LoadedModel,
-    settings: RefineSettings,
-    cache_dir: Path,
-    rng: np.random.Generator,
+    replay: Sequence[Case], model: LoadedModel, key: tuple, settings: RefineSettings, cache_dir: Path
 ) -> tuple[list[str], _Examples | None]:
     """The replayed cases' ids and `replay_crops` of their crops (augmented, a third class-centred,
-    as the training sampler draws them) through the frozen body; None: no replay."""
+    as the training sampler draws them) through the frozen body; None: no replay. The same
+    cases and settings give the same crops (their own seed), so the last set is reused."""
     unlabelled = [c.case_id for c in replay if c.label is None]
     if unlabelled:
         raise DataError(f"replay cases need labels; {', '.join(unlabelled[:5])} have none")
     if not replay or settings.replay_batch == 0 or settings.replay_cases == 0:
         return [], None
+    which = (key, tuple((c.case_id, str(c.image), str(c.label)) for c in replay), settings.replay_cases)
+    which += (settings.replay_crops, settings.seed)
+    cached = REPLAY_FEATURES.get(which)
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    rng = np.random.default_rng([settings.seed, 0])
     picked = sorted(rng.choice(len(replay), min(settings.replay_cases, len(replay)), replace=False))
     cases = [replay[i] for i in picked]
-    cached = cache_cases(cases, model.preprocessing, cache_dir, model.n_classes)
+    cached_cases = cache_cases(cases, model.preprocessing, cache_dir, model.n_classes)
     stream = iter(
-        CropStream(cached, model.patch_zyx, int(rng.integers(1 << 31)), True, class_share=REPLAY_CLASS_SHARE)
+        CropStream(
+            cached_cases, model.patch_zyx, int(rng.integers(1 << 31)), True, class_share=REPLAY_CLASS_SHARE
+        )
     )
     crops = [next(stream) for _ in range(settings.replay_crops)]
     images = torch.stack([image for image, _ in crops]).to(model.device)
@@ -206,7 +229,9 @@ def _replay_set(
     examples = _Examples(
         [f[None].clone() for f in features], [label[None].to(model.device) for _, label in crops]
     )
-    return [c.case_id for c in cases], examples
+    result = ([c.case_id for c in cases], examples)
+    REPLAY_FEATURES.put(which, result)
+    return result
 
 
 def _prediction_reserve(

@@ -9,11 +9,15 @@ blends the whole network's: with the tail unchanged it gives inference's probabi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from ..common.errors import DataError
@@ -114,3 +118,48 @@ class WindowFeatures:
 def _window(array: torch.Tensor, corner: tuple[int, int, int], patch: tuple[int, int, int]) -> torch.Tensor:
     z, y, x = corner
     return array[z : z + patch[0], y : y + patch[1], x : x + patch[2]]
+
+
+class LastValue:
+    """One cached value and its key: a person refines the same case again and again (the strokes
+    accumulate), so the last case's features (and the replay crops') are kept for the next refine.
+    Thread-safe; `clear()` frees the memory (on a GPU, the features stay on it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: object = None
+        self._value: object = None
+        self.hits = 0
+
+    def get(self, key: object) -> object | None:
+        with self._lock:
+            if self._value is not None and self._key == key:
+                self.hits += 1
+                return self._value
+            return None
+
+    def put(self, key: object, value: object) -> None:
+        with self._lock:
+            self._key, self._value = key, value
+
+    def clear(self) -> None:
+        self.put(None, None)
+
+
+def model_key(path: Path, device: torch.device) -> tuple:
+    """What identifies a model file's weights here: its path, size and modification time."""
+    stat = Path(path).stat()
+    return (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, str(device))
+
+
+def image_key(image: sitk.Image) -> tuple:
+    """What identifies a scan: its grid and a digest of its voxels."""
+    digest = hashlib.sha1(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes()).hexdigest()
+    return (
+        image.GetSize(),
+        image.GetSpacing(),
+        image.GetOrigin(),
+        image.GetDirection(),
+        image.GetPixelIDValue(),
+        digest,
+    )
