@@ -113,17 +113,17 @@ def refine_case(
             "spacing); paint them a little wider"
         )
     key = model_key(model_file, model.device)
-    windows, resample_seconds = _case_features(model, key, image, clock)
+    entry = _case_features(model, key, image, clock)
+    windows = entry.windows
     with tempfile.TemporaryDirectory(prefix="refine-") as scratch:
         chosen, replay_set = _replay_set(replay, model, key, settings, Path(cache_dir or scratch))
-    reserve = _prediction_reserve(model, windows, settings, clock)
-    if needs_resampling(image, prep):  # the way back to the scan's grid: a resample per class
-        reserve += settings.prediction_margin * model.n_classes * resample_seconds
+    reserve = _prediction_reserve(model, entry, image, settings, clock)
     rng = np.random.default_rng([settings.seed, 1])
     job = _Job(model, _stroke_boxes(windows, working), replay_set, settings, rng)
     adapted_at, steps = _adapt(job, start + settings.max_seconds - reserve, clock, cancel)
     labels, agreement = _predict(model, windows, image, prep, painted, settings.paste_strokes)
     end = clock()
+    entry.predict_seconds = end - adapted_at
     return RefineResult(
         labels=labels,
         iterations=len(steps.losses),
@@ -182,19 +182,28 @@ def _stroke_boxes(windows: WindowFeatures, working: np.ndarray) -> _Examples:
     return out
 
 
+@dataclass
+class _CaseEntry:
+    """A case's window features, what its preprocessing took, and what its last final
+    prediction took (None before the first): the estimates of the next prediction's time."""
+
+    windows: WindowFeatures
+    preprocess_seconds: float
+    predict_seconds: float | None = None
+
+
 def _case_features(
     model: LoadedModel, key: tuple, image: sitk.Image, clock: Callable[[], float]
-) -> tuple[WindowFeatures, float]:
-    """The case's window features (the last case's, when it is this one again) and the seconds
-    its preprocessing took (the estimate of a resample back to the scan's grid)."""
+) -> _CaseEntry:
+    """The case's entry: the last case's, when it is this one again, else computed afresh."""
     case = (key, image_key(image))
-    cached = CASE_FEATURES.get(case)
-    if cached is None:
+    entry = CASE_FEATURES.get(case)
+    if entry is None:
         before = clock()
         volume = preprocess_image(image, model.preprocessing)
-        cached = (WindowFeatures.compute(model, volume), clock() - before)
-        CASE_FEATURES.put(case, cached)
-    return cached  # type: ignore[return-value]
+        entry = _CaseEntry(WindowFeatures.compute(model, volume), clock() - before)
+        CASE_FEATURES.put(case, entry)
+    return entry  # type: ignore[return-value]
 
 
 def _replay_set(
@@ -235,10 +244,19 @@ def _replay_set(
 
 
 def _prediction_reserve(
-    model: LoadedModel, windows: WindowFeatures, settings: RefineSettings, clock: Callable[[], float]
+    model: LoadedModel,
+    entry: _CaseEntry,
+    image: sitk.Image,
+    settings: RefineSettings,
+    clock: Callable[[], float],
 ) -> float:
-    """Seconds to keep for the final prediction: the tail on one batch of windows, timed, times
-    the number of batches."""
+    """Seconds to keep for the final prediction, times `prediction_margin`: what it took last time
+    on this case; the first time, the tail on one batch of windows, timed, times the number of
+    batches, plus a resample per class (as long as the preprocessing's) when the model works on
+    another grid than the scan's."""
+    if entry.predict_seconds is not None:
+        return settings.prediction_margin * entry.predict_seconds
+    windows = entry.windows
     batch = model.meta.get("inference_batch", 4)
     model.module.eval()
     before = clock()
@@ -246,7 +264,10 @@ def _prediction_reserve(
         model.module.tail(windows.features[:batch])
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
-    return settings.prediction_margin * (clock() - before) * math.ceil(len(windows.corners) / batch)
+    seconds = (clock() - before) * math.ceil(len(windows.corners) / batch)
+    if needs_resampling(image, model.preprocessing):
+        seconds += model.n_classes * entry.preprocess_seconds
+    return settings.prediction_margin * seconds
 
 
 @dataclass
