@@ -14,9 +14,10 @@ the service could not be reached at all).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ __all__ = [
     "ModelRound",
     "NextCase",
     "PredictionResult",
+    "RefinedPrediction",
     "ServiceError",
     "ServiceInfo",
     "StructureQA",
@@ -211,6 +213,30 @@ class PredictionResult:
     def flagged(self) -> list[StructureQA]:
         """The structures with at least one QA flag."""
         return [r for r in self.qa or [] if r.flags]
+
+
+@dataclass
+class RefinedPrediction:
+    """A refine's result: ``name`` (``refined from round N, K strokes``), the ``round`` and ``model``
+    it adapted, the strokes it learnt from, the partial ``label_version`` that stores them and,
+    when downloaded, the refined label map in ``labels``."""
+
+    case_id: str
+    name: str
+    round: int
+    model: str
+    strokes: int
+    iterations: int
+    seconds: float
+    annotated_voxels: int
+    label_version: int
+    time: str
+    file: str
+    time_limit_s: float | None = None
+    device: str | None = None
+    merged_with: int | None = None
+    accepted_version: int | None = None
+    labels: Path | None = None
 
 
 @dataclass
@@ -460,6 +486,14 @@ class Client:
         """Fix the class count, background included (``None``: let it follow the labels)."""
         return self._json("PUT", "/settings", json={"n_classes": n_classes})
 
+    def set_auto_retrain(self, after: int | None, minutes: float | None = None) -> dict[str, Any]:
+        """Retrain by itself: a warm-started round of ``minutes`` (default: as set, 10 at first)
+        once ``after`` corrections arrived (labels, scribbles, refines, accepts); None: off."""
+        body: dict[str, Any] = {"retrain_after": after}
+        if minutes is not None:
+            body["retrain_minutes"] = minutes
+        return self._json("PUT", "/settings", json=body)
+
     # ------------------------------------------------------------------ cases
     def list_cases(self) -> list[CaseInfo]:
         return [_build(CaseInfo, c) for c in self._json("GET", "/cases")["cases"]]
@@ -670,6 +704,67 @@ class Client:
             )
             setattr(res, kind, path)
 
+    # ------------------------------------------------------------------ refine
+    def refine(
+        self,
+        case_id: str,
+        strokes: str | Path | Any,
+        model: str = "student",
+        seconds: float | None = None,
+        device: str | None = None,
+        out_dir: str | Path | None = None,
+        author: str | None = None,
+    ) -> RefinedPrediction:
+        """Adapt a copy of the current round's ``model`` (student or teacher) to the case's strokes
+        and predict the case with it; the strokes are stored (accumulated with the case's earlier
+        ones) as a new partial label version. The round's models are not changed.
+
+        ``strokes``: a label-map file on the case's grid, or a (z, y, x) integer array (sent on the
+        case's grid): 255 unannotated, 0 background, k class k. ``seconds``: the time limit (None:
+        the service's default for its device). With ``out_dir``, the refined map is downloaded
+        (``.labels``).
+        """
+        data: dict[str, Any] = {"model": model}
+        for key, value in (("seconds", seconds), ("device", device), ("author", author)):
+            if value is not None:
+                data[key] = str(value)
+        with _strokes_file(self, case_id, strokes) as path, open(path, "rb") as f:
+            d = self._json(
+                "POST",
+                f"/cases/{_seg(case_id)}/refine",
+                files={"file": (path.name, f, "application/octet-stream")},
+                data=data,
+                timeout=self.long_timeout,
+            )
+        res = _build(RefinedPrediction, d)
+        if out_dir is not None:
+            self._download_refined(res, Path(out_dir))
+        return res
+
+    def get_refined(self, case_id: str, out_dir: str | Path | None = None) -> RefinedPrediction:
+        """The case's latest refine (404 without one); with ``out_dir``, its map downloaded."""
+        res = _build(RefinedPrediction, self._json("GET", f"/cases/{_seg(case_id)}/refined"))
+        if out_dir is not None:
+            self._download_refined(res, Path(out_dir))
+        return res
+
+    def _download_refined(self, res: RefinedPrediction, out_dir: Path) -> None:
+        res.labels = self._download(
+            f"/cases/{_seg(res.case_id)}/refined/labels", out_dir / f"{res.case_id}_refined.nrrd"
+        )
+
+    def accept_refined(self, case_id: str, author: str | None = None) -> LabelVersion:
+        """Store the case's refined map as its new full label version (again: that same version)."""
+        params = {"author": author} if author else None
+        d = self._json(
+            "POST", f"/cases/{_seg(case_id)}/refined/accept", params=params, timeout=self.long_timeout
+        )
+        return _build(LabelVersion, d)
+
+    def refine_status(self) -> dict[str, Any]:
+        """The refine in progress: ``{"running": bool, "case_id", "elapsed_s", "time_limit_s", ...}``."""
+        return self._json("GET", "/refine")
+
     def qa(self, case_id: str, round: int | None = None, live: bool = False) -> CaseQA:
         """Per-structure QA of a case's stored prediction, flagged against the labelled cases now."""
         params: dict[str, Any] = {"round": round} if round is not None else {}
@@ -714,6 +809,33 @@ def _prediction(d: dict[str, Any]) -> PredictionResult:
     if d.get("qa") is not None:
         d = {**d, "qa": [_build(StructureQA, r) for r in d["qa"]]}
     return _build(PredictionResult, d)
+
+
+@contextlib.contextmanager
+def _strokes_file(client: Client, case_id: str, strokes: Any) -> Iterator[Path]:
+    """The strokes as a file: the path given, or an array written on the case's grid (temporary)."""
+    if isinstance(strokes, str | Path):
+        yield Path(strokes).expanduser()
+        return
+    import tempfile
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    geometry = client.get_case(case_id).geometry
+    image = sitk.GetImageFromArray(np.asarray(strokes).astype(np.uint8))
+    if list(image.GetSize()) != list(geometry["size"]):
+        raise ValueError(
+            f"the strokes array has shape {np.shape(strokes)} (z, y, x); case {case_id} is "
+            f"{tuple(reversed(geometry['size']))} (z, y, x)"
+        )
+    image.SetSpacing(geometry["spacing"])
+    image.SetOrigin(geometry["origin"])
+    image.SetDirection(geometry["direction"])
+    with tempfile.TemporaryDirectory(prefix="reciprocalseg-strokes-") as folder:
+        path = Path(folder) / f"{case_id}_strokes.nrrd"
+        sitk.WriteImage(image, str(path), True)
+        yield path
 
 
 def _seg(case_id: str) -> str:
