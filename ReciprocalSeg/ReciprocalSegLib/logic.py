@@ -26,9 +26,11 @@ from typing import Any
 from .learning_curve import LearningCurve
 from .prediction_display import (
     LABEL_COLORS,
+    REFINED_COLORS,
     STUDENT_COLORS,
     TEACHER_COLORS,
     show_disagreement,
+    show_refined,
     show_student,
     show_teacher,
 )
@@ -38,6 +40,7 @@ from .scene_cases import (
     ROLE_DISAGREEMENT,
     ROLE_IMAGE,
     ROLE_LABEL,
+    ROLE_REFINED,
     ROLE_SCRIBBLES,
     ROLE_STUDENT,
     ROLE_TEACHER,
@@ -90,6 +93,12 @@ NETWORK_METHODS = frozenset(
         "stop_training",
         "training_status",
         "wait_for_training",
+        "fetch_refined",
+        "refine",
+        "accept_refined_on_service",
+        "accept_refined",
+        "auto_retrain_settings",
+        "set_auto_retrain",
     }
 )
 
@@ -111,6 +120,11 @@ class CaseFiles:
     case_id: str
     image: Path | None = None
     label: Path | None = None
+
+
+def refined_suffix(name: str) -> str:
+    """``from round 3, 2 strokes`` of the service's ``refined from round 3, 2 strokes``."""
+    return name[len("refined ") :] if name.startswith("refined ") else name
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -150,6 +164,7 @@ class ReciprocalSegLoop:
         self.training_minutes: float | None = None  # the time budget of the round last started
         self._training_run_id: str | None = None  # ... and its run
         self.last_next_case: Any = None
+        self.last_refined: Any = None  # the service's answer to the last refine (name, strokes, seconds)
         self._token: str | None = None
         self._poll_client: Any = None
         self._learning_curve: LearningCurve | None = None
@@ -655,11 +670,15 @@ class ReciprocalSegLoop:
         volume = self.case_node(case_id, ROLE_IMAGE)
         if student is None or volume is None:
             raise RuntimeError(f"Predict {case_id} first.")
+        return self._copy_into_label(case_id, student, volume)
+
+    def _copy_into_label(self, case_id: str, source_node: Any, volume: Any) -> Any:
+        """Main thread: the case's editable label becomes a copy of ``source_node``'s segments."""
         label = self.case_node(case_id, ROLE_LABEL)
         if label is None:
             label = self._label_from_file(case_id, None, volume)
         CaseNodes.place_like(label, volume)
-        target, source = label.GetSegmentation(), student.GetSegmentation()
+        target, source = label.GetSegmentation(), source_node.GetSegmentation()
         target.RemoveAllSegments()
         for i in range(source.GetNumberOfSegments()):
             segment_id = source.GetNthSegmentID(i)
@@ -667,6 +686,98 @@ class ReciprocalSegLoop:
             target.GetSegment(segment_id).SetColor(*LABEL_COLORS[i % len(LABEL_COLORS)])
         self.nodes.show_only(case_id)
         return label
+
+    # ------------------------------------------------------------------ refine from strokes, accept
+
+    def prepare_refine(self, case_id: str, scribbles: Any = None) -> tuple:
+        """Main thread: (file, ScribbleSummary): the case's strokes, painted over the shown prediction
+        in its scribble segmentation, as a partial label map (as ``prepare_scribble_upload``)."""
+        return self.prepare_scribble_upload(case_id, scribbles)
+
+    def fetch_refined(
+        self,
+        case_id: str,
+        path: Path,
+        model: str = "student",
+        seconds: float | None = None,
+        need_image: bool = False,
+    ) -> tuple:
+        """Any thread: refine on the service (a copy of the current round's ``model`` adapted to the
+        strokes; they are stored as the case's new partial label) and download the refined map."""
+        client = self.require_client()
+        try:
+            result = client.refine(case_id, str(path), model=model, seconds=seconds, out_dir=self._scratch())
+        finally:
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
+        files = self.fetch_case(case_id, need_image, False) if need_image else CaseFiles(case_id)
+        return result, files
+
+    def apply_refined(self, case_id: str, fetched: tuple) -> Any:
+        """Main thread: the refined map as the segmentation ``<case> refined (from round N, K strokes)``
+        (filled, greens) beside teacher and student; the service's name in ``ReciprocalSeg.Model``."""
+        result, files = fetched
+        try:
+            volume = self.case_node(case_id, ROLE_IMAGE)
+            if volume is None:
+                volume = self.apply_case(case_id, files)[0]
+            refined = self._segmentation_from_label_file(
+                result.labels, case_id, ROLE_REFINED, volume, REFINED_COLORS
+            )[0]
+            show_refined(refined)
+            refined.SetAttribute(ATTR_MODEL, result.name)
+            refined.SetName(f"{case_id} {ROLE_REFINED} ({refined_suffix(result.name)})")
+            self.last_refined = result
+        finally:
+            shutil.rmtree(Path(result.labels).parent, ignore_errors=True)
+        self.nodes.show_only(case_id)
+        return refined
+
+    def refine(self, case_id: str, model: str = "student", seconds: float | None = None) -> Any:
+        """The case's scribbles (painted over the shown prediction) refine a copy of the current
+        round's student (or teacher); returns the segmentation ``<case> refined``."""
+        path, _ = self.prepare_refine(case_id)
+        return self.apply_refined(
+            case_id, self.fetch_refined(case_id, path, model, seconds, self.needs(case_id)[0])
+        )
+
+    def accept_refined_on_service(self, case_id: str) -> Any:
+        """Any thread: the service stores the case's refined map as its new full label version."""
+        return self.require_client().accept_refined(case_id)
+
+    def apply_accepted(self, case_id: str) -> Any:
+        """Main thread: the case's editable label becomes the refined map it was accepted as."""
+        refined = self.case_node(case_id, ROLE_REFINED)
+        volume = self.case_node(case_id, ROLE_IMAGE)
+        if refined is None or volume is None:
+            raise RuntimeError(f"Refine {case_id} first.")
+        return self._copy_into_label(case_id, refined, volume)
+
+    def accept_refined(self, case_id: str) -> Any:
+        """One click: the refined map becomes the case's full label, on the service and in the scene;
+        returns the new label version."""
+        version = self.accept_refined_on_service(case_id)
+        self.apply_accepted(case_id)
+        return version
+
+    # ------------------------------------------------------------------ retrain by itself
+
+    def auto_retrain_settings(self) -> tuple:
+        """Any thread: (K or None when off, minutes, corrections since the latest round, message)."""
+        settings = self.require_client().settings()
+        return (
+            settings.get("retrain_after"),
+            settings.get("retrain_minutes"),
+            settings.get("corrections"),
+            settings.get("retrain_message"),
+        )
+
+    def set_auto_retrain(self, after: int | None, minutes: float | None = None) -> tuple:
+        """Any thread: retrain by itself (a warm-started round of ``minutes``) after ``after``
+        corrections; None: off. Returns ``auto_retrain_settings()``."""
+        if after is not None and after < 1:
+            raise ValueError(f"Retrain after at least one correction, not {after}.")
+        self.require_client().set_auto_retrain(after, minutes)
+        return self.auto_retrain_settings()
 
     # ------------------------------------------------------------------ ranking and training
 
