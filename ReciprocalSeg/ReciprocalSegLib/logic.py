@@ -57,6 +57,7 @@ from .segment_export import (
 )
 from .slicer_logics import SlicerLogics
 from .status_text import model_description
+from .submission import Submission
 from .volume_files import is_scalar_volume, keep_file, read_volume, write_volume
 
 # Attribute of prediction nodes (teacher, student, disagreement): the model that made them.
@@ -83,6 +84,7 @@ NETWORK_METHODS = frozenset(
         "upload_label_file",
         "submit_segmentation",
         "submit_scribbles",
+        "upload_submission",
         "plan",
         "fetch_prediction",
         "predict",
@@ -569,6 +571,26 @@ class ReciprocalSegLoop:
         return self.upload_label_file(
             case_id, self.prepare_label_upload(case_id, segmentation, volume), author
         )
+
+    # ------------------------------------------------------------------ submitting, for the panel
+
+    def prepare_submission(self, case_id: str, scribbles: bool = False) -> Submission:
+        """Main thread: the case's label (or with ``scribbles`` its strokes) exported for upload."""
+        if scribbles:
+            path, summary = self.prepare_scribble_upload(case_id)
+            return Submission(case_id, True, path, summary)
+        segmentation = self.case_node(case_id, ROLE_LABEL)
+        path = self.prepare_label_upload(case_id, segmentation, self.case_node(case_id, ROLE_IMAGE))
+        return Submission(case_id, False, path)
+
+    def upload_submission(self, submission: Submission, author: str | None = None) -> Any:
+        """Any thread: send a prepared submission as the case's new label version."""
+        return self.upload_label_file(submission.case_id, submission.path, author)
+
+    @staticmethod
+    def discard_submission(submission: Submission) -> None:
+        """A submission the user declined: its file goes."""
+        shutil.rmtree(Path(submission.path).parent, ignore_errors=True)
 
     # ------------------------------------------------------------------ scribbles (partial labels)
 

@@ -76,7 +76,7 @@ def _end_leftovers(ws: Path) -> None:
     """A failed run must not leave its service (and training worker) running."""
     pid = _text(ws / ".service" / "pid")
     if pid and not _gone(int(pid)):
-        from reciprocalseg.service.jobs import terminate_tree
+        from reciprocalseg.common.processes import terminate_tree
 
         terminate_tree(psutil.Process(int(pid)), timeout=30)
 

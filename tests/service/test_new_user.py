@@ -14,9 +14,9 @@ import SimpleITK as sitk
 from service_helpers import TRAIN_FAST, Running, start_service, write_bundle, write_models
 
 from reciprocalseg.client import Client, ServiceError
+from reciprocalseg.common.processes import child_env
 from reciprocalseg.data.io import Case
 from reciprocalseg.service.core import uncertainty_rank
-from reciprocalseg.service.jobs import child_env
 
 
 def _three_class_label(case: Case, path: Path) -> Path:

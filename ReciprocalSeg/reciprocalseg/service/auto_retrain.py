@@ -21,8 +21,9 @@ import logging
 import threading
 from typing import Any
 
+from .errors import ApiError
 from .jobs import TrainingManager
-from .workspace import ApiError, Workspace, now_iso
+from .workspace import Workspace, now_iso
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The service object: everything behind the HTTP layer (workspace, training, models, prediction).
 
 Routes (``routes/``) translate HTTP to calls on one :class:`Service`; the methods here raise
-:class:`~reciprocalseg.service.workspace.ApiError` subclasses that become 4xx answers.
+:class:`~reciprocalseg.service.errors.ApiError` subclasses that become 4xx answers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from reciprocalseg.common.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
 from .auto_retrain import AutoRetrain
+from .errors import ApiError, Conflict, Forbidden, Invalid, NotFound, TooLarge, UnsupportedType
 from .fingerprints import CaseFingerprints
 from .jobs import TrainingManager
 from .live import LiveCheckpoint, LiveModel
@@ -26,20 +27,9 @@ from .middleware import LOOPBACK_HOSTS
 from .model_store import ModelStore
 from .quality import StructureChecks, n_flags
 from .refinement import Refinements
+from .rounds import record_background_only
 from .uploads import looks_like_dicom_folder, read_upload
-from .workspace import (
-    DEFAULT_MAX_VOXELS,
-    ApiError,
-    Conflict,
-    Forbidden,
-    Invalid,
-    NotFound,
-    TooLarge,
-    UnsupportedType,
-    Workspace,
-    check_new_case_id,
-    label_max,
-)
+from .workspace import DEFAULT_MAX_VOXELS, Workspace, check_new_case_id, label_max
 
 if TYPE_CHECKING:
     from reciprocalseg.inference.sliding_window import TeacherStudentPredictor
@@ -130,7 +120,7 @@ class Service:
             log.warning("could not check round %s for background-only predictions: %s", entry["round"], exc)
             return
         if networks:
-            self.jobs.record_background_only(entry, networks)
+            record_background_only(self.ws, entry, networks)
 
     def background_only_networks(self, entry: dict[str, Any], max_cases: int = 2) -> list[str]:
         """The networks of a round that predict background everywhere on labelled scans with foreground.

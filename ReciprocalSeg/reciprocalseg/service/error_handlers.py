@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reciprocalseg.common.errors import DataError
 
-from .workspace import ApiError
+from .errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from typing import Any
 from reciprocalseg.common.atomic import atomic_write_json
 from reciprocalseg.common.errors import DataError
 
-from .workspace import Invalid, NotFound, Workspace
+from .errors import Invalid, NotFound
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 

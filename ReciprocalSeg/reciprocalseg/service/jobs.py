@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -33,17 +32,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from reciprocalseg.common.errors import EXIT_CANCELLED
+from reciprocalseg.common.processes import (
+    child_env,
+    create_time,
+    find_process,
+    start_process,
+    terminate_child_tree,
+    terminate_tree,
+)
 from reciprocalseg.data.io import Case, write_case_list
 
+from .errors import Conflict, Invalid, NotFound
 from .fingerprints import CaseFingerprints, workspace_plan
-from .model_store import sha256_file
-from .workspace import Conflict, Invalid, NotFound, Workspace, now_iso
+from .rounds import register_run, round_of_run, unusable_models
+from .workspace import Workspace, now_iso
 
 log = logging.getLogger(__name__)
 
-EXIT_CANCELLED = 3
 ACTIVE_STATES = ("running",)
 RESUMABLE_STATES = ("cancelled", "interrupted", "failed")
 # What a model file's weights depend on: a warm start needs them equal (model/vnet.py).
@@ -53,18 +59,6 @@ NETWORK_FIELDS = ("n_filters", "normalization", "downsampling")
 def default_train_command() -> list[str]:
     """The command prefix that starts a training child: ``python -m reciprocalseg train``."""
     return [sys.executable, "-m", "reciprocalseg", "train"]
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a training child: it imports the same ``reciprocalseg`` as the service."""
-    import reciprocalseg
-
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    pkg_parent = str(Path(reciprocalseg.__file__).resolve().parent.parent)
-    parts = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *[p for p in parts if p != pkg_parent]])
-    return env
 
 
 class EventReader:
@@ -100,58 +94,6 @@ class EventReader:
                     self.events.append(ev)
             self.offset += end + 1
             return self.events
-
-
-def _process_matches(pid: int | None, create_time: float | None, run_dir: Path) -> psutil.Process | None:
-    """The live worker process of a run, if ``pid`` still names it (guards against pid reuse)."""
-    if not pid:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if str(run_dir) not in " ".join(proc.cmdline()):
-            return None
-        return proc
-    except (psutil.Error, OSError):
-        return None
-
-
-def terminate_tree(
-    proc: psutil.Process, timeout: float = 30.0, child: subprocess.Popen | None = None
-) -> None:
-    """SIGTERM a process and its children; SIGKILL whatever is left after ``timeout`` seconds.
-
-    ``child``: the ``Popen`` of ``proc`` when it is this process's own child. Only that ``Popen``
-    may then wait for it: psutil would reap it (``waitpid``) first, and the ``Popen``, finding no
-    child left, would report an exit status of 0, which the watcher thread records as how the
-    run ended (a cancelled run then looked like a failed one, "exited with code 0").
-    """
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        procs = [proc]
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    deadline = time.monotonic() + timeout
-    if child is not None:
-        procs = procs[1:]  # the descendants: not our children, so psutil only polls them
-        try:
-            child.wait(timeout=timeout)  # shares the watcher's lock: one of the two reaps it
-        except subprocess.TimeoutExpired:
-            child.kill()
-    _, alive = psutil.wait_procs(procs, timeout=max(0.0, deadline - time.monotonic()))
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
 
 
 class TrainingManager:
@@ -377,30 +319,17 @@ class TrainingManager:
         run_dir = self.ws.runs_dir / job["run_id"]
         (run_dir / "CANCEL").unlink(missing_ok=True)  # a stale cancel flag would stop the resumed run at once
         cmd = self._command(job)
-        env = child_env()
         stdout = open(run_dir / "stdout.log", "ab")
         stderr = open(run_dir / "stderr.log", "ab")
         try:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=stdout,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                cwd=str(run_dir),
-                env=env,
-                start_new_session=(os.name == "posix"),
-            )
+            proc = start_process(cmd, stdout, stderr, child_env(), cwd=run_dir)
         finally:
             stdout.close()
             stderr.close()
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            create_time = None
         job.update(
             state="running",
             pid=proc.pid,
-            pid_create_time=create_time,
+            pid_create_time=create_time(proc.pid),
             started=job.get("started") or now_iso(),
             finished=None,
             exit_code=None,
@@ -475,67 +404,22 @@ class TrainingManager:
         return f"training exited with code {code}: " + (tail[-1] if tail else "no error output")
 
     def _complete(self, job: dict[str, Any]) -> None:
-        run_dir = self.ws.runs_dir / job["run_id"]
-        reg = self.ws.registry()
-        existing = [r for r in reg["rounds"] if r.get("run_id") == job["run_id"]]
-        if existing:
-            entry = existing[0]
-        else:
-            problem = _unusable_models(run_dir)
+        entry = round_of_run(self.ws, job["run_id"])
+        if entry is None:
+            problem = unusable_models(self.ws.runs_dir / job["run_id"])
             if problem is not None:
                 job["state"] = "failed"
                 job["message"] = f"training finished but its models were not registered: {problem}"
                 log.error("run %s: %s", job["run_id"], job["message"])
                 self.ws.write_job(job)
                 return
-            rel = run_dir.relative_to(self.ws.root).as_posix()
-            hashes = {name: sha256_file(run_dir / f"{name}.pt") for name in ("teacher", "student")}
-
-            def make(number: int) -> dict[str, Any]:
-                return {
-                    "run_id": job["run_id"],
-                    "source": "trained",
-                    "created": now_iso(),
-                    "dir": rel,
-                    "teacher": f"{rel}/teacher.pt",
-                    "student": f"{rel}/student.pt",
-                    "preset": job["preset"],
-                    "n_classes": job_n_classes(job),
-                    "n_labeled": job["n_labeled"],
-                    "n_unlabeled": job["n_unlabeled"],
-                    "warm_start_round": job.get("warm_start_round"),
-                    "teacher_sha256": hashes["teacher"],
-                    "student_sha256": hashes["student"],
-                }
-
-            entry = self.ws.add_round(make)
+            entry = register_run(self.ws, job, job_n_classes(job))
         job["state"] = "completed"
         job["round"] = entry["round"]
         job["message"] = f"completed; model round {entry['round']} is now current"
         self.ws.write_job(job)
         if self.on_round is not None:
             self.on_round(entry)
-
-    def record_background_only(self, entry: dict[str, Any], networks: list[str]) -> None:
-        """Flag a round whose networks predict background everywhere: in the registry, and as a
-        ``warning`` event of its run (the status shows it)."""
-        who = " and ".join(networks)
-        message = (
-            f"round {entry['round']}: the {who} predicts background everywhere on the labelled scans; "
-            "it has not learned the structure (more labels or iterations, or check the labels)"
-        )
-        log.warning(message)
-        with self.ws.lock:
-            reg = self.ws.registry()
-            for r in reg["rounds"]:
-                if r["round"] == entry["round"]:
-                    r["background_only"] = networks
-            self.ws.write_registry(reg)
-        if entry.get("run_id"):
-            event = {"event": "warning", "kind": "background_only", "round": entry["round"]}
-            event.update(networks=networks, message=message, time=round(time.time(), 3))
-            with open(self.ws.runs_dir / entry["run_id"] / "events.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(event) + "\n")
 
     # ------------------------------------------------------------------ recover / resume / stop
     def recover(self) -> list[str]:
@@ -554,12 +438,12 @@ class TrainingManager:
                     continue
                 run_dir = self.ws.runs_dir / run_id
                 if job.get("state") == "completed":
-                    if not any(r.get("run_id") == run_id for r in self.ws.registry()["rounds"]):
+                    if round_of_run(self.ws, run_id) is None:
                         self._complete(job)
                     continue
                 if job.get("state") not in ACTIVE_STATES:
                     continue
-                proc = _process_matches(job.get("pid"), job.get("pid_create_time"), run_dir)
+                proc = find_process(job.get("pid"), job.get("pid_create_time"), str(run_dir))
                 if proc is not None:
                     log.warning(
                         "run %s: stopping the worker left by the previous service (pid %s)", run_id, proc.pid
@@ -608,10 +492,7 @@ class TrainingManager:
             (self.ws.runs_dir / run_id / "CANCEL").touch()  # also understood where signals are not (Windows)
         except OSError:
             pass
-        try:
-            terminate_tree(psutil.Process(proc.pid), timeout=self.stop_timeout, child=proc)
-        except psutil.NoSuchProcess:
-            pass
+        terminate_child_tree(proc, timeout=self.stop_timeout)
         if wait:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.active_run == run_id:
@@ -625,10 +506,7 @@ class TrainingManager:
             proc, run_id = self._proc, self._active
         if proc is None or run_id is None:
             return
-        try:
-            terminate_tree(psutil.Process(proc.pid), timeout=timeout or self.stop_timeout, child=proc)
-        except psutil.NoSuchProcess:
-            pass
+        terminate_child_tree(proc, timeout=timeout or self.stop_timeout)
         proc.wait()
         with self._lock:
             job = self.ws.read_job(run_id)
@@ -781,19 +659,6 @@ def check_trainable(
             raise Invalid(
                 "device 'cuda' asked for, but this service sees no CUDA device; use device 'auto' or 'cpu'"
             )
-
-
-def _unusable_models(run_dir: Path) -> str | None:
-    """Why a finished run's models must not become a round (missing, unreadable, non-finite), or None."""
-    from reciprocalseg.common.errors import ReciprocalSegError
-    from reciprocalseg.training.checkpoint import check_finite_model
-
-    for name in ("teacher", "student"):
-        try:
-            check_finite_model(run_dir / f"{name}.pt")
-        except ReciprocalSegError as exc:
-            return f"the {name}: {str(exc).replace(str(run_dir) + '/', '')}"
-    return None
 
 
 def job_n_classes(job: dict[str, Any]) -> int:

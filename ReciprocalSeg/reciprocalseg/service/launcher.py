@@ -39,15 +39,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
+from reciprocalseg.common.processes import (
+    WINDOWS,
+    child_env,
+    end_processes,
+    process_alive,
+    process_tree,
+    start_process,
+    terminate_pid,
+    wait_pid,
+)
 
-from .jobs import child_env
-from .lifecycle import STOP_PATH, process_alive
+from .lifecycle import STOP_PATH
 from .server import LOCK_FILE, PID_FILE, TOKEN_FILE, URL_FILE, ServeError, WorkspaceLock, write_private
 
 log = logging.getLogger("reciprocalseg.launcher")
-
-_WINDOWS = os.name == "nt"
 
 
 class LaunchError(RuntimeError):
@@ -173,7 +179,7 @@ def service_python(inside_slicer: bool | None = None, executable: str = sys.exec
     found = shutil.which("PythonSlicer")
     if found:
         return found
-    beside = Path(executable).resolve().parent / ("PythonSlicer.exe" if _WINDOWS else "PythonSlicer")
+    beside = Path(executable).resolve().parent / ("PythonSlicer.exe" if WINDOWS else "PythonSlicer")
     if beside.is_file():
         return str(beside)
     raise LaunchError(
@@ -286,16 +292,10 @@ class LocalService:
         env = child_env() if self.env is None else dict(self.env)
         log_file = open(self.log_path, "ab")
         try:
-            self.process = subprocess.Popen(
-                self.command(token_file),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                # A session/group of its own: Ctrl-C in Slicer's terminal does not reach it, and on
-                # Windows CTRL_BREAK_EVENT can be sent to its group alone.
-                start_new_session=not _WINDOWS,
-                creationflags=subprocess.CREATE_NEW_PROCESS_GROUP if _WINDOWS else 0,
+            # A session/group of its own: Ctrl-C in Slicer's terminal does not reach it, and on
+            # Windows CTRL_BREAK_EVENT can be sent to its group alone.
+            self.process = start_process(
+                self.command(token_file), log_file, subprocess.STDOUT, env, windows_group=True
             )
         finally:
             log_file.close()
@@ -339,7 +339,7 @@ class LocalService:
         if self.pid is None:
             return None
         deadline = time.monotonic() + timeout
-        tree = _process_tree(self.pid)
+        tree = process_tree(self.pid)
         if self.running and self._request_stop_over_http():
             self._wait(deadline - time.monotonic())
         if self.running:
@@ -355,7 +355,7 @@ class LocalService:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
             code = self.process.wait()
-        _end_processes(tree)
+        end_processes(tree)
         self.url, self.pid = None, None
         return code
 
@@ -371,25 +371,26 @@ class LocalService:
             return False
 
     def _signal_stop(self) -> None:
+        if self.process is None:
+            if self.pid is not None:
+                terminate_pid(self.pid)
+            return
         try:
-            if self.process is not None and _WINDOWS:
+            if WINDOWS:
                 self.process.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-            elif self.process is not None:
+            else:
                 self.process.terminate()
-            elif self.pid is not None:
-                psutil.Process(self.pid).terminate()
-        except (OSError, psutil.Error):
+        except OSError:
             pass
 
     def _wait(self, seconds: float) -> None:
-        seconds = max(0.0, seconds)
-        try:
-            if self.process is not None:
-                self.process.wait(timeout=seconds)
-            elif self.pid is not None:
-                psutil.Process(self.pid).wait(timeout=seconds)
-        except (subprocess.TimeoutExpired, psutil.TimeoutExpired, psutil.NoSuchProcess):
-            pass
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=max(0.0, seconds))
+            except subprocess.TimeoutExpired:
+                pass
+        elif self.pid is not None:
+            wait_pid(self.pid, seconds)
 
     def kill(self) -> None:
         """SIGKILL the service process only (its training worker survives); for fault-injection tests."""
@@ -419,27 +420,3 @@ def _same_file(a: str, b: str) -> bool:
         return Path(a).resolve() == Path(b).resolve()
     except OSError:
         return False
-
-
-def _process_tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _end_processes(procs: list[psutil.Process], grace: float = 10.0) -> None:
-    """Terminate, then kill, whichever of ``procs`` still run (same processes: psutil checks)."""
-    _, alive = psutil.wait_procs(procs, timeout=0.1) if procs else ([], [])
-    for p in alive:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .workspace import Conflict
+from .errors import Conflict
 
 if TYPE_CHECKING:  # torch is imported when a checkpoint is loaded, not when the service starts
     from reciprocalseg.inference.sliding_window import LoadedModel, TeacherStudentPredictor

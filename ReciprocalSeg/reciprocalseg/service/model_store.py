@@ -21,7 +21,8 @@ import reciprocalseg
 from reciprocalseg.common.errors import ReciprocalSegError
 
 from . import schemas as S
-from .workspace import Conflict, Invalid, NotFound, TooLarge, UnsupportedType, Workspace, file_suffix, now_iso
+from .errors import Conflict, Invalid, NotFound, TooLarge, UnsupportedType
+from .workspace import Workspace, file_suffix, now_iso
 
 BUNDLE_FORMAT = "reciprocalseg-models"
 BUNDLE_MEMBERS = ("teacher.pt", "student.pt", "meta.json")

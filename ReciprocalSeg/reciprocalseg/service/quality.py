@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from reciprocalseg.common.errors import DataError
 
-from .workspace import Conflict, Workspace
+from .errors import Conflict
+from .workspace import Workspace
 
 if TYPE_CHECKING:  # numpy and scipy are imported on the first QA, not when the service starts
     from reciprocalseg.evaluation.qa import ReferenceRanges, StructureQA

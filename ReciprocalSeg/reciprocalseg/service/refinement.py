@@ -50,9 +50,10 @@ from reciprocalseg.common.file_formats import UNANNOTATED
 
 from . import schemas as S
 from .auto_retrain import AutoRetrain
+from .errors import Conflict, Invalid, NotFound
 from .fingerprints import CaseFingerprints
 from .uploads import read_upload
-from .workspace import Conflict, Invalid, NotFound, Workspace, now_iso
+from .workspace import Workspace, now_iso
 
 log = logging.getLogger(__name__)
 

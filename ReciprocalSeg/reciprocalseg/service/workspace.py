@@ -50,6 +50,8 @@ from reciprocalseg.common.atomic import atomic_write_json
 from reciprocalseg.common.errors import DataError
 from reciprocalseg.common.file_formats import UPLOAD_SUFFIXES
 
+from .errors import Conflict, Invalid, NotFound, UnsupportedType
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: n_classes counts the background too (1 counted foreground classes)
@@ -67,46 +69,6 @@ DEFAULT_MAX_VOXELS = 160_000_000
 def now_iso() -> str:
     """Current UTC time as an ISO 8601 string with seconds precision."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-class ApiError(Exception):
-    """An error the service answers with an HTTP status and a message meant for the user."""
-
-    status_code = 400
-
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status_code is not None:
-            self.status_code = status_code
-
-
-class BadRequest(ApiError):
-    status_code = 400
-
-
-class Forbidden(ApiError):
-    status_code = 403
-
-
-class NotFound(ApiError):
-    status_code = 404
-
-
-class Conflict(ApiError):
-    status_code = 409
-
-
-class TooLarge(ApiError):
-    status_code = 413
-
-
-class UnsupportedType(ApiError):
-    status_code = 415
-
-
-class Invalid(ApiError):
-    status_code = 422
 
 
 def check_case_id(case_id: str) -> str:
