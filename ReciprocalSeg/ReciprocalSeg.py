@@ -24,7 +24,7 @@ from ReciprocalSegLib.case_table import CASE_COLUMNS, case_row, labelled_summary
 from ReciprocalSegLib.logic import CaseFiles, ReciprocalSegLoop
 from ReciprocalSegLib.package_install import ensure_requirements
 from ReciprocalSegLib.panel_rules import PanelState, enabled_widgets, submit_button_text, visible_widgets
-from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_STUDENT
+from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_REFINED, ROLE_SCRIBBLES, ROLE_STUDENT
 from ReciprocalSegLib.segment_export import segment_id_for_class
 from ReciprocalSegLib.status_text import (
     RUNNING_STATES,
@@ -188,8 +188,12 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.retrainButton, self.onRetrain),
             (self.ui.cancelTaskButton, self.onCancelTask),
             (self.ui.applyClassCountButton, self.onApplyClassCount),
+            (self.ui.refineButton, self.onRefine),
+            (self.ui.acceptRefinedButton, self.onAcceptRefined),
+            (self.ui.autoRetrainCheckBox, self.onAutoRetrainChanged),
         ):
             button.connect("clicked(bool)", slot)
+        self.ui.autoRetrainSpinBox.connect("editingFinished()", self.onAutoRetrainChanged)
         self.ui.casesTable.connect("itemSelectionChanged()", self.onCaseSelectionChanged)
         # The panel sorts the rows itself (numbers as numbers, empty cells last): see case_table.py.
         header = self.ui.casesTable.horizontalHeader()
@@ -310,6 +314,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateGui(self, caller=None, event=None):
         node = self._parameterNode
         connected = self.logic is not None and self.logic.connected
+        roles = self.logic.case_roles(self._currentCaseId) if connected else set()
         state = PanelState(
             connected=connected,
             busy=self.tasks.busy,
@@ -317,7 +322,9 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             case_selected=self._currentCaseId is not None,
             input_volume=node is not None and node.inputVolume is not None,
             scribbling=node is not None and node.annotationMode == SCRIBBLES,
-            student_shown=connected and self.logic.case_node(self._currentCaseId, ROLE_STUDENT) is not None,
+            student_shown=ROLE_STUDENT in roles,
+            scribbles_shown=ROLE_SCRIBBLES in roles,
+            refined_shown=ROLE_REFINED in roles,
             budget=node is not None and bool(node.minutes),
             remote=node is not None and node.backendMode == "remote",
         )
@@ -413,14 +420,16 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
 
         def listCases(context):
-            # The class count and the plan follow the labels: read them again with the list.
-            return self.logic.list_cases(), self.logic.class_settings(), self.logic.plan()
+            # The class count, the plan and the corrections follow the labels: read them with the list.
+            logic = self.logic
+            return logic.list_cases(), logic.class_settings(), logic.plan(), logic.auto_retrain_settings()
 
         def done(answer):
-            cases, classes, self._nextPlan = answer
+            cases, classes, self._nextPlan, retrain = answer
             self._showCases(cases)
             self._showClassCount(classes)
             self._showPlan()
+            self._showAutoRetrain(retrain)
 
         self._run(_("Listing cases"), listCases, done)
 
@@ -681,6 +690,47 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lambda context: self.logic.fetch_prediction(caseId, needImage, live),
             done,
         )
+
+    def onRefine(self):
+        caseId = self._currentCaseId
+        with slicer.util.tryWithErrorDisplay(_("Could not refine {case}.").format(case=caseId)):
+            strokes = self.logic.prepare_refine(caseId)[0]  # exported here, the refine runs in a task
+            needImage = self.logic.needs(caseId)[0]
+
+            def done(fetched):
+                self.logic.apply_refined(caseId, fetched)
+                slicer.util.showStatusMessage(messages.refined(caseId, self.logic.last_refined), 10000)
+                self.onRefreshCases()
+
+            refine = lambda c: self.logic.fetch_refined(caseId, strokes, need_image=needImage)  # noqa: E731
+            self._run(_("Refining {case}").format(case=caseId), refine, done)
+
+    def onAcceptRefined(self):
+        caseId = self._currentCaseId
+
+        def done(version):
+            self.logic.apply_accepted(caseId)
+            slicer.util.showStatusMessage(messages.accepted(caseId, version), 8000)
+            self.onRefreshCases()
+
+        accept = lambda c: self.logic.accept_refined_on_service(caseId)  # noqa: E731
+        self._run(_("Accepting the refined {case}").format(case=caseId), accept, done)
+
+    def onAutoRetrainChanged(self):
+        after = self.ui.autoRetrainSpinBox.value if self.ui.autoRetrainCheckBox.checked else None
+        minutes = self._parameterNode.minutes or None  # None: the service's (10 at first)
+        apply = lambda c: self.logic.set_auto_retrain(after, minutes)  # noqa: E731
+        self._run(_("Setting retraining"), apply, self._showAutoRetrain)
+
+    def _showAutoRetrain(self, settings):
+        """(K or None, minutes, corrections, message) from the service into the checkbox and the line."""
+        after = settings[0]
+        self.ui.autoRetrainCheckBox.blockSignals(True)
+        self.ui.autoRetrainCheckBox.setChecked(after is not None)
+        self.ui.autoRetrainCheckBox.blockSignals(False)
+        if after is not None:
+            self.ui.autoRetrainSpinBox.setValue(int(after))
+        self.ui.autoRetrainLabel.setText(messages.auto_retrain(*settings))
 
     def onCorrectFromStudent(self):
         caseId = self._currentCaseId

@@ -192,6 +192,12 @@ class ReciprocalSegLoop:
     def case_node(self, case_id: str | None, role: str) -> Any:
         return self.nodes.find(case_id, role)
 
+    def case_roles(self, case_id: str | None) -> set:
+        """The roles (image, label, teacher, refined, ...) the case has nodes for in the scene."""
+        return {
+            n.GetAttribute(ATTR_ROLE) for n in self.nodes.tagged() if n.GetAttribute(ATTR_CASE_ID) == case_id
+        }
+
     def _scratch(self) -> Path:
         if self.scratch_dir is not None:
             self.scratch_dir.mkdir(parents=True, exist_ok=True)

@@ -84,10 +84,10 @@ def count_strokes(strokes: np.ndarray) -> int:
 
 
 def structure_slices(case) -> tuple[int, int]:
-    """Two slices that show the structure, at least 5 apart (their strokes never touch)."""
+    """Two slices that show the structure, at least 4 apart (balls of radius 1 there never touch)."""
     present = np.nonzero((truth(case) == 1).any(axis=(1, 2)))[0]
     middle = int(present[len(present) // 2])
-    other = next(int(z) for z in present[::-1] if abs(int(z) - middle) >= 5)
+    other = next(int(z) for z in present[::-1] if abs(int(z) - middle) >= 4)
     return middle, other
 
 
