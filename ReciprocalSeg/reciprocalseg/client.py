@@ -236,6 +236,8 @@ class RefinedPrediction:
     device: str | None = None
     merged_with: int | None = None
     accepted_version: int | None = None
+    stopped_by: str | None = None  # "time" (the limit) or "iterations" (the cap on steps)
+    stroke_agreement: float | None = None
     labels: Path | None = None
 
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from reciprocalseg.common.errors import DataError
+from reciprocalseg.common.errors import CancelledError, DataError, TrainingError
 from reciprocalseg.common.file_formats import UNANNOTATED
 
 from . import schemas as S
@@ -226,9 +226,14 @@ class Refinements:
                 settings=settings,
                 device=str(options.device),
                 cancel=self.stopping,
+                cache_dir=self._cache_dir(round_entry),
             )
         except DataError as exc:
             raise Invalid(str(exc)) from None
+        except CancelledError:
+            raise Conflict("the service is stopping: the refine was cancelled; nothing was stored") from None
+        except TrainingError as exc:
+            raise Conflict(f"{exc}; nothing was stored") from None
         except MemoryError:
             raise Conflict(
                 "not enough memory for a refine now (beside a training round?): refine after the round, "
@@ -254,6 +259,14 @@ class Refinements:
         if seconds is None:
             return settings
         return replace(settings, **{_TIME_LIMIT_FIELD: float(seconds)})
+
+    def _cache_dir(self, round_entry: dict[str, Any]) -> Path:
+        """Where replay cases are kept preprocessed: a trained round's own run ``cache/`` (training
+        filled it with the same keys), else a folder of ``tmp/`` (emptied at start-up)."""
+        folder = self.ws.root / str(round_entry.get("dir") or "")
+        if round_entry.get("run_id") and folder.parent == self.ws.runs_dir:
+            return folder / "cache"
+        return self.ws.tmp_dir / "refine-cache"
 
     def _replay(self, case_id: str) -> list[Any]:
         """The other labelled cases (their current labels), which the adapted copy keeps seeing so
@@ -314,6 +327,8 @@ class Refinements:
                 "iterations": int(result.iterations),
                 "seconds": float(result.seconds),
                 "annotated_voxels": int(result.annotated_voxels),
+                "stopped_by": getattr(result, "stopped_by", None),
+                "stroke_agreement": getattr(result, "stroke_agreement", None),
                 "time_limit_s": options.seconds,
                 "device": options.device,
                 "label_version": label["version"],

@@ -373,6 +373,10 @@ class RefineInfo(BaseModel):
     iterations: int = Field(description="adaptation steps taken")
     seconds: float = Field(description="time the refine took")
     annotated_voxels: int = Field(description="voxels the accumulated strokes annotate")
+    stopped_by: str | None = Field(None, description="what ended the adaptation: time or iterations")
+    stroke_agreement: float | None = Field(
+        None, description="share of the stroke voxels the adapted copy itself labels as painted"
+    )
     time_limit_s: float | None = Field(None, description="the limit asked for (null: the default)")
     device: str | None = None
     label_version: int = Field(description="the partial label version that stores the accumulated strokes")
