@@ -14,7 +14,6 @@ This file and ReciprocalSegLib stay Python 3.9 compatible so that Slicer 5.8 use
 
 import os
 import shutil
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +21,7 @@ from typing import Annotated
 from ReciprocalSegLib import messages
 from ReciprocalSegLib.case_table import CASE_COLUMNS, case_row, labelled_summary, next_sort, sort_cases
 from ReciprocalSegLib.logic import CaseFiles, ReciprocalSegLoop
-from ReciprocalSegLib.package_install import ensure_requirements
+from ReciprocalSegLib.package_install import ensure_requirements, python_too_old
 from ReciprocalSegLib.panel_rules import PanelState, enabled_widgets, submit_button_text, visible_widgets
 from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_REFINED, ROLE_SCRIBBLES, ROLE_STUDENT
 from ReciprocalSegLib.segment_export import segment_id_for_class
@@ -57,7 +56,6 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 MODULE_NAME = "ReciprocalSeg"
-MIN_PYTHON = (3, 10)
 
 BACKEND_MODES = ("local", "remote")
 # Presets come from the core package; "auto" (planned from the cases) first: the default.
@@ -93,10 +91,8 @@ class ReciprocalSeg(ScriptedLoadableModule):
             "teacher's and the student's predictions, correct, and retrain. "
             "See docs/SLICER.md of the ReciprocalSeg repository."
         )
-        if sys.version_info < MIN_PYTHON:
-            self.parent.helpText += _(
-                "\n\nThis Slicer runs Python {version}; ReciprocalSeg needs Slicer 5.10 or later."
-            ).format(version=".".join(map(str, sys.version_info[:3])))
+        if python_too_old():
+            self.parent.helpText += "\n\n" + python_too_old()
         self.parent.acknowledgementText = _(
             "Method: Zeng et al., Reciprocal Learning for Semi-supervised Segmentation, MICCAI 2021. "
             "Module layout follows 3D Slicer's scripted-module template."
@@ -190,10 +186,10 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.applyClassCountButton, self.onApplyClassCount),
             (self.ui.refineButton, self.onRefine),
             (self.ui.acceptRefinedButton, self.onAcceptRefined),
-            (self.ui.autoRetrainCheckBox, self.onAutoRetrainChanged),
+            (self.ui.autoRetrainCheckBox, self.onAutoRetrain),
         ):
             button.connect("clicked(bool)", slot)
-        self.ui.autoRetrainSpinBox.connect("editingFinished()", self.onAutoRetrainChanged)
+        self.ui.autoRetrainSpinBox.connect("editingFinished()", self.onAutoRetrain)
         self.ui.casesTable.connect("itemSelectionChanged()", self.onCaseSelectionChanged)
         # The panel sorts the rows itself (numbers as numbers, empty cells last): see case_table.py.
         header = self.ui.casesTable.horizontalHeader()
@@ -267,12 +263,15 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ background tasks
 
     def _run(self, name, work, done=None):
-        """Run ``work(context)`` on the task runner; ``done(result)`` then runs on the GUI thread."""
+        """Run ``work(context)`` on the task runner; ``done(result)`` then runs on the GUI thread (a
+        text it returns goes to the status bar, and the case list is read again)."""
 
         def onDone(result):
             with slicer.util.tryWithErrorDisplay(_("{task}: could not show the result.").format(task=name)):
-                if done is not None:
-                    done(result)
+                said = done(result) if done is not None else None
+                if said:
+                    slicer.util.showStatusMessage(said, 10000)
+                    self.onRefreshCases()
 
         def onError(error):
             if isinstance(error, TaskCancelled):
@@ -392,9 +391,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
 
         def done(uploaded):
-            caseIds = self.logic.finish_volume_uploads(uploaded)
-            slicer.util.showStatusMessage(messages.cases_added(caseIds), 3000)
-            self.onRefreshCases()
+            return messages.cases_added(self.logic.finish_volume_uploads(uploaded))
 
         with slicer.util.tryWithErrorDisplay(_("Could not add the volumes.")):
             uploads = self.logic.prepare_volume_uploads(volumes)
@@ -408,21 +405,12 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not folder:
             return
 
-        def done(caseIds):
-            slicer.util.showStatusMessage(messages.cases_added(caseIds), 3000)
-            self.onRefreshCases()
-
         add = lambda c: self.logic.add_folder(folder, c.progress, lambda: c.cancelled)  # noqa: E731
-        self._run(_("Adding the folder"), add, done)
+        self._run(_("Adding the folder"), add, messages.cases_added)
 
     def onRefreshCases(self):
         if not self.logic.connected:
             return
-
-        def listCases(context):
-            # The class count, the plan and the corrections follow the labels: read them with the list.
-            logic = self.logic
-            return logic.list_cases(), logic.class_settings(), logic.plan(), logic.auto_retrain_settings()
 
         def done(answer):
             cases, classes, self._nextPlan, retrain = answer
@@ -431,7 +419,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showPlan()
             self._showAutoRetrain(retrain)
 
-        self._run(_("Listing cases"), listCases, done)
+        self._run(_("Listing cases"), lambda context: self.logic.overview(), done)
 
     def onCaseHeaderClicked(self, column):
         self._caseSort = next_sort(self._caseSort, column)
@@ -550,36 +538,44 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 scribbles, volume, segmentId=segment_id_for_class(1), effect="Paint"
             )
 
-    def onSubmitLabel(self):
+    def onRefine(self):
+        self.onSubmitLabel(action="refine")  # the scribbles, painted over the prediction
+
+    def onAcceptRefined(self):
+        self.onSubmitLabel(action="accept")
+
+    def onSubmitLabel(self, action="upload"):
         caseId, scribbling = self._currentCaseId, self._parameterNode.annotationMode == SCRIBBLES
-        with slicer.util.tryWithErrorDisplay(
-            _("Could not submit the {what}.").format(what=_(SCRIBBLES if scribbling else "label"))
-        ):
+        with slicer.util.tryWithErrorDisplay(messages.could_not_submit(action, scribbling, caseId)):
             # The export (class by segment identity, 255 where no scribble) runs here, the upload in a task.
-            submission = self.logic.prepare_submission(caseId, scribbles=scribbling)
+            submission = self.logic.prepare_submission(caseId, scribbles=scribbling, action=action)
             if submission.confirm and not slicer.util.confirmOkCancelDisplay(submission.confirm):
                 self.logic.discard_submission(submission)
                 return
 
-            def done(result):
-                slicer.util.showStatusMessage(submission.done_message(), 8000)
-                self.onRefreshCases()
-
-            self._run(submission.task_name, lambda c: self.logic.upload_submission(submission), done)
+            finish = lambda result: self.logic.finish_submission(submission, result)  # noqa: E731
+            self._run(submission.task_name, lambda c: self.logic.upload_submission(submission), finish)
 
     # ------------------------------------------------------------------ Train
 
     def _showClassCount(self, classes):
-        """(foreground classes, fixed?) from the service into the spin box and the toggle."""
-        foreground, fixed = classes
-        for widget in (self.ui.classCountSpinBox, self.ui.classCountFixedCheckBox):
-            widget.blockSignals(True)
-        try:
-            self.ui.classCountSpinBox.setValue(max(int(foreground), 1))
-            self.ui.classCountFixedCheckBox.setChecked(bool(fixed))
-        finally:
-            for widget in (self.ui.classCountSpinBox, self.ui.classCountFixedCheckBox):
-                widget.blockSignals(False)
+        """(foreground classes, fixed?) from the service into the spin box and the toggle (only
+        *Apply* sends them: no signal of theirs is connected)."""
+        self.ui.classCountSpinBox.setValue(max(int(classes[0]), 1))
+        self.ui.classCountFixedCheckBox.setChecked(bool(classes[1]))
+
+    def onAutoRetrain(self):
+        after = self.ui.autoRetrainSpinBox.value if self.ui.autoRetrainCheckBox.checked else None
+        minutes = self._parameterNode.minutes or None  # None: the service's (10 at first)
+        apply = lambda c: self.logic.set_auto_retrain(after, minutes)  # noqa: E731
+        self._run(_("Setting retraining"), apply, self._showAutoRetrain)
+
+    def _showAutoRetrain(self, settings):
+        """(K or None, minutes, corrections, message) from the service; setting the widgets sends
+        nothing (``clicked`` and ``editingFinished`` come from the user only)."""
+        self.ui.autoRetrainCheckBox.setChecked(settings[0] is not None)
+        self.ui.autoRetrainSpinBox.setValue(int(settings[0] or self.ui.autoRetrainSpinBox.value))
+        self.ui.autoRetrainLabel.setText(messages.auto_retrain(*settings))
 
     def onApplyClassCount(self):
         foreground = self.ui.classCountSpinBox.value if self.ui.classCountFixedCheckBox.checked else None
@@ -682,55 +678,13 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             model = self.logic.last_prediction_model
             self.ui.predictionLabel.setText(messages.prediction_line(model, self.logic.last_prediction_score))
-            slicer.util.showStatusMessage(messages.predicted(caseId, model), 5000)
-            self.onRefreshCases()
+            return messages.predicted(caseId, model)
 
         self._run(
             _("Predicting {case}").format(case=caseId),
             lambda context: self.logic.fetch_prediction(caseId, needImage, live),
             done,
         )
-
-    def onRefine(self):
-        caseId = self._currentCaseId
-        with slicer.util.tryWithErrorDisplay(_("Could not refine {case}.").format(case=caseId)):
-            strokes = self.logic.prepare_refine(caseId)[0]  # exported here, the refine runs in a task
-            needImage = self.logic.needs(caseId)[0]
-
-            def done(fetched):
-                self.logic.apply_refined(caseId, fetched)
-                slicer.util.showStatusMessage(messages.refined(caseId, self.logic.last_refined), 10000)
-                self.onRefreshCases()
-
-            refine = lambda c: self.logic.fetch_refined(caseId, strokes, need_image=needImage)  # noqa: E731
-            self._run(_("Refining {case}").format(case=caseId), refine, done)
-
-    def onAcceptRefined(self):
-        caseId = self._currentCaseId
-
-        def done(version):
-            self.logic.apply_accepted(caseId)
-            slicer.util.showStatusMessage(messages.accepted(caseId, version), 8000)
-            self.onRefreshCases()
-
-        accept = lambda c: self.logic.accept_refined_on_service(caseId)  # noqa: E731
-        self._run(_("Accepting the refined {case}").format(case=caseId), accept, done)
-
-    def onAutoRetrainChanged(self):
-        after = self.ui.autoRetrainSpinBox.value if self.ui.autoRetrainCheckBox.checked else None
-        minutes = self._parameterNode.minutes or None  # None: the service's (10 at first)
-        apply = lambda c: self.logic.set_auto_retrain(after, minutes)  # noqa: E731
-        self._run(_("Setting retraining"), apply, self._showAutoRetrain)
-
-    def _showAutoRetrain(self, settings):
-        """(K or None, minutes, corrections, message) from the service into the checkbox and the line."""
-        after = settings[0]
-        self.ui.autoRetrainCheckBox.blockSignals(True)
-        self.ui.autoRetrainCheckBox.setChecked(after is not None)
-        self.ui.autoRetrainCheckBox.blockSignals(False)
-        if after is not None:
-            self.ui.autoRetrainSpinBox.setValue(int(after))
-        self.ui.autoRetrainLabel.setText(messages.auto_retrain(*settings))
 
     def onCorrectFromStudent(self):
         caseId = self._currentCaseId
@@ -757,11 +711,6 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
 
     def ensure_requirements(self, askConfirmation=True):
         """Install the missing Python packages (after confirmation; main thread). False if declined."""
-        if sys.version_info < MIN_PYTHON:
-            version = ".".join(map(str, sys.version_info[:3]))
-            raise RuntimeError(
-                _("ReciprocalSeg needs Slicer 5.10 or later; this one runs Python {v}.").format(v=version)
-            )
         return ensure_requirements(self._scratch(), askConfirmation=askConfirmation)
 
     def connectQuit(self):
@@ -780,12 +729,10 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
         from reciprocalseg.service.launcher import service_python
 
         python = service_python()  # PythonSlicer, never sys.executable (inside Slicer that is Slicer itself)
-        # The child process must find the core package, which sits beside this file.
-        env = dict(os.environ)
-        moduleDir = os.path.dirname(os.path.abspath(__file__))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (moduleDir, env.get("PYTHONPATH", "")) if p)
         workspace = Path(workspace or _defaultWorkspace()).expanduser()
-        return ReciprocalSegLoop.start_local_service(self, workspace, python, env=env, timeout=timeout)
+        # The child process must find the core package, which sits beside this file.
+        moduleDir = os.path.dirname(os.path.abspath(__file__))
+        return ReciprocalSegLoop.start_local_service(self, workspace, python, None, timeout, moduleDir)
 
     def wait_for_training(self, poll=1.0, timeout=None, callback=None):
         """Block until the round ends (scripts and the console; Qt events are processed between polls)."""

@@ -101,6 +101,7 @@ NETWORK_METHODS = frozenset(
         "accept_refined",
         "auto_retrain_settings",
         "set_auto_retrain",
+        "overview",
     }
 )
 
@@ -215,11 +216,22 @@ class ReciprocalSegLoop:
         return self.client
 
     def start_local_service(
-        self, workspace: Path, python: str, env: dict | None = None, timeout: float = 60.0
+        self,
+        workspace: Path,
+        python: str,
+        env: dict | None = None,
+        timeout: float = 60.0,
+        package_dir: str | None = None,
     ) -> Any:
-        """Start a service with ``python`` on a free loopback port and connect to it (blocks)."""
+        """Start a service with ``python`` on a free loopback port and connect to it (blocks);
+        ``package_dir`` (the folder that holds the core package) goes first on its PYTHONPATH."""
+        import os
+
         from reciprocalseg.service.launcher import LocalService
 
+        if package_dir is not None:
+            env = dict(os.environ if env is None else env)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_dir, env.get("PYTHONPATH", "")) if p)
         self.stop_service()
         workspace = Path(workspace).expanduser()
         workspace.mkdir(parents=True, exist_ok=True)
@@ -389,6 +401,11 @@ class ReciprocalSegLoop:
 
     def list_cases(self) -> list:
         return self.require_client().list_cases()
+
+    def overview(self) -> tuple:
+        """Any thread: (cases, class settings, plan, retraining settings): the case list with what
+        follows the labels (the class count, the plan, the corrections since the last round)."""
+        return self.list_cases(), self.class_settings(), self.plan(), self.auto_retrain_settings()
 
     def delete_case_on_service(self, case_id: str) -> None:
         self.require_client().delete_case(case_id)
@@ -580,23 +597,41 @@ class ReciprocalSegLoop:
 
     # ------------------------------------------------------------------ submitting, for the panel
 
-    def prepare_submission(self, case_id: str, scribbles: bool = False) -> Submission:
-        """Main thread: the case's label (or with ``scribbles`` its strokes) exported for upload."""
-        if scribbles:
+    def prepare_submission(self, case_id: str, scribbles: bool = False, action: str = "upload") -> Submission:
+        """Main thread: the case's label (or with ``scribbles`` its strokes) exported for upload;
+        ``action="refine"``: its strokes, to refine; ``"accept"``: nothing to export."""
+        if action == "accept":
+            return Submission(case_id, False, None, action=action)
+        if scribbles or action == "refine":
             path, summary = self.prepare_scribble_upload(case_id)
-            return Submission(case_id, True, path, summary)
+            return Submission(case_id, True, path, summary, action=action)
         segmentation = self.case_node(case_id, ROLE_LABEL)
         path = self.prepare_label_upload(case_id, segmentation, self.case_node(case_id, ROLE_IMAGE))
         return Submission(case_id, False, path)
 
     def upload_submission(self, submission: Submission, author: str | None = None) -> Any:
-        """Any thread: send a prepared submission as the case's new label version."""
+        """Any thread: send a prepared submission (a new label version, a refine or an accept)."""
+        if submission.action == "refine":
+            return self.fetch_refined(submission.case_id, submission.path)
+        if submission.action == "accept":
+            return self.accept_refined_on_service(submission.case_id)
         return self.upload_label_file(submission.case_id, submission.path, author)
+
+    def finish_submission(self, submission: Submission, result: Any) -> str:
+        """Main thread: the answer in the scene (the refined map, the accepted label); the message."""
+        if submission.action == "refine":
+            self.apply_refined(submission.case_id, result)
+            result = self.last_refined
+        elif submission.action == "accept":
+            self.apply_accepted(submission.case_id)
+        submission.result = result
+        return submission.done_message()
 
     @staticmethod
     def discard_submission(submission: Submission) -> None:
         """A submission the user declined: its file goes."""
-        shutil.rmtree(Path(submission.path).parent, ignore_errors=True)
+        if submission.path is not None:
+            shutil.rmtree(Path(submission.path).parent, ignore_errors=True)
 
     # ------------------------------------------------------------------ scribbles (partial labels)
 

@@ -72,18 +72,6 @@ def confirm_remove(case_id: str) -> str:
     return f"Remove case {case_id} and its labels from the workspace?"
 
 
-def refined(case_id: str, result: Any) -> str:
-    """``phantom_003 refined from round 2, 3 strokes (40 steps, 18.2 s): Accept makes it the label.``"""
-    name = field(result, "name", "refined")
-    steps, seconds = field(result, "iterations", "?"), field(result, "seconds")
-    took = f"{steps} steps, {seconds:.1f} s" if seconds is not None else f"{steps} steps"
-    return f"{case_id} {name} ({took}): Accept makes it the label, or paint more strokes and refine again."
-
-
-def accepted(case_id: str, version: Any) -> str:
-    return f"{case_id}: the refined map is its label now (version {field(version, 'version', '?')})."
-
-
 def auto_retrain(
     after: int | None, minutes: float | None, corrections: int | None, message: str | None = None
 ) -> str:
@@ -92,3 +80,12 @@ def auto_retrain(
         return f"off ({corrections or 0} corrections since the last round)"
     text = f"{corrections or 0} of {after} since the last round; rounds of {minutes or 10:g} min"
     return f"{text}. Last: {message}" if message else text
+
+
+def could_not_submit(action: str, scribbles: bool, case_id: str) -> str:
+    """The title of the error box when a submission (upload, refine, accept) cannot start."""
+    if action == "refine":
+        return f"Could not refine {case_id}."
+    if action == "accept":
+        return f"Could not accept the refined map of {case_id}."
+    return f"Could not submit the {'scribbles' if scribbles else 'label'}."

@@ -146,3 +146,35 @@ def test_submission_texts():
     assert label.done_message() == "Label of c1 submitted. Nothing was painted: all background."
     strokes = Submission("c2", True, Path("y.nrrd"), summary=SimpleNamespace(text=lambda: "9 voxels"))
     assert strokes.done_message() == "Scribbles of c2 submitted: 9 voxels."
+
+
+def test_refine_and_accept_need_their_nodes_and_retraining_a_connection():
+    from ReciprocalSegLib.panel_rules import enabled_widgets
+
+    assert not enabled_widgets(state())["refineButton"]  # nothing painted over the prediction yet
+    assert enabled_widgets(state(scribbles_shown=True))["refineButton"]
+    assert not enabled_widgets(state(scribbles_shown=True, case_selected=False))["refineButton"]
+    assert not enabled_widgets(state(scribbles_shown=True, busy=True))["refineButton"]
+    assert not enabled_widgets(state())["acceptRefinedButton"]
+    assert enabled_widgets(state(refined_shown=True))["acceptRefinedButton"]
+    assert enabled_widgets(state(refined_shown=True, training=True))["acceptRefinedButton"]
+    assert enabled_widgets(state(case_selected=False))["autoRetrainCheckBox"]
+    assert not enabled_widgets(state(connected=False))["autoRetrainSpinBox"]
+
+
+def test_refine_accept_and_retraining_texts():
+    from ReciprocalSegLib import messages
+    from ReciprocalSegLib.submission import Submission
+
+    refine = Submission("c3", True, Path("s.nrrd"), action="refine")
+    assert refine.task_name == "Refining c3 from its scribbles"
+    refine.result = SimpleNamespace(name="refined from round 2, 3 strokes", iterations=40, seconds=18.24)
+    assert refine.done_message().startswith("c3 refined from round 2, 3 strokes (40 steps, 18.2 s): Accept")
+    accept = Submission("c3", False, None, action="accept", result=SimpleNamespace(version=4))
+    assert accept.task_name == "Accepting the refined c3"
+    assert accept.done_message() == "c3: the refined map is its label now (version 4)."
+    assert messages.could_not_submit("refine", True, "c3") == "Could not refine c3."
+    assert messages.could_not_submit("upload", True, "c3") == "Could not submit the scribbles."
+    assert messages.auto_retrain(None, 10.0, 2) == "off (2 corrections since the last round)"
+    assert messages.auto_retrain(5, 3.0, 2, None) == "2 of 5 since the last round; rounds of 3 min"
+    assert messages.auto_retrain(5, 3.0, 0, "started run r1").endswith("Last: started run r1")
