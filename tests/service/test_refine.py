@@ -84,11 +84,12 @@ def count_strokes(strokes: np.ndarray) -> int:
 
 
 def structure_slices(case) -> tuple[int, int]:
-    """Two slices that show the structure, at least 4 apart (balls of radius 1 there never touch)."""
+    """Two slices near the ends of the structure, at least 4 apart (balls of radius 1 there never
+    touch)."""
     present = np.nonzero((truth(case) == 1).any(axis=(1, 2)))[0]
-    middle = int(present[len(present) // 2])
-    other = next(int(z) for z in present[::-1] if abs(int(z) - middle) >= 4)
-    return middle, other
+    first, other = int(present[1]), int(present[-2])
+    assert other - first >= 4, f"{case.case_id}: the structure spans slices {present}"
+    return first, other
 
 
 def write_strokes(array: np.ndarray, case, path: Path) -> Path:
