@@ -206,7 +206,7 @@ class Refinements:
     ) -> Any:
         import SimpleITK as sitk
 
-        from reciprocalseg.refine import refine_case
+        from reciprocalseg.refine.adapt import refine_case
 
         strokes_image = sitk.GetImageFromArray(strokes)
         strokes_image.CopyInformation(image)
@@ -253,7 +253,7 @@ class Refinements:
 
     @staticmethod
     def _settings(device: str, seconds: float | None) -> Any:
-        from reciprocalseg.refine import default_refine_settings
+        from reciprocalseg.refine.settings import default_refine_settings
 
         settings = default_refine_settings(device)
         if seconds is None:
