@@ -382,24 +382,20 @@ class Refinements:
         from reciprocalseg.data.io import read_image
         from reciprocalseg.data.validation import largest_class
 
+        entry = self._acceptable(case_id)
+        if entry is None:
+            return self._accepted_version(case_id)
+        # Read outside the workspace lock (a scan can take seconds); checked again under it.
+        refined = sitk.ReadImage(str(self.ws.case_dir(case_id) / entry["file"]))
+        arr = sitk.GetArrayFromImage(refined).astype(np.uint8)
+        stored = sitk.GetImageFromArray(arr)
+        stored.CopyInformation(refined)  # written on the case's grid by the refine
         with self.ws.lock:
-            rec = self.ws.get_case(case_id)
-            entry = self.refined_entry(case_id)
-            accepted = [v for v in rec["labels"] if v["version"] == entry.get("accepted_version")]
-            if accepted:
-                return S.LabelVersion(**accepted[0])
-            current = self.ws.current_label(rec)
-            if current is None or current["version"] != entry["label_version"]:
-                now = f"version {current['version']}" if current else "no label"
-                raise Conflict(
-                    f"the label of case {case_id!r} changed since it was refined (now {now}; the refine "
-                    f"stored version {entry['label_version']}): refine again, or submit the label"
-                )
-            refined = sitk.ReadImage(str(self.ws.case_dir(case_id) / entry["file"]))
-            arr = sitk.GetArrayFromImage(refined).astype(np.uint8)
-            image = read_image(self.ws.image_path(case_id))
-            stored = sitk.GetImageFromArray(arr)
-            stored.CopyInformation(image)
+            again = self._acceptable(case_id)
+            if again is None:  # accepted meanwhile (a second click)
+                return self._accepted_version(case_id)
+            if again != entry:
+                raise Conflict(f"case {case_id!r} was refined again meanwhile; accept the new refined map")
             label = self.ws.add_label(
                 case_id,
                 stored,
@@ -411,9 +407,29 @@ class Refinements:
             with self.ws.edit_case(case_id) as rec:
                 rec["refined"]["accepted_version"] = label["version"]
         self.ws.grow_n_classes(largest_class(arr) + 1)
-        self.fingerprints.record(case_id, image, arr, label["version"])
+        self.fingerprints.record(case_id, read_image(self.ws.image_path(case_id)), arr, label["version"])
         self.auto_retrain.notify()
         return S.LabelVersion(**label)
+
+    def _accepted_version(self, case_id: str) -> S.LabelVersion:
+        accepted = self.refined_entry(case_id)["accepted_version"]
+        return S.LabelVersion(**self.ws.label_entry(case_id, accepted)[0])
+
+    def _acceptable(self, case_id: str) -> dict[str, Any] | None:
+        """The refined entry to accept; None when it was accepted already (its version still
+        exists); Conflict when the case's label changed since the refine stored its strokes."""
+        rec = self.ws.get_case(case_id)
+        entry = self.refined_entry(case_id)
+        if any(v["version"] == entry.get("accepted_version") for v in rec["labels"]):
+            return None
+        current = self.ws.current_label(rec)
+        if current is None or current["version"] != entry["label_version"]:
+            now = f"version {current['version']}" if current else "no label"
+            raise Conflict(
+                f"the label of case {case_id!r} changed since it was refined (now {now}; the refine "
+                f"stored version {entry['label_version']}): refine again, or submit the label"
+            )
+        return entry
 
 
 # The RefineSettings field that holds the time limit in seconds (reciprocalseg.refine).
