@@ -6,7 +6,7 @@ classes, also from the ``slicer-core`` wheel in CI), and every decision about da
 inference in the core package ``reciprocalseg``, reached only through its ``Client``.
 
 Nothing on the GUI thread waits on the network or a process: every service call runs on
-``ReciprocalSegLib.tasks.TaskRunner`` (tests/slicer/test_module_static.py checks the slots).
+``ReciprocalSegLib.tasks.TaskRunner`` (tests/slicer/test_static_gui_thread.py checks the slots).
 
 Supported: Slicer 5.10 and 5.12; every Slicer API used was read in Slicer's source (docs/SLICER.md).
 This file and ReciprocalSegLib stay Python 3.9 compatible so that Slicer 5.8 users get a message.
@@ -39,7 +39,7 @@ from reciprocalseg.service import slicer_requirements
 
 # isort: split
 # Slicer-only imports. Everything above must import in plain Python with only the packages that
-# Slicer bundles (tests/slicer/test_module_static.py checks it).
+# Slicer bundles (tests/slicer/test_static_imports_lint.py checks it).
 import qt
 import slicer
 import vtk
@@ -726,7 +726,7 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
         """
         if not self.ensure_requirements(askConfirmation=askConfirmation):
             raise RuntimeError(_("The required Python packages were not installed."))
-        from reciprocalseg.service.launcher import service_python
+        from reciprocalseg.client import service_python
 
         python = service_python()  # PythonSlicer, never sys.executable (inside Slicer that is Slicer itself)
         workspace = Path(workspace or _defaultWorkspace()).expanduser()

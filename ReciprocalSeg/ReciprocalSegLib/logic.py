@@ -10,7 +10,7 @@ the service is split in two or three steps:
 
 The one-call methods (``add_volume``, ``show_case``, ``submit_segmentation``, ``predict``)
 chain the steps for scripts, the Python console and the tests. ``NETWORK_METHODS`` lists the
-steps that wait on the network or a process; tests/slicer/test_module_static.py checks that the
+steps that wait on the network or a process; tests/slicer/test_static_gui_thread.py checks that the
 widget calls them only through its task runner.
 """
 
@@ -227,7 +227,7 @@ class ReciprocalSegLoop:
         ``package_dir`` (the folder that holds the core package) goes first on its PYTHONPATH."""
         import os
 
-        from reciprocalseg.service.launcher import LocalService
+        from reciprocalseg.client import LocalService
 
         if package_dir is not None:
             env = dict(os.environ if env is None else env)

@@ -28,7 +28,7 @@ CLASS_NAME_PATTERN = re.compile(r"^class\s*(\d+)$", re.IGNORECASE)
 # Label maps are written as uint8 and 255 marks unannotated voxels (partial labels, issue 17):
 # the highest class a segment can hold is 254.
 UNANNOTATED = (
-    255  # = reciprocalseg.common.file_formats.UNANNOTATED (the agreed value; test_module_static checks)
+    255  # = reciprocalseg.common.file_formats.UNANNOTATED (agreed; test_static_panel_helpers checks)
 )
 MAX_CLASS = UNANNOTATED - 1
 

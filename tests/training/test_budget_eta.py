@@ -11,8 +11,6 @@ import torch
 
 from reciprocalseg.common.errors import TrainingError
 from reciprocalseg.config import make_config
-from reciprocalseg.data.io import Case
-from reciprocalseg.data.phantom import write_phantom_cohort
 from reciprocalseg.data.preprocess import Preprocessing
 from reciprocalseg.data.sampling import cache_case
 from reciprocalseg.training.budget import PROBE_ITERATIONS, TimeBudget
@@ -20,26 +18,6 @@ from reciprocalseg.training.checkpoint import load_checkpoint, load_model_file
 from reciprocalseg.training.eta import EtaModel, crop_passes
 from reciprocalseg.training.events import read_events
 from reciprocalseg.training.runner import PHASES, train
-
-
-def tiny(**changes):  # type: ignore[no-untyped-def]
-    values = dict(
-        patch_size=(16, 16, 16),
-        n_filters=4,
-        supervised_iterations=3,
-        reciprocal_iterations=4,
-        checkpoint_every=2,
-        device="cpu",
-        supervised_batch=2,
-    )
-    values.update(changes)
-    return make_config("demo", **values)
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> tuple[list[Case], list[Case]]:  # type: ignore[no-untyped-def]
-    cases = write_phantom_cohort(tmp_path_factory.mktemp("cohort"), 5, seed=3, shape_zyx=(24, 24, 24))
-    return cases[:2], [Case(c.case_id, c.image, None) for c in cases[2:]]
 
 
 # -- the ETA model -------------------------------------------------------------------------
@@ -82,9 +60,9 @@ def test_budget_deadlines_and_lr_drop() -> None:
     assert budget.choose_total("reciprocal", PROBE_ITERATIONS, 700.0, 2.0) == PROBE_ITERATIONS
 
 
-def test_a_run_with_minutes_sizes_its_phases_from_measured_speed(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_with_minutes_sizes_its_phases_from_measured_speed(tiny_config, cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     labeled, unlabeled = cohort
-    config = tiny(minutes=0.15, checkpoint_every=1000)  # 9 seconds
+    config = tiny_config(minutes=0.15, checkpoint_every=1000)  # 9 seconds
     train(config, labeled, unlabeled, tmp_path / "run")
     events = read_events(tmp_path / "run" / "events.jsonl")
     budget = {e["phase"]: e for e in events if e["event"] == "budget"}
@@ -113,12 +91,14 @@ def test_a_run_with_minutes_sizes_its_phases_from_measured_speed(cohort, tmp_pat
 
 
 # -- a non-finite loss stops training --------------------------------------------------------
-def test_nan_input_stops_training_and_keeps_the_last_good_checkpoint(cohort, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_nan_input_stops_training_and_keeps_the_last_good_checkpoint(
+    tiny_config, cohort, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     labeled, unlabeled = cohort
     run = tmp_path / "run"
     cache = tmp_path / "cache"
     # A first session ends after the supervised phase, with a good checkpoint.
-    config = tiny(supervised_iterations=2, reciprocal_iterations=4, checkpoint_every=2)
+    config = tiny_config(supervised_iterations=2, reciprocal_iterations=4, checkpoint_every=2)
     first = config.replace(reciprocal_iterations=0)
     train(first, labeled, unlabeled, run, cache_dir=cache)
     (run / "done.json").unlink()  # continue this run with its reciprocal phase

@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reciprocalseg.config import make_config
-from reciprocalseg.data.io import Case
-from reciprocalseg.data.phantom import write_phantom_cohort
 from reciprocalseg.training.checkpoint import load_model_file, save_torch
 from reciprocalseg.training.collapse import CHECK_EVERY, CollapseMonitor, labeled_fractions
 from reciprocalseg.training.events import read_events
@@ -34,19 +31,11 @@ def test_monitor_names_the_lost_class_and_the_model_to_trust() -> None:
     assert monitor.summary()["trust"] == "student"
 
 
-def test_a_run_whose_networks_predict_background_warns_and_says_whom_to_trust(tmp_path: Path) -> None:
-    cases = write_phantom_cohort(tmp_path / "cohort", 5, seed=3, shape_zyx=(24, 24, 24))
-    labeled, unlabeled = cases[:2], [Case(c.case_id, c.image, None) for c in cases[2:]]
-    config = make_config(
-        "demo",
-        patch_size=(16, 16, 16),
-        n_filters=4,
-        supervised_iterations=2,
-        reciprocal_iterations=1,
-        checkpoint_every=100,
-        device="cpu",
-        supervised_batch=2,
-    )
+def test_a_run_whose_networks_predict_background_warns_and_says_whom_to_trust(
+    cohort, tiny_config, tmp_path: Path
+) -> None:
+    labeled, unlabeled = cohort
+    config = tiny_config(supervised_iterations=2, reciprocal_iterations=1, checkpoint_every=100)
     first = train(config, labeled, unlabeled, tmp_path / "first")
     # Both networks biased to background: the head's background bias far above the others.
     for name in ("teacher", "student"):

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import __version__
 from ..common.errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, DataError, ReciprocalSegError
-from ..training.command import add_train_arguments, build_config, load_cases, print_result, train_in_process
+from ..training.command import add_train_arguments, request_from_args
 
 __all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "main", "make_parser"]
 
@@ -27,14 +27,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    labeled, unlabeled = load_cases(args)
-    config = build_config(args, labeled, unlabeled)
-    if args.gpus > 1:
-        from ..training.distributed import launch_local
+    """Build the training request in process (the final plan made here) and train it."""
+    from ..training.run_request import run
 
-        return launch_local(args, config, labeled, unlabeled)
-    print_result(args, train_in_process(args, config, labeled, unlabeled))
-    return 0
+    return run(request_from_args(args))
 
 
 # -- predict -----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from reciprocalseg.common.processes import (
     terminate_tree,
 )
 from reciprocalseg.data.io import Case, write_case_list
+from reciprocalseg.training.request import TrainRequest
 
 from .errors import Conflict, Invalid, NotFound
 from .fingerprints import CaseFingerprints, workspace_plan
@@ -56,9 +57,31 @@ RESUMABLE_STATES = ("cancelled", "interrupted", "failed")
 NETWORK_FIELDS = ("n_filters", "normalization", "downsampling")
 
 
+REQUEST_FILE = "request.json"
+
+
 def default_train_command() -> list[str]:
-    """The command prefix that starts a training child: ``python -m reciprocalseg train``."""
-    return [sys.executable, "-m", "reciprocalseg", "train"]
+    """The command that trains a request file (``--request FILE`` follows)."""
+    return [sys.executable, "-m", "reciprocalseg.training.run_request"]
+
+
+def train_settings(
+    n_classes: int,
+    device: str,
+    iterations: int | None = None,
+    supervised_iterations: int | None = None,
+    checkpoint_every: int | None = None,
+    minutes: float | None = None,
+) -> dict[str, Any]:
+    """The ``TrainConfig`` fields a round sets over its preset or plan (None: not set)."""
+    return {
+        "n_classes": n_classes,
+        "device": device,
+        "reciprocal_iterations": iterations,
+        "supervised_iterations": supervised_iterations,
+        "checkpoint_every": checkpoint_every,
+        "minutes": minutes,
+    }
 
 
 class EventReader:
@@ -135,7 +158,7 @@ class TrainingManager:
 
         Read from the round's own run config when it has one: an ``auto`` round's network comes
         from its plan, not its preset. A new ``auto`` round keeps the previous network
-        (``train_command.keep_architecture``), so it never differs.
+        (``planning.final_plan.keep_architecture``), so it never differs.
         """
         from reciprocalseg.config import PRESETS, make_config
 
@@ -183,8 +206,9 @@ class TrainingManager:
     ) -> dict[str, Any]:
         """Start a new round on the current labels; 409 while another run is active.
 
-        An ``auto`` round's plan is made here, from the cases' fingerprint records (what
-        ``GET /plan`` shows), written to ``RUN/plan.json`` and passed to the child with ``--plan``.
+        An ``auto`` round's plan is made and finished here, from the cases' fingerprint records
+        (what ``GET /plan`` shows), and written to ``RUN/plan.json``; the round's training request
+        (``RUN/request.json``, ``training/request.py``) names it, and the child trains it as written.
         """
         from reciprocalseg.config import PRESETS
 
@@ -215,13 +239,18 @@ class TrainingManager:
                         f"(preset {old!r}): the networks differ in {', '.join(differs)}; "
                         f"use preset {old!r} (or auto, which keeps the network) or warm_start=false"
                     )
-            plan = self.plan(device, warm_from) if preset == "auto" else None
+            settings = train_settings(
+                self.ws.n_classes, device, iterations, supervised_iterations, checkpoint_every, minutes
+            )
+            plan = self.plan(device, warm_from, settings) if preset == "auto" else None
             run_id = self._new_run_id()
             run_dir = self.ws.runs_dir / run_id
             run_dir.mkdir(parents=True)
             write_case_list(run_dir / "cases.json", labeled, unlabeled)
             if plan is not None:
                 plan.save(run_dir / "plan.json")
+            warm_dir = self.ws.root / warm_from["dir"] if warm_from else None
+            self._write_request(run_dir, preset, settings, warm_dir)
             job = {
                 "run_id": run_id,
                 "state": "running",
@@ -269,13 +298,19 @@ class TrainingManager:
             )
         return warm_from, None
 
-    def plan(self, device: str | None = None, warm_from: dict[str, Any] | None | bool = True) -> Any:
+    def plan(
+        self,
+        device: str | None = None,
+        warm_from: dict[str, Any] | None | bool = True,
+        settings: dict[str, Any] | None = None,
+    ) -> Any:
         """The ``auto`` plan of a round on ``device`` (default: the service's) from the cases'
-        fingerprint records; ``warm_from=True``: warm-started as a new round would be."""
+        fingerprint records; ``warm_from=True``: warm-started as a new round would be;
+        ``settings``: what the round sets over the plan (recorded in it)."""
         if warm_from is True:
             warm_from = self._warm_start_round()[0]
         folder = self.ws.root / warm_from["dir"] if warm_from and warm_from.get("dir") else None
-        return workspace_plan(self.ws, self.fingerprints, device or self.default_device, folder)
+        return workspace_plan(self.ws, self.fingerprints, device or self.default_device, folder, settings)
 
     def _refuse_if_active(self) -> None:
         if self._active is not None:
@@ -284,41 +319,50 @@ class TrainingManager:
                 "to finish before starting another (one training job at a time)"
             )
 
-    def _command(self, job: dict[str, Any]) -> list[str]:
+    def _write_request(
+        self, run_dir: Path, preset: str, settings: dict[str, Any], warm_start: Path | None
+    ) -> None:
+        """Write the run's training request (the child's only input besides the files it names)."""
+        plan = run_dir / "plan.json"
+        TrainRequest(
+            out=run_dir,
+            labeled=[],  # named by cases_file: the request file refers to the case list
+            unlabeled=[],
+            preset=preset,
+            plan=plan if plan.is_file() else None,
+            config=settings,
+            warm_start=warm_start,
+            json_events=True,
+            cases_file=run_dir / "cases.json",
+        ).save(run_dir / REQUEST_FILE)
+
+    def _write_request_of_older_run(self, job: dict[str, Any]) -> None:
+        """A run started by a service that passed a command line instead (its job.json holds the
+        settings) gets its request; an ``auto`` one from before the service planned, its plan."""
         run_dir = self.ws.runs_dir / job["run_id"]
-        cmd = [
-            *self.train_command,
-            "--manifest",
-            str(run_dir / "cases.json"),
-            "--out",
-            str(run_dir),
-            "--preset",
-            job["preset"],
-            "--device",
+        settings = train_settings(
+            job_n_classes(job),
             job["device"],
-            "--n-classes",
-            str(job_n_classes(job)),
-            "--json",
-        ]
-        if job.get("iterations") is not None:
-            cmd += ["--iterations", str(job["iterations"])]
-        if job.get("supervised_iterations") is not None:
-            cmd += ["--supervised-iterations", str(job["supervised_iterations"])]
-        if job.get("checkpoint_every") is not None:
-            cmd += ["--checkpoint-every", str(job["checkpoint_every"])]
-        if job.get("minutes") is not None:
-            cmd += ["--minutes", str(job["minutes"])]
-        if job.get("warm_start_dir"):
-            cmd += ["--warm-start", str(self.ws.root / job["warm_start_dir"])]
-        if (run_dir / "plan.json").is_file():  # the service's plan (runs started before it had none)
-            cmd += ["--plan", str(run_dir / "plan.json")]
-        return cmd
+            job.get("iterations"),
+            job.get("supervised_iterations"),
+            job.get("checkpoint_every"),
+            job.get("minutes"),
+        )
+        warm = self.ws.root / job["warm_start_dir"] if job.get("warm_start_dir") else None
+        if job["preset"] == "auto" and not (run_dir / "plan.json").is_file():
+            plan_older_run(run_dir, job["device"], settings, warm)
+        self._write_request(run_dir, job["preset"], settings, warm)
+
+    def _command(self, run_dir: Path) -> list[str]:
+        return [*self.train_command, "--request", str(run_dir / REQUEST_FILE)]
 
     def _launch(self, job: dict[str, Any]) -> None:
         """Start (or restart, resuming) the child of ``job``; caller holds ``self._lock``."""
         run_dir = self.ws.runs_dir / job["run_id"]
         (run_dir / "CANCEL").unlink(missing_ok=True)  # a stale cancel flag would stop the resumed run at once
-        cmd = self._command(job)
+        if not (run_dir / REQUEST_FILE).is_file():
+            self._write_request_of_older_run(job)
+        cmd = self._command(run_dir)
         stdout = open(run_dir / "stdout.log", "ab")
         stderr = open(run_dir / "stderr.log", "ab")
         try:
@@ -659,6 +703,25 @@ def check_trainable(
             raise Invalid(
                 "device 'cuda' asked for, but this service sees no CUDA device; use device 'auto' or 'cpu'"
             )
+
+
+def plan_older_run(run_dir: Path, device: str, settings: dict[str, Any], warm: Path | None) -> None:
+    """The plan of an ``auto`` run started before the service planned rounds (its child planned
+    from the run's cases then): made the same way now and written to ``RUN/plan.json``. Where it
+    cannot be made, the child reports why (an ``auto`` request needs its plan)."""
+    from reciprocalseg.common.device import resolve_device
+    from reciprocalseg.common.errors import ReciprocalSegError
+    from reciprocalseg.data.io import load_case_list
+    from reciprocalseg.planning.final_plan import finish_plan
+    from reciprocalseg.planning.planner import plan_for_run
+
+    try:
+        labeled, unlabeled = load_case_list(run_dir / "cases.json")
+        plan = plan_for_run(run_dir, labeled, unlabeled, resolve_device(device))
+        finish_plan(plan, settings, labeled, warm)
+        plan.save(run_dir / "plan.json")
+    except (ReciprocalSegError, OSError) as exc:
+        log.warning("run %s: cannot plan it (%s)", run_dir.name, exc)
 
 
 def job_n_classes(job: dict[str, Any]) -> int:

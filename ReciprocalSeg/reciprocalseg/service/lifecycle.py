@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reciprocalseg.common.processes import create_time, process_alive
-
-STOP_PATH = "/service/stop"
+from reciprocalseg.common.service_files import STOP_PATH
 
 log = logging.getLogger("reciprocalseg.service")
 

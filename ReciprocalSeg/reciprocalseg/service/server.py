@@ -8,7 +8,7 @@ Hook for the command line (``cli.py``)::
     p.set_defaults(func=run_serve)       # run_serve(args) -> exit code
 
 or call :func:`serve_main` with an argv list.  ``python -m reciprocalseg.service.server`` works too
-(the launcher uses it, so it does not depend on the CLI).
+(the launcher, ``client/local_service.py``, uses it, so it does not depend on the CLI).
 
 Start-up order: check the host/token rules; take the workspace lock (a second service on the same
 workspace is refused); open the workspace and resume interrupted training; bind and listen on the
@@ -31,15 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from reciprocalseg.common.atomic import atomic_write_text
+from reciprocalseg.common.service_files import (
+    LOCK_FILE,
+    PID_FILE,
+    SERVICE_DIR,
+    TOKEN_FILE,
+    URL_FILE,
+    ServeError,
+    WorkspaceLock,
+    write_private,
+)
 
 from .lifecycle import ParentWatch, add_stop_route, stale_service_note
 from .middleware import LOOPBACK_HOSTS
 from .workspace import DEFAULT_MAX_VOXELS
-
-URL_FILE = "url"
-TOKEN_FILE = "token"
-LOCK_FILE = "lock"
-PID_FILE = "pid"
 
 log = logging.getLogger("reciprocalseg.service")
 
@@ -50,10 +55,6 @@ class _Terminated(BaseException):
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated()
-
-
-class ServeError(Exception):
-    """The service cannot start (bad arguments, workspace in use, port taken...)."""
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -176,62 +177,6 @@ def check_any_host(allowed: list[str], token: str | None) -> None:
         )
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to a file only the current user can read (mode 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-class WorkspaceLock:
-    """An exclusive advisory lock on ``.service/lock`` held for the life of the service."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.name == "posix":
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            else:  # pragma: no cover - Windows
-                import msvcrt
-
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            os.close(fd)
-            other = ""
-            try:
-                other = (self.path.parent / PID_FILE).read_text().strip()
-            except OSError:
-                pass
-            raise ServeError(
-                f"another service is already using the workspace {self.path.parent.parent}"
-                + (f" (pid {other})" if other else "")
-                + "; stop it first or use another workspace"
-            ) from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind and listen; ``port=0`` picks a free port."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
@@ -336,7 +281,7 @@ def run_serve(args: argparse.Namespace) -> int:
         _check_options(args)
         roots = register_roots(args.register_root)
         ws_root = Path(args.workspace).expanduser().resolve()
-        service_dir = ws_root / ".service"
+        service_dir = ws_root / SERVICE_DIR
         lock = WorkspaceLock(service_dir / LOCK_FILE)
         lock.acquire()
         stale = stale_service_note(service_dir / PID_FILE)

@@ -23,6 +23,10 @@ Lifecycle (see docs/SLICER.md, "Service lifecycle"):
   service process even behind Slicer's ``PythonSlicer`` launcher on Windows), then sends SIGTERM
   (POSIX) or CTRL_BREAK_EVENT (Windows, new process group), then terminates the process tree
   through psutil.
+
+Standard library and ``requests`` only (psutil where a process tree is ended): this runs in 3D
+Slicer's process, which must not load the server stack (starlette, pydantic) or torch. The files
+the service keeps in ``.service/`` are described in ``common/service_files.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import requests
 
 from reciprocalseg.common.processes import (
     WINDOWS,
@@ -49,9 +54,21 @@ from reciprocalseg.common.processes import (
     terminate_pid,
     wait_pid,
 )
+from reciprocalseg.common.service_files import (
+    LOG_FILE,
+    SERVICE_DIR,
+    STOP_PATH,
+    TOKEN_FILE,
+    URL_FILE,
+    clear_stale_service_files,
+    read_pid,
+    read_service_file,
+    service_dir_of,
+    workspace_in_use,
+    write_private,
+)
 
-from .lifecycle import STOP_PATH
-from .server import LOCK_FILE, PID_FILE, TOKEN_FILE, URL_FILE, ServeError, WorkspaceLock, write_private
+from .client import Client
 
 log = logging.getLogger("reciprocalseg.launcher")
 
@@ -69,54 +86,6 @@ class LiveService:
     pid: int | None
 
 
-def service_dir_of(workspace: str | Path) -> Path:
-    return Path(workspace).expanduser().resolve() / ".service"
-
-
-def workspace_in_use(workspace: str | Path) -> bool:
-    """Whether a live process holds the workspace's service lock (an OS file lock: it dies with
-    its holder, so a lock left by a crashed service never counts)."""
-    lock = WorkspaceLock(service_dir_of(workspace) / LOCK_FILE)
-    try:
-        lock.acquire()
-    except ServeError:
-        return True
-    lock.release()
-    return False
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
-
-
-def _read_pid(service_dir: Path) -> int | None:
-    text = _read(service_dir / PID_FILE)
-    return int(text) if text and text.isdigit() else None
-
-
-def clear_stale_service_files(workspace: str | Path) -> str | None:
-    """Remove the URL and pid files of a service that ended without cleaning up.
-
-    Returns a message saying what was recovered, or None when there was nothing stale (or a live
-    service holds the workspace, whose files are then left alone).
-    """
-    sdir = service_dir_of(workspace)
-    url_file, pid_file = sdir / URL_FILE, sdir / PID_FILE
-    if not (url_file.exists() or pid_file.exists()) or workspace_in_use(workspace):
-        return None
-    pid = _read_pid(sdir)
-    url_file.unlink(missing_ok=True)
-    pid_file.unlink(missing_ok=True)
-    return (
-        f"recovered the workspace {sdir.parent}: the service that held it"
-        + (f" (pid {pid})" if pid else "")
-        + " ended without cleaning up; its stale address and pid files were removed"
-    )
-
-
 def find_live_service(workspace: str | Path, timeout: float = 10.0) -> LiveService | None:
     """The service that serves ``workspace`` now, or None (stale files are cleared on the way).
 
@@ -125,32 +94,30 @@ def find_live_service(workspace: str | Path, timeout: float = 10.0) -> LiveServi
     still starting.  Raises :class:`LaunchError` when a live process holds the workspace but does
     not answer (hung, or it runs with a token this user cannot read).
     """
-    import requests
-
     sdir = service_dir_of(workspace)
     if not workspace_in_use(workspace):
         note = clear_stale_service_files(workspace)
         if note:
             log.warning(note)
         return None
-    token = _read(sdir / TOKEN_FILE)
+    token = read_service_file(sdir, TOKEN_FILE)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + timeout
     problem = "it has not written its address yet"
     while True:
-        url = _read(sdir / URL_FILE)
+        url = read_service_file(sdir, URL_FILE)
         if url is not None:
             try:
                 r = requests.get(url + "/info", headers=headers, timeout=2)
                 if r.status_code == 200:
-                    return LiveService(url, token, _read_pid(sdir))
+                    return LiveService(url, token, read_pid(sdir))
                 problem = f"GET {url}/info answered {r.status_code}"
             except requests.RequestException as exc:
                 problem = f"it does not answer at {url} ({type(exc).__name__})"
         if not workspace_in_use(workspace):
             return None  # it ended while we waited
         if time.monotonic() >= deadline:
-            pid = _read_pid(sdir)
+            pid = read_pid(sdir)
             raise LaunchError(
                 f"a service (pid {pid or '?'}) holds the workspace {sdir.parent} but {problem}; "
                 "stop that process (or wait for it to finish starting), then try again"
@@ -226,11 +193,11 @@ class LocalService:
 
     @property
     def service_dir(self) -> Path:
-        return self.workspace / ".service"
+        return self.workspace / SERVICE_DIR
 
     @property
     def log_path(self) -> Path:
-        return self.service_dir / "server.log"
+        return self.service_dir / LOG_FILE
 
     @property
     def running(self) -> bool:
@@ -269,8 +236,6 @@ class LocalService:
         returned and :attr:`reconnected` is set.  Files left by a service that died are removed
         first, with a message in :attr:`notes`.
         """
-        import requests
-
         if self.running and self.url is not None:
             return self.url, self.token
         self.service_dir.mkdir(parents=True, exist_ok=True)
@@ -360,8 +325,6 @@ class LocalService:
         return code
 
     def _request_stop_over_http(self) -> bool:
-        import requests
-
         if self.url is None:
             return False
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -399,10 +362,8 @@ class LocalService:
             self.process.wait()
         self.pid = None
 
-    def client(self, timeout: float = 30.0) -> Any:
+    def client(self, timeout: float = 30.0) -> Client:
         """A :class:`reciprocalseg.client.Client` for this service."""
-        from reciprocalseg.client import Client
-
         if self.url is None:
             raise LaunchError("the service is not running; call start() first")
         return Client(self.url, self.token, timeout=timeout)
