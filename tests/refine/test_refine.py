@@ -15,9 +15,12 @@ from reciprocalseg.common.file_formats import UNANNOTATED
 from reciprocalseg.config import make_config
 from reciprocalseg.data.io import Case, read_image
 from reciprocalseg.data.phantom import write_phantom_cohort
-from reciprocalseg.inference.sliding_window import load_model, predict_image
-from reciprocalseg.refine.adapt import refine_case, refine_loss
+from reciprocalseg.data.preprocess import preprocess_image
+from reciprocalseg.inference.sliding_window import load_model, predict_image, sliding_window_probabilities
+from reciprocalseg.refine.adapt import CASE_FEATURES, REPLAY_FEATURES, refine_case, refine_loss
+from reciprocalseg.refine.features import WindowFeatures
 from reciprocalseg.refine.settings import CPU_SETTINGS, GPU_SETTINGS, RefineSettings, default_refine_settings
+from reciprocalseg.training.losses import supervised_loss
 from reciprocalseg.training.runner import train
 
 
@@ -68,7 +71,7 @@ def wrong_region(truth: np.ndarray, predicted: np.ndarray, cls: int, size: int =
 
 def fast(**changes) -> RefineSettings:
     """No time pressure in tests: the cap on steps decides (the time limit has its own tests)."""
-    values = dict(max_seconds=1e6, max_iterations=25, lr=1e-2, replay_batch=1)
+    values = dict(max_seconds=1e6, max_iterations=25, lr=1e-2, replay_batch=1, replay_crops=2)
     values.update(changes)
     return RefineSettings(**values)
 
@@ -116,25 +119,35 @@ def test_pasted_strokes_override_the_adapted_prediction(trained) -> None:
 
 def test_the_loss_counts_painted_voxels_only() -> None:
     torch.manual_seed(0)
-    labels = torch.full((3, 8, 8, 8), UNANNOTATED, dtype=torch.int64)
+    labels = torch.full((2, 8, 8, 8), UNANNOTATED, dtype=torch.int64)
     labels[0, 2:4, 2:4, 2:4] = 1
     labels[1, 5, 5, 2:6] = 0
-    labels[2] = torch.randint(0, 2, (8, 8, 8))  # a replay crop: fully labelled
-    logits = torch.randn(3, 2, 8, 8, 8, requires_grad=True)
-    loss = refine_loss(logits, labels, n_stroke=2, replay_weight=0.25)
+    replay_labels = torch.randint(0, 2, (1, 8, 8, 8))  # a replay crop: fully labelled
+    logits = torch.randn(2, 2, 8, 8, 8, requires_grad=True)
+    replay_logits = torch.randn(1, 2, 8, 8, 8)
+    loss = refine_loss(logits, labels, replay_logits, replay_labels, replay_weight=0.25)
     loss.backward()
-    unpainted = (labels[:2] == UNANNOTATED)[:, None].expand(-1, 2, -1, -1, -1)
-    assert torch.all(logits.grad[:2][unpainted] == 0)
-    assert torch.any(logits.grad[:2][~unpainted] != 0)
+    unpainted = (labels == UNANNOTATED)[:, None].expand(-1, 2, -1, -1, -1)
+    assert torch.all(logits.grad[unpainted] == 0)
+    assert torch.any(logits.grad[~unpainted] != 0)
     # Other logits where nothing is painted: the same loss.
     changed = logits.detach().clone()
-    changed[:2][unpainted] = torch.randn(int(unpainted.sum()))
-    assert torch.allclose(refine_loss(changed, labels, 2, 0.25), loss.detach())
-    # The stroke part is not diluted by the replay crop's many voxels: a fixed mix of two means.
-    from reciprocalseg.training.losses import supervised_loss
-
-    expected = 0.75 * supervised_loss(logits[:2], labels[:2]) + 0.25 * supervised_loss(logits[2:], labels[2:])
+    changed[unpainted] = torch.randn(int(unpainted.sum()))
+    assert torch.allclose(refine_loss(changed, labels, replay_logits, replay_labels, 0.25), loss.detach())
+    # The strokes are not diluted by the replay crop's many voxels: a fixed mix of two means.
+    expected = 0.75 * supervised_loss(logits, labels) + 0.25 * supervised_loss(replay_logits, replay_labels)
     assert torch.allclose(loss, expected)
+    assert torch.allclose(refine_loss(logits, labels), supervised_loss(logits, labels))
+
+
+def test_cached_features_with_the_tail_unchanged_give_inference_probabilities(trained) -> None:
+    model_file, _, case = trained
+    model = load_model(model_file, "cpu")
+    volume = preprocess_image(read_image(case.image), model.preprocessing)
+    windows = WindowFeatures.compute(model, volume)
+    assert len(windows.corners) == 8  # a 24^3 case in 16^3 windows at half overlap: 2 per axis
+    cached = windows.probabilities(model.module.tail, batch=3)
+    np.testing.assert_allclose(cached, sliding_window_probabilities(model, volume), atol=1e-5)
 
 
 class StepClock:
@@ -258,8 +271,32 @@ def test_default_settings_per_device() -> None:
     for bad in (
         dict(max_seconds=0),
         dict(replay_weight=1.0),
-        dict(min_iterations=50),
-        dict(crop_size=(0, 8, 8)),
+        dict(min_iterations=500),
+        dict(replay_crops=1),
     ):
         with pytest.raises(DataError, match="refine settings"):
             RefineSettings(**bad).validate()
+
+
+def test_a_second_refine_of_the_case_reuses_its_features_and_gives_the_same_result(trained, tmp_path) -> None:
+    model_file, labelled, case = trained
+    image = read_image(case.image)
+    strokes = stroke_map(image, {1: np.array([[12, 12, 12], [12, 12, 13]])})
+    CASE_FEATURES.clear()
+    REPLAY_FEATURES.clear()
+    settings = fast(max_iterations=5)
+    hits = CASE_FEATURES.hits, REPLAY_FEATURES.hits
+    first = refine_case(model_file, image, strokes, replay=labelled, settings=settings, device="cpu")
+    second = refine_case(model_file, image, strokes, replay=labelled, settings=settings, device="cpu")
+    assert (CASE_FEATURES.hits, REPLAY_FEATURES.hits) == (hits[0] + 1, hits[1] + 1)
+    assert second.losses == first.losses
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(second.labels), sitk.GetArrayFromImage(first.labels))
+    # Another model file (a new round) or another scan: computed afresh.
+    copy = tmp_path / "teacher.pt"
+    copy.write_bytes(model_file.read_bytes())
+    refine_case(copy, image, strokes, settings=settings, device="cpu")
+    other = sitk.Cast(image, sitk.sitkFloat32) * 1.5
+    refine_case(
+        model_file, other, stroke_map(other, {1: np.array([[12, 12, 12]])}), settings=settings, device="cpu"
+    )
+    assert CASE_FEATURES.hits == hits[0] + 1

@@ -1,26 +1,33 @@
 """Refine one case from strokes: adapt a copy of a round's model to them, then predict the case.
 
-The model file is only read. Its copy in memory is trained with the training losses (CE + soft
-Dice, training/losses.py) over the painted voxels only, on crops centred on the strokes, mixed
-with crops of the round's labelled cases (replay) so that it does not forget what it knew, until
-the time limit leaves just enough for the final sliding-window prediction (or a cap on steps).
-The case is preprocessed exactly as the model's plan says (data/preprocess.py) and predicted as
-inference does (inference/sliding_window.py). docs/DESIGN.md, "Refine a case from strokes".
+The model file is only read. The case's windows (inference's) go once through the copy's frozen
+body (`features.WindowFeatures`); then only its last decoder stage and output convolution (the
+"tail") are trained, with the training losses (CE + soft Dice, training/losses.py) over the
+painted voxels only, on boxes of the windows around the strokes, mixed with crops of the round's
+labelled cases (replay) so that it does not forget what it knew, until the time limit leaves just
+enough for the final prediction (or a cap on steps). The prediction runs the adapted tail on the
+cached features and blends the windows as inference does. The case is preprocessed exactly as the
+model's plan says (data/preprocess.py). Why the tail only: docs/DESIGN.md, "Refine a case from
+strokes".
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+# torch.optim's first optimizer imports torch._dynamo: seconds on an idle CPU, 43 s measured on a
+# loaded one. Imported with this module, it is paid once when refine is loaded, not inside the
+# first refine's time limit.
+import torch._dynamo  # noqa: F401
 
 from ..common.device import describe_device
 from ..common.errors import CancelledError, DataError, TrainingError
@@ -34,14 +41,18 @@ from ..data.preprocess import (
     preprocess_label,
     restore_probabilities,
 )
-from ..data.sampling import CropStream, cache_cases, random_crop
+from ..data.sampling import CropStream, cache_cases
 from ..data.validation import check_image
-from ..inference.sliding_window import LoadedModel, load_model, sliding_window_probabilities, window_starts
-from ..model.vnet import size_multiple
+from ..inference.sliding_window import LoadedModel, load_model
 from ..training.checkpoint import nonfinite_tensors
 from ..training.losses import supervised_loss
+from .features import LastValue, WindowFeatures, autocast, image_key, model_key
 from .settings import RefineSettings, default_refine_settings
-from .strokes import StrokeCentres, check_strokes, count_strokes
+from .strokes import check_strokes, count_strokes
+
+# The last case's features and the last replay set, kept for the next refine (refine/features.py).
+CASE_FEATURES = LastValue()
+REPLAY_FEATURES = LastValue()
 
 # Replay crops centred on a class voxel this often, as the `auto` plan trains (nnU-Net's third).
 REPLAY_CLASS_SHARE = 1 / 3
@@ -95,22 +106,23 @@ def refine_case(
     model = _load_finite(model_file, device)
     painted = check_strokes(strokes, image, model.n_classes)
     prep = model.preprocessing
-    volume = preprocess_image(image, prep)
-    preprocessed_at = clock()
     working = preprocess_label(_on_grid(painted, image), prep)
-    centres = StrokeCentres.from_label(working)
-    crop = crop_zyx(model.meta, settings)
-    rng = np.random.default_rng(settings.seed)
-    with contextlib.ExitStack() as stack:
-        if cache_dir is None and replay:
-            cache_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="refine-")))
-        chosen, replay_crops = _replay_stream(replay, prep, model.n_classes, crop, settings, cache_dir, rng)
-        reserve = _prediction_reserve(model, volume, settings, clock)
-        if needs_resampling(image, prep):  # the way back to the scan's grid: a resample per class
-            reserve += settings.prediction_margin * model.n_classes * (preprocessed_at - start)
-        job = _Job(model, volume, working, centres, replay_crops, crop, settings, rng)
-        adapted_at, steps = _adapt(job, start + settings.max_seconds - reserve, clock, cancel)
-    labels, agreement = _predict(model, volume, image, prep, painted, settings.paste_strokes)
+    if not np.any(working != UNANNOTATED):
+        raise DataError(
+            "no stroke is left on the model's working grid (the strokes are too thin for its "
+            "spacing); paint them a little wider"
+        )
+    key = model_key(model_file, model.device)
+    windows, resample_seconds = _case_features(model, key, image, clock)
+    with tempfile.TemporaryDirectory(prefix="refine-") as scratch:
+        chosen, replay_set = _replay_set(replay, model, key, settings, Path(cache_dir or scratch))
+    reserve = _prediction_reserve(model, windows, settings, clock)
+    if needs_resampling(image, prep):  # the way back to the scan's grid: a resample per class
+        reserve += settings.prediction_margin * model.n_classes * resample_seconds
+    rng = np.random.default_rng([settings.seed, 1])
+    job = _Job(model, _stroke_boxes(windows, working), replay_set, settings, rng)
+    adapted_at, steps = _adapt(job, start + settings.max_seconds - reserve, clock, cancel)
+    labels, agreement = _predict(model, windows, image, prep, painted, settings.paste_strokes)
     end = clock()
     return RefineResult(
         labels=labels,
@@ -145,75 +157,96 @@ def _on_grid(array: np.ndarray, image: sitk.Image) -> sitk.Image:
     return out
 
 
-def crop_zyx(meta: dict, settings: RefineSettings) -> tuple[int, int, int]:
-    """The crop (z, y, x): the settings' (rounded up to what the network's strides need) or the
-    model's patch size."""
-    if settings.crop_size is None:
-        x, y, z = meta["patch_size"]
-        return (int(z), int(y), int(x))
-    multiple = size_multiple(meta.get("strides") or [[2, 2, 2]] * 4)
-    x, y, z = settings.crop_size
-    return tuple(m * math.ceil(n / m) for n, m in zip((z, y, x), multiple, strict=True))  # type: ignore[return-value]
+@dataclass
+class _Examples:
+    """Cached features and their labels for the tail to learn from."""
+
+    features: list[torch.Tensor]  # each (1, n_filters, *box)
+    labels: list[torch.Tensor]  # each (1, *box), int64, 255 = not counted
 
 
-def _replay_stream(
-    replay: Sequence[Case],
-    prep: Preprocessing,
-    n_classes: int,
-    crop: tuple[int, int, int],
-    settings: RefineSettings,
-    cache_dir: Path | None,
-    rng: np.random.Generator,
-) -> tuple[list[str], Iterator[tuple[torch.Tensor, torch.Tensor]] | None]:
-    """The replayed cases' ids and an endless stream of their crops (None: no replay)."""
+def _stroke_boxes(windows: WindowFeatures, working: np.ndarray) -> _Examples:
+    """For each window holding painted voxels, the box around them (one voxel wider on each side,
+    so that the tail's 3x3x3 convolution sees their real neighbours) cut from its features."""
+    labels = windows.labels(working)
+    out = _Examples([], [])
+    for index, label in enumerate(labels):
+        where = torch.nonzero(label != UNANNOTATED)
+        if not len(where):
+            continue
+        lo = (where.min(dim=0).values - 1).clamp_min(0).tolist()
+        hi = (where.max(dim=0).values + 2).tolist()
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        out.features.append(windows.features[index][(slice(None), *box)][None])
+        out.labels.append(label[box][None].to(windows.features.device))
+    return out
+
+
+def _case_features(
+    model: LoadedModel, key: tuple, image: sitk.Image, clock: Callable[[], float]
+) -> tuple[WindowFeatures, float]:
+    """The case's window features (the last case's, when it is this one again) and the seconds
+    its preprocessing took (the estimate of a resample back to the scan's grid)."""
+    case = (key, image_key(image))
+    cached = CASE_FEATURES.get(case)
+    if cached is None:
+        before = clock()
+        volume = preprocess_image(image, model.preprocessing)
+        cached = (WindowFeatures.compute(model, volume), clock() - before)
+        CASE_FEATURES.put(case, cached)
+    return cached  # type: ignore[return-value]
+
+
+def _replay_set(
+    replay: Sequence[Case], model: LoadedModel, key: tuple, settings: RefineSettings, cache_dir: Path
+) -> tuple[list[str], _Examples | None]:
+    """The replayed cases' ids and `replay_crops` of their crops (augmented, a third class-centred,
+    as the training sampler draws them) through the frozen body; None: no replay. The same
+    cases and settings give the same crops (their own seed), so the last set is reused."""
     unlabelled = [c.case_id for c in replay if c.label is None]
     if unlabelled:
         raise DataError(f"replay cases need labels; {', '.join(unlabelled[:5])} have none")
     if not replay or settings.replay_batch == 0 or settings.replay_cases == 0:
         return [], None
+    which = (key, tuple((c.case_id, str(c.image), str(c.label)) for c in replay), settings.replay_cases)
+    which += (settings.replay_crops, settings.seed)
+    cached = REPLAY_FEATURES.get(which)
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    rng = np.random.default_rng([settings.seed, 0])
     picked = sorted(rng.choice(len(replay), min(settings.replay_cases, len(replay)), replace=False))
     cases = [replay[i] for i in picked]
-    cached = cache_cases(cases, prep, cache_dir, n_classes)  # type: ignore[arg-type]
-    stream = CropStream(
-        cached, crop, int(rng.integers(1 << 31)), augment=True, class_share=REPLAY_CLASS_SHARE
+    cached_cases = cache_cases(cases, model.preprocessing, cache_dir, model.n_classes)
+    stream = iter(
+        CropStream(
+            cached_cases, model.patch_zyx, int(rng.integers(1 << 31)), True, class_share=REPLAY_CLASS_SHARE
+        )
     )
-    return [c.case_id for c in cases], iter(stream)
-
-
-def _window_batches(meta: dict, shape: tuple[int, ...]) -> int:
-    """How many batches of windows the sliding-window prediction of a `shape` volume runs."""
-    x, y, z = meta["patch_size"]
-    overlap = meta.get("inference_overlap", 0.5)
-    count = 1
-    for n, p in zip(shape, (z, y, x), strict=True):
-        count *= len(window_starts(max(n, p), p, max(1, round(p * (1 - overlap)))))
-    return math.ceil(count / meta.get("inference_batch", 4))
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 on CUDA GPUs that have it, as training and inference use; fp32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    crops = [next(stream) for _ in range(settings.replay_crops)]
+    images = torch.stack([image for image, _ in crops]).to(model.device)
+    with torch.inference_mode(), autocast(model.device):
+        features = model.module.features(images.contiguous(memory_format=torch.channels_last_3d))
+    examples = _Examples(
+        [f[None].clone() for f in features], [label[None].to(model.device) for _, label in crops]
+    )
+    result = ([c.case_id for c in cases], examples)
+    REPLAY_FEATURES.put(which, result)
+    return result
 
 
 def _prediction_reserve(
-    model: LoadedModel, volume: np.ndarray, settings: RefineSettings, clock: Callable[[], float]
+    model: LoadedModel, windows: WindowFeatures, settings: RefineSettings, clock: Callable[[], float]
 ) -> float:
-    """Seconds to keep for the final prediction: one batch of windows timed, times their number."""
+    """Seconds to keep for the final prediction: the tail on one batch of windows, timed, times
+    the number of batches."""
     batch = model.meta.get("inference_batch", 4)
-    z, y, x = model.patch_zyx
-    window = np.zeros((batch, 1, z, y, x), np.float32)
-    tz, ty, tx = (min(a, b) for a, b in zip(volume.shape, (z, y, x), strict=True))
-    window[:, 0, :tz, :ty, :tx] = volume[:tz, :ty, :tx]
-    inputs = torch.from_numpy(window).to(model.device).contiguous(memory_format=torch.channels_last_3d)
     model.module.eval()
     before = clock()
-    with torch.inference_mode(), _autocast(model.device):
-        model.module(inputs)
+    with torch.inference_mode(), autocast(model.device):
+        model.module.tail(windows.features[:batch])
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
-    return settings.prediction_margin * (clock() - before) * _window_batches(model.meta, volume.shape)
+    return settings.prediction_margin * (clock() - before) * math.ceil(len(windows.corners) / batch)
 
 
 @dataclass
@@ -224,14 +257,11 @@ class _Steps:
 
 @dataclass
 class _Job:
-    """What the adaptation steps draw on: the copy, the case and its strokes on the working grid."""
+    """What the adaptation steps draw on: the copy, the strokes' boxes and the replay crops."""
 
     model: LoadedModel
-    volume: np.ndarray  # the preprocessed scan (z, y, x)
-    working: np.ndarray  # the strokes on the same grid
-    centres: StrokeCentres
-    replay_crops: Iterator[tuple[torch.Tensor, torch.Tensor]] | None
-    crop: tuple[int, int, int]
+    strokes: _Examples
+    replay: _Examples | None
     settings: RefineSettings
     rng: np.random.Generator
 
@@ -239,14 +269,15 @@ class _Job:
 def _adapt(
     job: _Job, deadline: float, clock: Callable[[], float], cancel: Callable[[], bool] | None
 ) -> tuple[float, _Steps]:
-    """Train the copy until the next step would pass `deadline` or the cap is reached.
+    """Train the copy's tail until the next step would pass `deadline` or the cap is reached.
 
     The network stays in eval mode: batch norm keeps the round's running statistics (a batch of
-    three crops around one stroke would drag them, and the prediction uses them) and dropout is
+    boxes around a few strokes would drag them, and the prediction uses them) and dropout is
     off, so each step's loss is computed with the network the prediction will run."""
-    module, device, settings = job.model.module, job.model.device, job.settings
+    module, settings = job.model.module, job.settings
     module.eval()
-    optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
+    tail = [p for m in (module.dec1, module.head) for p in m.parameters()]
+    optimizer = torch.optim.Adam(tail, lr=settings.lr)
     steps = _Steps()
     now, spent = clock(), 0.0
     while len(steps.losses) < settings.max_iterations:
@@ -257,8 +288,7 @@ def _adapt(
             break
         if cancel is not None and cancel():
             raise CancelledError(f"refine cancelled after {done} step(s); nothing was changed")
-        x, y = _batch(job)
-        loss = _step(module, optimizer, x.to(device), y.to(device), settings)
+        loss = _step(job, optimizer)
         if not math.isfinite(loss):
             raise TrainingError(f"the refine's loss became {loss} at step {done + 1}; try a smaller lr")
         steps.losses.append(loss)
@@ -267,48 +297,55 @@ def _adapt(
     return now, steps
 
 
-def _batch(job: _Job) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stroke crops first (unaugmented: the case is predicted as it is), then replay crops."""
-    images, labels = [], []
-    for _ in range(job.settings.stroke_batch):
-        center = job.centres.draw(job.rng)
-        image, label = random_crop(job.volume, job.working, job.crop, job.rng, augment=False, center=center)
-        images.append(torch.from_numpy(image)[None])
-        labels.append(torch.from_numpy(label.astype(np.int64)))
-    if job.replay_crops is not None:
-        for _ in range(job.settings.replay_batch):
-            image, label = next(job.replay_crops)
-            images.append(image)
-            labels.append(label)
-    x = torch.stack(images).contiguous(memory_format=torch.channels_last_3d)
-    return x, torch.stack(labels)
+def _tail_logits(module: torch.nn.Module, examples: _Examples) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tail's logits and the labels of the examples, flattened side by side: (1, C, n), (1, n)."""
+    logits = [module.tail(f).flatten(2) for f in examples.features]
+    return torch.cat(logits, dim=2), torch.cat([y.flatten(1) for y in examples.labels], dim=1)
+
+
+def _replay_boxes(replay: _Examples, settings: RefineSettings, rng: np.random.Generator) -> _Examples:
+    """`replay_batch` of the replay crops, a random box of half their size from each (a step costs
+    an eighth); the box's outer voxels, whose 3x3x3 neighbourhood is cut off, are not counted."""
+    picked = rng.choice(len(replay.labels), min(settings.replay_batch, len(replay.labels)), replace=False)
+    out = _Examples([], [])
+    for i in picked:
+        shape = replay.labels[i].shape[1:]
+        size = [max(3, n // 2) for n in shape]
+        lo = [int(rng.integers(0, n - w + 1)) for n, w in zip(shape, size, strict=True)]
+        box = tuple(slice(a, a + w) for a, w in zip(lo, size, strict=True))
+        labels = torch.full_like(replay.labels[i][(slice(None), *box)], UNANNOTATED)
+        labels[:, 1:-1, 1:-1, 1:-1] = replay.labels[i][(slice(None), *box)][:, 1:-1, 1:-1, 1:-1]
+        out.features.append(replay.features[i][(slice(None), slice(None), *box)])
+        out.labels.append(labels)
+    return out
 
 
 def refine_loss(
-    logits: torch.Tensor, labels: torch.Tensor, n_stroke: int, replay_weight: float
+    stroke_logits: torch.Tensor,
+    stroke_labels: torch.Tensor,
+    replay_logits: torch.Tensor | None = None,
+    replay_labels: torch.Tensor | None = None,
+    replay_weight: float = 0.0,
 ) -> torch.Tensor:
-    """The training loss (0.5 CE + 0.5 soft Dice, annotated voxels only) of the first `n_stroke`
-    crops, mixed with the same loss of the replay crops after them at `replay_weight`.
+    """The training loss (0.5 CE + 0.5 soft Dice, annotated voxels only: 255 counts in neither)
+    of the strokes, mixed with the same loss of the replay crops at `replay_weight`.
 
-    Two means, not one over the whole batch: a replay crop's full label has thousands of times
-    the voxels of a stroke and would leave the strokes no say."""
-    stroke = supervised_loss(logits[:n_stroke], labels[:n_stroke])
-    if n_stroke == logits.shape[0]:
+    Two means, not one over everything: a replay crop's full label has thousands of times the
+    voxels of a stroke and would leave the strokes no say."""
+    stroke = supervised_loss(stroke_logits, stroke_labels)
+    if replay_logits is None:
         return stroke
-    replay = supervised_loss(logits[n_stroke:], labels[n_stroke:])
-    return (1 - replay_weight) * stroke + replay_weight * replay
+    return (1 - replay_weight) * stroke + replay_weight * supervised_loss(replay_logits, replay_labels)
 
 
-def _step(
-    module: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    settings: RefineSettings,
-) -> float:
-    with _autocast(x.device):
-        logits = module(x)
-    loss = refine_loss(logits, y, settings.stroke_batch, settings.replay_weight)
+def _step(job: _Job, optimizer: torch.optim.Optimizer) -> float:
+    module, settings = job.model.module, job.settings
+    with autocast(job.model.device):
+        stroke_logits, stroke_labels = _tail_logits(module, job.strokes)
+        replay_logits = replay_labels = None
+        if job.replay is not None:
+            replay_logits, replay_labels = _tail_logits(module, _replay_boxes(job.replay, settings, job.rng))
+    loss = refine_loss(stroke_logits, stroke_labels, replay_logits, replay_labels, settings.replay_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -317,16 +354,17 @@ def _step(
 
 def _predict(
     model: LoadedModel,
-    volume: np.ndarray,
+    windows: WindowFeatures,
     image: sitk.Image,
     prep: Preprocessing,
     painted: np.ndarray,
     paste: bool,
 ) -> tuple[sitk.Image, float]:
-    """The adapted copy's label map on the scan's grid (as inference.predict_image, on the volume
-    already preprocessed), the strokes pasted over it when asked; and how far it agreed with them."""
+    """The adapted copy's label map on the scan's grid (its tail on the cached features, windows
+    blended as inference blends them), the strokes pasted over it when asked; and how far the
+    copy itself agreed with them."""
     model.module.eval()
-    probs = sliding_window_probabilities(model, volume)
+    probs = windows.probabilities(model.module.tail, model.meta.get("inference_batch", 4))
     labels = restore_probabilities(probs, image, prep).argmax(axis=0).astype(np.uint8)
     stroked = painted != UNANNOTATED
     agreement = float(np.mean(labels[stroked] == painted[stroked]))

@@ -1,4 +1,4 @@
-"""Strokes painted on a case: checks against the case and the model, counting, crop centres.
+"""Strokes painted on a case: checks against the case and the model, and counting them.
 
 A stroke map follows the partial-label convention (docs/DESIGN.md, "Partial labels"): 255 =
 unannotated, 0 = background, k = class k, on the scan's own grid. A stroke is a connected piece
@@ -7,8 +7,6 @@ scribbles of the same class are three strokes, a scribble crossing from class 1 
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,8 +18,6 @@ from ..data.validation import check_image_structure, check_same_grid, present_va
 
 # 26-connectivity: a stroke drawn across slices is one stroke.
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
-# Voxels kept per stroke to draw crop centres from (a fixed sample, as sampling.class_locations).
-CENTRES_PER_STROKE = 2_000
 
 
 def check_strokes(strokes: sitk.Image, image: sitk.Image, n_classes: int) -> np.ndarray:
@@ -91,31 +87,3 @@ def stroke_components(array: np.ndarray) -> list[np.ndarray]:
 def count_strokes(array: np.ndarray) -> int:
     """K: the connected pieces of annotated voxels, per value (background strokes count too)."""
     return len(stroke_components(array))
-
-
-@dataclass
-class StrokeCentres:
-    """Crop centres on the working grid: a stroke drawn uniformly, then one of its voxels, so a
-    short stroke of a small structure gets as many crops as a long background one."""
-
-    strokes: list[np.ndarray]
-
-    @classmethod
-    def from_label(cls, working: np.ndarray) -> StrokeCentres:
-        """From the strokes on the working grid (after `preprocess.preprocess_label`)."""
-        rng = np.random.default_rng(0)
-        strokes = []
-        for voxels in stroke_components(working):
-            if len(voxels) > CENTRES_PER_STROKE:
-                voxels = voxels[np.sort(rng.choice(len(voxels), CENTRES_PER_STROKE, replace=False))]
-            strokes.append(voxels)
-        if not strokes:
-            raise DataError(
-                "no stroke is left on the model's working grid (the strokes are too thin for its "
-                "spacing); paint them a little wider"
-            )
-        return cls(strokes)
-
-    def draw(self, rng: np.random.Generator) -> np.ndarray:
-        voxels = self.strokes[int(rng.integers(0, len(self.strokes)))]
-        return voxels[int(rng.integers(0, len(voxels)))]
