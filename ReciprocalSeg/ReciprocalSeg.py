@@ -14,14 +14,14 @@ This file and ReciprocalSegLib stay Python 3.9 compatible so that Slicer 5.8 use
 
 import os
 import shutil
-import threading
+import sys
 from pathlib import Path
 from typing import Annotated
 
 from ReciprocalSegLib import messages
 from ReciprocalSegLib.case_table import CASE_COLUMNS, case_row, labelled_summary, next_sort, sort_cases
-from ReciprocalSegLib.logic import CaseFiles, ReciprocalSegLoop
-from ReciprocalSegLib.package_install import ensure_requirements, python_too_old
+from ReciprocalSegLib.logic import ReciprocalSegLoop
+from ReciprocalSegLib.package_install import ensure_requirements
 from ReciprocalSegLib.panel_rules import PanelState, enabled_widgets, submit_button_text, visible_widgets
 from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_REFINED, ROLE_SCRIBBLES, ROLE_STUDENT
 from ReciprocalSegLib.segment_export import segment_id_for_class
@@ -31,6 +31,7 @@ from ReciprocalSegLib.status_text import (
     format_training_status,
     round_end_message,
 )
+from ReciprocalSegLib.submission import task_name as submission_task_name
 from ReciprocalSegLib.tasks import StatusPoller, TaskBusyError, TaskCancelled, TaskRunner
 from ReciprocalSegLib.training_request import training_request
 
@@ -56,6 +57,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 MODULE_NAME = "ReciprocalSeg"
+MIN_PYTHON = (3, 10)
 
 BACKEND_MODES = ("local", "remote")
 # Presets come from the core package; "auto" (planned from the cases) first: the default.
@@ -91,8 +93,10 @@ class ReciprocalSeg(ScriptedLoadableModule):
             "teacher's and the student's predictions, correct, and retrain. "
             "See docs/SLICER.md of the ReciprocalSeg repository."
         )
-        if python_too_old():
-            self.parent.helpText += "\n\n" + python_too_old()
+        if sys.version_info < MIN_PYTHON:
+            self.parent.helpText += _(
+                "\n\nThis Slicer runs Python {version}; ReciprocalSeg needs Slicer 5.10 or later."
+            ).format(version=".".join(map(str, sys.version_info[:3])))
         self.parent.acknowledgementText = _(
             "Method: Zeng et al., Reciprocal Learning for Semi-supervised Segmentation, MICCAI 2021. "
             "Module layout follows 3D Slicer's scripted-module template."
@@ -215,9 +219,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 timer.stop()
         self.tasks.cancel()
         self.removeObservers()
-        if self.logic is not None and self.logic.connected:
-            # Stopping checkpoints and waits for the service: not on the GUI thread, even at exit.
-            threading.Thread(target=self.logic.stop_service, name="ReciprocalSeg stop").start()
+        if self.logic is not None:
+            self.logic.release_service()  # asks the service to stop; it checkpoints by itself
 
     def enter(self):
         self.initializeParameterNode()
@@ -263,15 +266,12 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ background tasks
 
     def _run(self, name, work, done=None):
-        """Run ``work(context)`` on the task runner; ``done(result)`` then runs on the GUI thread (a
-        text it returns goes to the status bar, and the case list is read again)."""
+        """Run ``work(context)`` on the task runner; ``done(result)`` then runs on the GUI thread."""
 
         def onDone(result):
             with slicer.util.tryWithErrorDisplay(_("{task}: could not show the result.").format(task=name)):
-                said = done(result) if done is not None else None
-                if said:
-                    slicer.util.showStatusMessage(said, 10000)
-                    self.onRefreshCases()
+                if done is not None:
+                    done(result)
 
         def onError(error):
             if isinstance(error, TaskCancelled):
@@ -379,40 +379,38 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ Data
 
     def onAddCurrentVolume(self):
-        self._upload([self._parameterNode.inputVolume], [])
+        self._addVolumes([self._parameterNode.inputVolume.GetID()], [])
 
     def onAddAllVolumes(self):
-        self._upload(*self.logic.volumes_to_add())
+        self._addVolumes(*self.logic.volumes_to_add())
 
-    def _upload(self, volumes, skipped):
+    def _addVolumes(self, nodeIds, skipped):
         if skipped:
             slicer.util.warningDisplay("\n".join(skipped), windowTitle=_("Volumes skipped"))
-        if not volumes:
-            return
+        if nodeIds:
+            add = lambda c: self.logic.add_volumes(nodeIds, c)  # noqa: E731
+            self._run(_("Adding volumes"), add, self._showBatchResult)
 
-        def done(uploaded):
-            return messages.cases_added(self.logic.finish_volume_uploads(uploaded))
-
-        with slicer.util.tryWithErrorDisplay(_("Could not add the volumes.")):
-            uploads = self.logic.prepare_volume_uploads(volumes)
-            upload = lambda c: self.logic.upload_volume_files(uploads, c.progress, lambda: c.cancelled)  # noqa: E731
-            self._run(_("Uploading"), upload, done)
+    def _showBatchResult(self, result):
+        """Every case added is tagged already; the failures are named (batch.py)."""
+        slicer.util.showStatusMessage(result.message(), 8000)
+        if result.failed:
+            slicer.util.errorDisplay(result.failure_text(), windowTitle=_("Not added"))
+        self.onRefreshCases()
 
     def onAddFolder(self):
         folder = qt.QFileDialog.getExistingDirectory(
             slicer.util.mainWindow(), _("Folder of images (and <ID>_label files)"), str(Path.home())
         )
-        if not folder:
-            return
-
-        add = lambda c: self.logic.add_folder(folder, c.progress, lambda: c.cancelled)  # noqa: E731
-        self._run(_("Adding the folder"), add, messages.cases_added)
+        if folder:
+            add = lambda c: self.logic.add_folder(folder, c)  # noqa: E731
+            self._run(_("Adding the folder"), add, self._showBatchResult)
 
     def onRefreshCases(self):
         if not self.logic.connected:
             return
 
-        def done(answer):
+        def done(answer):  # the case list and what follows the labels (logic.overview)
             cases, classes, self._nextPlan, retrain = answer
             self._showCases(cases)
             self._showClassCount(classes)
@@ -457,11 +455,10 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showCase(caseId)
 
     def _showCase(self, caseId, then=None):
-        """Download what the scene lacks (task), then show the case (GUI thread)."""
-        needImage, needLabel = self.logic.needs(caseId)
+        """Download and read what the scene lacks (task), then show the case."""
 
-        def done(files):
-            volume, segmentation = self.logic.apply_case(caseId, files)
+        def done(nodes):
+            volume, segmentation = nodes
             self._currentCaseId = caseId
             self.ui.selectedCaseLabel.setText(caseId)
             self.ui.predictionLabel.setText("")
@@ -469,12 +466,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if then is not None:
                 then(volume, segmentation)
 
-        if needImage or needLabel:
-            fetch = lambda c: self.logic.fetch_case(caseId, needImage, needLabel)  # noqa: E731
-            self._run(_("Downloading {case}").format(case=caseId), fetch, done)
-        else:
-            done(CaseFiles(caseId))
-            self._updateGui()
+        self._run(_("Showing {case}").format(case=caseId), lambda c: self.logic.load_case(caseId, c), done)
 
     def _selectCaseRow(self, caseId):
         table = self.ui.casesTable
@@ -511,7 +503,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
 
         def done(result):
-            self.logic.remove_case_nodes(caseId)
+            self.logic.forget_case(caseId)
             self._currentCaseId = None
             self.ui.selectedCaseLabel.setText(_("(none)"))
             self.onRefreshCases()
@@ -538,23 +530,17 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 scribbles, volume, segmentId=segment_id_for_class(1), effect="Paint"
             )
 
-    def onRefine(self):
-        self.onSubmitLabel(action="refine")  # the scribbles, painted over the prediction
-
-    def onAcceptRefined(self):
-        self.onSubmitLabel(action="accept")
-
-    def onSubmitLabel(self, action="upload"):
+    def onSubmitLabel(self):
         caseId, scribbling = self._currentCaseId, self._parameterNode.annotationMode == SCRIBBLES
-        with slicer.util.tryWithErrorDisplay(messages.could_not_submit(action, scribbling, caseId)):
-            # The export (class by segment identity, 255 where no scribble) runs here, the upload in a task.
-            submission = self.logic.prepare_submission(caseId, scribbles=scribbling, action=action)
-            if submission.confirm and not slicer.util.confirmOkCancelDisplay(submission.confirm):
-                self.logic.discard_submission(submission)
-                return
+        confirm = slicer.util.confirmOkCancelDisplay  # asked (GUI thread) before an empty label goes
 
-            finish = lambda result: self.logic.finish_submission(submission, result)  # noqa: E731
-            self._run(submission.task_name, lambda c: self.logic.upload_submission(submission), finish)
+        def done(result):
+            slicer.util.showStatusMessage(result.done_message(), 8000)
+            self.onRefreshCases()
+
+        # A copy of what is painted is taken on the GUI thread; the export and upload run in the task.
+        submit = lambda c: self.logic.submit(caseId, scribbling, c, confirm=confirm)  # noqa: E731
+        self._run(submission_task_name(caseId, scribbling), submit, done)
 
     # ------------------------------------------------------------------ Train
 
@@ -665,32 +651,46 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ Predict
 
     def onPredict(self):
-        caseId = self._currentCaseId
-        needImage = self.logic.needs(caseId)[0]
-        live = self._parameterNode.liveModel
+        caseId, live = self._currentCaseId, self._parameterNode.liveModel
 
-        def done(fetched):
-            teacher, student, disagreement = self.logic.apply_prediction(caseId, fetched)
+        def done(nodes):
             volume = self.logic.case_node(caseId, ROLE_IMAGE)
             # Zero disagreement is transparent (thresholded), so the overlay never dims the scan.
-            slicer.util.setSliceViewerLayers(
-                background=volume, foreground=disagreement, foregroundOpacity=0.6
-            )
+            slicer.util.setSliceViewerLayers(background=volume, foreground=nodes[2], foregroundOpacity=0.6)
             model = self.logic.last_prediction_model
             self.ui.predictionLabel.setText(messages.prediction_line(model, self.logic.last_prediction_score))
-            return messages.predicted(caseId, model)
+            slicer.util.showStatusMessage(messages.predicted(caseId, model), 5000)
+            self.onRefreshCases()
 
-        self._run(
-            _("Predicting {case}").format(case=caseId),
-            lambda context: self.logic.fetch_prediction(caseId, needImage, live),
-            done,
-        )
+        predict = lambda c: self.logic.show_prediction(caseId, live, c)  # noqa: E731
+        self._run(_("Predicting {case}").format(case=caseId), predict, done)
+
+    def onRefine(self):
+        caseId = self._currentCaseId
+
+        def done(refined):
+            slicer.util.showStatusMessage(messages.refined(caseId, self.logic.last_refined), 10000)
+            self.onRefreshCases()
+
+        refine = lambda c: self.logic.refine(caseId, context=c)  # noqa: E731
+        self._run(_("Refining {case}").format(case=caseId), refine, done)
+
+    def onAcceptRefined(self):
+        caseId = self._currentCaseId
+
+        def done(version):
+            slicer.util.showStatusMessage(messages.accepted(caseId, version), 8000)
+            self.onRefreshCases()
+
+        accept = lambda c: self.logic.accept_refined(caseId, c)  # noqa: E731
+        self._run(_("Accepting the refined {case}").format(case=caseId), accept, done)
 
     def onCorrectFromStudent(self):
         caseId = self._currentCaseId
-        with slicer.util.tryWithErrorDisplay(_("Could not copy the student's prediction.")):
-            segmentation = self.logic.copy_student_to_label(caseId)
-            self.logic.open_segment_editor(segmentation, self.logic.case_node(caseId, ROLE_IMAGE))
+        volume = self.logic.case_node(caseId, ROLE_IMAGE)
+        copy = lambda c: self.logic.copy_student_to_label(caseId, c)  # noqa: E731
+        edit = lambda label: self.logic.open_segment_editor(label, volume)  # noqa: E731
+        self._run(_("Copying the student's prediction"), copy, edit)
 
 
 class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
@@ -699,11 +699,7 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        temporary = Path(slicer.app.temporaryPath) / "ReciprocalSeg"
-        # Files of nodes loaded from the service stay here until the scene is saved elsewhere.
-        ReciprocalSegLoop.__init__(
-            self, keep_dir=temporary / "scene-files", scratch_dir=temporary / "transfers"
-        )
+        ReciprocalSegLoop.__init__(self, scratch_dir=Path(slicer.app.temporaryPath) / "ReciprocalSeg")
         self._quitConnected = False
 
     def getParameterNode(self):
@@ -711,12 +707,17 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
 
     def ensure_requirements(self, askConfirmation=True):
         """Install the missing Python packages (after confirmation; main thread). False if declined."""
+        if sys.version_info < MIN_PYTHON:
+            version = ".".join(map(str, sys.version_info[:3]))
+            raise RuntimeError(
+                _("ReciprocalSeg needs Slicer 5.10 or later; this one runs Python {v}.").format(v=version)
+            )
         return ensure_requirements(self._scratch(), askConfirmation=askConfirmation)
 
     def connectQuit(self):
         """Stop a local service when Slicer quits (main thread)."""
         if not self._quitConnected:
-            slicer.app.connect("aboutToQuit()", self.stop_service)
+            slicer.app.connect("aboutToQuit()", self.release_service)  # never waits for the service
             self._quitConnected = True
 
     def start_local_service(self, workspace=None, timeout=60.0, askConfirmation=True):
@@ -729,10 +730,12 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
         from reciprocalseg.client import service_python
 
         python = service_python()  # PythonSlicer, never sys.executable (inside Slicer that is Slicer itself)
-        workspace = Path(workspace or _defaultWorkspace()).expanduser()
         # The child process must find the core package, which sits beside this file.
+        env = dict(os.environ)
         moduleDir = os.path.dirname(os.path.abspath(__file__))
-        return ReciprocalSegLoop.start_local_service(self, workspace, python, None, timeout, moduleDir)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (moduleDir, env.get("PYTHONPATH", "")) if p)
+        workspace = Path(workspace or _defaultWorkspace()).expanduser()
+        return ReciprocalSegLoop.start_local_service(self, workspace, python, env=env, timeout=timeout)
 
     def wait_for_training(self, poll=1.0, timeout=None, callback=None):
         """Block until the round ends (scripts and the console; Qt events are processed between polls)."""

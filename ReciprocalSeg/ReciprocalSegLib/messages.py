@@ -31,11 +31,6 @@ def backend_state(connected: bool, local: bool, url: str | None, info: Any = Non
     return text
 
 
-def cases_added(case_ids: list, skipped: list = ()) -> str:
-    text = f"Added {len(case_ids)} case{'' if len(case_ids) == 1 else 's'}."
-    return text + (f" {len(skipped)} skipped." if skipped else "")
-
-
 def class_count_set(count: int, fixed: bool) -> str:
     return f"{count} foreground classes, {'fixed' if fixed else 'following the labels'}."
 
@@ -82,10 +77,13 @@ def auto_retrain(
     return f"{text}. Last: {message}" if message else text
 
 
-def could_not_submit(action: str, scribbles: bool, case_id: str) -> str:
-    """The title of the error box when a submission (upload, refine, accept) cannot start."""
-    if action == "refine":
-        return f"Could not refine {case_id}."
-    if action == "accept":
-        return f"Could not accept the refined map of {case_id}."
-    return f"Could not submit the {'scribbles' if scribbles else 'label'}."
+def refined(case_id: str, result: Any) -> str:
+    """``c3 refined from round 2, 3 strokes (40 steps, 18.2 s): Accept makes it the label, ...``"""
+    name = field(result, "name", "refined")
+    steps, seconds = field(result, "iterations", "?"), field(result, "seconds")
+    took = f"{steps} steps, {seconds:.1f} s" if seconds is not None else f"{steps} steps"
+    return f"{case_id} {name} ({took}): Accept makes it the label, or paint more strokes and refine again."
+
+
+def accepted(case_id: str, version: Any) -> str:
+    return f"{case_id}: the refined map is its label now (version {field(version, 'version', '?')})."

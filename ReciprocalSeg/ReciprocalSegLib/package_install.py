@@ -11,30 +11,14 @@ a confirmation and Slicer's own progress display.
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 
 from reciprocalseg.service import slicer_requirements
 
-MIN_PYTHON = (3, 10)  # the core package's requires-python
-
-
-def python_too_old(version: tuple = tuple(sys.version_info[:3])) -> str | None:
-    """Why this Slicer cannot run ReciprocalSeg (its Python is older than the core package needs),
-    or None. Slicer 5.8 ships Python 3.9."""
-    if tuple(version[:2]) >= MIN_PYTHON:
-        return None
-    shown = ".".join(map(str, version))
-    return f"This Slicer runs Python {shown}; ReciprocalSeg needs Slicer 5.10 or later."
-
 
 def ensure_requirements(scratch: Path, askConfirmation: bool = True) -> bool:
-    """Install the missing packages (after confirmation); False if the user declined.
-    RuntimeError when this Slicer's Python is too old."""
+    """Install the missing packages (after confirmation); False if the user declined."""
     import slicer
-
-    if python_too_old():
-        raise RuntimeError(python_too_old())
 
     missing = slicer_requirements.missing_requirements()
     if not missing:

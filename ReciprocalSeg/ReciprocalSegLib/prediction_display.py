@@ -35,15 +35,14 @@ def show_refined(segmentation_node: Any) -> None:
     display.SetAllSegmentsVisibility2DOutline(True)
 
 
-def show_disagreement(volume_node: Any, scene: Any) -> None:
+def show_disagreement(volume_node: Any, scene: Any, value_range: tuple | None = None) -> None:
     """Heat colours where teacher and student disagree; voxels with zero disagreement transparent.
 
-    A scalar volume's display node makes voxels outside [lower, upper] transparent when its
-    threshold is applied (vtkMRMLScalarVolumeDisplayNode), so the overlay never dims the scan
-    where the two networks agree.
+    ``value_range`` is (smallest positive value, largest value), computed where the voxels were
+    read (off the GUI thread); from the node's voxels when None. A scalar volume's display node
+    makes voxels outside [lower, upper] transparent when its threshold is applied
+    (vtkMRMLScalarVolumeDisplayNode), so the overlay never dims the scan where the two agree.
     """
-    from slicer.util import arrayFromVolume
-
     if volume_node.GetDisplayNode() is None:
         volume_node.CreateDefaultDisplayNodes()
     display = volume_node.GetDisplayNode()
@@ -51,13 +50,18 @@ def show_disagreement(volume_node: Any, scene: Any) -> None:
         if scene.GetNodeByID(color_id) is not None:
             display.SetAndObserveColorNodeID(color_id)
             break
-    values = arrayFromVolume(volume_node)
-    positive = values[values > 0]
-    top = float(values.max()) if values.size else 1.0
-    lower = float(positive.min()) if positive.size else 1.0
+    lower, top = value_range if value_range is not None else _positive_range(volume_node)
     display.SetAutoWindowLevel(False)
     display.SetWindowLevelMinMax(0.0, max(top, lower))
     display.SetAutoThreshold(False)
     # Just above zero (half the smallest positive value): every disagreeing voxel stays visible.
     display.SetThreshold(lower / 2.0, max(top, lower))
     display.SetApplyThreshold(True)
+
+
+def _positive_range(volume_node: Any) -> tuple:
+    from slicer.util import arrayFromVolume
+
+    values = arrayFromVolume(volume_node)
+    positive = values[values > 0]
+    return (float(positive.min()) if positive.size else 1.0, float(values.max()) if values.size else 1.0)

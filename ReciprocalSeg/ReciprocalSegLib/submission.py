@@ -1,67 +1,44 @@
-"""A label or scribbles on their way to the service: made on the main thread, sent by a task.
+"""A label or scribbles sent to the service: what the panel asks before and says after.
 
-``ReciprocalSegLoop.prepare_submission`` exports what the user painted (main thread) into a
-``Submission``; ``upload_submission`` sends it (any thread). The panel asks ``confirm`` first when
-it is set (a full label with nothing painted would make every voxel background), then
-``finish_submission`` shows the service's answer in the scene and gives ``done_message``.
-
-``action``: ``upload`` stores the label or scribbles; ``refine`` sends the scribbles to refine a
-copy of the round's student (they are stored too) and shows the refined map; ``accept`` (no file)
-makes the case's refined map its full label.
+``ReciprocalSegLoop.submit`` runs as a task: the GUI thread copies what was painted, the worker
+maps it to the case's stored grid, writes and uploads it. A full label with no painted voxel
+would make every voxel background: the panel's ``confirm`` is asked first (the console gets the
+warning in the result and in the log).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+EMPTY_LABEL_QUESTION = (
+    "Nothing is painted in the label of {case}. Submit it as all background (every voxel class 0)?"
+)
+EMPTY_LABEL_WARNING = "The label of {case} has no painted voxel: it was submitted as all background."
+
+
+def task_name(case_id: str, scribbles: bool) -> str:
+    return f"Submitting the {'scribbles' if scribbles else 'label'} of {case_id}"
 
 
 @dataclass
-class Submission:
-    """case_id; scribbles: a partial label (painted voxels only) instead of a full one; path: the
-    label map file to upload; summary: what the scribbles annotate; confirm: a question to ask
-    before uploading (None: none); warning: said with the result (console and status bar)."""
+class SubmitResult:
+    """case_id; scribbles: a partial label (painted voxels only); version: the service's new label
+    version (None when declined); summary: what the scribbles annotate; warning: said with the
+    result (empty label); declined: the user said no to ``EMPTY_LABEL_QUESTION``."""
 
     case_id: str
     scribbles: bool
-    path: Path | None
+    version: Any = None
     summary: Any = None
-    confirm: str | None = None
     warning: str | None = None
-    action: str = "upload"  # upload, refine or accept
-    result: Any = None  # the service's answer, once finished (refine: its RefinedPrediction)
-
-    @property
-    def what(self) -> str:
-        return {"refine": "refine", "accept": "refined map"}.get(self.action) or (
-            "scribbles" if self.scribbles else "label"
-        )
-
-    @property
-    def task_name(self) -> str:
-        if self.action == "refine":
-            return f"Refining {self.case_id} from its scribbles"
-        if self.action == "accept":
-            return f"Accepting the refined {self.case_id}"
-        return f"Submitting the {self.what} of {self.case_id}"
+    declined: bool = False
 
     def done_message(self) -> str:
-        if self.action == "refine":
-            return refined_message(self.case_id, self.result)
-        if self.action == "accept":
-            version = getattr(self.result, "version", "?")
-            return f"{self.case_id}: the refined map is its label now (version {version})."
+        if self.declined:
+            return f"The label of {self.case_id} was not submitted."
         if self.scribbles:
             text = f"Scribbles of {self.case_id} submitted: {self.summary.text()}."
         else:
             text = f"Label of {self.case_id} submitted."
         return text + (f" {self.warning}" if self.warning else "")
-
-
-def refined_message(case_id: str, result: Any) -> str:
-    """``phantom_003 refined from round 2, 3 strokes (40 steps, 18.2 s): Accept makes it the label, ...``"""
-    name = getattr(result, "name", None) or "refined"
-    steps, seconds = getattr(result, "iterations", "?"), getattr(result, "seconds", None)
-    took = f"{steps} steps, {seconds:.1f} s" if seconds is not None else f"{steps} steps"
-    return f"{case_id} {name} ({took}): Accept makes it the label, or paint more strokes and refine again."

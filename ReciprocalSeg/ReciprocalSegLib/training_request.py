@@ -6,7 +6,7 @@ then left to the service; 0 in either field means "not set" (the preset's value)
 
 from __future__ import annotations
 
-MAX_MINUTES = 1440.0  # the service's TrainingRequest limit (test_module_static checks the panel's)
+MAX_MINUTES = 1440.0  # the service's TrainingRequest limit (tests/slicer/test_panel_rules.py checks it)
 
 
 def training_request(preset: str, minutes: float, iterations: int, device: str, warm_start: bool) -> dict:

@@ -133,19 +133,24 @@ def test_messages_of_the_panel():
     assert messages.next_case("c1", 0.25, None, "disagreement") == "Next: c1 (disagreement 0.2500)"
     assert messages.next_case("c1", None, None, "disagreement") is None
     assert messages.prediction_line("round 2", None).endswith("disagreement: ?")
-    assert messages.cases_added(["a"]) == "Added 1 case."
-    assert messages.cases_added(["a", "b"], ["x"]) == "Added 2 cases. 1 skipped."
+    from ReciprocalSegLib.batch import BatchResult
+
+    assert BatchResult(added=["a"]).message() == "Added 1 case."
+    both = BatchResult(added=["a", "b"], existing=["c"], failed=[("CT 3", "NaN voxels")])
+    assert both.message() == "Added 2 cases (1 already there); 1 failed: CT 3."
+    assert both.failure_text() == "CT 3: NaN voxels"
     assert messages.class_count_set(3, False) == "3 foreground classes, following the labels."
 
 
 def test_submission_texts():
-    from ReciprocalSegLib.submission import Submission
+    from ReciprocalSegLib.submission import SubmitResult, task_name
 
-    label = Submission("c1", False, Path("x.nrrd"), warning="Nothing was painted: all background.")
-    assert label.task_name == "Submitting the label of c1"
+    assert task_name("c1", False) == "Submitting the label of c1"
+    label = SubmitResult("c1", False, warning="Nothing was painted: all background.")
     assert label.done_message() == "Label of c1 submitted. Nothing was painted: all background."
-    strokes = Submission("c2", True, Path("y.nrrd"), summary=SimpleNamespace(text=lambda: "9 voxels"))
+    strokes = SubmitResult("c2", True, summary=SimpleNamespace(text=lambda: "9 voxels"))
     assert strokes.done_message() == "Scribbles of c2 submitted: 9 voxels."
+    assert SubmitResult("c3", False, declined=True).done_message() == "The label of c3 was not submitted."
 
 
 def test_refine_and_accept_need_their_nodes_and_retraining_a_connection():
@@ -164,17 +169,11 @@ def test_refine_and_accept_need_their_nodes_and_retraining_a_connection():
 
 def test_refine_accept_and_retraining_texts():
     from ReciprocalSegLib import messages
-    from ReciprocalSegLib.submission import Submission
 
-    refine = Submission("c3", True, Path("s.nrrd"), action="refine")
-    assert refine.task_name == "Refining c3 from its scribbles"
-    refine.result = SimpleNamespace(name="refined from round 2, 3 strokes", iterations=40, seconds=18.24)
-    assert refine.done_message().startswith("c3 refined from round 2, 3 strokes (40 steps, 18.2 s): Accept")
-    accept = Submission("c3", False, None, action="accept", result=SimpleNamespace(version=4))
-    assert accept.task_name == "Accepting the refined c3"
-    assert accept.done_message() == "c3: the refined map is its label now (version 4)."
-    assert messages.could_not_submit("refine", True, "c3") == "Could not refine c3."
-    assert messages.could_not_submit("upload", True, "c3") == "Could not submit the scribbles."
+    result = SimpleNamespace(name="refined from round 2, 3 strokes", iterations=40, seconds=18.24)
+    assert messages.refined("c3", result).startswith("c3 refined from round 2, 3 strokes (40 steps, 18.2 s)")
+    accepted = messages.accepted("c3", SimpleNamespace(version=4))
+    assert accepted == "c3: the refined map is its label now (version 4)."
     assert messages.auto_retrain(None, 10.0, 2) == "off (2 corrections since the last round)"
     assert messages.auto_retrain(5, 3.0, 2, None) == "2 of 5 since the last round; rounds of 3 min"
     assert messages.auto_retrain(5, 3.0, 0, "started run r1").endswith("Last: started run r1")

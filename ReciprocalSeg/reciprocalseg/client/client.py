@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -338,7 +339,10 @@ class Client:
                 data=data,
                 timeout=self.long_timeout,
             )
-        return build(LabelVersion, d)
+        version = build(LabelVersion, d)
+        if version.warning:  # shown in a console or script, and kept in the answer
+            warnings.warn(version.warning, UserWarning, stacklevel=2)
+        return version
 
     def get_label(self, case_id: str, out_path: str | Path, version: int | None = None) -> Path:
         params = {"version": version} if version is not None else None

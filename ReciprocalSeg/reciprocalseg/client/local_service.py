@@ -324,6 +324,13 @@ class LocalService:
         self.url, self.pid = None, None
         return code
 
+    def request_stop(self) -> None:
+        """Ask the service to stop and return at once (3D Slicer quitting): SIGTERM, or
+        CTRL_BREAK_EVENT on Windows; the service checkpoints a running training and ends by itself
+        (``stop`` waits for that and cleans up what is left)."""
+        if self.pid is not None and self.running:
+            self._signal_stop()
+
     def _request_stop_over_http(self) -> bool:
         if self.url is None:
             return False

@@ -71,6 +71,7 @@ class LabelVersion:
     source: str | None = None
     note: str | None = None
     annotated_fraction: float | None = None  # < 1: a partial label (255 = unannotated)
+    warning: str | None = None  # an upload worth a second look (a full label all background)
 
 
 @dataclass

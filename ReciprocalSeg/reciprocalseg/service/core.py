@@ -282,7 +282,7 @@ class Service:
             self.ws.grow_n_classes(max_value + 1)
             self.fingerprints.record(case_id, image, arr, entry["version"])
             self.auto_retrain.notify()
-        return S.LabelVersion(**entry)
+        return S.LabelVersion(**entry, warning=_all_background_warning(case_id, arr, kind))
 
     def draft_from_prediction(self, case_id: str, author: str | None) -> S.LabelVersion:
         from reciprocalseg.data.io import read_image
@@ -555,6 +555,20 @@ def _refuse_class_gaps(arr: Any, max_value: int, n_classes: int, filename: str) 
             f'meant, fix the count first: PUT /settings {{"n_classes": {max_value + 1}}} '
             f"(client.set_n_classes({max_value + 1}))."
         )
+
+
+def _all_background_warning(case_id: str, labels: Any, kind: str) -> str | None:
+    """The warning of a submitted full label with no foreground voxel (every voxel class 0): a
+    Slicer label nobody painted, or a mask saved empty; stored, as asked, but said. A partial
+    label (255 = unannotated) with only background strokes is what scribbles may mean: no warning."""
+    from reciprocalseg.common.file_formats import UNANNOTATED
+
+    if kind != "submitted" or (labels == UNANNOTATED).any() or labels.any():
+        return None
+    return (
+        f"The label of {case_id} has no voxel of any class: the case is labelled all background. "
+        "Upload a corrected label if that was not meant."
+    )
 
 
 def _fixed_classes_hint(message: str, fixed: bool) -> str:

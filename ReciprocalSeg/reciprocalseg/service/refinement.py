@@ -466,9 +466,15 @@ def _is_cuda_oom(exc: BaseException) -> bool:
 
 
 def _release_cuda_cache() -> None:
+    """Free what a refine keeps on the GPU: the engine's cached window features of the last case
+    and replay set (kept for the next refine of that case), then torch's cached blocks."""
     try:
         import torch
 
+        from reciprocalseg.refine import adapt
+
+        adapt.CASE_FEATURES.clear()
+        adapt.REPLAY_FEATURES.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     except Exception:  # pragma: no cover - best effort: the answer is the 409 either way

@@ -49,6 +49,9 @@ class LabelVersion(BaseModel):
     annotated_fraction: float | None = Field(
         None, description="share of voxels annotated (< 1: a partial label, 255 = unannotated); None: unknown"
     )
+    warning: str | None = Field(
+        None, description="in the answer to an upload worth a second look (a full label all background)"
+    )
 
 
 class CaseInfo(BaseModel):
