@@ -176,7 +176,7 @@ WIDGET_MEMBERS = {
     "QAbstractSpinBox": {"specialValueText", "setSpecialValueText", "editingFinished", "readOnly"},
     "QSpinBox": {
         "value", "setValue", "valueChanged", "minimum", "setMinimum", "maximum", "setMaximum",
-        "setRange", "singleStep", "setSingleStep",
+        "setRange", "singleStep", "setSingleStep", "suffix", "setSuffix",  # Qt 5 QSpinBox properties
     },
     "QDoubleSpinBox": {
         "value", "setValue", "valueChanged", "minimum", "setMinimum", "maximum", "setMaximum",

@@ -182,6 +182,32 @@ class PredictionResult:
 
 
 @dataclass
+class RefinedPrediction:
+    """A refine's result (``RefineInfo``): ``name`` (``refined from round N, K strokes``), the
+    ``round`` and ``model`` it adapted, the strokes it learnt from, the partial ``label_version``
+    that stores them and, once downloaded, the refined label map in ``labels``."""
+
+    case_id: str
+    name: str
+    round: int
+    model: str
+    strokes: int
+    iterations: int
+    seconds: float
+    annotated_voxels: int
+    label_version: int
+    time: str
+    file: str
+    stopped_by: str | None = None  # "time" (the limit) or "iterations" (the cap on steps)
+    stroke_agreement: float | None = None
+    time_limit_s: float | None = None
+    device: str | None = None
+    merged_with: int | None = None
+    accepted_version: int | None = None
+    labels: Path | None = None
+
+
+@dataclass
 class CaseQA:
     case_id: str
     round: int

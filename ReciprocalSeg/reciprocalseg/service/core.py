@@ -19,6 +19,7 @@ from reciprocalseg.common.display import excerpt
 from reciprocalseg.common.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
+from .auto_retrain import AutoRetrain
 from .errors import ApiError, Conflict, Forbidden, Invalid, NotFound, TooLarge, UnsupportedType
 from .fingerprints import CaseFingerprints
 from .jobs import TrainingManager
@@ -26,6 +27,7 @@ from .live import LiveCheckpoint, LiveModel
 from .middleware import LOOPBACK_HOSTS
 from .model_store import ModelStore
 from .quality import StructureChecks, n_flags
+from .refinement import Refinements
 from .rounds import record_background_only
 from .uploads import looks_like_dicom_folder, read_upload
 from .workspace import DEFAULT_MAX_VOXELS, Workspace, check_new_case_id, label_max
@@ -72,6 +74,15 @@ class Service:
             on_round=self._new_round,
         )
         self.models = ModelStore(self.ws, self.max_upload_bytes)
+        self.auto_retrain = AutoRetrain(self.ws, self.jobs)
+        self.refinements = Refinements(
+            self.ws,
+            self.fingerprints,
+            self.auto_retrain,
+            default_device=config.device,
+            max_voxels=config.max_voxels,
+            stopping=lambda: self.closed,
+        )
         self._predictor: Any = None
         self._predictor_key: tuple[int, str, str] | None = None
         self._predict_lock = threading.Lock()
@@ -89,11 +100,13 @@ class Service:
         resumed = self.jobs.recover()
         if resumed:
             log.warning("resumed training run(s) %s", ", ".join(resumed))
+        self.auto_retrain.start()
 
     def close(self) -> None:
         """Stop a running training worker (with a checkpoint); it resumes at the next start-up."""
         if not self.closed:
             self.closed = True
+            self.auto_retrain.close()
             self.jobs.shutdown()
 
     def _new_round(self, entry: dict[str, Any]) -> None:
@@ -270,6 +283,7 @@ class Service:
         if kind == "submitted":
             self.ws.grow_n_classes(max_value + 1)
             self.fingerprints.record(case_id, image, arr, entry["version"])
+            self.auto_retrain.notify()
         return S.LabelVersion(**entry, warning=_all_background_warning(case_id, arr, kind))
 
     def draft_from_prediction(self, case_id: str, author: str | None) -> S.LabelVersion:
@@ -472,10 +486,22 @@ class Service:
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> S.Settings:
-        return S.Settings(n_classes=self.ws.n_classes, n_classes_fixed=self.ws.n_classes_fixed)
+        return S.Settings(
+            n_classes=self.ws.n_classes,
+            n_classes_fixed=self.ws.n_classes_fixed,
+            retrain_after=self.auto_retrain.after,
+            retrain_minutes=self.auto_retrain.minutes,
+            corrections=self.auto_retrain.corrections(),
+            retrain_message=self.auto_retrain.message,
+        )
 
     def update_settings(self, req: S.SettingsUpdate) -> S.Settings:
-        self.ws.set_n_classes(req.n_classes)
+        given = req.model_fields_set  # an absent field stays as it is; n_classes null means "follow"
+        if "n_classes" in given:
+            self.ws.set_n_classes(req.n_classes)
+        if {"retrain_after", "retrain_minutes"} & given:
+            after = req.retrain_after if "retrain_after" in given else self.auto_retrain.after
+            self.auto_retrain.configure(after, req.retrain_minutes)
         return self.settings()
 
     # ------------------------------------------------------------------ info

@@ -355,16 +355,40 @@ class Settings(BaseModel):
         description="classes including background (as train --n-classes); labels 0..n_classes-1"
     )
     n_classes_fixed: bool = Field(description="False: the count grows when a label with a new class arrives")
+    retrain_after: int | None = Field(
+        None, description="retrain by itself after this many corrections (null: off)"
+    )
+    retrain_minutes: float = Field(10.0, description="time budget of a round started by itself")
+    corrections: int = Field(
+        0,
+        description="submitted label versions (labels, scribbles, refines, accepts) since the latest "
+        "round started",
+    )
+    retrain_message: str | None = Field(
+        None, description="what retraining by itself did last, or why it waits"
+    )
 
 
 class SettingsUpdate(BaseModel):
+    """Only the fields given change; ``{"n_classes": null}`` lets the count follow the labels again."""
+
     model_config = ConfigDict(extra="forbid")
 
     n_classes: int | None = Field(
+        None,
         ge=2,
         le=MAX_CLASSES,
         description="classes including background; null: follow the labels (255 marks unannotated "
         "voxels, so classes are 0..254 at most)",
+    )
+    retrain_after: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="retrain by itself (a warm-started round) once this many corrections arrived; null: off",
+    )
+    retrain_minutes: float | None = Field(
+        None, gt=0, le=24 * 60, description="time budget of such a round (default 10)"
     )
 
 
@@ -410,3 +434,42 @@ class ServiceInfo(BaseModel):
     training_state: str
     max_upload_mb: float
     auth: bool
+
+
+class RefineInfo(BaseModel):
+    """A refined prediction: a copy of a round's network adapted to the case's strokes."""
+
+    case_id: str
+    name: str = Field(description="what made it, e.g. 'refined from round 3, 2 strokes'")
+    round: int = Field(description="the round whose network was copied and adapted")
+    model: Literal["student", "teacher"] = Field(description="which of the round's networks")
+    strokes: int = Field(description="strokes (connected pieces of annotated voxels) it learnt from")
+    iterations: int = Field(description="adaptation steps taken")
+    seconds: float = Field(description="time the refine took")
+    annotated_voxels: int = Field(description="voxels the accumulated strokes annotate")
+    stopped_by: str | None = Field(None, description="what ended the adaptation: time or iterations")
+    stroke_agreement: float | None = Field(
+        None, description="share of the stroke voxels the adapted copy itself labels as painted"
+    )
+    time_limit_s: float | None = Field(None, description="the limit asked for (null: the default)")
+    device: str | None = None
+    label_version: int = Field(description="the partial label version that stores the accumulated strokes")
+    merged_with: int | None = Field(
+        None, description="the earlier partial label version the strokes were painted over (null: none)"
+    )
+    time: str
+    file: str = Field(description="GET /cases/{id}/refined/labels")
+    accepted_version: int | None = Field(
+        None, description="the full label version it became (POST /cases/{id}/refined/accept)"
+    )
+
+
+class RefineStatus(BaseModel):
+    """The refine in progress (one at a time)."""
+
+    running: bool
+    case_id: str | None = None
+    model: str | None = None
+    started: str | None = None
+    elapsed_s: float | None = None
+    time_limit_s: float | None = None

@@ -285,6 +285,14 @@ class Workspace:
             atomic_write_json(self.root / "workspace.json", settings)
             self.settings = settings
 
+    def update_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Store other settings (``changes`` merged into ``workspace.json``, atomically); returns them."""
+        with self.lock:
+            settings = {**self.settings, **changes}
+            atomic_write_json(self.root / "workspace.json", settings)
+            self.settings = settings
+            return dict(settings)
+
     def grow_n_classes(self, needed: int) -> bool:
         """Raise the class count to ``needed`` unless it is fixed; True when it grew."""
         with self.lock:
