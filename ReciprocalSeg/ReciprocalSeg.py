@@ -23,7 +23,7 @@ from ReciprocalSegLib.case_table import CASE_COLUMNS, case_row, labelled_summary
 from ReciprocalSegLib.logic import ReciprocalSegLoop
 from ReciprocalSegLib.package_install import ensure_requirements
 from ReciprocalSegLib.panel_rules import PanelState, enabled_widgets, submit_button_text, visible_widgets
-from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_STUDENT
+from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_REFINED, ROLE_SCRIBBLES, ROLE_STUDENT
 from ReciprocalSegLib.segment_export import segment_id_for_class
 from ReciprocalSegLib.status_text import (
     RUNNING_STATES,
@@ -189,8 +189,12 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.retrainButton, self.onRetrain),
             (self.ui.cancelTaskButton, self.onCancelTask),
             (self.ui.applyClassCountButton, self.onApplyClassCount),
+            (self.ui.refineButton, self.onRefine),
+            (self.ui.acceptRefinedButton, self.onAcceptRefined),
+            (self.ui.autoRetrainCheckBox, self.onAutoRetrain),
         ):
             button.connect("clicked(bool)", slot)
+        self.ui.autoRetrainSpinBox.connect("editingFinished()", self.onAutoRetrain)
         self.ui.casesTable.connect("itemSelectionChanged()", self.onCaseSelectionChanged)
         # The panel sorts the rows itself (numbers as numbers, empty cells last): see case_table.py.
         header = self.ui.casesTable.horizontalHeader()
@@ -310,6 +314,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateGui(self, caller=None, event=None):
         node = self._parameterNode
         connected = self.logic is not None and self.logic.connected
+        roles = self.logic.case_roles(self._currentCaseId) if connected else set()
         state = PanelState(
             connected=connected,
             busy=self.tasks.busy,
@@ -317,7 +322,9 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             case_selected=self._currentCaseId is not None,
             input_volume=node is not None and node.inputVolume is not None,
             scribbling=node is not None and node.annotationMode == SCRIBBLES,
-            student_shown=connected and self.logic.case_node(self._currentCaseId, ROLE_STUDENT) is not None,
+            student_shown=ROLE_STUDENT in roles,
+            scribbles_shown=ROLE_SCRIBBLES in roles,
+            refined_shown=ROLE_REFINED in roles,
             budget=node is not None and bool(node.minutes),
             remote=node is not None and node.backendMode == "remote",
         )
@@ -427,17 +434,14 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.logic.connected:
             return
 
-        def listCases(context):
-            # The class count and the plan follow the labels: read them again with the list.
-            return self.logic.list_cases(), self.logic.class_settings(), self.logic.plan()
-
-        def done(answer):
-            cases, classes, self._nextPlan = answer
+        def done(answer):  # the case list and what follows the labels (logic.overview)
+            cases, classes, self._nextPlan, retrain = answer
             self._showCases(cases)
             self._showClassCount(classes)
             self._showPlan()
+            self._showAutoRetrain(retrain)
 
-        self._run(_("Listing cases"), listCases, done)
+        self._run(_("Listing cases"), lambda context: self.logic.overview(), done)
 
     def onCaseHeaderClicked(self, column):
         self._caseSort = next_sort(self._caseSort, column)
@@ -568,16 +572,23 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ Train
 
     def _showClassCount(self, classes):
-        """(foreground classes, fixed?) from the service into the spin box and the toggle."""
-        foreground, fixed = classes
-        for widget in (self.ui.classCountSpinBox, self.ui.classCountFixedCheckBox):
-            widget.blockSignals(True)
-        try:
-            self.ui.classCountSpinBox.setValue(max(int(foreground), 1))
-            self.ui.classCountFixedCheckBox.setChecked(bool(fixed))
-        finally:
-            for widget in (self.ui.classCountSpinBox, self.ui.classCountFixedCheckBox):
-                widget.blockSignals(False)
+        """(foreground classes, fixed?) from the service into the spin box and the toggle (only
+        *Apply* sends them: no signal of theirs is connected)."""
+        self.ui.classCountSpinBox.setValue(max(int(classes[0]), 1))
+        self.ui.classCountFixedCheckBox.setChecked(bool(classes[1]))
+
+    def onAutoRetrain(self):
+        after = self.ui.autoRetrainSpinBox.value if self.ui.autoRetrainCheckBox.checked else None
+        minutes = self._parameterNode.minutes or None  # None: the service's (10 at first)
+        apply = lambda c: self.logic.set_auto_retrain(after, minutes)  # noqa: E731
+        self._run(_("Setting retraining"), apply, self._showAutoRetrain)
+
+    def _showAutoRetrain(self, settings):
+        """(K or None, minutes, corrections, message) from the service; setting the widgets sends
+        nothing (``clicked`` and ``editingFinished`` come from the user only)."""
+        self.ui.autoRetrainCheckBox.setChecked(settings[0] is not None)
+        self.ui.autoRetrainSpinBox.setValue(int(settings[0] or self.ui.autoRetrainSpinBox.value))
+        self.ui.autoRetrainLabel.setText(messages.auto_retrain(*settings))
 
     def onApplyClassCount(self):
         foreground = self.ui.classCountSpinBox.value if self.ui.classCountFixedCheckBox.checked else None
@@ -680,6 +691,26 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         predict = lambda c: self.logic.show_prediction(caseId, live, c)  # noqa: E731
         self._run(_("Predicting {case}").format(case=caseId), predict, done)
+
+    def onRefine(self):
+        caseId = self._currentCaseId
+
+        def done(refined):
+            slicer.util.showStatusMessage(messages.refined(caseId, self.logic.last_refined), 10000)
+            self.onRefreshCases()
+
+        refine = lambda c: self.logic.refine(caseId, context=c)  # noqa: E731
+        self._run(_("Refining {case}").format(case=caseId), refine, done)
+
+    def onAcceptRefined(self):
+        caseId = self._currentCaseId
+
+        def done(version):
+            slicer.util.showStatusMessage(messages.accepted(caseId, version), 8000)
+            self.onRefreshCases()
+
+        accept = lambda c: self.logic.accept_refined(caseId, c)  # noqa: E731
+        self._run(_("Accepting the refined {case}").format(case=caseId), accept, done)
 
     def onCorrectFromStudent(self):
         caseId = self._currentCaseId

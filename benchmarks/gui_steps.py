@@ -182,7 +182,7 @@ class NewLib:
 try:  # the light launcher of the client package, or where it was before (issue 22)
     from reciprocalseg.client import LocalService
 except ImportError:
-    from reciprocalseg.service.launcher import LocalService
+    from reciprocalseg.client import LocalService
 
 
 def paint(array, segmentation, segment_id, volume) -> None:

@@ -149,3 +149,13 @@ def prediction_content(
     top = float(values.max()) if values.size else 1.0
     lower = float(positive.min()) if positive.size else 1.0
     return PredictionContent(segmentations[0], segmentations[1], volume_data(values, grid), (lower, top))
+
+
+def refined_content(path: Path, grid: Geometry, state: CaseState, min_classes: int, colors: Sequence) -> Any:
+    """The service's refined map (a label map on the stored grid) on ``grid``, a segment per class."""
+    from reciprocalseg.common.grid_mapping import array_on_grid
+
+    voxels, stored = read_volume_file(Path(path))
+    array = array_on_grid(voxels.astype(np.uint8, copy=False), stored, grid, fill=0)
+    names = state.class_names(max(min_classes, int(array.max()), 1))
+    return SegmentationContent(label_layer(array, grid), class_specs(names, colors))

@@ -38,6 +38,7 @@ from .case_content import (
     PredictionContent,
     label_content,
     prediction_content,
+    refined_content,
     scan_content,
 )
 from .learning_curve import LearningCurve
@@ -55,9 +56,11 @@ from .node_data import (
 )
 from .prediction_display import (
     LABEL_COLORS,
+    REFINED_COLORS,
     STUDENT_COLORS,
     TEACHER_COLORS,
     show_disagreement,
+    show_refined,
     show_student,
     show_teacher,
 )
@@ -67,6 +70,7 @@ from .scene_cases import (
     ROLE_DISAGREEMENT,
     ROLE_IMAGE,
     ROLE_LABEL,
+    ROLE_REFINED,
     ROLE_SCRIBBLES,
     ROLE_STUDENT,
     ROLE_TEACHER,
@@ -123,6 +127,11 @@ NETWORK_METHODS = frozenset(
         "stop_training",
         "training_status",
         "wait_for_training",
+        "refine",
+        "accept_refined",
+        "overview",
+        "auto_retrain_settings",
+        "set_auto_retrain",
     }
 )
 
@@ -168,6 +177,21 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def refined_suffix(name: str) -> str:
+    """``from round 3, 2 strokes`` of the service's ``refined from round 3, 2 strokes``."""
+    return name[len("refined ") :] if name.startswith("refined ") else name
+
+
+def _write_label(label: Any, grid: Geometry, path: Path) -> Path:
+    """Any thread: a label map (k, j, i) written compressed on ``grid``."""
+    import SimpleITK as sitk
+
+    from reciprocalseg.common.geometry import image_from_array
+
+    sitk.WriteImage(image_from_array(label, grid), str(path), True)
+    return path
+
+
 def add_class_segments(segmentation_node: Any, names: Sequence[str], colors: Sequence) -> None:
     """Main thread: empty segments ``class_k`` named ``names[k-1]`` (a label to paint)."""
     segmentation = segmentation_node.GetSegmentation()
@@ -207,6 +231,7 @@ class ReciprocalSegLoop:
         self.training_minutes: float | None = None  # the time budget of the round last started
         self._training_run_id: str | None = None  # ... and its run
         self.last_next_case: Any = None
+        self.last_refined: Any = None  # the service's answer to the last refine (name, strokes, seconds)
         self._token: str | None = None
         self._poll_client: Any = None
         self._learning_curve: LearningCurve | None = None
@@ -231,6 +256,12 @@ class ReciprocalSegLoop:
 
     def case_node(self, case_id: str | None, role: str) -> Any:
         return self.nodes.find(case_id, role)
+
+    def case_roles(self, case_id: str | None) -> set:
+        """Main thread: the roles (image, label, teacher, refined, ...) the case has nodes for."""
+        return {
+            n.GetAttribute(ATTR_ROLE) for n in self.nodes.tagged() if n.GetAttribute(ATTR_CASE_ID) == case_id
+        }
 
     def _scratch(self) -> Path:
         if self.scratch_dir is not None:
@@ -541,6 +572,11 @@ class ReciprocalSegLoop:
     def list_cases(self) -> list:
         return self.require_client().list_cases()
 
+    def overview(self) -> tuple:
+        """Any thread: (cases, class settings, plan, retraining settings): the case list with what
+        follows the labels (the class count, the plan, the corrections since the last round)."""
+        return self.list_cases(), self.class_settings(), self.plan(), self.auto_retrain_settings()
+
     def delete_case_on_service(self, case_id: str) -> None:
         self.require_client().delete_case(case_id)
 
@@ -781,14 +817,9 @@ class ReciprocalSegLoop:
 
     def _upload_label(self, client: Any, case_id: str, label: Any, grid: Geometry, author: str | None) -> Any:
         """Any thread: write the label map (compressed) on ``grid`` and upload it."""
-        import SimpleITK as sitk
-
-        from reciprocalseg.common.geometry import image_from_array
-
         folder = self._scratch()
         try:
-            path = folder / f"{case_id}_label.nrrd"
-            sitk.WriteImage(image_from_array(label, grid), str(path), True)
+            path = _write_label(label, grid, folder / f"{case_id}_label.nrrd")
             return client.put_label(case_id, str(path), author=author)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -906,18 +937,22 @@ class ReciprocalSegLoop:
     def copy_student_to_label(self, case_id: str, context: Any = DIRECT) -> Any:
         """Any thread: the case's editable label becomes a copy of the student's prediction (the
         voxels are copied on this thread; the label's segments are replaced on the GUI thread)."""
-        layers = context.on_main(lambda: self._student_layers(case_id))
+        return self._copy_to_label(case_id, ROLE_STUDENT, context)
+
+    def _copy_to_label(self, case_id: str, role: str, context: Any) -> Any:
+        """Any thread: the case's editable label becomes a copy of its ``role`` segmentation."""
+        layers = context.on_main(lambda: self._student_layers(case_id, role))
         copies = {}
         for key, (layer, _specs) in layers.items():
             copies[key] = type(layer)()
             copies[key].DeepCopy(layer)
         return context.on_main(lambda: self._attach_correction(case_id, layers, copies))
 
-    def _student_layers(self, case_id: str) -> dict:
-        """Main thread: the student's labelmap layers and the segments each one holds."""
-        student = self.case_node(case_id, ROLE_STUDENT)
+    def _student_layers(self, case_id: str, role: str = ROLE_STUDENT) -> dict:
+        """Main thread: the student's (or ``role``'s) labelmap layers and the segments each holds."""
+        student = self.case_node(case_id, role)
         if student is None or self.case_node(case_id, ROLE_IMAGE) is None:
-            raise RuntimeError(f"Predict {case_id} first.")
+            raise RuntimeError(f"{'Refine' if role == ROLE_REFINED else 'Predict'} {case_id} first.")
         source = student.GetSegmentation()
         layers: dict = {}
         for i in range(source.GetNumberOfSegments()):
@@ -943,6 +978,76 @@ class ReciprocalSegLoop:
             add_segments(label, copies[key], specs)
         self.nodes.show_only(case_id)
         return label
+
+    # ------------------------------------------------------------------ refine from strokes, accept
+
+    def refine(
+        self,
+        case_id: str,
+        model: str = "student",
+        seconds: float | None = None,
+        context: Any = DIRECT,
+        author: str | None = None,
+    ) -> Any:
+        """Any thread: the case's scribbles, painted over the shown prediction, refine a copy of the
+        current round's ``model`` (the service stores them as the case's new partial label, with
+        its earlier strokes); the refined map is shown as ``<case> refined (from round N, K
+        strokes)`` beside teacher and student. Returns that segmentation (``last_refined``: the
+        service's answer). ScribbleError when nothing is painted (nothing is sent)."""
+        painted = context.on_main(lambda: self._painted(case_id, True))
+        snapshot = painted.copy(context)
+        state = context.on_main(lambda: self.case_state(case_id))
+        client = self.require_client()
+        stored = self._stored_grid(client, case_id, painted.grid)
+        strokes, _summary = compose_scribbles(snapshot.masks(painted.classes, stored))
+        context.progress(None, f"refining {case_id}")
+        folder = self._scratch()
+        try:
+            path = _write_label(strokes, stored, folder / f"{case_id}_strokes.nrrd")
+            result = client.refine(case_id, str(path), model, seconds, out_dir=str(folder), author=author)
+            content = refined_content(
+                result.labels, painted.grid, state, self.class_count() or 0, REFINED_COLORS
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return context.on_main(lambda: self._attach_refined(case_id, result, content))
+
+    def _attach_refined(self, case_id: str, result: Any, content: Any) -> Any:
+        """Main thread: the refined segmentation (filled, greens), named for what made it."""
+        volume = self.case_node(case_id, ROLE_IMAGE)
+        if volume is None:
+            raise RuntimeError(f"The volume of {case_id} left the scene: select the case again.")
+        refined = self._new_segmentation(case_id, ROLE_REFINED, volume)
+        add_segments(refined, content.layer, content.specs)
+        show_refined(refined)
+        refined.SetAttribute(ATTR_MODEL, result.name)
+        refined.SetName(f"{case_id} {ROLE_REFINED} ({refined_suffix(result.name)})")
+        self.last_refined = result
+        self.nodes.show_only(case_id)
+        return refined
+
+    def accept_refined(self, case_id: str, context: Any = DIRECT, author: str | None = None) -> Any:
+        """Any thread: one click: the case's refined map becomes its full label, on the service (a
+        new label version, returned) and in the case's label segmentation."""
+        version = self.require_client().accept_refined(case_id, author=author)
+        self._copy_to_label(case_id, ROLE_REFINED, context)
+        return version
+
+    # ------------------------------------------------------------------ retrain by itself
+
+    def auto_retrain_settings(self) -> tuple:
+        """Any thread: (K or None when off, minutes, corrections since the latest round, message)."""
+        settings = self.require_client().settings()
+        keys = ("retrain_after", "retrain_minutes", "corrections", "retrain_message")
+        return tuple(settings.get(key) for key in keys)
+
+    def set_auto_retrain(self, after: int | None, minutes: float | None = None) -> tuple:
+        """Any thread: retrain by itself (a warm-started round of ``minutes``) after ``after``
+        corrections; None: off. Returns ``auto_retrain_settings()``."""
+        if after is not None and after < 1:
+            raise ValueError(f"Retrain after at least one correction, not {after}.")
+        self.require_client().set_auto_retrain(after, minutes)
+        return self.auto_retrain_settings()
 
     # ------------------------------------------------------------------ ranking and training
 

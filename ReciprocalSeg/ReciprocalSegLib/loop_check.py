@@ -6,7 +6,9 @@ and a real service, so the scenario the in-Slicer test runs is exercised in CI t
 
 scene -> add all volumes -> paint and submit two labels -> train a few iterations (demo, CPU)
 -> predict (segments ``class_1``, thresholded disagreement on the image grid) -> correct from
-student -> next case -> scribbles on the last case -> what the service stored is checked.
+student -> next case -> scribbles on the last case -> what the service stored is checked ->
+refine from those scribbles (``<case> refined``, named for its round and strokes) -> accept it
+(the case's full label).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def check_whole_loop(
 
     say("Submitting scribbles")
     _check_scribbles(logic, case_ids[3], truths[3], folder)
+    say("Refining from the scribbles, then accepting")
+    _check_refine(logic, case_ids[3], volumes[3], folder)
 
 
 def _check_scribbles(logic: Any, case_id: str, truth: np.ndarray, folder: Path) -> None:
@@ -110,3 +114,26 @@ def _check_scribbles(logic: Any, case_id: str, truth: np.ndarray, folder: Path) 
     uploaded = logic.client.get_label(case_id, str(Path(folder) / f"{case_id}_scribbles.nrrd"))
     stored = sitk.GetArrayFromImage(sitk.ReadImage(str(uploaded)))
     _check(np.array_equal(stored, expected), "the service's scribble label differs from the strokes")
+
+
+def _check_refine(logic: Any, case_id: str, volume: Any, folder: Path, seconds: float = 10.0) -> None:
+    """The scribbles refine a copy of the round's student: ``<case> refined`` on the scan's grid,
+    the strokes merged with the submitted ones; Accept makes the refined map the full label."""
+    import SimpleITK as sitk
+
+    from .scene_cases import ROLE_LABEL
+
+    refined = logic.refine(case_id, seconds=seconds)
+    result = logic.last_refined
+    _check(result.name.startswith("refined from round 1, "), f"refined named {result.name!r}")
+    _check(refined.GetName() == f"{case_id} refined ({result.name[len('refined ') :]})", refined.GetName())
+    _check(result.merged_with == 1 and result.label_version == 2, f"strokes stored as {result}")
+    _check(refined.GetSegmentation().GetSegment(segment_id_for_class(1)) is not None, "no class_1 segment")
+    version = logic.accept_refined(case_id)
+    _check(version.annotated_fraction == 1.0, f"accepted as {version}")
+    stored = logic.client.get_label(case_id, str(Path(folder) / f"{case_id}_accepted.nrrd"))
+    downloaded = logic.client.get_refined(case_id, out_dir=str(Path(folder) / "refined")).labels
+    same = np.array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in (stored, downloaded)))
+    _check(same, "the accepted label differs from the refined map")
+    label = logic.case_node(case_id, ROLE_LABEL)
+    _check(label.GetSegmentation().GetNumberOfSegments() >= 1, "the case label is empty after Accept")

@@ -65,3 +65,25 @@ def next_case(case_id: str, score: float | None, qa_flags: int | None, by: str) 
 
 def confirm_remove(case_id: str) -> str:
     return f"Remove case {case_id} and its labels from the workspace?"
+
+
+def auto_retrain(
+    after: int | None, minutes: float | None, corrections: int | None, message: str | None = None
+) -> str:
+    """The line beside *Retrain after*: how many corrections wait, and what retraining did last."""
+    if after is None:
+        return f"off ({corrections or 0} corrections since the last round)"
+    text = f"{corrections or 0} of {after} since the last round; rounds of {minutes or 10:g} min"
+    return f"{text}. Last: {message}" if message else text
+
+
+def refined(case_id: str, result: Any) -> str:
+    """``c3 refined from round 2, 3 strokes (40 steps, 18.2 s): Accept makes it the label, ...``"""
+    name = field(result, "name", "refined")
+    steps, seconds = field(result, "iterations", "?"), field(result, "seconds")
+    took = f"{steps} steps, {seconds:.1f} s" if seconds is not None else f"{steps} steps"
+    return f"{case_id} {name} ({took}): Accept makes it the label, or paint more strokes and refine again."
+
+
+def accepted(case_id: str, version: Any) -> str:
+    return f"{case_id}: the refined map is its label now (version {field(version, 'version', '?')})."

@@ -25,7 +25,8 @@ class PanelState:
     connected: a service answers; busy: a task runs; training: a round runs on the service;
     case_selected: a case is selected; input_volume: *Add volume* has a volume; scribbling: the
     annotation mode is scribbles; student_shown: the selected case has a student prediction in the
-    scene; budget: a time budget is set (it overrides the iterations); remote: remote backend mode.
+    scene; budget: a time budget is set (it overrides the iterations); remote: remote backend mode;
+    scribbles_shown / refined_shown: the selected case has scribbles / a refined prediction in the scene.
     """
 
     connected: bool = False
@@ -37,6 +38,8 @@ class PanelState:
     student_shown: bool = False
     budget: bool = False
     remote: bool = False
+    scribbles_shown: bool = False
+    refined_shown: bool = False
 
 
 def enabled_widgets(state: PanelState) -> dict:
@@ -56,6 +59,11 @@ def enabled_widgets(state: PanelState) -> dict:
         "applyClassCountButton": ready and not state.training,
         "retrainButton": ready and not state.training,
         "stopTrainingButton": ready and state.training,
+        # Refine paints over the prediction with the case's scribbles; Accept takes what it gave.
+        "refineButton": has_case and state.scribbles_shown,
+        "acceptRefinedButton": has_case and state.refined_shown,
+        "autoRetrainCheckBox": ready,
+        "autoRetrainSpinBox": ready,
     }
     enabled.update(dict.fromkeys(CONNECTED_BUTTONS, ready))
     enabled.update(dict.fromkeys(CASE_BUTTONS, has_case))

@@ -1,4 +1,5 @@
-"""How predictions look: teacher filled, student as an outline, disagreement with zero transparent."""
+"""How predictions look: teacher filled, student as an outline, disagreement with zero transparent,
+the refined map filled in greens."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 LABEL_COLORS = ((0.95, 0.85, 0.2), (0.3, 0.8, 0.3), (0.8, 0.4, 0.8), (0.4, 0.8, 0.9))
 TEACHER_COLORS = ((0.2, 0.45, 1.0), (0.1, 0.75, 0.85), (0.45, 0.3, 0.95), (0.2, 0.6, 0.6))
 STUDENT_COLORS = ((1.0, 0.45, 0.1), (0.95, 0.2, 0.35), (0.9, 0.7, 0.1), (0.85, 0.35, 0.6))
+# The refined prediction (strokes taken in): greens, apart from the teacher's blues and the student's oranges.
+REFINED_COLORS = ((0.2, 0.9, 0.35), (0.6, 0.95, 0.2), (0.1, 0.7, 0.5), (0.75, 0.9, 0.45))
 # Heat colour table for the disagreement map (Libs/MRML/Logic/vtkMRMLColorLogic.h), with a fallback.
 HEAT_COLOR_NODE_IDS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeIron")
 
@@ -22,6 +25,13 @@ def show_student(segmentation_node: Any) -> None:
     """Outline only, so the student reads on top of the filled teacher."""
     display = segmentation_node.GetDisplayNode()
     display.SetAllSegmentsVisibility2DFill(False)
+    display.SetAllSegmentsVisibility2DOutline(True)
+
+
+def show_refined(segmentation_node: Any) -> None:
+    """Filled and outlined, like the teacher: the refined map is the one to accept or paint over."""
+    display = segmentation_node.GetDisplayNode()
+    display.SetAllSegmentsVisibility2DFill(True)
     display.SetAllSegmentsVisibility2DOutline(True)
 
 

@@ -23,7 +23,8 @@ ROLE_TEACHER = "teacher"
 ROLE_STUDENT = "student"
 ROLE_DISAGREEMENT = "disagreement"
 ROLE_SCRIBBLES = "scribbles"  # strokes per class and background (scribbles.py)
-DERIVED_ROLES = (ROLE_LABEL, ROLE_TEACHER, ROLE_STUDENT, ROLE_DISAGREEMENT, ROLE_SCRIBBLES)
+ROLE_REFINED = "refined"  # a copy of a round's network adapted to the strokes predicted it
+DERIVED_ROLES = (ROLE_LABEL, ROLE_TEACHER, ROLE_STUDENT, ROLE_DISAGREEMENT, ROLE_SCRIBBLES, ROLE_REFINED)
 CLASS_SEGMENT_ID = re.compile(r"^class_(\d+)$")  # = segment_export.SEGMENT_ID_PATTERN
 # Node classes that can carry a case role (subclasses included by GetNodesByClass).
 CASE_NODE_CLASSES = ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode")

@@ -27,13 +27,14 @@ PAIRS = {
     "ModelRound": "ModelRound",
     "NextCase": "NextCase",
     "PredictionResult": "PredictionInfo",
+    "RefinedPrediction": "RefineInfo",
     "ServiceInfo": "ServiceInfo",
     "StructureQA": "StructureQA",
     "TrainingEvents": "TrainingEvents",
     "TrainingStatus": "TrainingStatus",
 }
 # The paths of the files the client downloaded; the service sends their URLs as ``files``.
-CLIENT_ONLY = {"PredictionResult": {"teacher", "student", "disagreement"}}
+CLIENT_ONLY = {"PredictionResult": {"teacher", "student", "disagreement"}, "RefinedPrediction": {"labels"}}
 SCHEMA_ONLY = {"PredictionResult": {"files"}}
 
 

@@ -1,5 +1,9 @@
 """What the static checks of the Slicer extension share: paths, AST readers of the module and its
-Lib, the .ui's widgets, and the members known per widget class (tests/slicer/test_static_*.py)."""
+Lib, the .ui's widgets, and the members known per widget class.
+
+The checks (tests/slicer/test_static_*.py, one file per kind) run in CI, where 3D Slicer itself
+cannot run; what runs inside Slicer is registered with ctest (Testing/README.md).
+"""
 
 from __future__ import annotations
 
@@ -172,7 +176,7 @@ WIDGET_MEMBERS = {
     "QAbstractSpinBox": {"specialValueText", "setSpecialValueText", "editingFinished", "readOnly"},
     "QSpinBox": {
         "value", "setValue", "valueChanged", "minimum", "setMinimum", "maximum", "setMaximum",
-        "setRange", "singleStep", "setSingleStep",
+        "setRange", "singleStep", "setSingleStep", "suffix", "setSuffix",  # Qt 5 QSpinBox properties
     },
     "QDoubleSpinBox": {
         "value", "setValue", "valueChanged", "minimum", "setMinimum", "maximum", "setMaximum",

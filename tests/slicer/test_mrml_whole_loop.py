@@ -25,6 +25,7 @@ def test_whole_loop_of_the_in_slicer_test(loop_factory, tmp_path: Path):
             "Training a few iterations",
             "Predicting",
             "Submitting scribbles",
+            "Refining from the scribbles, then accepting",
         ]
     finally:
         run.launcher.stop()

@@ -151,3 +151,29 @@ def test_submission_texts():
     strokes = SubmitResult("c2", True, summary=SimpleNamespace(text=lambda: "9 voxels"))
     assert strokes.done_message() == "Scribbles of c2 submitted: 9 voxels."
     assert SubmitResult("c3", False, declined=True).done_message() == "The label of c3 was not submitted."
+
+
+def test_refine_and_accept_need_their_nodes_and_retraining_a_connection():
+    from ReciprocalSegLib.panel_rules import enabled_widgets
+
+    assert not enabled_widgets(state())["refineButton"]  # nothing painted over the prediction yet
+    assert enabled_widgets(state(scribbles_shown=True))["refineButton"]
+    assert not enabled_widgets(state(scribbles_shown=True, case_selected=False))["refineButton"]
+    assert not enabled_widgets(state(scribbles_shown=True, busy=True))["refineButton"]
+    assert not enabled_widgets(state())["acceptRefinedButton"]
+    assert enabled_widgets(state(refined_shown=True))["acceptRefinedButton"]
+    assert enabled_widgets(state(refined_shown=True, training=True))["acceptRefinedButton"]
+    assert enabled_widgets(state(case_selected=False))["autoRetrainCheckBox"]
+    assert not enabled_widgets(state(connected=False))["autoRetrainSpinBox"]
+
+
+def test_refine_accept_and_retraining_texts():
+    from ReciprocalSegLib import messages
+
+    result = SimpleNamespace(name="refined from round 2, 3 strokes", iterations=40, seconds=18.24)
+    assert messages.refined("c3", result).startswith("c3 refined from round 2, 3 strokes (40 steps, 18.2 s)")
+    accepted = messages.accepted("c3", SimpleNamespace(version=4))
+    assert accepted == "c3: the refined map is its label now (version 4)."
+    assert messages.auto_retrain(None, 10.0, 2) == "off (2 corrections since the last round)"
+    assert messages.auto_retrain(5, 3.0, 2, None) == "2 of 5 since the last round; rounds of 3 min"
+    assert messages.auto_retrain(5, 3.0, 0, "started run r1").endswith("Last: started run r1")

@@ -1,8 +1,4 @@
-"""The GUI thread never waits: the widget calls the service only through the task runner.
-
-Part of the static checks of the Slicer extension (3D Slicer itself cannot run in CI); what runs
-inside Slicer is registered with ctest (Testing/README.md).
-"""
+"""The GUI thread never waits: the widget calls the service only through the task runner."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
 """The module imports in plain Python up to its Slicer imports, compiles for Python 3.9, and is
 ruff-clean.
-
-Part of the static checks of the Slicer extension (3D Slicer itself cannot run in CI); what runs
-inside Slicer is registered with ctest (Testing/README.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
 """The CMake lists are complete, the in-Slicer test is registered, the extension metadata agrees
 between CMake and the .s4ext, the icons are 128 px PNGs.
-
-Part of the static checks of the Slicer extension (3D Slicer itself cannot run in CI); what runs
-inside Slicer is registered with ctest (Testing/README.md).
 """
 
 from __future__ import annotations

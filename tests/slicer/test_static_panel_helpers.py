@@ -1,8 +1,5 @@
 """The pure helpers of the module and its Lib (case IDs from node names, status lines, model
 descriptions, table columns, annotation modes, the minutes limit, the learning curve).
-
-Part of the static checks of the Slicer extension (3D Slicer itself cannot run in CI); what runs
-inside Slicer is registered with ctest (Testing/README.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""The packages the module installs into Slicer's Python (service/slicer_requirements.py).
-
-Part of the static checks of the Slicer extension (3D Slicer itself cannot run in CI); what runs
-inside Slicer is registered with ctest (Testing/README.md).
-"""
+"""The packages the module installs into Slicer's Python (service/slicer_requirements.py)."""
 
 from __future__ import annotations
 

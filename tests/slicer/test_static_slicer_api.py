@@ -1,8 +1,5 @@
 """Every Slicer API the module and its Lib call exists in the supported Slicer versions: the
 slicer.util functions (per version table) and the module logics' methods; the Lib needs no Qt.
-
-Part of the static checks of the Slicer extension (3D Slicer itself cannot run in CI); what runs
-inside Slicer is registered with ctest (Testing/README.md).
 """
 
 from __future__ import annotations

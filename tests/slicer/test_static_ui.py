@@ -1,8 +1,5 @@
 """The .ui and the module agree: widgets used exist with compatible classes and members, the
 parameter node's fields match the .ui and the service's values.
-
-Part of the static checks of the Slicer extension (3D Slicer itself cannot run in CI); what runs
-inside Slicer is registered with ctest (Testing/README.md).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ the service could not be reached at all). The answers are the dataclasses of ``r
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from .responses import (
     ModelRound,
     NextCase,
     PredictionResult,
+    RefinedPrediction,
     ServiceInfo,
     StructureQA,
     TrainingEvents,
@@ -241,6 +243,14 @@ class Client:
     def set_n_classes(self, n_classes: int | None) -> dict[str, Any]:
         """Fix the class count, background included (``None``: let it follow the labels)."""
         return self._json("PUT", "/settings", json={"n_classes": n_classes})
+
+    def set_auto_retrain(self, after: int | None, minutes: float | None = None) -> dict[str, Any]:
+        """Retrain by itself: a warm-started round of ``minutes`` (default: as set, 10 at first)
+        once ``after`` corrections arrived (labels, scribbles, refines, accepts); None: off."""
+        body: dict[str, Any] = {"retrain_after": after}
+        if minutes is not None:
+            body["retrain_minutes"] = minutes
+        return self._json("PUT", "/settings", json=body)
 
     # ------------------------------------------------------------------ cases
     def list_cases(self) -> list[CaseInfo]:
@@ -469,13 +479,85 @@ class Client:
 
     def _download_prediction(self, res: PredictionResult, out_dir: Path) -> None:
         params: dict[str, Any] = {"model": "live"} if res.live else {"round": res.round}
-        for kind in ("teacher", "student", "disagreement"):
+        kinds = ("teacher",) if res.teacher_only else ("teacher", "student", "disagreement")
+        for kind in kinds:  # a teacher-only round's prediction has no student and no disagreement
             path = self._download(
                 f"/cases/{_seg(res.case_id)}/prediction/{kind}",
                 out_dir / f"{res.case_id}_{kind}.nrrd",
                 params=params,
             )
             setattr(res, kind, path)
+
+    # ------------------------------------------------------------------ refine
+    def refine(
+        self,
+        case_id: str,
+        strokes: str | Path | Any,
+        model: str = "student",
+        seconds: float | None = None,
+        device: str | None = None,
+        out_dir: str | Path | None = None,
+        author: str | None = None,
+    ) -> RefinedPrediction:
+        """Adapt a copy of the current round's ``model`` (student or teacher) to the case's strokes
+        and predict the case with it; the strokes are stored (accumulated with the case's earlier
+        ones) as a new partial label version. The round's models are not changed.
+
+        ``strokes``: a label-map file on the case's grid, or a (z, y, x) integer array (sent on the
+        case's grid): 255 unannotated, 0 background, k class k. ``seconds``: the time limit (None:
+        the service's default for its device). With ``out_dir``, the refined map is downloaded
+        (``.labels``).
+        """
+        data: dict[str, Any] = {"model": model}
+        for key, value in (("seconds", seconds), ("device", device), ("author", author)):
+            if value is not None:
+                data[key] = str(value)
+        with tempfile.TemporaryDirectory(prefix="reciprocalseg-strokes-") as folder:
+            path = self._strokes_path(case_id, strokes, Path(folder))
+            with open(path, "rb") as f:
+                d = self._json(
+                    "POST",
+                    f"/cases/{_seg(case_id)}/refine",
+                    files={"file": (path.name, f, "application/octet-stream")},
+                    data=data,
+                    timeout=self.long_timeout,
+                )
+        res = build(RefinedPrediction, d)
+        if out_dir is not None:
+            self._download_refined(res, Path(out_dir))
+        return res
+
+    def _strokes_path(self, case_id: str, strokes: Any, folder: Path) -> Path:
+        """The strokes as a file: the path given, or an array written on the case's grid."""
+        if isinstance(strokes, str | Path):
+            return Path(strokes).expanduser()
+        from .strokes_file import write_strokes
+
+        return write_strokes(strokes, self.get_case(case_id).geometry, folder / f"{case_id}_strokes.nrrd")
+
+    def get_refined(self, case_id: str, out_dir: str | Path | None = None) -> RefinedPrediction:
+        """The case's latest refine (404 without one); with ``out_dir``, its map downloaded."""
+        res = build(RefinedPrediction, self._json("GET", f"/cases/{_seg(case_id)}/refined"))
+        if out_dir is not None:
+            self._download_refined(res, Path(out_dir))
+        return res
+
+    def _download_refined(self, res: RefinedPrediction, out_dir: Path) -> None:
+        res.labels = self._download(
+            f"/cases/{_seg(res.case_id)}/refined/labels", out_dir / f"{res.case_id}_refined.nrrd"
+        )
+
+    def accept_refined(self, case_id: str, author: str | None = None) -> LabelVersion:
+        """Store the case's refined map as its new full label version (again: that same version)."""
+        params = {"author": author} if author else None
+        d = self._json(
+            "POST", f"/cases/{_seg(case_id)}/refined/accept", params=params, timeout=self.long_timeout
+        )
+        return build(LabelVersion, d)
+
+    def refine_status(self) -> dict[str, Any]:
+        """The refine in progress: ``{"running": bool, "case_id", "elapsed_s", "time_limit_s", ...}``."""
+        return self._json("GET", "/refine")
 
     def qa(self, case_id: str, round: int | None = None, live: bool = False) -> CaseQA:
         """Per-structure QA of a case's stored prediction, flagged against the labelled cases now."""

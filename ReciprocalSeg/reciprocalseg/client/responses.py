@@ -111,19 +111,24 @@ class TrainingStatus:
     warning: str | None = None
     background_only: list[str] = field(default_factory=list)
     plan: dict[str, Any] | None = None  # an auto round's planned values (None for other presets)
+    # Progress in [0, 1]: by time under a budget (the service says); from the iterations when an
+    # older service does not send it.
+    fraction: float | None = None
 
-    @property
-    def active(self) -> bool:
-        return self.state == "running"
+    def __post_init__(self) -> None:
+        if self.fraction is None:
+            self.fraction = self._fraction_from_iterations()
 
-    @property
-    def fraction(self) -> float | None:
-        """Progress in [0, 1] when known."""
+    def _fraction_from_iterations(self) -> float | None:
         if self.overall_iteration is not None and self.overall_total:
             return min(1.0, self.overall_iteration / self.overall_total)
         if self.iteration is None or not self.total:
             return None
         return min(1.0, self.iteration / self.total)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
 
 
 @dataclass
@@ -154,11 +159,13 @@ class PredictionResult:
 
     case_id: str
     round: int
-    score: float
+    score: float | None  # None: a teacher-only round (no student, nothing to disagree with)
     time: str
     teacher: Path | None = None
     student: Path | None = None
     disagreement: Path | None = None
+    teacher_only: bool = False  # a supervised-only round: the teacher's map alone
+    note: str | None = None
     teacher_empty: bool | None = None
     student_empty: bool | None = None
     warning: str | None = None
@@ -173,6 +180,32 @@ class PredictionResult:
     def flagged(self) -> list[StructureQA]:
         """The structures with at least one QA flag."""
         return [r for r in self.qa or [] if r.flags]
+
+
+@dataclass
+class RefinedPrediction:
+    """A refine's result (``RefineInfo``): ``name`` (``refined from round N, K strokes``), the
+    ``round`` and ``model`` it adapted, the strokes it learnt from, the partial ``label_version``
+    that stores them and, once downloaded, the refined label map in ``labels``."""
+
+    case_id: str
+    name: str
+    round: int
+    model: str
+    strokes: int
+    iterations: int
+    seconds: float
+    annotated_voxels: int
+    label_version: int
+    time: str
+    file: str
+    stopped_by: str | None = None  # "time" (the limit) or "iterations" (the cap on steps)
+    stroke_agreement: float | None = None
+    time_limit_s: float | None = None
+    device: str | None = None
+    merged_with: int | None = None
+    accepted_version: int | None = None
+    labels: Path | None = None
 
 
 @dataclass
@@ -197,6 +230,8 @@ class NextCase:
     both_empty: bool = False
     by: str = "disagreement"
     qa_flags: int | None = None
+    teacher_only: bool = False  # the current round is supervised-only: ranked by the teacher's QA flags
+    note: str | None = None
 
 
 @dataclass
@@ -212,6 +247,7 @@ class ModelRound:
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
     current: bool = False
+    teacher_only: bool = False  # a supervised-only round: its teacher alone (no student)
     background_only: list[str] | None = None
     teacher_sha256: str | None = None
     student_sha256: str | None = None

@@ -477,7 +477,17 @@ def _write_error(img: sitk.Image, target: Path, exc: RuntimeError) -> Exception:
         free = None
     if free is not None and free < needed:
         return OSError(errno.ENOSPC, f"no space left to write {target.name} ({free} bytes free)", str(target))
+    if not os.access(target.parent, os.W_OK):  # a folder we may not write: not the image's fault
+        code = errno.EROFS if _read_only(target.parent) else errno.EACCES
+        return OSError(code, os.strerror(code), str(target))
     return DataError(f"{target}: cannot write the image: {_itk_reason(exc)}")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 def _write_detached(img: sitk.Image, target: Path) -> None:

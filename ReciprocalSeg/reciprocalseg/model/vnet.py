@@ -117,6 +117,11 @@ class VNet(nn.Module):
         self.dropout = nn.Dropout3d(p=0.5) if dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the last stage: the full-resolution input of `tail` (n_filters
+        channels). A refine (refine/adapt.py) computes it once and adapts only the tail."""
         x1 = self.enc1(x)
         x2 = self.enc2(self.down1(x1))
         x3 = self.enc3(self.down2(x2))
@@ -125,8 +130,11 @@ class VNet(nn.Module):
         y = self.dec4(self.up4(x5) + x4)
         y = self.dec3(self.up3(y) + x3)
         y = self.dec2(self.up2(y) + x2)
-        y = self.dec1(self.up1(y) + x1)
-        return self.head(self.dropout(y))
+        return self.up1(y) + x1
+
+    def tail(self, z: torch.Tensor) -> torch.Tensor:
+        """The last decoder stage and the output convolution: logits from `features`."""
+        return self.head(self.dropout(self.dec1(z)))
 
 
 def build_model(

@@ -46,7 +46,7 @@ from reciprocalseg.training.request import TrainRequest
 
 from .errors import Conflict, Invalid, NotFound
 from .fingerprints import CaseFingerprints, workspace_plan
-from .rounds import register_run, round_of_run, unusable_models
+from .rounds import register_run, round_of_run, teacher_only_run, unusable_models
 from .workspace import Workspace, now_iso
 
 log = logging.getLogger(__name__)
@@ -252,8 +252,8 @@ class TrainingManager:
             write_case_list(run_dir / "cases.json", labeled, unlabeled)
             if plan is not None:
                 plan.save(run_dir / "plan.json")
-            warm_dir = self.ws.root / warm_from["dir"] if warm_from else None
-            self._write_request(run_dir, preset, settings, warm_dir)
+            warm_path = self.ws.root / warm_start_source(warm_from) if warm_from else None
+            self._write_request(run_dir, preset, settings, warm_path)
             job = {
                 "run_id": run_id,
                 "state": "running",
@@ -265,7 +265,7 @@ class TrainingManager:
                 "device": device,
                 "warm_start": warm_start,
                 "warm_start_round": warm_from["round"] if warm_from else None,
-                "warm_start_dir": warm_from["dir"] if warm_from else None,
+                "warm_start_dir": warm_start_source(warm_from) if warm_from else None,
                 "n_classes": self.ws.n_classes,
                 "classes_include_background": True,
                 "n_labeled": len(labeled),
@@ -453,7 +453,8 @@ class TrainingManager:
     def _complete(self, job: dict[str, Any]) -> None:
         entry = round_of_run(self.ws, job["run_id"])
         if entry is None:
-            problem = unusable_models(self.ws.runs_dir / job["run_id"])
+            run_dir = self.ws.runs_dir / job["run_id"]
+            problem = unusable_models(run_dir, teacher_only_run(run_dir, job))
             if problem is not None:
                 job["state"] = "failed"
                 job["message"] = f"training finished but its models were not registered: {problem}"
@@ -463,7 +464,9 @@ class TrainingManager:
             entry = register_run(self.ws, job, job_n_classes(job))
         job["state"] = "completed"
         job["round"] = entry["round"]
-        job["message"] = f"completed; model round {entry['round']} is now current"
+        job["message"] = f"completed; model round {entry['round']} is now current" + (
+            " (supervised-only: a teacher, no student)" if entry.get("teacher_only") else ""
+        )
         self.ws.write_job(job)
         if self.on_round is not None:
             self.on_round(entry)
@@ -643,6 +646,7 @@ class TrainingManager:
             warning=warning.get("message"),
             background_only=warning.get("networks") or [],
             plan=self._run_plan(run_id) if job.get("preset") == "auto" else None,
+            fraction=progress_fraction(job, last),
         )
         return base
 
@@ -725,6 +729,32 @@ def plan_older_run(run_dir: Path, device: str, settings: dict[str, Any], warm: P
         plan.save(run_dir / "plan.json")
     except (ReciprocalSegError, OSError) as exc:
         log.warning("run %s: cannot plan it (%s)", run_dir.name, exc)
+
+
+def progress_fraction(job: dict[str, Any], last: dict[str, Any]) -> float | None:
+    """How far a run is, in [0, 1]: 1 once completed; under a time budget the share of the budget's
+    time spent (the progress event's ``fraction``, else the budget less its ETA), never the share
+    of an iteration count that is only an estimate there; else the share of iterations done."""
+    if job.get("state") == "completed":
+        return 1.0
+    if not last:
+        return None
+    if last.get("fraction") is not None:
+        value = float(last["fraction"])
+    elif job.get("minutes") and last.get("eta_s") is not None:
+        value = 1.0 - float(last["eta_s"]) / (float(job["minutes"]) * 60)
+    elif last.get("overall_total"):
+        value = float(last.get("overall_iteration") or 0) / float(last["overall_total"])
+    else:
+        return None
+    return round(min(1.0, max(0.0, value)), 4)
+
+
+def warm_start_source(round_entry: dict[str, Any]) -> str:
+    """What a round warm-starts from (relative to the workspace): the round's folder (teacher and
+    student), or for a teacher-only round its teacher file alone, so the new student starts as the
+    preset says (a copy of the teacher) instead of from a student that never trained."""
+    return round_entry["teacher"] if round_entry.get("teacher_only") else round_entry["dir"]
 
 
 def job_n_classes(job: dict[str, Any]) -> int:

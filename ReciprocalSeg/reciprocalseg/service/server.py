@@ -44,7 +44,8 @@ from reciprocalseg.common.service_files import (
 
 from .lifecycle import ParentWatch, add_stop_route, stale_service_note
 from .middleware import LOOPBACK_HOSTS
-from .workspace import DEFAULT_MAX_VOXELS
+from .service_log import start_log_file
+from .workspace import DEFAULT_MAX_VOXELS, MAX_CLASSES
 
 log = logging.getLogger("reciprocalseg.service")
 
@@ -143,6 +144,9 @@ def resolve_token(args: argparse.Namespace) -> str | None:
             raise ServeError(f"cannot read the token file {args.token_file}: {exc}") from None
         if not token:
             raise ServeError(f"the token file {args.token_file} is empty")
+        warning = token_file_warning(Path(args.token_file))
+        if warning:
+            log.warning(warning)
     if token is not None:
         token = token.strip()
         if len(token) < 8:
@@ -152,6 +156,22 @@ def resolve_token(args: argparse.Namespace) -> str | None:
         if any(c.isspace() for c in token) or not token.isprintable():
             raise ServeError("the token must be printable and contain no spaces")
     return token
+
+
+def token_file_warning(path: Path) -> str | None:
+    """A warning when other users may read the token file (the token is the key to the workspace)."""
+    if os.name != "posix":
+        return None  # Windows: permissions are ACLs, not mode bits
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"the token file {path} can be read by other users of this machine (mode {mode:o}), who could then "
+        f"use the service; make it private: chmod 600 {path}"
+    )
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -245,9 +265,10 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ServeError("--max-upload-mb must be positive")
     if args.max_voxels <= 0:
         raise ServeError("--max-voxels must be positive")
-    if args.n_classes is not None and args.n_classes < 2:
+    if args.n_classes is not None and not 2 <= args.n_classes <= MAX_CLASSES:
         raise ServeError(
-            f"--n-classes {args.n_classes}: counts the background too (as for `train`), so at least 2"
+            f"--n-classes {args.n_classes}: counts the background too (as for `train`), so 2..{MAX_CLASSES} "
+            "(label value 255 marks unannotated voxels)"
         )
 
 
@@ -284,6 +305,7 @@ def run_serve(args: argparse.Namespace) -> int:
         service_dir = ws_root / SERVICE_DIR
         lock = WorkspaceLock(service_dir / LOCK_FILE)
         lock.acquire()
+        start_log_file(ws_root, getattr(logging, args.log_level.upper(), logging.INFO))
         stale = stale_service_note(service_dir / PID_FILE)
         if stale:
             log.warning(stale)

@@ -37,7 +37,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--minutes",
         type=float,
-        help="time budget: each phase sized from its measured speed to fit (instead of iteration counts)",
+        help="time budget: each phase runs to its share of the time (instead of iteration counts)",
     )
     p.add_argument("--plan", type=Path, help="with auto: use this plan.json (e.g. an edited one)")
     p.add_argument("--class-crop-share", type=float, help="share of labelled crops centred on a class")
@@ -112,10 +112,11 @@ def load_cases(args: argparse.Namespace) -> tuple[list[Case], list[Case]]:
     return labeled, unlabeled
 
 
-def request_from_args(args: argparse.Namespace) -> TrainRequest:
+def request_from_args(args: argparse.Namespace, started: float | None = None) -> TrainRequest:
     """The training request of the `train` options: the cases, and for `auto` the run's final
     plan (made from the cases, or --plan, or the run folder's own on a rerun), written to
-    OUT/plan.json and shown; every option given on the command line over the preset or plan."""
+    OUT/plan.json and shown; every option given on the command line over the preset or plan.
+    `started`: when the command started (time.perf_counter), which a time budget counts from."""
     labeled, unlabeled = load_cases(args)
     names = channel_names(args, labeled, unlabeled)
     overrides = {"n_classes": args.n_classes, **_overrides(args)}
@@ -143,6 +144,7 @@ def request_from_args(args: argparse.Namespace) -> TrainRequest:
         gpus=args.gpus,
         sync_bn=bool(getattr(args, "sync_bn", False)),
         cases_file=args.manifest,
+        started=started,
     )
 
 

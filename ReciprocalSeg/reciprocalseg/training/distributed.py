@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -268,6 +269,8 @@ class DistributedTrainer(Trainer):
         warm_start: Path | None = None,
         cache_dir: Path | None = None,
         sync_batchnorm: bool = False,
+        clock: Callable[[], float] | None = None,
+        started: float | None = None,
     ) -> None:
         if sync_batchnorm and config.normalization != "batchnorm":
             raise TrainingError(
@@ -288,6 +291,8 @@ class DistributedTrainer(Trainer):
             cancel,
             warm_start,
             cache_dir,
+            clock,
+            started,
         )
         if not ctx.is_main:  # rank 0 writes the events; the others keep theirs to themselves
             self.events.close()
@@ -490,6 +495,7 @@ def train_rank(ctx: DistContext, request: TrainRequest, config: TrainConfig) -> 
         cancel,
         request.warm_start,
         sync_batchnorm=request.sync_bn,
+        started=request.started,  # the command's start: a budget counts from it
     )
     return trainer.run()
 
@@ -522,13 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train":
         argv = argv[1:]
     args = train_parser("python -m reciprocalseg.training.distributed train").parse_args(argv)
+    started = time.perf_counter()  # a time budget counts the start-up (training/budget.py)
     ctx = None
     try:
         if "WORLD_SIZE" not in os.environ:
-            return _train_without_torchrun(request_from_args(args))
+            return _train_without_torchrun(request_from_args(args, started))
         backend = "gloo" if (args.device or "") == "cpu" else "nccl"
         ctx = init_distributed(backend)
-        request = request_from_args(args)
+        request = request_from_args(args, started)
         result = train_rank(ctx, request, request.train_config())
         if ctx.is_main:
             print_result(request, result)

@@ -48,6 +48,9 @@ class TrainRequest:
     gpus: int = 1
     sync_bn: bool = False
     cases_file: Path | None = None  # the case list the cases were read from (a saved request names it)
+    # This session's start (time.perf_counter), which a time budget counts from (imports and
+    # planning included); set by the process that trains, never saved.
+    started: float | None = None
 
     def train_config(self) -> TrainConfig:
         """The run's configuration: the plan's values (auto) or the preset's, with ``config`` over them."""
@@ -109,7 +112,14 @@ def train_in_process(request: TrainRequest, config: TrainConfig) -> RunResult:
 
     listener = progress_listener(request.json_events)
     return train(
-        config, request.labeled, request.unlabeled, request.out, [listener], cancel, request.warm_start
+        config,
+        request.labeled,
+        request.unlabeled,
+        request.out,
+        [listener],
+        cancel,
+        request.warm_start,
+        started=request.started,
     )
 
 

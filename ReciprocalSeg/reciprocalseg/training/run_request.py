@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from ..common.errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, ReciprocalSegError
+from ..common.errors import exit_code_of
 from .request import TrainRequest, print_result, train_in_process
 
 
@@ -32,18 +33,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m reciprocalseg.training.run_request", description="train a saved training request"
     )
     parser.add_argument("--request", type=Path, required=True, help="RUN/request.json")
+    started = time.perf_counter()  # a time budget counts the start-up (training/budget.py)
     args = parser.parse_args(argv)
-    try:
-        return run(TrainRequest.load(args.request))
-    except CancelledError as exc:
-        print(f"cancelled: {exc}. Rerun the same command to resume.", file=sys.stderr)
-        return EXIT_CANCELLED
-    except ReciprocalSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_CANCELLED
+
+    def run_loaded() -> int:
+        request = TrainRequest.load(args.request)
+        request.started = started
+        return run(request)
+
+    return exit_code_of(run_loaded)
 
 
 if __name__ == "__main__":
