@@ -175,7 +175,6 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.addCurrentVolumeButton, self.onAddCurrentVolume),
             (self.ui.addAllVolumesButton, self.onAddAllVolumes),
             (self.ui.addFolderButton, self.onAddFolder),
-            (self.ui.addChannelsButton, self.onAddChannels),
             (self.ui.refreshCasesButton, self.onRefreshCases),
             (self.ui.nextCaseButton, self.onNextCase),
             (self.ui.removeCaseButton, self.onRemoveCase),
@@ -407,29 +406,6 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             add = lambda c: self.logic.add_folder(folder, c)  # noqa: E731
             self._run(_("Adding the folder"), add, self._showBatchResult)
 
-    def onAddChannels(self):
-        """Pick loaded volumes in order, a name each, and send them as one case (issue 24)."""
-        rows = slicer.util.loadUI(self.resourcePath("UI/ReciprocalSegChannels.ui"))
-        rows.setMRMLScene(slicer.mrmlScene)
-        dialog = qt.QDialog(slicer.util.mainWindow())
-        dialog.setWindowTitle(_("Add volumes as one case"))
-        buttons = qt.QDialogButtonBox(qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel)
-        buttons.connect("accepted()", dialog.accept)
-        buttons.connect("rejected()", dialog.reject)
-        layout = qt.QVBoxLayout(dialog)
-        layout.addWidget(rows)
-        layout.addWidget(buttons)
-        if dialog.exec_() != qt.QDialog.Accepted:
-            return
-        found = slicer.util.childWidgetVariables(rows)
-        picked = [
-            (getattr(found, f"channel{k}Selector").currentNode(), getattr(found, f"channel{k}Name").text)
-            for k in range(4)
-        ]
-        nodeIds, names = [v.GetID() for v, _n in picked if v], [n for v, n in picked if v]
-        add = lambda c: self.logic.add_channel_case(nodeIds, names, context=c)  # noqa: E731
-        self._run(_("Adding volumes"), add, lambda caseId: self.onRefreshCases())
-
     def onRefreshCases(self):
         if not self.logic.connected:
             return
@@ -486,10 +462,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._currentCaseId = caseId
             self.ui.selectedCaseLabel.setText(caseId)
             self.ui.predictionLabel.setText("")
-            layer = self.logic.channel_layer(caseId)  # a case with several images: its image 2 over it
-            slicer.util.setSliceViewerLayers(
-                background=volume, foreground=layer, foregroundOpacity=0.5, fit=True
-            )
+            slicer.util.setSliceViewerLayers(background=volume, foreground=None, fit=True)
             if then is not None:
                 then(volume, segmentation)
 

@@ -13,7 +13,7 @@ REMOTE_WIDGETS = ("remoteUrlLabel", "remoteUrlLineEdit", "remoteTokenLabel", "re
 LOCAL_WIDGETS = ("workspaceLabel", "workspacePathLineEdit")
 # Buttons that need a connection and no running task.
 CONNECTED_BUTTONS = ("disconnectButton", "addAllVolumesButton", "addFolderButton", "refreshCasesButton",
-                     "nextCaseButton", "addChannelsButton")  # fmt: skip
+                     "nextCaseButton")  # fmt: skip
 # Buttons that act on the selected case.
 CASE_BUTTONS = ("removeCaseButton", "editLabelButton", "submitLabelButton", "predictButton")
 
