@@ -119,11 +119,12 @@ def label_content(
 @dataclass
 class PredictionContent:
     """Teacher and student segmentations and the disagreement volume on the case volume's grid,
-    with the disagreement's display range (positive minimum, maximum)."""
+    with the disagreement's display range (positive minimum, maximum). A teacher-only round (its
+    student never trained) gives the teacher alone: ``student`` and ``disagreement`` None."""
 
     teacher: SegmentationContent
-    student: SegmentationContent
-    disagreement: VolumeData
+    student: SegmentationContent | None
+    disagreement: VolumeData | None
     disagreement_range: tuple
 
 
@@ -136,13 +137,15 @@ def prediction_content(
     segmentations = []
     classes = max(min_classes, 1)
     arrays = []
-    for path in (result.teacher, result.student):
+    for path in (p for p in (result.teacher, result.student) if p is not None):
         voxels, stored = read_volume_file(Path(path))
         arrays.append(array_on_grid(voxels.astype(np.uint8, copy=False), stored, grid, fill=0))
         classes = max(classes, int(arrays[-1].max()))
     names = state.class_names(classes)
     for n, array in enumerate(arrays):
         segmentations.append(SegmentationContent(label_layer(array, grid), class_specs(names, colors[n])))
+    if result.student is None or result.disagreement is None:  # a teacher-only round
+        return PredictionContent(segmentations[0], None, None, (1.0, 1.0))
     voxels, stored = read_volume_file(Path(result.disagreement))
     values = array_on_grid(voxels.astype(np.float32, copy=False), stored, grid, fill=0)
     positive = values[values > 0]

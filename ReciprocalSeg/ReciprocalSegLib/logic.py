@@ -877,7 +877,8 @@ class ReciprocalSegLoop:
         return self.show_prediction_files(case_id, result, context, state)
 
     def predict(self, case_id: str, live: bool = False) -> tuple:
-        """Predict a case; returns (teacher segmentation, student segmentation, disagreement volume)."""
+        """Predict a case; returns (teacher segmentation, student segmentation, disagreement volume);
+        a teacher-only round (supervised only) gives (teacher segmentation, None, None)."""
         return self.show_prediction(case_id, live)
 
     def show_prediction_files(
@@ -911,17 +912,22 @@ class ReciprocalSegLoop:
             volume = self._attach_case(case_id, scan, None)[0]
         teacher = self._new_segmentation(case_id, ROLE_TEACHER, volume)
         add_segments(teacher, content.teacher.layer, content.teacher.specs)
-        student = self._new_segmentation(case_id, ROLE_STUDENT, volume)
-        add_segments(student, content.student.layer, content.student.specs)
         show_teacher(teacher)
-        show_student(student)
         self.nodes.remove(self.case_node(case_id, ROLE_DISAGREEMENT))
-        disagreement = add_volume_node(self.logics.scene, content.disagreement, f"{case_id} disagreement")
-        CaseNodes.tag(disagreement, case_id, ROLE_DISAGREEMENT)
-        CaseNodes.place_like(disagreement, volume)
-        show_disagreement(disagreement, self.logics.scene, content.disagreement_range)
+        student = disagreement = None
+        if content.student is None:  # a teacher-only round: its one model is shown, no stale student
+            self.nodes.remove(self.case_node(case_id, ROLE_STUDENT))
+        else:
+            student = self._new_segmentation(case_id, ROLE_STUDENT, volume)
+            add_segments(student, content.student.layer, content.student.specs)
+            show_student(student)
+            disagreement = add_volume_node(self.logics.scene, content.disagreement, f"{case_id} disagreement")
+            CaseNodes.tag(disagreement, case_id, ROLE_DISAGREEMENT)
+            CaseNodes.place_like(disagreement, volume)
+            show_disagreement(disagreement, self.logics.scene, content.disagreement_range)
         self.last_prediction_score = result.score
-        self.last_prediction_model = self._mark_model(result, (teacher, student, disagreement))
+        shown = [node for node in (teacher, student, disagreement) if node is not None]
+        self.last_prediction_model = self._mark_model(result, shown)
         self.nodes.show_only(case_id)
         return teacher, student, disagreement
 

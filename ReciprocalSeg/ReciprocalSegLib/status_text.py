@@ -198,11 +198,12 @@ def round_end_message(status: Any) -> tuple[str, bool]:
 
 
 def model_description(prediction: Any) -> str:
-    """Which model made a prediction: ``round 3``, or ``live: round 4 iteration 120 (reciprocal)``
-    for the latest checkpoint of the round in training (the number it gets if it finishes)."""
+    """Which model made a prediction: ``round 3`` (``round 2, teacher only`` for a supervised-only
+    round, which has no student), or ``live: round 4 iteration 120 (reciprocal)`` for the latest
+    checkpoint of the round in training (the number it gets if it finishes)."""
     number = field(prediction, "round", "?")
     if not field(prediction, "live", False):
-        return f"round {number}"
+        return f"round {number}" + (", teacher only" if field(prediction, "teacher_only", False) else "")
     text = f"live: round {number}"
     iteration = field(prediction, "iteration")
     if iteration is not None:

@@ -16,11 +16,12 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
 import torch
-from service_helpers import TRAIN_FAST, Running, snapshot, write_bundle
+from service_helpers import SHAPE_ZYX, TRAIN_FAST, Running, snapshot, write_bundle
 
 from reciprocalseg.client.responses import TrainingStatus
 from reciprocalseg.common.errors import DataError
@@ -264,6 +265,10 @@ def test_a_supervised_only_round_registers_a_teacher_only(service: Running, tmp_
     nxt = c.next_case()
     assert nxt.teacher_only and nxt.by == "qa" and "not by disagreement" in nxt.note
     assert nxt.case_id in {p.case_id for p in phantoms[1:4]}
+    # A refine asks for the student by default: a teacher-only round refines its teacher.
+    strokes = np.full(SHAPE_ZYX, 255, np.uint8)
+    strokes[16] = sitk.GetArrayFromImage(sitk.ReadImage(str(phantoms[1].label)))[16]
+    assert c.refine(phantoms[1].case_id, strokes, seconds=2, device="cpu").model == "teacher"
 
     # The bundle holds the teacher alone, and comes back as the same round.
     bundle = c.export_models(tmp_path / "teacher_only.zip")
@@ -298,3 +303,23 @@ def test_the_status_fraction_is_time_based_under_a_budget() -> None:
         TrainingStatus(state="running", overall_iteration=545, overall_total=1000, fraction=0.5).fraction
         == 0.5
     )
+
+
+@pytest.mark.parametrize(("model", "foreground"), [("student", True), ("teacher", False)])
+def test_a_refine_adapts_the_network_it_was_asked_for(
+    service: Running, tmp_path: Path, phantoms, model: str, foreground: bool
+) -> None:  # noqa: ANN001
+    """The refine took model_paths() (teacher, student) by MODELS' order (student, teacher): asked
+    for the student, it adapted the teacher. Here the teacher predicts background everywhere and
+    the student foreground everywhere (biased heads), far beyond what a 1-second refine can move."""
+    c = service.client
+    c.add_case(phantoms[0].image)
+    bundle = write_bundle(tmp_path / "biased.zip", teacher_bias=[50.0, -50.0], student_bias=[-50.0, 50.0])
+    c.import_models(bundle)
+    strokes = np.full(SHAPE_ZYX, 255, np.uint8)
+    strokes[14:18, 14:18, 14:18] = 1
+    strokes[0:2, 0:2, 0:2] = 0
+    res = c.refine(phantoms[0].case_id, strokes, model=model, seconds=1, device="cpu", out_dir=tmp_path / "r")
+    assert res.model == model
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(res.labels)))
+    assert (labels > 0).mean() > 0.9 if foreground else (labels > 0).mean() < 0.1, (labels > 0).mean()

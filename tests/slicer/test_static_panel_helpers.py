@@ -88,6 +88,7 @@ def test_model_description_says_round_or_live_checkpoint():
     live = result(live=True, phase="reciprocal", iteration=120)
     assert model_description(live) == "live: round 4 iteration 120 (reciprocal)"
     assert model_description(result(live=True)) == "live: round 4"
+    assert model_description(result(teacher_only=True)) == "round 4, teacher only"  # supervised only
 
 
 def test_case_table_columns_of_the_ui_are_the_lib_columns():

@@ -129,6 +129,9 @@ class Refinements:
         options = replace(options, device=_check_device(options.device or self.default_device))
         rec = self.ws.get_case(case_id)
         round_entry = self.ws.round_entry(None)  # 409 "no model yet"
+        if round_entry.get("teacher_only") and options.model == "student":
+            # A supervised-only round has no student (it never trained): its teacher is the model.
+            options = replace(options, model="teacher")
         image = self.ws.read_scan(case_id)  # every channel of a case with several images
         uploaded = read_upload(tmp, filename, self.max_voxels)
         strokes = self._check_strokes(uploaded, image, filename, round_entry)
@@ -209,7 +212,10 @@ class Refinements:
 
         strokes_image = sitk.GetImageFromArray(strokes)
         strokes_image.CopyInformation(image)
-        model_file = self.ws.model_paths(round_entry)[MODELS.index(options.model)]
+        # model_paths is (teacher, student), not in MODELS' order (indexing it by MODELS swapped them).
+        model_file = dict(zip(("teacher", "student"), self.ws.model_paths(round_entry), strict=True))[
+            options.model
+        ]
         settings = self._settings(str(options.device), options.seconds)
         if not self._lock.acquire(blocking=False):
             running = self._running
