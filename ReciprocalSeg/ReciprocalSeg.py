@@ -5,28 +5,25 @@ views. The scene logic lives in ``ReciprocalSegLib`` beside it (no Qt; it runs o
 classes, also from the ``slicer-core`` wheel in CI), and every decision about data, training and
 inference in the core package ``reciprocalseg``, reached only through its ``Client``.
 
-Nothing on the GUI thread waits on the network or a process: the panel runs every service call
-on ``ReciprocalSegLib.tasks.TaskRunner`` (one worker thread, results delivered by a QTimer) and
-does only the scene steps itself (tests/slicer/test_module_static.py checks the slots).
+Nothing on the GUI thread waits on the network or a process: every service call runs on
+``ReciprocalSegLib.tasks.TaskRunner`` (tests/slicer/test_static_gui_thread.py checks the slots).
 
-Supported Slicer versions: 5.10 and 5.12 (Python 3.12). Every Slicer API used was read in
-Slicer's source (docs/SLICER.md lists them with file, line and version); Slicer 5.8 loads this
-module but ships Python 3.9, older than the core package needs. This file and ReciprocalSegLib
-stay Python 3.9 compatible so that 5.8 users get a clear message.
+Supported: Slicer 5.10 and 5.12; every Slicer API used was read in Slicer's source (docs/SLICER.md).
+This file and ReciprocalSegLib stay Python 3.9 compatible so that Slicer 5.8 users get a message.
 """
 
 import os
 import shutil
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
+from ReciprocalSegLib import messages
 from ReciprocalSegLib.case_table import CASE_COLUMNS, case_row, labelled_summary, next_sort, sort_cases
-from ReciprocalSegLib.logic import CaseFiles, ReciprocalSegLoop
+from ReciprocalSegLib.logic import ReciprocalSegLoop
 from ReciprocalSegLib.package_install import ensure_requirements
-from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_LABEL, ROLE_STUDENT
-from ReciprocalSegLib.scribbles import BACKGROUND_SEGMENT_ID
+from ReciprocalSegLib.panel_rules import PanelState, enabled_widgets, submit_button_text, visible_widgets
+from ReciprocalSegLib.scene_cases import ROLE_IMAGE, ROLE_REFINED, ROLE_SCRIBBLES, ROLE_STUDENT
 from ReciprocalSegLib.segment_export import segment_id_for_class
 from ReciprocalSegLib.status_text import (
     RUNNING_STATES,
@@ -34,14 +31,16 @@ from ReciprocalSegLib.status_text import (
     format_training_status,
     round_end_message,
 )
+from ReciprocalSegLib.submission import task_name as submission_task_name
 from ReciprocalSegLib.tasks import StatusPoller, TaskBusyError, TaskCancelled, TaskRunner
+from ReciprocalSegLib.training_request import training_request
 
 from reciprocalseg.config import PRESETS
 from reciprocalseg.service import slicer_requirements
 
 # isort: split
 # Slicer-only imports. Everything above must import in plain Python with only the packages that
-# Slicer bundles (tests/slicer/test_module_static.py checks it).
+# Slicer bundles (tests/slicer/test_static_imports_lint.py checks it).
 import qt
 import slicer
 import vtk
@@ -189,8 +188,12 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.retrainButton, self.onRetrain),
             (self.ui.cancelTaskButton, self.onCancelTask),
             (self.ui.applyClassCountButton, self.onApplyClassCount),
+            (self.ui.refineButton, self.onRefine),
+            (self.ui.acceptRefinedButton, self.onAcceptRefined),
+            (self.ui.autoRetrainCheckBox, self.onAutoRetrain),
         ):
             button.connect("clicked(bool)", slot)
+        self.ui.autoRetrainSpinBox.connect("editingFinished()", self.onAutoRetrain)
         self.ui.casesTable.connect("itemSelectionChanged()", self.onCaseSelectionChanged)
         # The panel sorts the rows itself (numbers as numbers, empty cells last): see case_table.py.
         header = self.ui.casesTable.horizontalHeader()
@@ -216,9 +219,8 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 timer.stop()
         self.tasks.cancel()
         self.removeObservers()
-        if self.logic is not None and self.logic.connected:
-            # Stopping checkpoints and waits for the service: not on the GUI thread, even at exit.
-            threading.Thread(target=self.logic.stop_service, name="ReciprocalSeg stop").start()
+        if self.logic is not None:
+            self.logic.release_service()  # asks the service to stop; it checkpoints by itself
 
     def enter(self):
         self.initializeParameterNode()
@@ -273,9 +275,9 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def onError(error):
             if isinstance(error, TaskCancelled):
-                slicer.util.showStatusMessage(_("{task} cancelled.").format(task=name), 5000)
+                slicer.util.showStatusMessage(messages.task_cancelled(name), 5000)
             else:
-                slicer.util.errorDisplay(_("{task} failed: {error}").format(task=name, error=error))
+                slicer.util.errorDisplay(messages.task_failed(name, error))
 
         try:
             self.tasks.submit(name, work, onDone, onError, self._showTaskProgress)
@@ -310,52 +312,33 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateGui(self, caller=None, event=None):
         node = self._parameterNode
-        remote = node is not None and node.backendMode == "remote"
-        for widget in (self.ui.workspaceLabel, self.ui.workspacePathLineEdit):
-            widget.setVisible(not remote)
-        for widget in (self.ui.remoteUrlLabel, self.ui.remoteUrlLineEdit, self.ui.remoteTokenLabel,
-                       self.ui.remoteTokenLineEdit):  # fmt: skip
-            widget.setVisible(remote)
-
-        idle = not self.tasks.busy  # one task at a time: no second press while one runs
         connected = self.logic is not None and self.logic.connected
-        running = self._lastTrainingState in RUNNING_STATES
-        ready = connected and idle
-        hasCase = ready and self._currentCaseId is not None
-        self.ui.cancelTaskButton.setEnabled(not idle)
-        self.ui.casesTable.setEnabled(idle)  # selecting a case starts a download
-        self.ui.connectButton.setEnabled(idle and not connected)
-        self.ui.disconnectButton.setEnabled(ready)
-        for widget in (self.ui.addAllVolumesButton, self.ui.addFolderButton, self.ui.refreshCasesButton,
-                       self.ui.nextCaseButton):  # fmt: skip
-            widget.setEnabled(ready)
-        self.ui.addCurrentVolumeButton.setEnabled(ready and node is not None and node.inputVolume is not None)
-        for widget in (self.ui.removeCaseButton, self.ui.editLabelButton, self.ui.submitLabelButton,
-                       self.ui.predictButton):  # fmt: skip
-            widget.setEnabled(hasCase)
-        scribbling = node is not None and node.annotationMode == SCRIBBLES
-        self.ui.submitLabelButton.setText(_("Submit scribbles") if scribbling else _("Submit label"))
-        self.ui.correctFromStudentButton.setEnabled(
-            hasCase
-            and not scribbling  # a correction is a full label
-            and self.logic.case_node(self._currentCaseId, ROLE_STUDENT) is not None
+        roles = self.logic.case_roles(self._currentCaseId) if connected else set()
+        state = PanelState(
+            connected=connected,
+            busy=self.tasks.busy,
+            training=self._lastTrainingState in RUNNING_STATES,
+            case_selected=self._currentCaseId is not None,
+            input_volume=node is not None and node.inputVolume is not None,
+            scribbling=node is not None and node.annotationMode == SCRIBBLES,
+            student_shown=ROLE_STUDENT in roles,
+            scribbles_shown=ROLE_SCRIBBLES in roles,
+            refined_shown=ROLE_REFINED in roles,
+            budget=node is not None and bool(node.minutes),
+            remote=node is not None and node.backendMode == "remote",
         )
-        self.ui.startTrainingButton.setEnabled(ready and not running)
-        self.ui.iterationsSpinBox.setEnabled(node is None or not node.minutes)  # a budget overrides them
-        self.ui.applyClassCountButton.setEnabled(ready and not running)
-        self.ui.retrainButton.setEnabled(ready and not running)
-        self.ui.stopTrainingButton.setEnabled(ready and running)
+        # Widget names from ReciprocalSegLib.panel_rules (tests/slicer check them against the .ui).
+        for name, visible in visible_widgets(state).items():
+            getattr(self.ui, name).setVisible(visible)
+        for name, enabled in enabled_widgets(state).items():
+            getattr(self.ui, name).setEnabled(enabled)
+        self.ui.submitLabelButton.setText(submit_button_text(state))
 
     def _showBackendState(self, info=None):
-        if not self.logic.connected:
-            self.ui.backendStatusLabel.setText(_("Not connected."))
-            return
-        where = _("local service") if self.logic.service is not None else _("remote service")
-        text = f"{where} {self.logic.url}"
-        if info is not None:
-            device = info.device
-            text += f" · {_('device')}: {device.type} ({device.name}) · {_('version')} {info.version}"
-        self.ui.backendStatusLabel.setText(text)
+        local = self.logic.service is not None
+        self.ui.backendStatusLabel.setText(
+            messages.backend_state(self.logic.connected, local, self.logic.url, info)
+        )
 
     # ------------------------------------------------------------------ Backend
 
@@ -396,55 +379,45 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ Data
 
     def onAddCurrentVolume(self):
-        with slicer.util.tryWithErrorDisplay(_("Could not add the volume.")):
-            self._upload(self.logic.prepare_volume_uploads([self._parameterNode.inputVolume]))
+        self._addVolumes([self._parameterNode.inputVolume.GetID()], [])
 
     def onAddAllVolumes(self):
-        with slicer.util.tryWithErrorDisplay(_("Could not add the volumes.")):
-            volumes, skipped = self.logic.volumes_to_add()
-            if skipped:
-                slicer.util.warningDisplay("\n".join(skipped), windowTitle=_("Volumes skipped"))
-            if volumes:
-                self._upload(self.logic.prepare_volume_uploads(volumes))
+        self._addVolumes(*self.logic.volumes_to_add())
 
-    def _upload(self, uploads):
-        def done(uploaded):
-            caseIds = self.logic.finish_volume_uploads(uploaded)
-            slicer.util.showStatusMessage(_("Added {n} cases.").format(n=len(caseIds)), 3000)
-            self.onRefreshCases()
+    def _addVolumes(self, nodeIds, skipped):
+        if skipped:
+            slicer.util.warningDisplay("\n".join(skipped), windowTitle=_("Volumes skipped"))
+        if nodeIds:
+            add = lambda c: self.logic.add_volumes(nodeIds, c)  # noqa: E731
+            self._run(_("Adding volumes"), add, self._showBatchResult)
 
-        upload = lambda c: self.logic.upload_volume_files(uploads, c.progress, lambda: c.cancelled)  # noqa: E731
-        self._run(_("Uploading"), upload, done)
+    def _showBatchResult(self, result):
+        """Every case added is tagged already; the failures are named (batch.py)."""
+        slicer.util.showStatusMessage(result.message(), 8000)
+        if result.failed:
+            slicer.util.errorDisplay(result.failure_text(), windowTitle=_("Not added"))
+        self.onRefreshCases()
 
     def onAddFolder(self):
         folder = qt.QFileDialog.getExistingDirectory(
             slicer.util.mainWindow(), _("Folder of images (and <ID>_label files)"), str(Path.home())
         )
-        if not folder:
-            return
-
-        def done(caseIds):
-            slicer.util.showStatusMessage(_("Added {n} cases.").format(n=len(caseIds)), 3000)
-            self.onRefreshCases()
-
-        add = lambda c: self.logic.add_folder(folder, c.progress, lambda: c.cancelled)  # noqa: E731
-        self._run(_("Adding the folder"), add, done)
+        if folder:
+            add = lambda c: self.logic.add_folder(folder, c)  # noqa: E731
+            self._run(_("Adding the folder"), add, self._showBatchResult)
 
     def onRefreshCases(self):
         if not self.logic.connected:
             return
 
-        def listCases(context):
-            # The class count and the plan follow the labels: read them again with the list.
-            return self.logic.list_cases(), self.logic.class_settings(), self.logic.plan()
-
-        def done(answer):
-            cases, classes, self._nextPlan = answer
+        def done(answer):  # the case list and what follows the labels (logic.overview)
+            cases, classes, self._nextPlan, retrain = answer
             self._showCases(cases)
             self._showClassCount(classes)
             self._showPlan()
+            self._showAutoRetrain(retrain)
 
-        self._run(_("Listing cases"), listCases, done)
+        self._run(_("Listing cases"), lambda context: self.logic.overview(), done)
 
     def onCaseHeaderClicked(self, column):
         self._caseSort = next_sort(self._caseSort, column)
@@ -463,16 +436,12 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 column, qt.Qt.DescendingOrder if descending else qt.Qt.AscendingOrder
             )
             table.setRowCount(len(cases))
-            selectedRow = -1
             for row, case in enumerate(cases):
                 for col, value in enumerate(case_row(case)):
                     table.setItem(row, col, qt.QTableWidgetItem(value))
-                if case.id == self._currentCaseId:
-                    selectedRow = row
-            if selectedRow >= 0:
-                table.selectRow(selectedRow)
         finally:
             table.blockSignals(False)
+        self._selectCaseRow(self._currentCaseId)
         self.ui.labelledCountLabel.setText(labelled_summary(cases))
 
     def _selectedCaseId(self):
@@ -486,11 +455,10 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showCase(caseId)
 
     def _showCase(self, caseId, then=None):
-        """Download what the scene lacks (task), then show the case (GUI thread)."""
-        needImage, needLabel = self.logic.needs(caseId)
+        """Download and read what the scene lacks (task), then show the case."""
 
-        def done(files):
-            volume, segmentation = self.logic.apply_case(caseId, files)
+        def done(nodes):
+            volume, segmentation = nodes
             self._currentCaseId = caseId
             self.ui.selectedCaseLabel.setText(caseId)
             self.ui.predictionLabel.setText("")
@@ -498,12 +466,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if then is not None:
                 then(volume, segmentation)
 
-        if needImage or needLabel:
-            fetch = lambda c: self.logic.fetch_case(caseId, needImage, needLabel)  # noqa: E731
-            self._run(_("Downloading {case}").format(case=caseId), fetch, done)
-        else:
-            done(CaseFiles(caseId))
-            self._updateGui()
+        self._run(_("Showing {case}").format(case=caseId), lambda c: self.logic.load_case(caseId, c), done)
 
     def _selectCaseRow(self, caseId):
         table = self.ui.casesTable
@@ -522,33 +485,25 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def done(answer):
             caseId, score = answer
             if caseId is None:
-                slicer.util.infoDisplay(_("Every case is labelled."))
+                slicer.util.infoDisplay(messages.EVERY_CASE_LABELLED)
                 return
             self._selectCaseRow(caseId)
             self._showCase(caseId)
             flags = getattr(self.logic.last_next_case, "qa_flags", None)
-            if by == "qa":
-                message = _("Next: {case} ({flags} QA flags)").format(
-                    case=caseId, flags="?" if flags is None else flags
-                )
-            elif score is not None:
-                message = _("Next: {case} (disagreement {score:.4f})").format(case=caseId, score=score)
-            else:
-                return
-            slicer.util.showStatusMessage(message, 5000)
+            message = messages.next_case(caseId, score, flags, by)
+            if message:
+                slicer.util.showStatusMessage(message, 5000)
 
         # The service may predict every unscored case first: minutes, so off the GUI thread.
         self._run(_("Ranking the cases"), lambda context: self.logic.next_case(by), done)
 
     def onRemoveCase(self):
         caseId = self._currentCaseId
-        if not caseId or not slicer.util.confirmOkCancelDisplay(
-            _("Remove case {case} and its labels from the workspace?").format(case=caseId)
-        ):
+        if not caseId or not slicer.util.confirmOkCancelDisplay(messages.confirm_remove(caseId)):
             return
 
         def done(result):
-            self.logic.remove_case_nodes(caseId)
+            self.logic.forget_case(caseId)
             self._currentCaseId = None
             self.ui.selectedCaseLabel.setText(_("(none)"))
             self.onRefreshCases()
@@ -576,78 +531,54 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     def onSubmitLabel(self):
-        if self._parameterNode.annotationMode == SCRIBBLES:
-            self._submitScribbles()
-            return
-        caseId = self._currentCaseId
-        with slicer.util.tryWithErrorDisplay(_("Could not submit the label.")):
-            volume = self.logic.case_node(caseId, ROLE_IMAGE)
-            segmentation = self.logic.case_node(caseId, ROLE_LABEL)
-            path = self.logic.prepare_label_upload(caseId, segmentation, volume)  # class by segment identity
+        caseId, scribbling = self._currentCaseId, self._parameterNode.annotationMode == SCRIBBLES
+        confirm = slicer.util.confirmOkCancelDisplay  # asked (GUI thread) before an empty label goes
 
-            def done(result):
-                slicer.util.showStatusMessage(_("Label of {case} submitted.").format(case=caseId), 3000)
-                self.onRefreshCases()
+        def done(result):
+            slicer.util.showStatusMessage(result.done_message(), 8000)
+            self.onRefreshCases()
 
-            self._run(_("Submitting the label"), lambda c: self.logic.upload_label_file(caseId, path), done)
-
-    def _submitScribbles(self):
-        caseId = self._currentCaseId
-        with slicer.util.tryWithErrorDisplay(_("Could not submit the scribbles.")):
-            path, summary = self.logic.prepare_scribble_upload(caseId)  # 255 wherever nothing is painted
-
-            def done(result):
-                slicer.util.showStatusMessage(
-                    _("Scribbles of {case} submitted: {summary}.").format(
-                        case=caseId, summary=summary.text()
-                    ),
-                    8000,
-                )
-                self.onRefreshCases()
-
-            self._run(
-                _("Submitting the scribbles"), lambda c: self.logic.upload_label_file(caseId, path), done
-            )
+        # A copy of what is painted is taken on the GUI thread; the export and upload run in the task.
+        submit = lambda c: self.logic.submit(caseId, scribbling, c, confirm=confirm)  # noqa: E731
+        self._run(submission_task_name(caseId, scribbling), submit, done)
 
     # ------------------------------------------------------------------ Train
 
     def _showClassCount(self, classes):
-        """(foreground classes, fixed?) from the service into the spin box and the toggle."""
-        foreground, fixed = classes
-        for widget in (self.ui.classCountSpinBox, self.ui.classCountFixedCheckBox):
-            widget.blockSignals(True)
-        try:
-            self.ui.classCountSpinBox.setValue(max(int(foreground), 1))
-            self.ui.classCountFixedCheckBox.setChecked(bool(fixed))
-        finally:
-            for widget in (self.ui.classCountSpinBox, self.ui.classCountFixedCheckBox):
-                widget.blockSignals(False)
+        """(foreground classes, fixed?) from the service into the spin box and the toggle (only
+        *Apply* sends them: no signal of theirs is connected)."""
+        self.ui.classCountSpinBox.setValue(max(int(classes[0]), 1))
+        self.ui.classCountFixedCheckBox.setChecked(bool(classes[1]))
+
+    def onAutoRetrain(self):
+        after = self.ui.autoRetrainSpinBox.value if self.ui.autoRetrainCheckBox.checked else None
+        minutes = self._parameterNode.minutes or None  # None: the service's (10 at first)
+        apply = lambda c: self.logic.set_auto_retrain(after, minutes)  # noqa: E731
+        self._run(_("Setting retraining"), apply, self._showAutoRetrain)
+
+    def _showAutoRetrain(self, settings):
+        """(K or None, minutes, corrections, message) from the service; setting the widgets sends
+        nothing (``clicked`` and ``editingFinished`` come from the user only)."""
+        self.ui.autoRetrainCheckBox.setChecked(settings[0] is not None)
+        self.ui.autoRetrainSpinBox.setValue(int(settings[0] or self.ui.autoRetrainSpinBox.value))
+        self.ui.autoRetrainLabel.setText(messages.auto_retrain(*settings))
 
     def onApplyClassCount(self):
         foreground = self.ui.classCountSpinBox.value if self.ui.classCountFixedCheckBox.checked else None
 
         def done(classes):
             self._showClassCount(classes)
-            count, fixed = classes
-            state = _("fixed") if fixed else _("following the labels")
-            slicer.util.showStatusMessage(
-                _("{n} foreground classes, {state}.").format(n=count, state=state), 5000
-            )
+            slicer.util.showStatusMessage(messages.class_count_set(*classes), 5000)
 
         apply = lambda context: self.logic.set_class_count(foreground)  # noqa: E731
         self._run(_("Setting the class count"), apply, done)
 
     def _startTraining(self, warmStart):
         node = self._parameterNode
-        iterations = node.iterations or None
-        minutes = node.minutes or None  # a budget: the service sizes the phases, iterations ignored
-        preset, device = node.preset, node.device
+        request = training_request(node.preset, node.minutes, node.iterations, node.device, warmStart)
 
         def start(context):
-            return self.logic.start_training(
-                preset=preset, iterations=iterations, supervised_iterations=iterations, device=device,
-                warm_start=warmStart, minutes=minutes,
-            )  # fmt: skip
+            return self.logic.start_training(**request)
 
         def done(status):
             self.poller.new_generation()
@@ -673,7 +604,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShowLearningCurve(self):
         chart = self.logic.learning_curve.chart
         if chart is None or chart.GetScene() is None:
-            slicer.util.showStatusMessage(_("No losses yet: start a training round."), 3000)
+            slicer.util.showStatusMessage(messages.NO_LOSSES, 3000)
             return
         slicer.modules.plots.logic().ShowChartInLayout(chart)
 
@@ -687,7 +618,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if kind == "status":
                 self._showTrainingStatus(payload)
             else:
-                self.ui.trainingStatusLabel.setText(_("Service not answering: {error}").format(error=payload))
+                self.ui.trainingStatusLabel.setText(messages.service_not_answering(payload))
         if not self.logic.connected:
             self._pollTimer.stop()
             return
@@ -720,59 +651,55 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ Predict
 
     def onPredict(self):
-        caseId = self._currentCaseId
-        needImage = self.logic.needs(caseId)[0]
-        live = self._parameterNode.liveModel
+        caseId, live = self._currentCaseId, self._parameterNode.liveModel
 
-        def done(fetched):
-            teacher, student, disagreement = self.logic.apply_prediction(caseId, fetched)
+        def done(nodes):
             volume = self.logic.case_node(caseId, ROLE_IMAGE)
             # Zero disagreement is transparent (thresholded), so the overlay never dims the scan.
-            slicer.util.setSliceViewerLayers(
-                background=volume, foreground=disagreement, foregroundOpacity=0.6
-            )
-            score = self.logic.last_prediction_score
+            slicer.util.setSliceViewerLayers(background=volume, foreground=nodes[2], foregroundOpacity=0.6)
             model = self.logic.last_prediction_model
-            self.ui.predictionLabel.setText(
-                _("Model: {model} · teacher/student disagreement: {score}").format(
-                    model=model, score="?" if score is None else f"{score:.4f}"
-                )
-            )
-            slicer.util.showStatusMessage(
-                _("{case} predicted by {model}.").format(case=caseId, model=model), 5000
-            )
+            self.ui.predictionLabel.setText(messages.prediction_line(model, self.logic.last_prediction_score))
+            slicer.util.showStatusMessage(messages.predicted(caseId, model), 5000)
             self.onRefreshCases()
 
-        self._run(
-            _("Predicting {case}").format(case=caseId),
-            lambda context: self.logic.fetch_prediction(caseId, needImage, live),
-            done,
-        )
+        predict = lambda c: self.logic.show_prediction(caseId, live, c)  # noqa: E731
+        self._run(_("Predicting {case}").format(case=caseId), predict, done)
+
+    def onRefine(self):
+        caseId = self._currentCaseId
+
+        def done(refined):
+            slicer.util.showStatusMessage(messages.refined(caseId, self.logic.last_refined), 10000)
+            self.onRefreshCases()
+
+        refine = lambda c: self.logic.refine(caseId, context=c)  # noqa: E731
+        self._run(_("Refining {case}").format(case=caseId), refine, done)
+
+    def onAcceptRefined(self):
+        caseId = self._currentCaseId
+
+        def done(version):
+            slicer.util.showStatusMessage(messages.accepted(caseId, version), 8000)
+            self.onRefreshCases()
+
+        accept = lambda c: self.logic.accept_refined(caseId, c)  # noqa: E731
+        self._run(_("Accepting the refined {case}").format(case=caseId), accept, done)
 
     def onCorrectFromStudent(self):
         caseId = self._currentCaseId
-        with slicer.util.tryWithErrorDisplay(_("Could not copy the student's prediction.")):
-            segmentation = self.logic.copy_student_to_label(caseId)
-            self.logic.open_segment_editor(segmentation, self.logic.case_node(caseId, ROLE_IMAGE))
+        volume = self.logic.case_node(caseId, ROLE_IMAGE)
+        copy = lambda c: self.logic.copy_student_to_label(caseId, c)  # noqa: E731
+        edit = lambda label: self.logic.open_segment_editor(label, volume)  # noqa: E731
+        self._run(_("Copying the student's prediction"), copy, edit)
 
 
 class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
-    """The annotation loop (``ReciprocalSegLib.logic``) for the panel and the Python console::
-
-    logic = slicer.util.getModuleLogic("ReciprocalSeg")
-    logic.start_local_service("/data/rs-workspace"); ids, skipped = logic.add_all_volumes()
-    volume, label = logic.show_case(ids[0]); logic.submit_segmentation(ids[0], label, volume)
-    logic.start_training(preset="demo"); logic.wait_for_training()
-    teacher, student, disagreement = logic.predict(ids[1]); print(logic.next_case())
-    """
+    """The annotation loop (``ReciprocalSegLib.logic``) for the panel and the Python console:
+    ``slicer.util.getModuleLogic("ReciprocalSeg")`` (docs/SLICER.md, "Scripting", shows the calls)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        temporary = Path(slicer.app.temporaryPath) / "ReciprocalSeg"
-        # Files of nodes loaded from the service stay here until the scene is saved elsewhere.
-        ReciprocalSegLoop.__init__(
-            self, keep_dir=temporary / "scene-files", scratch_dir=temporary / "transfers"
-        )
+        ReciprocalSegLoop.__init__(self, scratch_dir=Path(slicer.app.temporaryPath) / "ReciprocalSeg")
         self._quitConnected = False
 
     def getParameterNode(self):
@@ -790,7 +717,7 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
     def connectQuit(self):
         """Stop a local service when Slicer quits (main thread)."""
         if not self._quitConnected:
-            slicer.app.connect("aboutToQuit()", self.stop_service)
+            slicer.app.connect("aboutToQuit()", self.release_service)  # never waits for the service
             self._quitConnected = True
 
     def start_local_service(self, workspace=None, timeout=60.0, askConfirmation=True):
@@ -800,7 +727,7 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
         """
         if not self.ensure_requirements(askConfirmation=askConfirmation):
             raise RuntimeError(_("The required Python packages were not installed."))
-        from reciprocalseg.service.launcher import service_python
+        from reciprocalseg.client import service_python
 
         python = service_python()  # PythonSlicer, never sys.executable (inside Slicer that is Slicer itself)
         # The child process must find the core package, which sits beside this file.
@@ -836,10 +763,10 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
 
 
 class ReciprocalSegTest(ScriptedLoadableModuleTest):
-    """The whole loop inside Slicer on small phantoms (registered with ctest; run with --testing)."""
+    """The whole loop inside Slicer on small phantoms (registered with ctest; run with --testing).
 
-    N_CASES = 4
-    SHAPE_ZYX = (32, 48, 48)
+    The steps and checks are ``ReciprocalSegLib.loop_check`` (also run on slicer-core in CI); this
+    test adds what only the application has: Slicer's reader, PythonSlicer and the module logic."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -851,9 +778,7 @@ class ReciprocalSegTest(ScriptedLoadableModuleTest):
     def test_ReciprocalSegLoop(self):
         import tempfile
 
-        import SimpleITK as sitk
-
-        from reciprocalseg.data.phantom import make_phantom
+        from ReciprocalSegLib.loop_check import check_whole_loop, write_phantoms
 
         reason = slicer_requirements.missing_for_test()
         if reason:  # an extension build machine: never install packages from a test
@@ -862,70 +787,14 @@ class ReciprocalSegTest(ScriptedLoadableModuleTest):
         tmp = Path(tempfile.mkdtemp(prefix="ReciprocalSegTest-"))
         logic = ReciprocalSegLogic()
         try:
-            volumes, labels = [], []
-            for i in range(self.N_CASES):
-                image, label = make_phantom(i, shape_zyx=self.SHAPE_ZYX)
-                sitk.WriteImage(image, str(tmp / f"phantom{i}.nrrd"), True)
-                volumes.append(slicer.util.loadVolume(str(tmp / f"phantom{i}.nrrd"), {"show": False}))
-                labels.append(sitk.GetArrayFromImage(label))
+            paths, truths = write_phantoms(tmp)
+            volumes = [slicer.util.loadVolume(str(path), {"show": False}) for path in paths]
             self.delayDisplay("Starting a local service")
             info = logic.start_local_service(tmp / "workspace", timeout=120.0, askConfirmation=False)
             self.assertTrue(logic.connected)
             self.assertIn(info.device.type, ("cpu", "cuda"))
-
-            caseIds, skipped = logic.add_all_volumes()
-            self.assertEqual((caseIds, skipped), ([f"phantom{i}" for i in range(self.N_CASES)], []))
-            self.assertEqual(logic.add_all_volumes(), ([], []))  # nothing new in the scene
-
-            self.delayDisplay("Submitting two labels")
-            for i in (0, 1):
-                volume, segmentation = logic.show_case(caseIds[i])
-                slicer.util.updateSegmentBinaryLabelmapFromArray(labels[i], segmentation, "class_1", volume)
-                logic.submit_segmentation(caseIds[i], segmentation, volume)
-            statuses = {c.id: c.status for c in logic.list_cases()}
-            self.assertEqual((statuses[caseIds[0]], statuses[caseIds[2]]), ("labelled", "unlabelled"))
-
-            self.delayDisplay("Training a few iterations")
-            logic.start_training(preset="demo", iterations=4, supervised_iterations=4, device="cpu")
-            final = logic.wait_for_training(poll=0.5, timeout=900)
-            self.assertEqual(final.state, "completed", final.message)
-
-            self.delayDisplay("Predicting")
-            teacher, student, disagreement = logic.predict(caseIds[2])
-            for node in (teacher, student):
-                self.assertEqual(node.GetSegmentation().GetNthSegmentID(0), "class_1")
-            self.assertTrue(disagreement.GetDisplayNode().GetApplyThreshold())  # zero is transparent
-            dimensions = disagreement.GetImageData().GetDimensions()
-            self.assertEqual(dimensions, volumes[2].GetImageData().GetDimensions())
-            label = logic.copy_student_to_label(caseIds[2])
-            self.assertEqual(label.GetSegmentation().GetNumberOfSegments(), 1)
-            self.assertIn(logic.next_case()[0], caseIds[2:])
-
-            self.delayDisplay("Submitting scribbles")
-            self._submitScribbles(logic, caseIds[3], labels[3], tmp)
+            check_whole_loop(logic, volumes, truths, tmp, say=self.delayDisplay)
             self.delayDisplay("Test passed")
         finally:
             logic.stop_service()
             shutil.rmtree(tmp, ignore_errors=True)
-
-    def _submitScribbles(self, logic, caseId, truth, tmp):
-        """One stroke of the structure and one of background on the middle slice: the service's
-        label is 1 and 0 there and 255 (unannotated) everywhere else."""
-        import numpy as np
-        import SimpleITK as sitk
-
-        volume = logic.show_case(caseId)[0]
-        scribbles = logic.scribble_segmentation(caseId)
-        middle = truth.shape[0] // 2
-        stroke, background = np.zeros(truth.shape, np.uint8), np.zeros(truth.shape, np.uint8)
-        stroke[middle] = truth[middle] > 0
-        background[middle, :2] = truth[middle, :2] == 0  # along the slice's edge
-        slicer.util.updateSegmentBinaryLabelmapFromArray(stroke, scribbles, segment_id_for_class(1), volume)
-        slicer.util.updateSegmentBinaryLabelmapFromArray(background, scribbles, BACKGROUND_SEGMENT_ID, volume)
-        summary = logic.submit_scribbles(caseId)
-        expected = np.full(truth.shape, 255, np.uint8)
-        expected[background > 0] = 0
-        expected[stroke > 0] = 1
-        self.assertEqual(summary.annotated, int((expected != 255).sum()))
-        uploaded = logic.client.get_label(caseId, str(tmp / f"{caseId}_scribbles.nrrd"))
-        self.assertTrue(np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(uploaded))), expected))

@@ -123,3 +123,40 @@ def test_the_checker_finds_module_and_function_level_cycles(tmp_path: Path) -> N
     assert find_cycles(graph) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
     (pkg / "c.py").write_text("import os\n")
     assert find_cycles(import_graph(pkg, "pkg")) == []
+
+
+# The command-line modules: argument parsing and the commands. The service starts its training child
+# with a request file (training/request.py), so nothing of it imports these.
+CLI_MODULES = ("reciprocalseg.cli", "reciprocalseg.training.command")
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """The modules `start` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for name in graph.get(todo.pop(), ()):
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def is_cli_module(name: str) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in CLI_MODULES)
+
+
+def test_no_service_module_imports_a_command_line_module() -> None:
+    graph = import_graph()
+    service = [m for m in graph if m.startswith("reciprocalseg.service")]
+    assert "reciprocalseg.service.jobs" in service
+    found = {m: sorted(filter(is_cli_module, reachable(graph, m))) for m in service}
+    found = {m: cli for m, cli in found.items() if cli}
+    assert not found, f"service modules that import command-line modules: {found}"
+
+
+def test_reachable_follows_imports_through_other_modules() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}
+    assert reachable(graph, "a") == {"b", "c"}
+    assert reachable(graph, "d") == {"a", "b", "c"}
+    assert is_cli_module("reciprocalseg.cli.main") and not is_cli_module("reciprocalseg.client")

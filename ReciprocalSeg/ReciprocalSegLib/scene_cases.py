@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from .node_data import release_layers
+
 ATTR_CASE_ID = "ReciprocalSeg.CaseId"
 ATTR_ROLE = "ReciprocalSeg.Role"
 ROLE_IMAGE = "image"
@@ -21,7 +23,9 @@ ROLE_TEACHER = "teacher"
 ROLE_STUDENT = "student"
 ROLE_DISAGREEMENT = "disagreement"
 ROLE_SCRIBBLES = "scribbles"  # strokes per class and background (scribbles.py)
-DERIVED_ROLES = (ROLE_LABEL, ROLE_TEACHER, ROLE_STUDENT, ROLE_DISAGREEMENT, ROLE_SCRIBBLES)
+ROLE_REFINED = "refined"  # a copy of a round's network adapted to the strokes predicted it
+DERIVED_ROLES = (ROLE_LABEL, ROLE_TEACHER, ROLE_STUDENT, ROLE_DISAGREEMENT, ROLE_SCRIBBLES, ROLE_REFINED)
+CLASS_SEGMENT_ID = re.compile(r"^class_(\d+)$")  # = segment_export.SEGMENT_ID_PATTERN
 # Node classes that can carry a case role (subclasses included by GetNodesByClass).
 CASE_NODE_CLASSES = ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode")
 
@@ -73,6 +77,29 @@ class CaseNodes:
         node.SetAttribute(ATTR_ROLE, role)
 
     @staticmethod
+    def untag(node: Any) -> None:
+        """The node is no case's any more (its case was deleted): *Add volume* sends it again."""
+        if node is not None:
+            node.RemoveAttribute(ATTR_CASE_ID)
+            node.RemoveAttribute(ATTR_ROLE)
+
+    def class_names(self, case_id: str) -> dict:
+        """Class -> name that this case's own nodes give (segments ``class_k``): its label's, and
+        for classes its label lacks, its scribbles'. Never another case's."""
+        names: dict = {}
+        for role in (ROLE_SCRIBBLES, ROLE_LABEL):  # the label's names win
+            node = self.find(case_id, role)
+            if node is None:
+                continue
+            segmentation = node.GetSegmentation()
+            for i in range(segmentation.GetNumberOfSegments()):
+                match = CLASS_SEGMENT_ID.match(segmentation.GetNthSegmentID(i))
+                name = segmentation.GetNthSegment(i).GetName()
+                if match and name:
+                    names[int(match.group(1))] = name
+        return names
+
+    @staticmethod
     def place_like(node: Any, volume: Any) -> None:
         """Put ``node`` under the same parent transform as the case volume (or none, like it)."""
         if volume is not None:
@@ -98,6 +125,8 @@ class CaseNodes:
             storage = node.GetNthStorageNode(i)
             if storage is not None:
                 owned.append(storage)
+        if node.IsA("vtkMRMLSegmentationNode"):
+            release_layers(node)  # the node's segments go without splitting their shared labelmap
         self.scene.RemoveNode(node)
         for other in owned:
             if other.GetScene() is not None:

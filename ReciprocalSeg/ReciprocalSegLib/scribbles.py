@@ -23,7 +23,7 @@ overlap freely. A scribble with no annotated voxel is refused.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from .segment_export import (
     class_of_segment,
     default_class_name,
     export_segment_node,
+    exported_masks,
     segment_id_for_class,
     write_label_array,
 )
@@ -124,51 +125,59 @@ def add_scribble_segments(
         )
 
 
+def compose_scribbles(masks: Iterable[tuple]) -> tuple:
+    """Any thread: (partial label map: 255 unpainted, 0 background, k class k; its ScribbleSummary)
+    from (segment ID, class value, mask) triples. ScribbleError when no voxel is annotated."""
+    label = conflict = None
+    values = {BACKGROUND}
+    for _segment_id, k, mask in masks:
+        values.add(k)
+        if label is None:
+            label = np.full(mask.shape, UNANNOTATED, dtype=np.uint8)
+            conflict = np.zeros(mask.shape, dtype=bool)
+        # Order-free: a voxel ends as k only if every segment painting it has class k.
+        conflict |= mask & (label != UNANNOTATED) & (label != k)
+        label[mask & (label == UNANNOTATED)] = k
+    if label is None:
+        raise ScribbleError(
+            "The scribble segmentation has no segments: select the case again to recreate them."
+        )
+    label[conflict] = UNANNOTATED
+    # One comparison per class (numpy lets other threads run meanwhile; bincount of a large scan
+    # holds Python's lock for a quarter of a second, the GUI thread with it).
+    counts = {k: int(np.count_nonzero(label == k)) for k in sorted(values)}
+    summary = ScribbleSummary(
+        total=int(label.size),
+        per_class={k: n for k, n in counts.items() if n},
+        conflicts=int(np.count_nonzero(conflict)),
+    )
+    if not summary.annotated:
+        detail = (
+            f" ({summary.conflicts} painted voxels lie in segments of two classes: unannotated)"
+            if summary.conflicts
+            else ""
+        )
+        raise ScribbleError(
+            "Nothing is painted" + detail + ": paint strokes in a class segment and in 'Background' "
+            "with the Segment Editor (Paint), then submit again."
+        )
+    return label, summary
+
+
 def export_scribble_node(
     segmentation_node: Any, reference_volume: Any, nodes: CaseNodes, class_names: Sequence[str] = ()
 ) -> tuple:
     """(a new vtkMRMLLabelMapVolumeNode on the reference grid: 255 unpainted, 0 background, k class k;
-    its ``ScribbleSummary``). ScribbleError when no voxel is annotated (nothing is made then).
-
-    The caller writes the node and removes it with ``nodes.remove``.
+    its ``ScribbleSummary``), through Slicer's export (the slow path, main thread). ScribbleError
+    when no voxel is annotated (nothing is made then). The caller removes the node (``nodes.remove``).
     """
-    from slicer.util import arrayFromVolume
-
     classes = scribble_classes(segmentation_node, class_names)
-    label = conflict = output = None
+    # An export keeps the reference grid and parent transform: it holds the composed label.
+    output = export_segment_node(segmentation_node, next(iter(classes)), reference_volume, nodes)
     try:
-        for segment_id, k in classes.items():
-            node = export_segment_node(segmentation_node, segment_id, reference_volume, nodes)
-            if output is None:
-                output = node  # keeps the reference grid and parent transform the export gave it
-            try:
-                mask = arrayFromVolume(node) > 0
-            finally:
-                if node is not output:
-                    nodes.remove(node)
-            if label is None:
-                label = np.full(mask.shape, UNANNOTATED, dtype=np.uint8)
-                conflict = np.zeros(mask.shape, dtype=bool)
-            # Order-free: a voxel ends as k only if every segment painting it has class k.
-            conflict |= mask & (label != UNANNOTATED) & (label != k)
-            label[mask & (label == UNANNOTATED)] = k
-        label[conflict] = UNANNOTATED
-        counts = np.bincount(label[label != UNANNOTATED].ravel(), minlength=1)
-        summary = ScribbleSummary(
-            total=int(label.size),
-            per_class={k: int(n) for k, n in enumerate(counts) if n},
-            conflicts=int(conflict.sum()),
+        label, summary = compose_scribbles(
+            exported_masks(segmentation_node, classes, reference_volume, nodes)
         )
-        if not summary.annotated:
-            detail = (
-                f" ({summary.conflicts} painted voxels lie in segments of two classes: unannotated)"
-                if summary.conflicts
-                else ""
-            )
-            raise ScribbleError(
-                "Nothing is painted" + detail + ": paint strokes in a class segment and in 'Background' "
-                "with the Segment Editor (Paint), then submit again."
-            )
         write_label_array(output, label)
     except BaseException:
         nodes.remove(output)

@@ -16,7 +16,7 @@ on the scan's voxels wherever the segmentation and the scan sit in the transform
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ CLASS_NAME_PATTERN = re.compile(r"^class\s*(\d+)$", re.IGNORECASE)
 # Label maps are written as uint8 and 255 marks unannotated voxels (partial labels, issue 17):
 # the highest class a segment can hold is 254.
 UNANNOTATED = (
-    255  # = reciprocalseg.common.file_formats.UNANNOTATED (the agreed value; test_module_static checks)
+    255  # = reciprocalseg.common.file_formats.UNANNOTATED (agreed; test_static_panel_helpers checks)
 )
 MAX_CLASS = UNANNOTATED - 1
 
@@ -81,45 +81,61 @@ def segment_classes(segmentation_node: Any, class_names: Sequence[str] = ()) -> 
     return classes
 
 
-def export_label_node(
-    segmentation_node: Any, reference_volume: Any, nodes: CaseNodes, class_names: Sequence[str] = ()
-) -> Any:
-    """A new vtkMRMLLabelMapVolumeNode on the reference grid with class values by segment identity.
-
-    The caller writes it and removes it with ``nodes.remove`` (which also removes its colour table).
-    """
-    from slicer.util import arrayFromVolume
-
-    classes = segment_classes(segmentation_node, class_names)
+def compose_full_label(masks: Iterable[tuple]) -> np.ndarray | None:
+    """Any thread: the label map (uint8, 0 where no segment) of (segment ID, class, mask) triples;
+    SegmentClassError when segments of different classes share voxels. None for no segment."""
     label = None
     owner: dict = {}  # class -> first segment that put it there, for the overlap message
-    output = None
+    for segment_id, k, mask in masks:
+        if label is None:
+            label = np.zeros(mask.shape, dtype=np.uint8)
+        clash = mask & (label > 0) & (label != k)
+        if clash.any():
+            others = sorted({owner[int(v)] for v in np.unique(label[clash])})
+            raise SegmentClassError(
+                f"{int(clash.sum())} voxels are in segment {segment_id} (class {k}) and in "
+                f"{', '.join(others)}: remove the overlap (Segment Editor, 'Logical operators' or "
+                "masking 'Outside all segments') and submit again."
+            )
+        label[mask] = k
+        owner.setdefault(k, segment_id)
+    return label
+
+
+def exported_masks(
+    segmentation_node: Any, classes: dict, reference_volume: Any, nodes: CaseNodes
+) -> Iterator:
+    """Main thread: (segment ID, class, mask on the reference volume's grid) per segment of
+    ``classes``, each exported through Slicer (resampled across any transform, linear or not)."""
+    from slicer.util import arrayFromVolume
+
     for segment_id, k in classes.items():
         node = export_segment_node(segmentation_node, segment_id, reference_volume, nodes)
         try:
             mask = arrayFromVolume(node) > 0
-            if label is None:
-                label = np.zeros(mask.shape, dtype=np.uint8)
-            clash = mask & (label > 0) & (label != k)
-            if clash.any():
-                others = sorted({owner[int(v)] for v in np.unique(label[clash])})
-                raise SegmentClassError(
-                    f"{int(clash.sum())} voxels are in segment {segment_id} (class {k}) and in "
-                    f"{', '.join(others)}: remove the overlap (Segment Editor, 'Logical operators' or "
-                    "masking 'Outside all segments') and submit again."
-                )
-            label[mask] = k
-            owner.setdefault(k, segment_id)
-        except BaseException:
+        finally:
             nodes.remove(node)
-            if output is not None:
-                nodes.remove(output)
-            raise
-        if output is None:
-            output = node  # keeps the reference grid and parent transform the export gave it
-        else:
-            nodes.remove(node)
-    write_label_array(output, label)
+        yield segment_id, k, mask
+
+
+def export_label_node(
+    segmentation_node: Any, reference_volume: Any, nodes: CaseNodes, class_names: Sequence[str] = ()
+) -> Any:
+    """A new vtkMRMLLabelMapVolumeNode on the reference grid with class values by segment identity
+    (through Slicer's export: the slow path, on the main thread; tests compare with it).
+
+    The caller writes it and removes it with ``nodes.remove`` (which also removes its colour table).
+    """
+    classes = segment_classes(segmentation_node, class_names)
+    # An export keeps the reference grid and parent transform: it holds the composed label.
+    output = export_segment_node(segmentation_node, next(iter(classes)), reference_volume, nodes)
+    try:
+        write_label_array(
+            output, compose_full_label(exported_masks(segmentation_node, classes, reference_volume, nodes))
+        )
+    except BaseException:
+        nodes.remove(output)
+        raise
     return output
 
 

@@ -2,10 +2,15 @@
 
 Qt widgets and MRML nodes may only be touched on the main thread, and a network call or a
 child process may take minutes. So a task's ``work`` runs on a plain ``threading.Thread`` and
-sees only a :class:`TaskContext` (progress, cancellation); its outcome goes into a queue that the
-widget drains with ``TaskRunner.poll()`` from a ``qt.QTimer``; ``on_done`` / ``on_error`` /
-``on_progress`` therefore run on the thread that calls ``poll()``. Nothing here imports Qt, so
-the runner is tested in plain Python (tests/slicer/test_tasks.py).
+sees only a :class:`TaskContext` (progress, cancellation, ``on_main``); its outcome goes into a
+queue that the widget drains with ``TaskRunner.poll()`` from a ``qt.QTimer``; ``on_done`` /
+``on_error`` / ``on_progress`` therefore run on the thread that calls ``poll()``. Nothing here
+imports Qt, so the runner is tested in plain Python (tests/slicer/test_tasks.py).
+
+Work that must touch the scene asks for it with ``context.on_main(step)``: the step runs in the
+next ``poll()`` (one step per poll, so the GUI thread is never held longer than one step) and its
+result (or exception) comes back to the worker. Scripts and the Python console run the same work
+functions with ``DIRECT``, whose ``on_main`` calls the step at once.
 
 One task at a time is the guard against a second press: ``submit`` refuses while a task runs
 (``TaskBusyError``) and ``busy`` tells the widget to disable its buttons.
@@ -49,6 +54,70 @@ class TaskContext:
         """Thread-safe: queued and shown by ``poll()`` (fraction in [0, 1] or None for busy)."""
         self._events.put(("progress", (fraction, text)))
 
+    def on_main(self, step: Callable[[], Any]) -> Any:
+        """Run ``step()`` on the polling (GUI) thread and return its result or raise its error;
+        the worker waits. TaskCancelled when the task is cancelled before the step started."""
+        call = _MainCall(step)
+        self._events.put(("main", call))
+        while not call.finished.wait(0.05):
+            if self._cancel.is_set() and call.abandon():
+                raise TaskCancelled(f"{self.name} cancelled")
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+
+class _MainCall:
+    """A step waiting for the GUI thread: it runs at most once, and never after being abandoned."""
+
+    def __init__(self, step: Callable[[], Any]) -> None:
+        self.step = step
+        self.finished = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._state = "queued"
+
+    def abandon(self) -> bool:
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = "abandoned"
+            return True
+
+    def run(self) -> None:
+        with self._lock:
+            if self._state != "queued":
+                return
+            self._state = "running"
+        try:
+            self.result = self.step()
+        except BaseException as error:  # handed to the worker, which raises it in the task
+            self.error = error
+        finally:
+            self.finished.set()
+
+
+class DirectContext:
+    """The context of work run directly (scripts, the Python console, tests): steps run at once,
+    progress is dropped, nothing is cancelled."""
+
+    name = "direct"
+    cancelled = False
+
+    def check_cancelled(self) -> None:
+        return None
+
+    def progress(self, fraction: float | None, text: str = "") -> None:
+        return None
+
+    @staticmethod
+    def on_main(step: Callable[[], Any]) -> Any:
+        return step()
+
+
+DIRECT = DirectContext()
+
 
 @dataclass
 class _Task:
@@ -67,6 +136,7 @@ class TaskRunner:
     def __init__(self) -> None:
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._task: _Task | None = None
+        self._polling = False  # a step may open a modal dialog, whose event loop polls again
 
     @property
     def busy(self) -> bool:
@@ -117,10 +187,18 @@ class TaskRunner:
         return True
 
     def poll(self) -> bool:
-        """Deliver queued progress and the outcome (call on the GUI thread); True when a task ended."""
+        """Deliver queued progress, run at most one GUI-thread step of the task, deliver its outcome
+        (call on the GUI thread); True when a task ended."""
         task = self._task
-        if task is None:
+        if task is None or self._polling:
             return False
+        self._polling = True
+        try:
+            return self._deliver(task)
+        finally:
+            self._polling = False
+
+    def _deliver(self, task: _Task) -> bool:
         events = self._events
         while True:
             try:
@@ -131,6 +209,9 @@ class TaskRunner:
                 if task.on_progress is not None:
                     task.on_progress(*payload)
                 continue
+            if kind == "main":
+                payload.run()
+                return False  # one step per poll: the GUI thread gets its events in between
             # The task ended: free the runner before the callback, which may submit the next step.
             self._task = None
             callback = task.on_done if kind == "done" else task.on_error

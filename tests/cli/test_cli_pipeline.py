@@ -236,7 +236,10 @@ def test_every_event_the_bar_shows_is_a_readable_line() -> None:
         {"event": "resumed", "phase": "reciprocal", "iteration": 120},
         {"event": "warm_start", "source": "runs/r0"},
         {"event": "warning", "phase": "reciprocal", "iteration": 300, "message": "the student lost class 2"},
-        {"event": "budget", "phase": "supervised", "iterations": 800, "sec_per_iter": 0.21, "minutes": 10},
+        {"event": "phase", "phase": "supervised", "iteration": 0, "total": None, "device": "cpu"},
+        {"event": "budget", "phase": "supervised", "minutes": 10, "deadline_s": 240.0, "lr_drop_s": 202.0},
+        {"event": "budget", "phase": "reciprocal", "minutes": 0.5, "deadline_s": 30.0, "lr_drop_s": 26.1}
+        | {"iterations": 12, "sec_per_iter": 1.21},
         {"event": "cancelled", "phase": "reciprocal", "iteration": 301},
         {"event": "error", "message": "out of memory"},
         {"event": "done", "seconds": 185.2, "device": "cpu"},
@@ -247,7 +250,10 @@ def test_every_event_the_bar_shows_is_a_readable_line() -> None:
         "resumed from the checkpoint at reciprocal iteration 120",
         "warm start from runs/r0",
         "warning at reciprocal iteration 300: the student lost class 2",
-        "supervised phase sized to 800 iterations (0.21 s each) for the 10-minute budget",
+        "supervised phase on cpu",
+        "supervised phase runs to 4 min 00 s of the 10-minute budget (lr drop at 3 min 22 s)",
+        "reciprocal phase runs to 30.0 s of the 0.5-minute budget (lr drop at 26.1 s), about 12 "
+        "iterations at 1.2 s each",
         "cancelled at reciprocal iteration 301; a checkpoint was written, rerun the same command to resume",
         "error: out of memory",
         "done in 3 min 05 s on cpu",

@@ -164,7 +164,7 @@ def test_crop_not_matching_the_strides_is_refused() -> None:
 
 def test_a_warm_started_round_keeps_the_previous_runs_network(tmp_path: Path) -> None:
     """New cases may plan another crop or strides; the warm start must still fit the weights."""
-    from reciprocalseg.training.command import keep_architecture
+    from reciprocalseg.planning.final_plan import keep_architecture
 
     labeled, unlabeled = _cohort(tmp_path, 2, 2, (24, 40, 40), (1.0, 1.0, 1.0))
     plan = plan_for_run(None, labeled, unlabeled, "cpu")

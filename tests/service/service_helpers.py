@@ -7,8 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from reciprocalseg.client import Client
-from reciprocalseg.service.launcher import LocalService
+from reciprocalseg.client import Client, LocalService
 
 SHAPE_ZYX = (32, 32, 32)
 # Tiny training rounds: the demo preset with a couple of iterations per phase.

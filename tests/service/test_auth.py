@@ -13,7 +13,7 @@ import requests
 from service_helpers import start_service
 
 from reciprocalseg.client import Client, ServiceError
-from reciprocalseg.service.jobs import child_env
+from reciprocalseg.common.processes import child_env
 from reciprocalseg.service.server import check_bind, is_loopback
 
 

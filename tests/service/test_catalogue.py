@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-from service_helpers import Running, snapshot, start_service
+from service_helpers import Running, snapshot, start_service, write_models
 
 from reciprocalseg.data.io import Case
 
@@ -101,7 +101,101 @@ def files(tmp_path_factory: pytest.TempPathFactory, phantoms: list[Case]) -> dic
     os.symlink(phantoms[1].image, tmp / "link_out.nrrd")
     out["outside_path"] = str(phantoms[1].image).encode()
     out["root"] = str(tmp).encode()
+    out.update(_constant_scans(tmp, img))
+    (tmp / "good.nrrd").write_bytes(phantoms[1].image.read_bytes())  # registrable, a valid scan
+    out["good_path"] = str(tmp / "good.nrrd").encode()
+    out.update(_forged_bundles(tmp))
     return out
+
+
+def _constant_scans(tmp: Path, like: sitk.Image) -> dict[str, bytes]:
+    """A scan with one value everywhere (a blank export), as bytes and as a registrable path."""
+    blank = sitk.Image(like.GetSize(), sitk.sitkInt16) + 7
+    blank.CopyInformation(like)
+    data = _nrrd_bytes(blank, tmp, "blank.nrrd")
+    return {"image_constant": data, "constant_path": str(tmp / "blank.nrrd").encode()}
+
+
+def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _damaged_member(data: bytes, member: str) -> bytes:
+    """The bundle ``data`` deflated again, with the start of ``member``'s compressed data overwritten:
+    zlib fails while it inflates ("invalid block type"), not the zip's CRC check."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        data = _zip({n: zf.read(n) for n in zf.namelist()}, zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo(member)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    return data[:start] + bytes([255] * 64) + data[start + 64 :]
+
+
+def _forged_bundles(tmp: Path) -> dict[str, bytes]:
+    """Bundles that pass the old checks (a zip, the members, torch files with finite weights) but
+    hold models that cannot work, or unpack to far more than their networks need (issue 23)."""
+    import torch
+
+    folder = tmp / "models"
+    folder.mkdir()
+    files = write_models(folder)
+    good = {m: files[m.removesuffix(".pt")].read_bytes() for m in ("teacher.pt", "student.pt")}
+    meta = {"format": "reciprocalseg-models", "format_version": 2, "n_classes": 2, "preset": "demo"}
+
+    def bundle(teacher: bytes, meta_json: dict | bytes = meta) -> bytes:
+        raw = meta_json if isinstance(meta_json, bytes) else json.dumps(meta_json).encode()
+        return _zip({"teacher.pt": teacher, "student.pt": good["student.pt"], "meta.json": raw})
+
+    def forged_teacher(change: Callable[[dict], None]) -> bytes:
+        data = torch.load(files["teacher"], weights_only=True)
+        change(data)
+        path = folder / "forged.pt"
+        torch.save(data, path)
+        return path.read_bytes()
+
+    def reshape(data: dict) -> None:
+        data["state_dict"]["head.weight"] = torch.zeros(2, 2, 1, 1, 1)
+
+    def drop_key(data: dict) -> None:
+        del data["state_dict"]["head.bias"]
+
+    def bogus_strides(data: dict) -> None:
+        data["meta"]["strides"] = [[3, 3, 3]] * 4
+
+    def three_classes(data: dict) -> None:  # the description and the head of a 3-class network
+        data["meta"]["n_classes"] = 3
+        data["state_dict"]["head.weight"] = torch.zeros(3, *data["state_dict"]["head.weight"].shape[1:])
+        data["state_dict"]["head.bias"] = torch.zeros(3)
+
+    network = {
+        "n_classes": 2,
+        "n_filters": 1,
+        "normalization": "batchnorm",
+        "dropout": False,
+        "strides": None,
+    }
+    # 40 MB of zeros deflate to ~40 kB: under the 1 MiB upload limit, far over what width 1 needs.
+    bomb = _zip(
+        {"teacher.pt": bytes(40 << 20), "student.pt": good["student.pt"], "meta.json": json.dumps(
+            {**meta, "network": network}).encode()},
+        zipfile.ZIP_DEFLATED,
+    )  # fmt: skip
+    return {
+        "bundle_damaged_deflate": _damaged_member(bundle(good["teacher.pt"]), "teacher.pt"),
+        "bundle_version_text": bundle(good["teacher.pt"], {**meta, "format_version": "two"}),
+        "bundle_version_99": bundle(good["teacher.pt"], {**meta, "format_version": 99}),
+        "bundle_wrong_shape": bundle(forged_teacher(reshape)),
+        "bundle_missing_key": bundle(forged_teacher(drop_key)),
+        "bundle_bogus_strides": bundle(forged_teacher(bogus_strides)),
+        "bundle_three_classes": bundle(forged_teacher(three_classes)),
+        "bundle_bomb": bomb,
+        "bundle_big_meta": bundle(good["teacher.pt"], json.dumps({**meta, "pad": "x" * 70_000}).encode()),
+        "bundle_network_lies": bundle(good["teacher.pt"], {**meta, "network": {**network, "n_filters": 2}}),
+    }
 
 
 def _foreign_data_files(tmp: Path) -> dict[str, bytes]:
@@ -199,6 +293,10 @@ def svc(
 Req = Callable[[requests.Session, str, dict[str, bytes]], requests.Response]
 C0 = "phantom_000"  # labelled
 C1 = "phantom_001"  # unlabelled
+MAX_ERROR_BYTES = 4096  # an error answer quotes at most an excerpt of what was sent
+
+
+JSON = {"Content-Type": "application/json"}
 
 
 def up(name: str, data: bytes) -> dict:
@@ -534,6 +632,152 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
         422,
         lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["zip_classes"])),
     ),
+    # --- issue 23: forged bundles are built, loaded and run before they are stored
+    "import bundle with a damaged compressed member": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_damaged_deflate"])),
+    ),
+    "import bundle with format_version 'two'": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_version_text"])),
+    ),
+    "import bundle with format_version 99": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_version_99"])),
+    ),
+    "import bundle with a wrong-shaped tensor": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_wrong_shape"])),
+    ),
+    "import bundle with a missing tensor": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_missing_key"])),
+    ),
+    "import bundle with bogus strides": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_bogus_strides"])),
+    ),
+    "import bundle whose model segments another class count": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_three_classes"])),
+    ),
+    "import bundle unpacking to 40 MB for a width-1 network": (
+        413,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_bomb"])),
+    ),
+    "import bundle with a 70 kB meta.json": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_big_meta"])),
+    ),
+    "import bundle whose meta.json names another network": (
+        422,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_network_lies"])),
+    ),
+    # --- issue 23: non-finite numbers, class counts, rounds with nothing to train
+    "settings n_classes NaN": (
+        422,
+        lambda s, u, f: s.put(f"{u}/settings", data=b'{"n_classes": NaN}', headers=JSON),
+    ),
+    "settings n_classes Infinity": (
+        422,
+        lambda s, u, f: s.put(f"{u}/settings", data=b'{"n_classes": Infinity}', headers=JSON),
+    ),
+    "settings n_classes 256 (255 marks unannotated voxels)": (
+        422,
+        lambda s, u, f: s.put(f"{u}/settings", json={"n_classes": 256}),
+    ),
+    "train minutes Infinity": (
+        422,
+        lambda s, u, f: s.post(f"{u}/training", data=b'{"minutes": Infinity}', headers=JSON),
+    ),
+    "train minutes NaN": (
+        422,
+        lambda s, u, f: s.post(f"{u}/training", data=b'{"minutes": NaN}', headers=JSON),
+    ),
+    "train with both phases at 0 iterations": (
+        422,
+        lambda s, u, f: s.post(
+            f"{u}/training", json={"preset": "demo", "iterations": 0, "supervised_iterations": 0}
+        ),
+    ),
+    "train minutes with both phases at 0 iterations": (
+        422,
+        lambda s, u, f: s.post(
+            f"{u}/training", json={"minutes": 2, "iterations": 0, "supervised_iterations": 0}
+        ),
+    ),
+    # --- issue 23: case IDs (no control characters or spaces, unique regardless of case)
+    "upload case_id ending in a newline": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": "abc\n"}),
+    ),
+    "upload case_id with a tab": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": "a\tb"}),
+    ),
+    "upload case_id with a leading space": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": " abc"}),
+    ),
+    "upload case_id with a trailing space": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": "abc "}),
+    ),
+    "upload case_id that differs from a case only in case": (
+        409,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("a.nrrd", f["image"]), data={"case_id": C0.upper()}),
+    ),
+    "upload file whose name differs from a case only in case": (
+        409,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("Phantom_001.nrrd", f["image"])),
+    ),
+    "register case_id that differs from a case only in case": (
+        409,
+        lambda s, u, f: s.post(
+            f"{u}/cases/register", json={"path": f["good_path"].decode(), "case_id": "Phantom_000"}
+        ),
+    ),
+    "register case_id ending in a newline": (
+        422,
+        lambda s, u, f: s.post(
+            f"{u}/cases/register", json={"path": f["good_path"].decode(), "case_id": "g\n"}
+        ),
+    ),
+    "get case id with a newline": (422, lambda s, u, f: s.get(f"{u}/cases/{C0}%0A")),
+    "delete case id with a newline": (422, lambda s, u, f: s.delete(f"{u}/cases/{C0}%0A")),
+    # --- issue 23: blank scans, body sizes, short error answers
+    "upload a constant scan": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases", files=up("blank.nrrd", f["image_constant"])),
+    ),
+    "register a constant scan": (
+        422,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": f["constant_path"].decode()}),
+    ),
+    "JSON body over 64 KiB": (
+        413,
+        lambda s, u, f: s.post(f"{u}/training", data=b'{"preset": "' + b"x" * 70_000 + b'"}', headers=JSON),
+    ),
+    "JSON body over 64 KiB, chunked (no Content-Length)": (
+        413,
+        lambda s, u, f: s.post(f"{u}/training", data=(b"x" * 8192 for _ in range(10)), headers=JSON),
+    ),
+    "multipart body over 64 KiB to a route without a file": (
+        413,
+        lambda s, u, f: s.put(f"{u}/settings", files=up("a.nrrd", f["big"])),
+    ),
+    "register a 4080-character path (the answer quotes an excerpt)": (
+        404,
+        lambda s, u, f: s.post(f"{u}/cases/register", json={"path": "/a" * 2040}),
+    ),
+    "60 kB invalid value (the answer quotes an excerpt)": (
+        422,
+        lambda s, u, f: s.put(f"{u}/settings", json={"n_classes": "9" * 60_000}),
+    ),
+    "60 kB of invalid list items (the answer lists a few)": (
+        422,
+        lambda s, u, f: s.post(f"{u}/training", json=list(range(10_000))),
+    ),
     # --- protocol
     "unknown endpoint": (404, lambda s, u, f: s.get(f"{u}/no/such/thing")),
     "wrong method": (405, lambda s, u, f: s.patch(f"{u}/cases")),
@@ -547,7 +791,7 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
 
 
 def test_catalogue_is_large_enough() -> None:
-    assert len(CATALOGUE) >= 100
+    assert len(CATALOGUE) >= 148  # 113 before issue 23
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))
@@ -556,7 +800,8 @@ def test_malformed_request(name: str, svc: Running, files: dict[str, bytes]) -> 
     before = snapshot(svc.workspace)
     cases_before = [c.id for c in svc.client.list_cases()]
     r = make(svc.client.session, svc.client.url, files)
-    assert r.status_code == expected, (r.status_code, r.text)
+    assert r.status_code == expected, (r.status_code, r.text[:2000])
+    assert len(r.content) <= MAX_ERROR_BYTES, f"a {len(r.content)}-byte answer: {r.text[:300]}"
     body = r.json()
     assert isinstance(body.get("detail"), str) and len(body["detail"]) > 5, body
     assert snapshot(svc.workspace) == before

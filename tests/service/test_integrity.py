@@ -21,8 +21,9 @@ import requests
 import SimpleITK as sitk
 
 from reciprocalseg.common.errors import DataError
+from reciprocalseg.common.processes import child_env
 from reciprocalseg.data.io import Case, read_image
-from reciprocalseg.service.jobs import TrainingManager, child_env
+from reciprocalseg.service.jobs import TrainingManager
 from reciprocalseg.service.workspace import Workspace
 from reciprocalseg.training.checkpoint import nonfinite_tensors
 

@@ -19,15 +19,14 @@ import pytest
 import requests
 from service_helpers import start_service
 
-from reciprocalseg.data.io import Case
-from reciprocalseg.service.launcher import (
+from reciprocalseg.client.local_service import (
     LaunchError,
     LocalService,
     find_live_service,
     service_python,
-    workspace_in_use,
 )
-from reciprocalseg.service.lifecycle import STOP_PATH
+from reciprocalseg.common.service_files import STOP_PATH, workspace_in_use
+from reciprocalseg.data.io import Case
 from reciprocalseg.training.checkpoint import load_checkpoint
 
 needs_posix = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL of the parent is POSIX")
@@ -43,7 +42,7 @@ TRAIN_LONG = {
 
 PARENT = """
 import json, sys, time
-from reciprocalseg.service.launcher import LocalService
+from reciprocalseg.client import LocalService
 svc = LocalService(sys.argv[1], device="cpu")   # parent_pid defaults to this process
 url, token = svc.start(timeout=120)
 client = svc.client(timeout=120)
@@ -76,7 +75,7 @@ def _end_leftovers(ws: Path) -> None:
     """A failed run must not leave its service (and training worker) running."""
     pid = _text(ws / ".service" / "pid")
     if pid and not _gone(int(pid)):
-        from reciprocalseg.service.jobs import terminate_tree
+        from reciprocalseg.common.processes import terminate_tree
 
         terminate_tree(psutil.Process(int(pid)), timeout=30)
 

@@ -23,8 +23,8 @@ from scipy import ndimage
 
 from reciprocalseg.client import Client, ServiceError
 from reciprocalseg.data.phantom import write_phantom_cohort
+from reciprocalseg.service.errors import Conflict
 from reciprocalseg.service.live import LiveModel
-from reciprocalseg.service.workspace import Conflict
 from reciprocalseg.training.checkpoint import save_torch
 
 pytestmark = [

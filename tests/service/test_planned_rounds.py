@@ -129,16 +129,25 @@ def test_a_fixed_preset_round_after_an_auto_round_is_refused_before_it_starts(se
 
 
 def test_the_training_child_is_given_the_services_plan(tmp_path) -> None:
-    """The child trains the plan the service wrote (not one of its own): ``--plan RUN/plan.json``."""
-    from reciprocalseg.service.jobs import TrainingManager
+    """The child trains the request the service wrote, which names the service's plan
+    (``RUN/plan.json``); a run started by a service that passed a command line gets one too."""
+    from reciprocalseg.data.io import write_case_list
+    from reciprocalseg.service.jobs import REQUEST_FILE, TrainingManager
     from reciprocalseg.service.workspace import Workspace
+    from reciprocalseg.training.request import TrainRequest
 
     ws = Workspace(tmp_path / "ws")
-    job = {"run_id": "run-1", "preset": "auto", "device": "cpu", "n_classes": 2}
+    run_dir = ws.runs_dir / "run-1"
+    run_dir.mkdir()
+    write_case_list(run_dir / "cases.json", [], [])
+    (run_dir / "plan.json").write_text("{}")
+    job = {"run_id": "run-1", "preset": "auto", "device": "cpu", "n_classes": 2, "minutes": 1.5}
     job["classes_include_background"] = True
-    (ws.runs_dir / "run-1").mkdir()
     manager = TrainingManager(ws)
-    assert "--plan" not in manager._command(job)  # a run from before the service planned
-    (ws.runs_dir / "run-1" / "plan.json").write_text("{}")
-    cmd = manager._command(job)
-    assert cmd[cmd.index("--plan") + 1] == str(ws.runs_dir / "run-1" / "plan.json")
+    manager._write_request_of_older_run(job)
+    request = TrainRequest.load(run_dir / REQUEST_FILE)
+    assert request.plan == run_dir / "plan.json" and request.preset == "auto"
+    assert request.config == {"n_classes": 2, "device": "cpu", "minutes": 1.5}
+    assert request.out == run_dir and request.json_events
+    cmd = manager._command(run_dir)
+    assert cmd[cmd.index("--request") + 1] == str(run_dir / REQUEST_FILE)

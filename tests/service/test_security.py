@@ -323,7 +323,7 @@ def test_any_host_needs_a_token(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from reciprocalseg.service.jobs import child_env
+    from reciprocalseg.common.processes import child_env
 
     cmd = [sys.executable, "-m", "reciprocalseg.service.server", "--workspace", str(tmp_path / "ws")]
     r = subprocess.run(

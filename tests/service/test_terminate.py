@@ -13,7 +13,8 @@ import threading
 import psutil
 import pytest
 
-from reciprocalseg.service.jobs import EXIT_CANCELLED, terminate_tree
+from reciprocalseg.common.errors import EXIT_CANCELLED
+from reciprocalseg.common.processes import terminate_tree
 
 CHILD = f"""
 import signal, subprocess, sys, time

@@ -13,8 +13,9 @@ import SimpleITK as sitk
 from reciprocalseg.common.atomic import atomic_write_json
 from reciprocalseg.data.io import Case
 from reciprocalseg.service.app import Service, ServiceConfig, safe_filename
+from reciprocalseg.service.errors import Conflict, Invalid, NotFound
 from reciprocalseg.service.jobs import EventReader, TrainingManager
-from reciprocalseg.service.workspace import Conflict, Invalid, NotFound, Workspace, check_case_id
+from reciprocalseg.service.workspace import Workspace, check_case_id
 
 
 def _add(ws: Workspace, case: Case) -> None:

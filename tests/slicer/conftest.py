@@ -86,7 +86,7 @@ def loop_factory(logics, tmp_path: Path):
     made = []
 
     def make(service: Running):
-        loop = ReciprocalSegLoop(logics, keep_dir=tmp_path / "keep", scratch_dir=tmp_path / "scratch")
+        loop = ReciprocalSegLoop(logics, scratch_dir=tmp_path / "scratch")
         loop.connect(service.launcher.url, service.launcher.token)
         made.append(loop)
         return loop

@@ -3,7 +3,7 @@
 ``python tests/slicer/module_files.py --write`` regenerates ReciprocalSeg/CMakeLists.txt from
 the files on disk (run it after adding a file to the ``reciprocalseg`` package or to
 ReciprocalSeg/Resources); ``--check`` exits 1 when the committed file is out of date.
-test_module_static.py checks the same thing in CI.
+test_static_packaging.py checks the same thing in CI.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ set(MODULE_NAME {MODULE_NAME})
 # The module file, EVERY Python file of its Lib (scene logic, no Qt) and of the core package
 # (both installed beside it).
 # Generated from the files on disk by tests/slicer/module_files.py --write;
-# tests/slicer/test_module_static.py fails when a file is missing here.
+# tests/slicer/test_static_packaging.py fails when a file is missing here.
 set(MODULE_PYTHON_SCRIPTS
 {script_lines}
   )

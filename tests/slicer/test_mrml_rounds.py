@@ -93,7 +93,7 @@ def test_five_rounds_on_left_atrium_under_a_transform_then_save_and_reload(la_di
         masks.append(mask[block].copy())
     run = start_service(tmp_path / "ws", device="cpu")
     try:
-        loop = ReciprocalSegLoop(logics, keep_dir=tmp_path / "keep", scratch_dir=tmp_path / "scratch")
+        loop = ReciprocalSegLoop(logics, scratch_dir=tmp_path / "scratch")
         loop.connect(run.launcher.url, run.launcher.token)
         added, skipped = loop.add_all_volumes()
         assert added == [c.case_id for c in cases] and skipped == []

@@ -61,12 +61,8 @@ def scribble_case(loop, name: str, left_handed: bool = False, transform=None):
 
 
 def submitted(loop, case_id: str) -> tuple:
-    """(the label map the panel would upload, read back from its file; the summary)."""
-    path, summary = loop.prepare_scribble_upload(case_id)
-    try:
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path))), summary
-    finally:
-        path.unlink()
+    """(the partial label map the scribbles give on the volume's grid; the summary)."""
+    return loop.scribble_label(case_id)
 
 
 def segment_ids(segmentation) -> list:
@@ -152,7 +148,7 @@ def test_scribble_classes_follow_segment_identity_after_delete_rename_reorder_ad
     for name in ("tumour?", "Class 255"):  # no class, and the value that means "unannotated"
         unknown = seg.AddEmptySegment("", name, (0.0, 1.0, 0.0))
         with pytest.raises(SegmentClassError, match=name.replace("?", r"\?")):
-            loop.prepare_scribble_upload(case_id)
+            loop.scribble_label(case_id)
         seg.RemoveSegment(unknown)
 
 

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from reciprocalseg.common.errors import DataError, ReciprocalSegError, TrainingError
 from reciprocalseg.common.file_formats import UNANNOTATED
-from reciprocalseg.config import make_config
 from reciprocalseg.data.annotation import annotated_fraction, annotation_kind, any_partial_label
 from reciprocalseg.data.gpu_sampler import DeviceCases
 from reciprocalseg.data.io import Case, read_image, write_image
@@ -317,19 +316,8 @@ def partial_cohort(tmp_path_factory) -> list[Case]:
     return out
 
 
-def _tiny(**changes):
-    values = dict(
-        patch_size=(16, 16, 16),
-        n_filters=4,
-        supervised_iterations=2,
-        reciprocal_iterations=2,
-        checkpoint_every=2,
-        device="cpu",
-        supervised_batch=2,
-        class_crop_share=0.0,
-    )
-    values.update(changes)
-    return make_config("demo", **values)
+# Runs on partial labels: two iterations a phase, no class-centred crops.
+PARTIAL_RUN = dict(supervised_iterations=2, reciprocal_iterations=2, class_crop_share=0.0)
 
 
 def test_partial_cases_join_the_unlabelled_pool(partial_cohort, tmp_path: Path) -> None:
@@ -340,9 +328,11 @@ def test_partial_cases_join_the_unlabelled_pool(partial_cohort, tmp_path: Path) 
     assert any_partial_label(partial_cohort) and not any_partial_label(partial_cohort[:2])
 
 
-def test_training_with_partial_labels_and_no_other_unlabelled_scans(partial_cohort, tmp_path: Path) -> None:
+def test_training_with_partial_labels_and_no_other_unlabelled_scans(
+    tiny_config, partial_cohort, tmp_path: Path
+) -> None:
     """Reciprocal learning runs on partial cases alone as the student's scans; losses stay finite."""
-    result = train(_tiny(), partial_cohort, [], tmp_path / "run")
+    result = train(tiny_config(**PARTIAL_RUN), partial_cohort, [], tmp_path / "run")
     events = read_events(tmp_path / "run" / "events.jsonl")
     assert [e["partial"] for e in events if e["event"] == "preprocessed"] == [2]
     progress = [e for e in events if e["event"] == "progress" and e["phase"] == "reciprocal"]
@@ -352,18 +342,24 @@ def test_training_with_partial_labels_and_no_other_unlabelled_scans(partial_coho
     assert len(listed["labeled"]) == 4 and listed["unlabeled"] == []  # they stay labelled cases
 
 
-def test_the_trainer_draws_partial_cases_at_most_at_their_share(partial_cohort, tmp_path: Path) -> None:
+def test_the_trainer_draws_partial_cases_at_most_at_their_share(
+    tiny_config, partial_cohort, tmp_path: Path
+) -> None:
     """2 full + 2 partial labels with partial_crop_share 0.25: the partial ones get a quarter."""
-    trainer = Trainer(_tiny(partial_crop_share=0.25), partial_cohort, [], tmp_path / "run")
+    trainer = Trainer(
+        tiny_config(**PARTIAL_RUN, partial_crop_share=0.25), partial_cohort, [], tmp_path / "run"
+    )
     trainer._prepare_data()
     assert trainer.labeled_weights == pytest.approx([0.375, 0.375, 0.125, 0.125])
     with pytest.raises(ReciprocalSegError, match="partial_crop_share"):
-        _tiny(partial_crop_share=0.0)
+        tiny_config(**PARTIAL_RUN, partial_crop_share=0.0)
 
 
-def test_full_labels_without_unlabelled_scans_still_refused(partial_cohort, tmp_path: Path) -> None:
+def test_full_labels_without_unlabelled_scans_still_refused(
+    tiny_config, partial_cohort, tmp_path: Path
+) -> None:
     with pytest.raises(TrainingError, match="needs unlabelled cases"):
-        Trainer(_tiny(), partial_cohort[:2], [], tmp_path / "run")
+        Trainer(tiny_config(**PARTIAL_RUN), partial_cohort[:2], [], tmp_path / "run")
 
 
 def test_class_statistics_count_annotated_voxels_only(partial_cohort) -> None:

@@ -24,28 +24,7 @@ from reciprocalseg.training.runner import CancelToken, lr_at, train
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tiny_config(**changes):
-    values = dict(
-        patch_size=(16, 16, 16),
-        n_filters=4,
-        supervised_iterations=3,
-        reciprocal_iterations=4,
-        checkpoint_every=2,
-        device="cpu",
-        supervised_batch=2,
-    )
-    values.update(changes)
-    return make_config("demo", **values)
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> tuple[list[Case], list[Case]]:
-    cases = write_phantom_cohort(tmp_path_factory.mktemp("cohort"), 5, seed=3, shape_zyx=(24, 24, 24))
-    unlabeled = [Case(c.case_id, c.image, None) for c in cases[2:]]
-    return cases[:2], unlabeled
-
-
-def test_events_checkpoints_and_models(cohort, tmp_path: Path) -> None:
+def test_events_checkpoints_and_models(tiny_config, cohort, tmp_path: Path) -> None:
     labeled, unlabeled = cohort
     result = train(tiny_config(), labeled, unlabeled, tmp_path / "run")
     events = read_events(tmp_path / "run" / "events.jsonl")
@@ -82,7 +61,7 @@ def test_events_checkpoints_and_models(cohort, tmp_path: Path) -> None:
     assert result.teacher.stat().st_mtime_ns == mtime
 
 
-def test_cancel_leaves_a_checkpoint_and_resume_continues(cohort, tmp_path: Path) -> None:
+def test_cancel_leaves_a_checkpoint_and_resume_continues(tiny_config, cohort, tmp_path: Path) -> None:
     labeled, unlabeled = cohort
     run = tmp_path / "run"
     token = CancelToken()
@@ -108,7 +87,7 @@ def test_cancel_leaves_a_checkpoint_and_resume_continues(cohort, tmp_path: Path)
     assert (run / "done.json").exists()
 
 
-def test_cancel_flag_file_stops_within_one_iteration(cohort, tmp_path: Path) -> None:
+def test_cancel_flag_file_stops_within_one_iteration(tiny_config, cohort, tmp_path: Path) -> None:
     labeled, unlabeled = cohort
     run = tmp_path / "run"
 
@@ -177,14 +156,14 @@ def test_sigterm_cancels_with_exit_code_3(cohort, tmp_path: Path) -> None:
     assert checkpoint["phase"] == "supervised" and 3 <= checkpoint["iteration"] <= 5
 
 
-def test_changed_recipe_in_same_folder_is_refused(cohort, tmp_path: Path) -> None:
+def test_changed_recipe_in_same_folder_is_refused(tiny_config, cohort, tmp_path: Path) -> None:
     labeled, unlabeled = cohort
     train(tiny_config(supervised_iterations=1, reciprocal_iterations=1), labeled, unlabeled, tmp_path / "run")
     with pytest.raises(TrainingError, match="different configuration"):
         train(tiny_config(lr=0.5), labeled, unlabeled, tmp_path / "run")
 
 
-def test_a_run_folder_from_before_a_new_option_still_resumes(cohort, tmp_path: Path) -> None:
+def test_a_run_folder_from_before_a_new_option_still_resumes(tiny_config, cohort, tmp_path: Path) -> None:
     """config.json written before a field existed lacks its key: the run had its default."""
     labeled, unlabeled = cohort
     run, token = tmp_path / "run", CancelToken()
@@ -204,7 +183,7 @@ def test_a_run_folder_from_before_a_new_option_still_resumes(cohort, tmp_path: P
         train(tiny_config(unlabeled_student_aug=0.5), labeled, unlabeled, run)
 
 
-def test_student_view_option_reaches_the_reciprocal_step(cohort, tmp_path: Path) -> None:
+def test_student_view_option_reaches_the_reciprocal_step(tiny_config, cohort, tmp_path: Path) -> None:
     labeled, unlabeled = cohort
     plain = train(tiny_config(), labeled, unlabeled, tmp_path / "plain")
     viewed = train(tiny_config(unlabeled_student_aug=1.0), labeled, unlabeled, tmp_path / "viewed")
@@ -214,7 +193,9 @@ def test_student_view_option_reaches_the_reciprocal_step(cohort, tmp_path: Path)
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_warm_start_loads_previous_models_and_checks_architecture(cohort, tmp_path: Path) -> None:
+def test_warm_start_loads_previous_models_and_checks_architecture(
+    tiny_config, cohort, tmp_path: Path
+) -> None:
     labeled, unlabeled = cohort
     first = train(
         tiny_config(supervised_iterations=2, reciprocal_iterations=2), labeled, unlabeled, tmp_path / "a"
@@ -233,7 +214,7 @@ def test_warm_start_loads_previous_models_and_checks_architecture(cohort, tmp_pa
     assert not all(torch.equal(b[k], c[k]) for k in b)  # not the first round's final teacher
 
 
-def test_bad_inputs_are_refused_with_clear_messages(cohort, tmp_path: Path) -> None:
+def test_bad_inputs_are_refused_with_clear_messages(tiny_config, cohort, tmp_path: Path) -> None:
     labeled, unlabeled = cohort
     with pytest.raises(TrainingError, match="unlabelled"):
         train(tiny_config(), labeled, [], tmp_path / "x")
@@ -268,7 +249,7 @@ def test_paper_learning_rate_schedule() -> None:
     )
 
 
-def test_multi_class_labels_train_and_predict(tmp_path: Path) -> None:
+def test_multi_class_labels_train_and_predict(tiny_config, tmp_path: Path) -> None:
     """K=2 foreground classes: the class count reaches the network and the predictions."""
     import SimpleITK as sitk
 
@@ -289,7 +270,7 @@ def test_multi_class_labels_train_and_predict(tmp_path: Path) -> None:
 
 
 def test_student_init_teacher_is_opt_in_and_starts_from_the_supervised_teacher(
-    cohort, tmp_path: Path
+    tiny_config, cohort, tmp_path: Path
 ) -> None:
     assert make_config("paper").student_init == "scratch"
     labeled, unlabeled = cohort
@@ -312,7 +293,9 @@ def test_student_init_teacher_is_opt_in_and_starts_from_the_supervised_teacher(
     assert rel < 0.2, rel
 
 
-def test_supervised_phase_can_use_adam_and_resumes_with_its_state(cohort, tmp_path: Path) -> None:
+def test_supervised_phase_can_use_adam_and_resumes_with_its_state(
+    tiny_config, cohort, tmp_path: Path
+) -> None:
     """`supervised_optimizer="adam"` (the auto preset's): phase 1 steps the teacher with Adam, its
     state is checkpointed and restored; phase 2 keeps the teacher's SGD (h assumes SGD steps)."""
     labeled, unlabeled = cohort

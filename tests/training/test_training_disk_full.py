@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from reciprocalseg.common.processes import child_env
 from reciprocalseg.data.phantom import write_phantom_cohort
-from reciprocalseg.service.jobs import child_env
 
 
 def _can_unshare() -> bool:

@@ -9,12 +9,20 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..common.errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, DataError, ReciprocalSegError
-from ..training.command import add_train_arguments, build_config, load_cases, print_result, train_in_process
+from ..common.errors import (
+    EXIT_CANCELLED,
+    EXIT_ERROR,
+    DataError,
+    ReciprocalSegError,
+    UsageError,
+    exit_code_of,
+)
+from ..training.command import add_train_arguments, request_from_args
 
 __all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "main", "make_parser"]
 
@@ -27,14 +35,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    labeled, unlabeled = load_cases(args)
-    config = build_config(args, labeled, unlabeled)
-    if args.gpus > 1:
-        from ..training.distributed import launch_local
+    """Build the training request in process (the final plan made here) and train it."""
+    started = time.perf_counter()  # a time budget counts the start-up too (training/budget.py)
+    from ..training.run_request import run
 
-        return launch_local(args, config, labeled, unlabeled)
-    print_result(args, train_in_process(args, config, labeled, unlabeled))
-    return 0
+    return run(request_from_args(args, started))
 
 
 # -- predict -----------------------------------------------------------------------------
@@ -108,8 +113,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         structure_qa,
         write_qa,
     )
+    from ..inference.model_check import MAX_OVERLAP
     from ..inference.sliding_window import load_model
 
+    require_folder(args.out, "--out")
+    if args.overlap is not None and not 0 <= args.overlap <= MAX_OVERLAP:
+        raise UsageError(
+            f"--overlap {args.overlap}: a share of the window in [0, {MAX_OVERLAP}] (default 0.5)"
+        )
     if args.images.is_dir():
         sources = [(c.case_id, c.image) for c in discover_cases(args.images)]
     else:
@@ -120,6 +131,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--disagreement compares the teacher with the student: use it with --model both"
         )
     _refuse_overwriting_scans(args, sources, list(model_paths))
+    args.out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, before any work
     models = {name: load_model(path, args.device) for name, path in model_paths.items()}
     n_classes = next(iter(models.values())).n_classes
     ref_paths, ref_source = _reference_label_paths(args)
@@ -128,7 +140,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"QA reference: {ranges.cases} labelled cases, {ref_source}")
     else:
         print(f"QA reference: none, {ref_source}; give --reference-labels DIR to flag unusual structures")
-    args.out.mkdir(parents=True, exist_ok=True)
     qa_rows, found_something = [], dict.fromkeys(models, False)
     for case_id, path in sources:
         labels, spacing = _predict_case(args, case_id, path, models)
@@ -291,8 +302,10 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from ..inference.onnx_export import DEFAULT_OPSET, export_run
+    from ..inference.onnx_export import DEFAULT_OPSET, check_opset, export_run
 
+    check_opset(args.opset or DEFAULT_OPSET)
+    require_folder(args.out, "--out")
     which = ("teacher", "student") if args.model == "both" else (args.model,)
     result = export_run(args.run, args.out, which, args.class_names, args.opset or DEFAULT_OPSET)
     for name, path in result.models.items():
@@ -352,17 +365,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except CancelledError as exc:
-        print(f"cancelled: {exc}. Rerun the same command to resume.", file=sys.stderr)
-        return EXIT_CANCELLED
-    except ReciprocalSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_CANCELLED
+    return exit_code_of(lambda: args.func(args), os_errors_are_usage=True)
+
+
+def require_folder(path: Path, option: str) -> None:
+    """``UsageError`` when an output folder option names an existing file."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: is a file; give a folder (it is created if missing)")
 
 
 if __name__ == "__main__":

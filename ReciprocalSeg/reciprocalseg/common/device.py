@@ -19,7 +19,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise TrainingError(
             "device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto"
         )
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError):
+        raise TrainingError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
 
 
 def describe_device(device: torch.device) -> str:

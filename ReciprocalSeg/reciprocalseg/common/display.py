@@ -27,3 +27,15 @@ def format_numbers(values: Iterable[float], unit: str = "") -> str:
 def format_size(size_xyz: Iterable[int]) -> str:
     """``64x64x48``: an image size in voxels."""
     return "x".join(str(int(n)) for n in size_xyz)
+
+
+EXCERPT_CHARS = 60
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, saying how long it was: error messages quote
+    what a user sent without echoing a megabyte of it back."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"

@@ -36,7 +36,13 @@ import SimpleITK as sitk
 
 from ..common.atomic import atomic_path, atomic_write_json, fsync_dir
 from ..common.errors import DataError
-from ..common.file_formats import IMAGE_SUFFIXES, LABEL_NAME_SUFFIXES
+from ..common.file_formats import (
+    IMAGE_SUFFIXES,
+    LABEL_NAME_SUFFIXES,
+    case_id_from_path,
+    image_suffix,
+    strip_image_extension,
+)
 
 # One Geometry class for the package; re-exported here because the data layer is where
 # callers look for it (docs/DESIGN.md).
@@ -67,51 +73,13 @@ __all__ = [
 
 # Formats whose header and voxel data live in two files (written specially, see write_image).
 _DETACHED_SUFFIXES = (".nhdr", ".mhd")
-# Endings stripped from a file name to get the case ID (one of them, once).
-_ID_NAME_SUFFIXES: tuple[str, ...] = ("_image", "_label", "_seg", "_0000")
 
 
 # --------------------------------------------------------------------------- case IDs
 
 
-def image_suffix(path: str | os.PathLike[str]) -> str | None:
-    """The supported image extension of ``path`` (lower case, ``.nii.gz`` whole), or None."""
-    name = Path(path).name.lower()
-    # Longest first so that ".nii.gz" wins over a bare ".gz" match attempt.
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return suffix
-    return None
-
-
-def _strip_extension(name: str) -> str:
-    suffix = image_suffix(name)
-    if suffix is not None:
-        return name[: -len(suffix)]
-    # Unknown extension: drop it (and a compression extension after it), like ".h5" or ".dcm.gz".
-    m = re.match(r"^(.+?)(\.[A-Za-z][A-Za-z0-9]{0,5})(\.(gz|bz2|xz|zst))?$", name)
-    return m.group(1) if m else name
-
-
-def case_id_from_path(path: str | os.PathLike[str]) -> str:
-    """Case ID of an image or label path (see the module docstring for the rule).
-
-    ``ABC_image.nrrd``, ``ABC_label.nrrd``, ``ABC.nii.gz``, ``labels/ABC.nii.gz`` -> ``ABC``;
-    an existing directory (a DICOM series) -> its name.
-    """
-    p = Path(path)
-    if p.is_dir():
-        return p.name
-    stem = _strip_extension(p.name)
-    lower = stem.lower()
-    for ending in _ID_NAME_SUFFIXES:
-        if lower.endswith(ending) and len(stem) > len(ending):
-            return stem[: -len(ending)]
-    return stem
-
-
 def _is_label_name(path: Path) -> bool:
-    return _strip_extension(path.name).lower().endswith(LABEL_NAME_SUFFIXES)
+    return strip_image_extension(path.name).lower().endswith(LABEL_NAME_SUFFIXES)
 
 
 # --------------------------------------------------------------------------- reading / writing
@@ -446,7 +414,17 @@ def _write_error(img: sitk.Image, target: Path, exc: RuntimeError) -> Exception:
         free = None
     if free is not None and free < needed:
         return OSError(errno.ENOSPC, f"no space left to write {target.name} ({free} bytes free)", str(target))
+    if not os.access(target.parent, os.W_OK):  # a folder we may not write: not the image's fault
+        code = errno.EROFS if _read_only(target.parent) else errno.EACCES
+        return OSError(code, os.strerror(code), str(target))
     return DataError(f"{target}: cannot write the image: {_itk_reason(exc)}")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 def _write_detached(img: sitk.Image, target: Path) -> None:

@@ -120,7 +120,19 @@ def cache_case(case: Case, prep: Preprocessing, cache_dir: Path, n_classes: int 
 def cache_cases(
     cases: Sequence[Case], prep: Preprocessing, cache_dir: Path, n_classes: int | None = None
 ) -> list[CachedCase]:
-    return [cache_case(c, prep, cache_dir, n_classes) for c in cases]
+    """:func:`cache_case` for each case; a case that cannot be used is named in the error (a
+    round must never fail on one case without saying which)."""
+    out = []
+    for case in cases:
+        try:
+            out.append(cache_case(case, prep, cache_dir, n_classes))
+        except DataError as exc:
+            if case.case_id in str(exc):
+                raise
+            raise DataError(
+                f"case {case.case_id} ({case.image}): {exc}; fix or replace its scan, or leave the case out"
+            ) from exc
+    return out
 
 
 def partially_labeled(cases: Sequence[CachedCase]) -> list[CachedCase]:

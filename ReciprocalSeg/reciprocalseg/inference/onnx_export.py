@@ -29,11 +29,14 @@ import torch
 from torch import nn
 
 from ..common.atomic import atomic_write_bytes, atomic_write_json
-from ..common.errors import ReciprocalSegError
+from ..common.errors import ReciprocalSegError, UsageError
 from .sliding_window import LoadedModel, load_model
 
 FORMAT = "reciprocalseg-onnx-1"
 DEFAULT_OPSET = 17
+# The opsets this export works with: PyTorch's TorchScript exporter writes at most 20, and below 9
+# it keeps the weights as graph inputs (ONNX IR v3) and cannot fold constants.
+MIN_OPSET, MAX_OPSET = 9, 20
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
 # The largest difference between PyTorch's and onnxruntime's probabilities accepted at export.
 VERIFY_TOLERANCE = 1e-4
@@ -216,6 +219,15 @@ def _verify(model: LoadedModel, data: bytes) -> float | None:
     return diff
 
 
+def check_opset(opset: int) -> None:
+    """``UsageError`` for an opset this export cannot write."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(
+            f"--opset {opset}: the export writes ONNX opsets {MIN_OPSET}..{MAX_OPSET} "
+            f"(default {DEFAULT_OPSET})"
+        )
+
+
 def export_run(
     run: Path,
     out_dir: Path,
@@ -224,6 +236,7 @@ def export_run(
     opset: int = DEFAULT_OPSET,
 ) -> ExportResult:
     """Export ``RUN/<name>.pt`` for each name in ``which`` (or one model file) to ``out_dir``."""
+    check_opset(opset)
     _require_onnx()
     sources = {run.stem: run} if run.is_file() else {name: run / f"{name}.pt" for name in which}
     missing = [str(p) for p in sources.values() if not p.exists()]

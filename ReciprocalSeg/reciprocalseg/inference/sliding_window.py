@@ -26,8 +26,8 @@ from ..data.preprocess import (
     preprocess_image,
     restore_probabilities,
 )
-from ..model.vnet import build_model
 from ..training.checkpoint import load_model_file
+from .model_check import build_network, check_inference_meta
 from .postprocess import largest_connected_component
 
 PAPER_STRIDE_XYZ = (18, 18, 4)
@@ -57,17 +57,20 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Load `teacher.pt`, `student.pt` or `supervised.pt` (any ReciprocalSeg model file)."""
+    """Load `teacher.pt`, `student.pt` or `supervised.pt` (any ReciprocalSeg model file).
+
+    Refused with a ``ReciprocalSegError`` naming the file: weights that do not fit the network its
+    description builds, NaN or infinite weights (such a model predicts nothing), or a description
+    prediction cannot use (model_check).
+    """
     data = load_model_file(Path(path))
     meta = data["meta"]
-    dev = resolve_device(device)
-    module = build_model(
-        meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"], meta.get("strides")
-    )
-    module.load_state_dict(data["state_dict"])
+    source = f"model file {path}"
+    check_inference_meta(meta, source)
+    module = build_network(meta, data["state_dict"], source)
     # Channels-last weights: the layout cuDNN's bf16 tensor-core and oneDNN's CPU convolutions want.
-    module.to(dev, memory_format=torch.channels_last_3d).eval()
-    return LoadedModel(module, meta, dev, Path(path))
+    module.to(resolve_device(device), memory_format=torch.channels_last_3d).eval()
+    return LoadedModel(module, meta, resolve_device(device), Path(path))
 
 
 def from_module(module: torch.nn.Module, meta: dict) -> LoadedModel:
@@ -278,28 +281,39 @@ def disagreement(probs_a: np.ndarray, probs_b: np.ndarray) -> tuple[np.ndarray, 
 
 @dataclass
 class PairPrediction:
+    """Teacher and student maps with their disagreement; a teacher-only round (supervised only)
+    gives the teacher's map alone (``student``, ``disagreement`` and ``score`` None)."""
+
     teacher: sitk.Image
-    student: sitk.Image
-    disagreement: sitk.Image
-    score: float
+    student: sitk.Image | None
+    disagreement: sitk.Image | None
+    score: float | None
 
 
 class TeacherStudentPredictor:
-    """Both networks of a round, loaded once and kept for repeated predictions."""
+    """Both networks of a round (or its teacher alone), loaded once and kept for repeated predictions."""
 
-    def __init__(self, teacher_path: str | Path, student_path: str | Path, device: str = "auto") -> None:
+    def __init__(
+        self, teacher_path: str | Path, student_path: str | Path | None, device: str = "auto"
+    ) -> None:
         self.teacher = load_model(teacher_path, device)
-        self.student = load_model(student_path, device)
+        self.student = load_model(student_path, device) if student_path is not None else None
 
     @classmethod
-    def from_models(cls, teacher: LoadedModel, student: LoadedModel) -> TeacherStudentPredictor:
+    def from_models(cls, teacher: LoadedModel, student: LoadedModel | None) -> TeacherStudentPredictor:
         """A pair of networks already built (e.g. from a training checkpoint, not model files)."""
         pair = cls.__new__(cls)
         pair.teacher, pair.student = teacher, student
         return pair
 
+    @property
+    def teacher_only(self) -> bool:
+        return self.student is None
+
     def predict(self, image: sitk.Image) -> PairPrediction:
-        t = predict_image(self.teacher, image, return_probabilities=True)
+        t = predict_image(self.teacher, image, return_probabilities=self.student is not None)
+        if self.student is None:
+            return PairPrediction(t.labels, None, None, None)
         s = predict_image(self.student, image, return_probabilities=True)
         voxel, score = disagreement(t.probabilities, s.probabilities)
         dis = sitk.GetImageFromArray(voxel)

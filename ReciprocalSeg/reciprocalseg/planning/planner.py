@@ -126,10 +126,10 @@ def target_spacing(fp: Fingerprint) -> tuple[list[float], str]:
 def crop_budget(device: torch.device) -> tuple[int, str]:
     """Voxels per crop the device affords, and why."""
     if device.type != "cuda":
-        return CPU_CROP_VOXELS, "CPU: lite's 64x64x48 voxels"
+        return CPU_CROP_VOXELS, "a CPU affords (lite's 64x64x48: a round in minutes on two cores)"
     free, _ = torch.cuda.mem_get_info(device)
     scale = min(1.0, max(0.25, free / GPU_REFERENCE_FREE_BYTES))
-    return int(GPU_CROP_VOXELS * scale), f"GPU with {free / 1024**3:.0f} GiB free"
+    return int(GPU_CROP_VOXELS * scale), f"a GPU with {free / 1024**3:.0f} GiB free affords"
 
 
 def coarsen_for_budget(target: list[float], shape: np.ndarray, budget: int, anisotropic: bool) -> float:
@@ -149,6 +149,25 @@ def fit_crop(shape: np.ndarray, spacing: list[float], budget: int) -> list[int]:
         axis = int(np.argmax(extents))
         crop[axis] = max(MIN_BOTTLENECK_EDGE, int(crop[axis] * 0.9))
     return crop
+
+
+def crop_reason(shape: np.ndarray, fitted: list[int], crop: list[int], budget: int, why_budget: str) -> str:
+    """Why the crop is what it is: the whole median case when it fits the device's voxel budget,
+    else the case cut along its longest physical side; then rounded to what the strides halve."""
+    case = "x".join(str(max(1, int(round(n)))) for n in shape)
+    if fitted == [max(1, int(round(n))) for n in shape]:
+        text = (
+            f"the whole median case ({case} voxels at the target spacing) fits the {budget:,} voxels "
+            f"{why_budget}"
+        )
+    else:
+        text = (
+            f"the median case ({case} voxels at the target spacing) is more than the {budget:,} voxels "
+            f"{why_budget}: cut, its longest physical side first, to {'x'.join(map(str, fitted))}"
+        )
+    if crop != fitted:
+        text += f", rounded up to {'x'.join(map(str, crop))} (each side a multiple of what the strides halve)"
+    return text
 
 
 def downsampling(crop: list[int], spacing: list[float]) -> list[list[int]]:
@@ -194,11 +213,11 @@ def plan_from_fingerprint(fp: Fingerprint, device: torch.device | str = "cpu") -
     # 4 significant digits (4 decimals of a mm made a 30 micrometre spacing 0)
     values["target_spacing"] = None if exact else [float(f"{s:.4g}") for s in spacing]
     reasons["target_spacing"] = "every case has the median spacing: no resampling" if exact else why_spacing
-    crop = fit_crop(shape, spacing, budget)
-    levels = downsampling(crop, spacing)
-    crop = round_up_crop(crop, levels)
+    fitted = fit_crop(shape, spacing, budget)
+    levels = downsampling(fitted, spacing)
+    crop = round_up_crop(fitted, levels)
     values["patch_size"] = crop
-    reasons["patch_size"] = f"median case {[int(round(n)) for n in shape]} voxels within {why_budget}"
+    reasons["patch_size"] = crop_reason(shape, fitted, crop, budget, why_budget)
     values["downsampling"] = levels
     reasons["downsampling"] = (
         "halve an axis while >= 8 voxels remain and its spacing is within 2x of the finest"

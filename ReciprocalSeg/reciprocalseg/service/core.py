@@ -1,7 +1,7 @@
 """The service object: everything behind the HTTP layer (workspace, training, models, prediction).
 
 Routes (``routes/``) translate HTTP to calls on one :class:`Service`; the methods here raise
-:class:`~reciprocalseg.service.workspace.ApiError` subclasses that become 4xx answers.
+:class:`~reciprocalseg.service.errors.ApiError` subclasses that become 4xx answers.
 """
 
 from __future__ import annotations
@@ -15,29 +15,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import reciprocalseg
+from reciprocalseg.common.display import excerpt
 from reciprocalseg.common.errors import DataError, ReciprocalSegError
 
 from . import schemas as S
+from .auto_retrain import AutoRetrain
+from .errors import ApiError, Conflict, Forbidden, Invalid, NotFound, TooLarge, UnsupportedType
 from .fingerprints import CaseFingerprints
 from .jobs import TrainingManager
 from .live import LiveCheckpoint, LiveModel
 from .middleware import LOOPBACK_HOSTS
 from .model_store import ModelStore
 from .quality import StructureChecks, n_flags
+from .refinement import Refinements
+from .rounds import record_background_only
 from .uploads import looks_like_dicom_folder, read_upload
-from .workspace import (
-    DEFAULT_MAX_VOXELS,
-    ApiError,
-    Conflict,
-    Forbidden,
-    Invalid,
-    NotFound,
-    TooLarge,
-    UnsupportedType,
-    Workspace,
-    check_new_case_id,
-    label_max,
-)
+from .workspace import DEFAULT_MAX_VOXELS, Workspace, check_new_case_id, label_max
 
 if TYPE_CHECKING:
     from reciprocalseg.inference.sliding_window import TeacherStudentPredictor
@@ -45,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PredictionModel = Literal["current", "live"]
+PATH_CHARS = 300  # of a path quoted in an answer (a request may send 4096)
 Ranking = Literal["disagreement", "qa"]
 
 
@@ -80,6 +74,15 @@ class Service:
             on_round=self._new_round,
         )
         self.models = ModelStore(self.ws, self.max_upload_bytes)
+        self.auto_retrain = AutoRetrain(self.ws, self.jobs)
+        self.refinements = Refinements(
+            self.ws,
+            self.fingerprints,
+            self.auto_retrain,
+            default_device=config.device,
+            max_voxels=config.max_voxels,
+            stopping=lambda: self.closed,
+        )
         self._predictor: Any = None
         self._predictor_key: tuple[int, str, str] | None = None
         self._predict_lock = threading.Lock()
@@ -97,11 +100,13 @@ class Service:
         resumed = self.jobs.recover()
         if resumed:
             log.warning("resumed training run(s) %s", ", ".join(resumed))
+        self.auto_retrain.start()
 
     def close(self) -> None:
         """Stop a running training worker (with a checkpoint); it resumes at the next start-up."""
         if not self.closed:
             self.closed = True
+            self.auto_retrain.close()
             self.jobs.shutdown()
 
     def _new_round(self, entry: dict[str, Any]) -> None:
@@ -117,7 +122,7 @@ class Service:
             log.warning("could not check round %s for background-only predictions: %s", entry["round"], exc)
             return
         if networks:
-            self.jobs.record_background_only(entry, networks)
+            record_background_only(self.ws, entry, networks)
 
     def background_only_networks(self, entry: dict[str, Any], max_cases: int = 2) -> list[str]:
         """The networks of a round that predict background everywhere on labelled scans with foreground.
@@ -137,11 +142,12 @@ class Service:
             return []
         teacher, student = self.ws.model_paths(entry)
         predictor = TeacherStudentPredictor(teacher, student, device=self.config.device)
-        empty = {"teacher": True, "student": True}
+        empty = {"teacher": True, **({} if predictor.teacher_only else {"student": True})}
         for case_id in cases[:max_cases]:
             result = predictor.predict(read_image(self.ws.image_path(case_id)))
             empty["teacher"] &= _all_background(result.teacher)
-            empty["student"] &= _all_background(result.student)
+            if result.student is not None:
+                empty["student"] &= _all_background(result.student)
         return [name for name, is_empty in empty.items() if is_empty]
 
     # ------------------------------------------------------------------ cases
@@ -182,8 +188,7 @@ class Service:
                     f"{exc.message} (derived from the file name {filename!r}); pass case_id"
                 ) from None
         check_new_case_id(case_id)
-        if self.ws.has_case(case_id):
-            raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+        self.ws.refuse_taken_id(case_id)
         image = read_upload(tmp, filename, self.config.max_voxels)
         rec = self.ws.add_case(image, case_id, source=f"upload:{filename}")
         self.fingerprints.record(case_id, image)
@@ -203,8 +208,7 @@ class Service:
             )
         case_id = req.case_id if req.case_id is not None else case_id_from_path(path)
         check_new_case_id(case_id)
-        if self.ws.has_case(case_id):
-            raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+        self.ws.refuse_taken_id(case_id)
         try:
             image = read_image(path, max_voxels=self.config.max_voxels)
         except DataError as exc:
@@ -227,7 +231,8 @@ class Service:
             )
         path = Path(given).expanduser()
         if "\x00" in given or not path.is_absolute():
-            raise Invalid(f"path {given!r} must be an absolute path on the server")
+            raise Invalid(f"path {excerpt(given, PATH_CHARS)} must be an absolute path on the server")
+        given = given if len(given) <= PATH_CHARS else excerpt(given, PATH_CHARS)  # quoted, not echoed
         shown = ", ".join(str(r) for r in roots)
         try:
             resolved = path.resolve(strict=True)
@@ -278,7 +283,8 @@ class Service:
         if kind == "submitted":
             self.ws.grow_n_classes(max_value + 1)
             self.fingerprints.record(case_id, image, arr, entry["version"])
-        return S.LabelVersion(**entry)
+            self.auto_retrain.notify()
+        return S.LabelVersion(**entry, warning=_all_background_warning(case_id, arr, kind))
 
     def draft_from_prediction(self, case_id: str, author: str | None) -> S.LabelVersion:
         from reciprocalseg.data.io import read_image
@@ -298,12 +304,18 @@ class Service:
         entry = self.ws.round_entry(None)
         teacher, student = self.ws.model_paths(entry)
         key = (entry["round"], str(teacher), str(student))
-        if self._predictor_key != key:
-            self._predictor = None
+        if self._predictor_key != key or self._predictor is None:
+            # Forget the old key with the old model: a failed load must not leave the key of a model
+            # that is no longer held (the next request for that round would find None: a 500 until
+            # a restart).
+            self._predictor, self._predictor_key = None, None
             try:
                 self._predictor = TeacherStudentPredictor(teacher, student, device=self.config.device)
             except (OSError, ReciprocalSegError, RuntimeError, ValueError, KeyError) as exc:
-                raise Conflict(f"cannot load the models of round {entry['round']}: {exc}") from None
+                raise Conflict(
+                    f"cannot load the models of round {entry['round']}: {exc}. Make another round current "
+                    "(PUT /models/current), or train or import a new one"
+                ) from None
             self._predictor_key = key
         return entry["round"], self._predictor
 
@@ -323,10 +335,14 @@ class Service:
             else:
                 round_id, predictor = self.predictor()
                 provenance = {"live": False, "run_id": self.ws.round_entry(round_id).get("run_id")}
-            result = predictor.predict(image)
+            try:
+                result = predictor.predict(image)
+            except DataError as exc:  # e.g. a constant scan stored before uploads were checked for it
+                raise Invalid(f"case {case_id}: {exc}; replace its scan or delete the case") from None
         extra = {
             "teacher_empty": _all_background(result.teacher),
-            "student_empty": _all_background(result.student),
+            "student_empty": None if result.student is None else _all_background(result.student),
+            "teacher_only": result.student is None,
             **provenance,
             **self.checks.measure(case_id, result.teacher, result.student, predictor.teacher.n_classes),
         }
@@ -336,7 +352,7 @@ class Service:
             result.teacher,
             result.student,
             result.disagreement,
-            float(result.score),
+            result.score,
             extra,
             live=provenance["live"],
         )
@@ -366,7 +382,8 @@ class Service:
 
     def prediction_info(self, case_id: str, entry: dict[str, Any]) -> S.PredictionInfo:
         fields = {k: v for k, v in entry.items() if k in S.PredictionInfo.model_fields and k != "qa"}
-        info = S.PredictionInfo(case_id=case_id, **fields, warning=background_warning(entry))
+        note = teacher_only_note(entry["round"]) if entry.get("teacher_only") else None
+        info = S.PredictionInfo(case_id=case_id, **fields, warning=background_warning(entry), note=note)
         if entry.get("qa") is not None:
             rows, _ = self.checks.rows(case_id, entry)
             info.qa = [S.StructureQA(**_qa_fields(r.to_dict())) for r in rows]
@@ -415,7 +432,8 @@ class Service:
 
         ``by="disagreement"``: the largest teacher/student disagreement (a case where both see
         nothing first). ``by="qa"``: the most QA flags over both networks' structures, ties broken
-        by the disagreement ranking.
+        by the disagreement ranking. A teacher-only current round (supervised only) has no
+        disagreement: its cases are ranked by the teacher's QA flags, and the answer says so.
         """
         candidates = [c for c in self.ws.all_cases() if self.ws.current_label(c) is None]
         if not candidates:
@@ -435,8 +453,16 @@ class Service:
                     continue  # deleted meanwhile, or the current round changed
                 n_new += 1
             preds[c["id"]] = pred
+        teacher_only = bool(self.ws.round_entry(current).get("teacher_only"))
+        note = None
+        if teacher_only:
+            by = "qa"
+            note = (
+                f"{teacher_only_note(current)}: ranked by the teacher's QA flags (a case where it finds "
+                "nothing first), not by disagreement"
+            )
         if not preds:
-            return S.NextCase(case_id=None, n_candidates=0, by=by)
+            return S.NextCase(case_id=None, n_candidates=0, by=by, teacher_only=teacher_only, note=note)
         flags = {k: n_flags(self.checks.rows(k, p)[0]) for k, p in preds.items()} if by == "qa" else {}
         best = max(preds, key=lambda k: (flags.get(k, 0), *uncertainty_rank(k, preds[k])))
         return S.NextCase(
@@ -448,6 +474,8 @@ class Service:
             n_predicted_now=n_new,
             by=by,
             qa_flags=flags.get(best),
+            teacher_only=teacher_only,
+            note=note,
         )
 
     # ------------------------------------------------------------------ plan
@@ -458,10 +486,22 @@ class Service:
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> S.Settings:
-        return S.Settings(n_classes=self.ws.n_classes, n_classes_fixed=self.ws.n_classes_fixed)
+        return S.Settings(
+            n_classes=self.ws.n_classes,
+            n_classes_fixed=self.ws.n_classes_fixed,
+            retrain_after=self.auto_retrain.after,
+            retrain_minutes=self.auto_retrain.minutes,
+            corrections=self.auto_retrain.corrections(),
+            retrain_message=self.auto_retrain.message,
+        )
 
     def update_settings(self, req: S.SettingsUpdate) -> S.Settings:
-        self.ws.set_n_classes(req.n_classes)
+        given = req.model_fields_set  # an absent field stays as it is; n_classes null means "follow"
+        if "n_classes" in given:
+            self.ws.set_n_classes(req.n_classes)
+        if {"retrain_after", "retrain_minutes"} & given:
+            after = req.retrain_after if "retrain_after" in given else self.auto_retrain.after
+            self.auto_retrain.configure(after, req.retrain_minutes)
         return self.settings()
 
     # ------------------------------------------------------------------ info
@@ -541,6 +581,20 @@ def _refuse_class_gaps(arr: Any, max_value: int, n_classes: int, filename: str) 
         )
 
 
+def _all_background_warning(case_id: str, labels: Any, kind: str) -> str | None:
+    """The warning of a submitted full label with no foreground voxel (every voxel class 0): a
+    Slicer label nobody painted, or a mask saved empty; stored, as asked, but said. A partial
+    label (255 = unannotated) with only background strokes is what scribbles may mean: no warning."""
+    from reciprocalseg.common.file_formats import UNANNOTATED
+
+    if kind != "submitted" or (labels == UNANNOTATED).any() or labels.any():
+        return None
+    return (
+        f"The label of {case_id} has no voxel of any class: the case is labelled all background. "
+        "Upload a corrected label if that was not meant."
+    )
+
+
 def _fixed_classes_hint(message: str, fixed: bool) -> str:
     if fixed and "configured number of classes" in message:
         return (
@@ -578,8 +632,19 @@ def both_empty(pred: dict[str, Any]) -> bool:
 
 def uncertainty_rank(case_id: str, pred: dict[str, Any]) -> tuple[bool, float, str]:
     """Sort key of next-case, largest first: a case where both networks see nothing is the most
-    uncertain of all (score 0 only because there is nothing to compare), then the disagreement."""
+    uncertain of all (score 0 only because there is nothing to compare), then the disagreement.
+    A teacher-only prediction has no disagreement: a case where the teacher sees nothing first."""
+    if pred.get("teacher_only"):
+        return bool(pred.get("teacher_empty")), 0.0, case_id
     return both_empty(pred), float(pred["score"]), case_id
+
+
+def teacher_only_note(round_id: int) -> str:
+    """What a teacher-only round's answers say about it."""
+    return (
+        f"round {round_id} is supervised-only: a teacher, no student (its student never trained), so "
+        "there is no student map and no disagreement"
+    )
 
 
 def background_warning(pred: dict[str, Any]) -> str | None:

@@ -10,7 +10,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from .core import Service
-from .workspace import CASE_ID_PATTERN, Invalid, NotFound
+from .errors import Invalid, NotFound
+from .workspace import CASE_ID_PATTERN
 
 NRRD = "application/octet-stream"
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

@@ -22,7 +22,8 @@ from typing import Any
 from reciprocalseg.common.atomic import atomic_write_json
 from reciprocalseg.common.errors import DataError
 
-from .workspace import Invalid, NotFound, Workspace
+from .errors import Invalid, NotFound
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -118,22 +119,24 @@ class CaseFingerprints:
 
 
 def workspace_plan(
-    ws: Workspace, fingerprints: CaseFingerprints, device: str, warm_start_dir: Path | None = None
+    ws: Workspace,
+    fingerprints: CaseFingerprints,
+    device: str,
+    warm_start_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """The ``auto`` plan of the next round on ``device``: from the cases' records, with the
-    network kept from the run a warm start continues, and the workspace's class count, exactly
-    as the training child applies them (``train_command``)."""
+    """The ``auto`` plan of the next round on ``device``: from the cases' records, finished once
+    (``planning/final_plan.py``: the network kept from the run a warm start continues, the
+    workspace's class count and ``overrides`` recorded); the training child trains it as written."""
     from reciprocalseg.common.device import resolve_device
     from reciprocalseg.common.errors import ReciprocalSegError
-    from reciprocalseg.planning.planner import plan_from_fingerprint, planned_config
-    from reciprocalseg.training.command import keep_architecture
+    from reciprocalseg.planning.final_plan import finish_plan
+    from reciprocalseg.planning.planner import plan_from_fingerprint
 
     fp = fingerprints.cohort()
     try:
         plan = plan_from_fingerprint(fp, resolve_device(device))
-        if warm_start_dir is not None and (warm_start_dir / "config.json").is_file():
-            keep_architecture(plan, warm_start_dir / "config.json")
-        planned_config(plan, {"n_classes": ws.n_classes})  # records the override as the child does
+        finish_plan(plan, {"n_classes": ws.n_classes, **(overrides or {})}, warm_start=warm_start_dir)
     except ReciprocalSegError as exc:
         raise Invalid(f"cannot plan a round from the cases: {exc}") from None
     return plan

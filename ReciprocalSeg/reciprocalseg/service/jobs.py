@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -33,38 +32,56 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from reciprocalseg.common.errors import EXIT_CANCELLED
+from reciprocalseg.common.processes import (
+    child_env,
+    create_time,
+    find_process,
+    start_process,
+    terminate_child_tree,
+    terminate_tree,
+)
 from reciprocalseg.data.io import Case, write_case_list
+from reciprocalseg.training.request import TrainRequest
 
+from .errors import Conflict, Invalid, NotFound
 from .fingerprints import CaseFingerprints, workspace_plan
-from .model_store import sha256_file
-from .workspace import Conflict, Invalid, NotFound, Workspace, now_iso
+from .rounds import register_run, round_of_run, teacher_only_run, unusable_models
+from .workspace import Workspace, now_iso
 
 log = logging.getLogger(__name__)
 
-EXIT_CANCELLED = 3
 ACTIVE_STATES = ("running",)
 RESUMABLE_STATES = ("cancelled", "interrupted", "failed")
 # What a model file's weights depend on: a warm start needs them equal (model/vnet.py).
 NETWORK_FIELDS = ("n_filters", "normalization", "downsampling")
 
 
+REQUEST_FILE = "request.json"
+
+
 def default_train_command() -> list[str]:
-    """The command prefix that starts a training child: ``python -m reciprocalseg train``."""
-    return [sys.executable, "-m", "reciprocalseg", "train"]
+    """The command that trains a request file (``--request FILE`` follows)."""
+    return [sys.executable, "-m", "reciprocalseg.training.run_request"]
 
 
-def child_env() -> dict[str, str]:
-    """The environment of a training child: it imports the same ``reciprocalseg`` as the service."""
-    import reciprocalseg
-
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    pkg_parent = str(Path(reciprocalseg.__file__).resolve().parent.parent)
-    parts = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *[p for p in parts if p != pkg_parent]])
-    return env
+def train_settings(
+    n_classes: int,
+    device: str,
+    iterations: int | None = None,
+    supervised_iterations: int | None = None,
+    checkpoint_every: int | None = None,
+    minutes: float | None = None,
+) -> dict[str, Any]:
+    """The ``TrainConfig`` fields a round sets over its preset or plan (None: not set)."""
+    return {
+        "n_classes": n_classes,
+        "device": device,
+        "reciprocal_iterations": iterations,
+        "supervised_iterations": supervised_iterations,
+        "checkpoint_every": checkpoint_every,
+        "minutes": minutes,
+    }
 
 
 class EventReader:
@@ -100,58 +117,6 @@ class EventReader:
                     self.events.append(ev)
             self.offset += end + 1
             return self.events
-
-
-def _process_matches(pid: int | None, create_time: float | None, run_dir: Path) -> psutil.Process | None:
-    """The live worker process of a run, if ``pid`` still names it (guards against pid reuse)."""
-    if not pid:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if str(run_dir) not in " ".join(proc.cmdline()):
-            return None
-        return proc
-    except (psutil.Error, OSError):
-        return None
-
-
-def terminate_tree(
-    proc: psutil.Process, timeout: float = 30.0, child: subprocess.Popen | None = None
-) -> None:
-    """SIGTERM a process and its children; SIGKILL whatever is left after ``timeout`` seconds.
-
-    ``child``: the ``Popen`` of ``proc`` when it is this process's own child. Only that ``Popen``
-    may then wait for it: psutil would reap it (``waitpid``) first, and the ``Popen``, finding no
-    child left, would report an exit status of 0, which the watcher thread records as how the
-    run ended (a cancelled run then looked like a failed one, "exited with code 0").
-    """
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        procs = [proc]
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    deadline = time.monotonic() + timeout
-    if child is not None:
-        procs = procs[1:]  # the descendants: not our children, so psutil only polls them
-        try:
-            child.wait(timeout=timeout)  # shares the watcher's lock: one of the two reaps it
-        except subprocess.TimeoutExpired:
-            child.kill()
-    _, alive = psutil.wait_procs(procs, timeout=max(0.0, deadline - time.monotonic()))
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
 
 
 class TrainingManager:
@@ -193,7 +158,7 @@ class TrainingManager:
 
         Read from the round's own run config when it has one: an ``auto`` round's network comes
         from its plan, not its preset. A new ``auto`` round keeps the previous network
-        (``train_command.keep_architecture``), so it never differs.
+        (``planning.final_plan.keep_architecture``), so it never differs.
         """
         from reciprocalseg.config import PRESETS, make_config
 
@@ -241,8 +206,9 @@ class TrainingManager:
     ) -> dict[str, Any]:
         """Start a new round on the current labels; 409 while another run is active.
 
-        An ``auto`` round's plan is made here, from the cases' fingerprint records (what
-        ``GET /plan`` shows), written to ``RUN/plan.json`` and passed to the child with ``--plan``.
+        An ``auto`` round's plan is made and finished here, from the cases' fingerprint records
+        (what ``GET /plan`` shows), and written to ``RUN/plan.json``; the round's training request
+        (``RUN/request.json``, ``training/request.py``) names it, and the child trains it as written.
         """
         from reciprocalseg.config import PRESETS
 
@@ -273,13 +239,18 @@ class TrainingManager:
                         f"(preset {old!r}): the networks differ in {', '.join(differs)}; "
                         f"use preset {old!r} (or auto, which keeps the network) or warm_start=false"
                     )
-            plan = self.plan(device, warm_from) if preset == "auto" else None
+            settings = train_settings(
+                self.ws.n_classes, device, iterations, supervised_iterations, checkpoint_every, minutes
+            )
+            plan = self.plan(device, warm_from, settings) if preset == "auto" else None
             run_id = self._new_run_id()
             run_dir = self.ws.runs_dir / run_id
             run_dir.mkdir(parents=True)
             write_case_list(run_dir / "cases.json", labeled, unlabeled)
             if plan is not None:
                 plan.save(run_dir / "plan.json")
+            warm_path = self.ws.root / warm_start_source(warm_from) if warm_from else None
+            self._write_request(run_dir, preset, settings, warm_path)
             job = {
                 "run_id": run_id,
                 "state": "running",
@@ -291,7 +262,7 @@ class TrainingManager:
                 "device": device,
                 "warm_start": warm_start,
                 "warm_start_round": warm_from["round"] if warm_from else None,
-                "warm_start_dir": warm_from["dir"] if warm_from else None,
+                "warm_start_dir": warm_start_source(warm_from) if warm_from else None,
                 "n_classes": self.ws.n_classes,
                 "classes_include_background": True,
                 "n_labeled": len(labeled),
@@ -327,13 +298,19 @@ class TrainingManager:
             )
         return warm_from, None
 
-    def plan(self, device: str | None = None, warm_from: dict[str, Any] | None | bool = True) -> Any:
+    def plan(
+        self,
+        device: str | None = None,
+        warm_from: dict[str, Any] | None | bool = True,
+        settings: dict[str, Any] | None = None,
+    ) -> Any:
         """The ``auto`` plan of a round on ``device`` (default: the service's) from the cases'
-        fingerprint records; ``warm_from=True``: warm-started as a new round would be."""
+        fingerprint records; ``warm_from=True``: warm-started as a new round would be;
+        ``settings``: what the round sets over the plan (recorded in it)."""
         if warm_from is True:
             warm_from = self._warm_start_round()[0]
         folder = self.ws.root / warm_from["dir"] if warm_from and warm_from.get("dir") else None
-        return workspace_plan(self.ws, self.fingerprints, device or self.default_device, folder)
+        return workspace_plan(self.ws, self.fingerprints, device or self.default_device, folder, settings)
 
     def _refuse_if_active(self) -> None:
         if self._active is not None:
@@ -342,65 +319,61 @@ class TrainingManager:
                 "to finish before starting another (one training job at a time)"
             )
 
-    def _command(self, job: dict[str, Any]) -> list[str]:
+    def _write_request(
+        self, run_dir: Path, preset: str, settings: dict[str, Any], warm_start: Path | None
+    ) -> None:
+        """Write the run's training request (the child's only input besides the files it names)."""
+        plan = run_dir / "plan.json"
+        TrainRequest(
+            out=run_dir,
+            labeled=[],  # named by cases_file: the request file refers to the case list
+            unlabeled=[],
+            preset=preset,
+            plan=plan if plan.is_file() else None,
+            config=settings,
+            warm_start=warm_start,
+            json_events=True,
+            cases_file=run_dir / "cases.json",
+        ).save(run_dir / REQUEST_FILE)
+
+    def _write_request_of_older_run(self, job: dict[str, Any]) -> None:
+        """A run started by a service that passed a command line instead (its job.json holds the
+        settings) gets its request; an ``auto`` one from before the service planned, its plan."""
         run_dir = self.ws.runs_dir / job["run_id"]
-        cmd = [
-            *self.train_command,
-            "--manifest",
-            str(run_dir / "cases.json"),
-            "--out",
-            str(run_dir),
-            "--preset",
-            job["preset"],
-            "--device",
+        settings = train_settings(
+            job_n_classes(job),
             job["device"],
-            "--n-classes",
-            str(job_n_classes(job)),
-            "--json",
-        ]
-        if job.get("iterations") is not None:
-            cmd += ["--iterations", str(job["iterations"])]
-        if job.get("supervised_iterations") is not None:
-            cmd += ["--supervised-iterations", str(job["supervised_iterations"])]
-        if job.get("checkpoint_every") is not None:
-            cmd += ["--checkpoint-every", str(job["checkpoint_every"])]
-        if job.get("minutes") is not None:
-            cmd += ["--minutes", str(job["minutes"])]
-        if job.get("warm_start_dir"):
-            cmd += ["--warm-start", str(self.ws.root / job["warm_start_dir"])]
-        if (run_dir / "plan.json").is_file():  # the service's plan (runs started before it had none)
-            cmd += ["--plan", str(run_dir / "plan.json")]
-        return cmd
+            job.get("iterations"),
+            job.get("supervised_iterations"),
+            job.get("checkpoint_every"),
+            job.get("minutes"),
+        )
+        warm = self.ws.root / job["warm_start_dir"] if job.get("warm_start_dir") else None
+        if job["preset"] == "auto" and not (run_dir / "plan.json").is_file():
+            plan_older_run(run_dir, job["device"], settings, warm)
+        self._write_request(run_dir, job["preset"], settings, warm)
+
+    def _command(self, run_dir: Path) -> list[str]:
+        return [*self.train_command, "--request", str(run_dir / REQUEST_FILE)]
 
     def _launch(self, job: dict[str, Any]) -> None:
         """Start (or restart, resuming) the child of ``job``; caller holds ``self._lock``."""
         run_dir = self.ws.runs_dir / job["run_id"]
         (run_dir / "CANCEL").unlink(missing_ok=True)  # a stale cancel flag would stop the resumed run at once
-        cmd = self._command(job)
-        env = child_env()
+        if not (run_dir / REQUEST_FILE).is_file():
+            self._write_request_of_older_run(job)
+        cmd = self._command(run_dir)
         stdout = open(run_dir / "stdout.log", "ab")
         stderr = open(run_dir / "stderr.log", "ab")
         try:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=stdout,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                cwd=str(run_dir),
-                env=env,
-                start_new_session=(os.name == "posix"),
-            )
+            proc = start_process(cmd, stdout, stderr, child_env(), cwd=run_dir)
         finally:
             stdout.close()
             stderr.close()
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            create_time = None
         job.update(
             state="running",
             pid=proc.pid,
-            pid_create_time=create_time,
+            pid_create_time=create_time(proc.pid),
             started=job.get("started") or now_iso(),
             finished=None,
             exit_code=None,
@@ -475,67 +448,25 @@ class TrainingManager:
         return f"training exited with code {code}: " + (tail[-1] if tail else "no error output")
 
     def _complete(self, job: dict[str, Any]) -> None:
-        run_dir = self.ws.runs_dir / job["run_id"]
-        reg = self.ws.registry()
-        existing = [r for r in reg["rounds"] if r.get("run_id") == job["run_id"]]
-        if existing:
-            entry = existing[0]
-        else:
-            problem = _unusable_models(run_dir)
+        entry = round_of_run(self.ws, job["run_id"])
+        if entry is None:
+            run_dir = self.ws.runs_dir / job["run_id"]
+            problem = unusable_models(run_dir, teacher_only_run(run_dir, job))
             if problem is not None:
                 job["state"] = "failed"
                 job["message"] = f"training finished but its models were not registered: {problem}"
                 log.error("run %s: %s", job["run_id"], job["message"])
                 self.ws.write_job(job)
                 return
-            rel = run_dir.relative_to(self.ws.root).as_posix()
-            hashes = {name: sha256_file(run_dir / f"{name}.pt") for name in ("teacher", "student")}
-
-            def make(number: int) -> dict[str, Any]:
-                return {
-                    "run_id": job["run_id"],
-                    "source": "trained",
-                    "created": now_iso(),
-                    "dir": rel,
-                    "teacher": f"{rel}/teacher.pt",
-                    "student": f"{rel}/student.pt",
-                    "preset": job["preset"],
-                    "n_classes": job_n_classes(job),
-                    "n_labeled": job["n_labeled"],
-                    "n_unlabeled": job["n_unlabeled"],
-                    "warm_start_round": job.get("warm_start_round"),
-                    "teacher_sha256": hashes["teacher"],
-                    "student_sha256": hashes["student"],
-                }
-
-            entry = self.ws.add_round(make)
+            entry = register_run(self.ws, job, job_n_classes(job))
         job["state"] = "completed"
         job["round"] = entry["round"]
-        job["message"] = f"completed; model round {entry['round']} is now current"
+        job["message"] = f"completed; model round {entry['round']} is now current" + (
+            " (supervised-only: a teacher, no student)" if entry.get("teacher_only") else ""
+        )
         self.ws.write_job(job)
         if self.on_round is not None:
             self.on_round(entry)
-
-    def record_background_only(self, entry: dict[str, Any], networks: list[str]) -> None:
-        """Flag a round whose networks predict background everywhere: in the registry, and as a
-        ``warning`` event of its run (the status shows it)."""
-        who = " and ".join(networks)
-        message = (
-            f"round {entry['round']}: the {who} predicts background everywhere on the labelled scans; "
-            "it has not learned the structure (more labels or iterations, or check the labels)"
-        )
-        log.warning(message)
-        with self.ws.lock:
-            reg = self.ws.registry()
-            for r in reg["rounds"]:
-                if r["round"] == entry["round"]:
-                    r["background_only"] = networks
-            self.ws.write_registry(reg)
-        if entry.get("run_id"):
-            event = {"event": "warning", "kind": "background_only", "round": entry["round"]}
-            event.update(networks=networks, message=message, time=round(time.time(), 3))
-            with open(self.ws.runs_dir / entry["run_id"] / "events.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(event) + "\n")
 
     # ------------------------------------------------------------------ recover / resume / stop
     def recover(self) -> list[str]:
@@ -554,12 +485,12 @@ class TrainingManager:
                     continue
                 run_dir = self.ws.runs_dir / run_id
                 if job.get("state") == "completed":
-                    if not any(r.get("run_id") == run_id for r in self.ws.registry()["rounds"]):
+                    if round_of_run(self.ws, run_id) is None:
                         self._complete(job)
                     continue
                 if job.get("state") not in ACTIVE_STATES:
                     continue
-                proc = _process_matches(job.get("pid"), job.get("pid_create_time"), run_dir)
+                proc = find_process(job.get("pid"), job.get("pid_create_time"), str(run_dir))
                 if proc is not None:
                     log.warning(
                         "run %s: stopping the worker left by the previous service (pid %s)", run_id, proc.pid
@@ -608,10 +539,7 @@ class TrainingManager:
             (self.ws.runs_dir / run_id / "CANCEL").touch()  # also understood where signals are not (Windows)
         except OSError:
             pass
-        try:
-            terminate_tree(psutil.Process(proc.pid), timeout=self.stop_timeout, child=proc)
-        except psutil.NoSuchProcess:
-            pass
+        terminate_child_tree(proc, timeout=self.stop_timeout)
         if wait:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.active_run == run_id:
@@ -625,10 +553,7 @@ class TrainingManager:
             proc, run_id = self._proc, self._active
         if proc is None or run_id is None:
             return
-        try:
-            terminate_tree(psutil.Process(proc.pid), timeout=timeout or self.stop_timeout, child=proc)
-        except psutil.NoSuchProcess:
-            pass
+        terminate_child_tree(proc, timeout=timeout or self.stop_timeout)
         proc.wait()
         with self._lock:
             job = self.ws.read_job(run_id)
@@ -718,6 +643,7 @@ class TrainingManager:
             warning=warning.get("message"),
             background_only=warning.get("networks") or [],
             plan=self._run_plan(run_id) if job.get("preset") == "auto" else None,
+            fraction=progress_fraction(job, last),
         )
         return base
 
@@ -783,17 +709,49 @@ def check_trainable(
             )
 
 
-def _unusable_models(run_dir: Path) -> str | None:
-    """Why a finished run's models must not become a round (missing, unreadable, non-finite), or None."""
+def plan_older_run(run_dir: Path, device: str, settings: dict[str, Any], warm: Path | None) -> None:
+    """The plan of an ``auto`` run started before the service planned rounds (its child planned
+    from the run's cases then): made the same way now and written to ``RUN/plan.json``. Where it
+    cannot be made, the child reports why (an ``auto`` request needs its plan)."""
+    from reciprocalseg.common.device import resolve_device
     from reciprocalseg.common.errors import ReciprocalSegError
-    from reciprocalseg.training.checkpoint import check_finite_model
+    from reciprocalseg.data.io import load_case_list
+    from reciprocalseg.planning.final_plan import finish_plan
+    from reciprocalseg.planning.planner import plan_for_run
 
-    for name in ("teacher", "student"):
-        try:
-            check_finite_model(run_dir / f"{name}.pt")
-        except ReciprocalSegError as exc:
-            return f"the {name}: {str(exc).replace(str(run_dir) + '/', '')}"
-    return None
+    try:
+        labeled, unlabeled = load_case_list(run_dir / "cases.json")
+        plan = plan_for_run(run_dir, labeled, unlabeled, resolve_device(device))
+        finish_plan(plan, settings, labeled, warm)
+        plan.save(run_dir / "plan.json")
+    except (ReciprocalSegError, OSError) as exc:
+        log.warning("run %s: cannot plan it (%s)", run_dir.name, exc)
+
+
+def progress_fraction(job: dict[str, Any], last: dict[str, Any]) -> float | None:
+    """How far a run is, in [0, 1]: 1 once completed; under a time budget the share of the budget's
+    time spent (the progress event's ``fraction``, else the budget less its ETA), never the share
+    of an iteration count that is only an estimate there; else the share of iterations done."""
+    if job.get("state") == "completed":
+        return 1.0
+    if not last:
+        return None
+    if last.get("fraction") is not None:
+        value = float(last["fraction"])
+    elif job.get("minutes") and last.get("eta_s") is not None:
+        value = 1.0 - float(last["eta_s"]) / (float(job["minutes"]) * 60)
+    elif last.get("overall_total"):
+        value = float(last.get("overall_iteration") or 0) / float(last["overall_total"])
+    else:
+        return None
+    return round(min(1.0, max(0.0, value)), 4)
+
+
+def warm_start_source(round_entry: dict[str, Any]) -> str:
+    """What a round warm-starts from (relative to the workspace): the round's folder (teacher and
+    student), or for a teacher-only round its teacher file alone, so the new student starts as the
+    preset says (a copy of the teacher) instead of from a student that never trained."""
+    return round_entry["teacher"] if round_entry.get("teacher_only") else round_entry["dir"]
 
 
 def job_n_classes(job: dict[str, Any]) -> int:

@@ -23,26 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-STOP_PATH = "/service/stop"
+from reciprocalseg.common.processes import create_time, process_alive
+from reciprocalseg.common.service_files import STOP_PATH
 
 log = logging.getLogger("reciprocalseg.service")
-
-
-def process_alive(pid: int, created: float | None = None) -> bool:
-    """Whether process ``pid`` runs (and, given ``created``, is the one started at that time).
-
-    A zombie counts as ended. ``created`` (``psutil.Process.create_time()``) guards against the
-    PID having been reused by an unrelated process.
-    """
-    try:
-        proc = psutil.Process(pid)
-        if created is not None and abs(proc.create_time() - created) > 1e-3:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
 
 
 class ParentWatch(threading.Thread):
@@ -54,10 +38,7 @@ class ParentWatch(threading.Thread):
         self.on_parent_exit = on_parent_exit
         self.interval = interval
         self._stop_event = threading.Event()
-        try:
-            self._created: float | None = psutil.Process(pid).create_time()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-            self._created = None  # already gone: the first poll stops the service
+        self._created = create_time(pid)  # None: already gone, the first poll stops the service
 
     def run(self) -> None:
         while not self._stop_event.is_set():

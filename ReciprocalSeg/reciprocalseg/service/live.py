@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .workspace import Conflict
+from reciprocalseg.common.errors import ReciprocalSegError
+
+from .errors import Conflict
 
 if TYPE_CHECKING:  # torch is imported when a checkpoint is loaded, not when the service starts
     from reciprocalseg.inference.sliding_window import LoadedModel, TeacherStudentPredictor
@@ -111,24 +113,27 @@ def _build(run_id: str, data: bytes, device: str) -> tuple[LiveCheckpoint, Teach
                 f"({', '.join(bad[:3])}); it cannot be used: the round is diverging (see its events)"
             )
     meta = model_meta(config)
-    teacher, student = (_network(states[n], meta, device) for n in ("teacher", "student"))
+    try:
+        teacher, student = (
+            _network(states[n], meta, device, f"{where} ({n})") for n in ("teacher", "student")
+        )
+    except ReciprocalSegError as exc:
+        # A damaged file (a tensor of another shape, another class count): refused, never a 500.
+        raise Conflict(f"{exc}; predict with the current round instead") from None
     pair = TeacherStudentPredictor.from_models(teacher, student)
     return LiveCheckpoint(run_id, phase, iteration, config.n_classes), pair
 
 
-def _network(state: dict[str, Any], meta: dict[str, Any], device: str) -> LoadedModel:
+def _network(state: dict[str, Any], meta: dict[str, Any], device: str, source: str) -> LoadedModel:
     import torch
 
     from reciprocalseg.common.device import resolve_device
+    from reciprocalseg.inference.model_check import build_network
     from reciprocalseg.inference.sliding_window import LoadedModel
-    from reciprocalseg.model.vnet import build_model
 
     dev = resolve_device(device)
     # The planned strides too: an `auto` round's V-Net may halve an axis fewer times than the paper's.
-    module = build_model(
-        meta["n_classes"], meta["n_filters"], meta["normalization"], meta["dropout"], meta.get("strides")
-    )
-    module.load_state_dict(state)
+    module = build_network(meta, state, source)
     # As inference.load_model: channels-last weights, evaluation mode.
     module.to(dev, memory_format=torch.channels_last_3d).eval()
     return LoadedModel(module, meta, dev)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,27 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 #: GET endpoints that still change the workspace (they store predictions).
 STATE_CHANGING_GETS = ("/next-case",)
 CROSS_SITE = ("cross-site", "same-site")
+#: Largest body of a request that uploads no file (JSON such as POST /training): they are a few
+#: hundred bytes; without this a 1.5 GB JSON body would be parsed in memory (many GB of objects).
+JSON_BODY_LIMIT = 64 * 1024
+#: The requests that carry a file (multipart), which the upload limit applies to instead.
+UPLOAD_ROUTES = (
+    ("POST", re.compile(r"/cases")),
+    ("PUT", re.compile(r"/cases/[^/]+/label")),
+    ("POST", re.compile(r"/models/import")),
+)
+
+
+def is_upload(method: str, path: str) -> bool:
+    """Whether a request is one of the file uploads (the only bodies allowed to be large)."""
+    return any(method == m and pattern.fullmatch(path) for m, pattern in UPLOAD_ROUTES)
+
+
+def body_too_large_msg(limit: int) -> str:
+    return (
+        f"request body too large: at most {limit // 1024} KiB for a request without a file "
+        "(files go to POST /cases, PUT /cases/{id}/label or POST /models/import)"
+    )
 
 
 class _BodyTooLarge(Exception):
@@ -71,7 +93,14 @@ class GuardMiddleware:
             status, detail, extra = refusal
             await send_json(send, status, {"detail": detail}, extra=extra)
             return
-        await self._limited(scope, receive, send, headers.get("content-length"))
+        await self._limited(scope, receive, send, *self._body_limit(scope))
+
+    def _body_limit(self, scope: Scope) -> tuple[int, str]:
+        """The largest body this request may have, and the 413 message past it."""
+        if is_upload(scope.get("method", "GET").upper(), scope.get("path", "")):
+            return self.max_body, too_large_msg(self.upload_limit)
+        limit = min(self.max_body, JSON_BODY_LIMIT)
+        return limit, body_too_large_msg(limit)
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, list] | None:
         """``(status, message, extra headers)`` when the request must be refused unread."""
@@ -92,12 +121,13 @@ class GuardMiddleware:
                 )
         length = headers.get("content-length")
         if length is not None:
+            limit, message = self._body_limit(scope)
             try:
-                too_big = int(length) > self.max_body
+                too_big = int(length) > limit
             except ValueError:
                 return 400, "invalid Content-Length header", []
             if too_big:
-                return 413, too_large_msg(self.upload_limit), []
+                return 413, message, []
         return None
 
     def _host_problem(self, host: str | None) -> str | None:
@@ -133,31 +163,44 @@ class GuardMiddleware:
             )
         return None
 
-    async def _limited(self, scope: Scope, receive: Receive, send: Send, length: str | None) -> None:
-        """Pass the request on, answering 413 if the body grows past the limit while it streams."""
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int, too_large: str) -> None:
+        """Pass the request on, answering 413 if the body grows past ``limit`` while it streams
+        (a chunked body has no Content-Length to refuse it by).
+
+        The body reader may catch the overflow itself (FastAPI turns any error while it parses a
+        JSON body into a 400 "error parsing the body"), so the answer the app then sends is
+        replaced by the 413 as well.
+        """
         received = 0
-        started = False
+        exceeded = started = replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > limit:
+                    exceeded = True
                     raise _BodyTooLarge()
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the rest of the app's own answer, replaced by the 413
+            if exceeded and not started:
+                started = replaced = True
+                await send_json(send, 413, {"detail": too_large})
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except _BodyTooLarge:
             if not started:
-                await send_json(send, 413, {"detail": too_large_msg(self.upload_limit)})
+                await send_json(send, 413, {"detail": too_large})
 
 
 def _same_origin(origin: str, host_header: str) -> bool:

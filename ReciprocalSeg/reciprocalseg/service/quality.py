@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from reciprocalseg.common.errors import DataError
 
-from .workspace import Conflict, Workspace
+from .errors import Conflict
+from .workspace import Workspace
 
 if TYPE_CHECKING:  # numpy and scipy are imported on the first QA, not when the service starts
     from reciprocalseg.evaluation.qa import ReferenceRanges, StructureQA
@@ -73,14 +74,15 @@ class StructureChecks:
             self._cache[n_classes] = (generation, state, ranges)
             return state, ranges
 
-    def measure(self, case_id: str, teacher: Any, student: Any, n_classes: int) -> dict[str, Any]:
-        """The QA fields to store with a new prediction (SimpleITK label maps of one scan)."""
+    def measure(self, case_id: str, teacher: Any, student: Any | None, n_classes: int) -> dict[str, Any]:
+        """The QA fields to store with a new prediction (SimpleITK label maps of one scan; no
+        ``student`` for a teacher-only round)."""
         import SimpleITK as sitk
 
         from reciprocalseg.evaluation.qa import structure_qa
 
         state, ranges = self.ranges(n_classes)
-        images = {"teacher": teacher, "student": student}
+        images = {"teacher": teacher, **({"student": student} if student is not None else {})}
         arrays = {n: sitk.GetArrayViewFromImage(img) for n, img in images.items()}
         rows = structure_qa(case_id, arrays, teacher.GetSpacing(), n_classes, ranges)
         return {"qa": [r.to_dict() for r in rows], "qa_state": state, "qa_n_classes": n_classes}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .workspace import CASE_ID_PATTERN
+from .workspace import CASE_ID_PATTERN, MAX_CLASSES
 
 CaseStatus = Literal["unlabelled", "labelled", "predicted"]
 TrainingState = Literal["idle", "running", "completed", "failed", "cancelled", "interrupted"]
@@ -48,6 +48,9 @@ class LabelVersion(BaseModel):
     note: str | None = None
     annotated_fraction: float | None = Field(
         None, description="share of voxels annotated (< 1: a partial label, 255 = unannotated); None: unknown"
+    )
+    warning: str | None = Field(
+        None, description="in the answer to an upload worth a second look (a full label all background)"
     )
 
 
@@ -106,6 +109,7 @@ class TrainingRequest(BaseModel):
         None,
         gt=0,
         le=24 * 60,
+        allow_inf_nan=False,
         description="time budget: phases sized from measured speed (instead of iterations)",
     )
     iterations: int | None = Field(None, ge=0, le=1_000_000, description="reciprocal-phase iterations")
@@ -115,6 +119,49 @@ class TrainingRequest(BaseModel):
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="default: the service's device")
     warm_start: bool = Field(True, description="start from the current round's models (False: from scratch)")
     checkpoint_every: int | None = Field(None, ge=1, le=1_000_000, description="default: the preset's")
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> TrainingRequest:
+        problem = round_problem(self.preset, self.supervised_iterations, self.iterations, self.minutes)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+def round_problem(
+    preset: str, supervised: int | None, reciprocal: int | None, minutes: float | None
+) -> str | None:
+    """Why a round with these settings would fail in the worker (a 202 followed by a failed run),
+    or None. Unknown presets are left to the training manager's message."""
+    import dataclasses
+
+    from reciprocalseg.common.errors import ReciprocalSegError
+    from reciprocalseg.config import PRESETS, make_config
+
+    if preset not in PRESETS:
+        return None
+    config = make_config(preset)
+    overrides = {"supervised_iterations": supervised, "reciprocal_iterations": reciprocal, "minutes": minutes}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    runs = [
+        n > 0 and (minutes is None or share > 0)
+        for n, share in zip(
+            (config.supervised_iterations, config.reciprocal_iterations, config.finetune_iterations),
+            config.budget_split,
+            strict=True,
+        )
+    ]
+    if not any(runs):
+        return (
+            "nothing to train: supervised_iterations and iterations are both 0"
+            + (" (a time budget sizes only the phases that have iterations)" if minutes else "")
+            + "; give one of them > 0 (iterations=0 alone is a supervised-only round)"
+        )
+    try:
+        config.validate()
+    except ReciprocalSegError as exc:
+        return str(exc)
+    return None
 
 
 class ResumeRequest(BaseModel):
@@ -156,6 +203,13 @@ class TrainingStatus(BaseModel):
         None,
         description="an auto round's planned values as it trains them (RUN/plan.json's values with "
         "its overrides applied); null for the other presets",
+    )
+    fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="how far the run is, in [0, 1]: under a time budget the share of the budget's time "
+        "spent, else the share of its iterations done",
     )
 
 
@@ -219,11 +273,19 @@ class PredictionInfo(BaseModel):
     run_id: str | None = Field(None, description="the training run of the model")
     phase: str | None = Field(None, description="live: the checkpoint's phase (supervised, reciprocal...)")
     iteration: int | None = Field(None, description="live: the checkpoint's iteration within its phase")
-    score: float = Field(description="mean teacher/student disagreement (higher = more disagreement)")
+    score: float | None = Field(
+        description="mean teacher/student disagreement (higher = more disagreement); null for a "
+        "teacher-only round"
+    )
     time: str
     files: dict[str, str] = Field(
-        description="teacher, student, disagreement: GET /cases/{id}/prediction/{kind}"
+        description="teacher, student, disagreement: GET /cases/{id}/prediction/{kind} (teacher only "
+        "for a teacher-only round)"
     )
+    teacher_only: bool = Field(
+        False, description="made by a supervised-only round: the teacher's map alone (no student)"
+    )
+    note: str | None = Field(None, description="set for a teacher-only round's prediction: says so")
     teacher_empty: bool | None = Field(None, description="the teacher predicts background everywhere")
     student_empty: bool | None = Field(None, description="the student predicts background everywhere")
     warning: str | None = Field(None, description="set when a network predicts background everywhere")
@@ -257,6 +319,10 @@ class NextCase(BaseModel):
     n_predicted_now: int = Field(0, description="unlabelled cases predicted to answer this request")
     by: Literal["disagreement", "qa"] = Field("disagreement", description="the ranking used")
     qa_flags: int | None = Field(None, description="by=qa: the chosen case's QA flags")
+    teacher_only: bool = Field(
+        False, description="the current round is supervised-only (no student): ranked by QA flags"
+    )
+    note: str | None = Field(None, description="why the ranking is not the one asked for")
 
 
 class ModelRound(BaseModel):
@@ -273,6 +339,10 @@ class ModelRound(BaseModel):
     n_unlabeled: int | None = None
     warm_start_round: int | None = None
     current: bool = False
+    teacher_only: bool = Field(
+        False,
+        description="a supervised-only round: its teacher alone is a model (the student never trained)",
+    )
     background_only: list[str] | None = Field(
         None, description="networks that predict background everywhere on labelled scans"
     )
@@ -285,13 +355,40 @@ class Settings(BaseModel):
         description="classes including background (as train --n-classes); labels 0..n_classes-1"
     )
     n_classes_fixed: bool = Field(description="False: the count grows when a label with a new class arrives")
+    retrain_after: int | None = Field(
+        None, description="retrain by itself after this many corrections (null: off)"
+    )
+    retrain_minutes: float = Field(10.0, description="time budget of a round started by itself")
+    corrections: int = Field(
+        0,
+        description="submitted label versions (labels, scribbles, refines, accepts) since the latest "
+        "round started",
+    )
+    retrain_message: str | None = Field(
+        None, description="what retraining by itself did last, or why it waits"
+    )
 
 
 class SettingsUpdate(BaseModel):
+    """Only the fields given change; ``{"n_classes": null}`` lets the count follow the labels again."""
+
     model_config = ConfigDict(extra="forbid")
 
     n_classes: int | None = Field(
-        ge=2, le=256, description="classes including background; null: follow the labels"
+        None,
+        ge=2,
+        le=MAX_CLASSES,
+        description="classes including background; null: follow the labels (255 marks unannotated "
+        "voxels, so classes are 0..254 at most)",
+    )
+    retrain_after: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="retrain by itself (a warm-started round) once this many corrections arrived; null: off",
+    )
+    retrain_minutes: float | None = Field(
+        None, gt=0, le=24 * 60, description="time budget of such a round (default 10)"
     )
 
 
@@ -337,3 +434,42 @@ class ServiceInfo(BaseModel):
     training_state: str
     max_upload_mb: float
     auth: bool
+
+
+class RefineInfo(BaseModel):
+    """A refined prediction: a copy of a round's network adapted to the case's strokes."""
+
+    case_id: str
+    name: str = Field(description="what made it, e.g. 'refined from round 3, 2 strokes'")
+    round: int = Field(description="the round whose network was copied and adapted")
+    model: Literal["student", "teacher"] = Field(description="which of the round's networks")
+    strokes: int = Field(description="strokes (connected pieces of annotated voxels) it learnt from")
+    iterations: int = Field(description="adaptation steps taken")
+    seconds: float = Field(description="time the refine took")
+    annotated_voxels: int = Field(description="voxels the accumulated strokes annotate")
+    stopped_by: str | None = Field(None, description="what ended the adaptation: time or iterations")
+    stroke_agreement: float | None = Field(
+        None, description="share of the stroke voxels the adapted copy itself labels as painted"
+    )
+    time_limit_s: float | None = Field(None, description="the limit asked for (null: the default)")
+    device: str | None = None
+    label_version: int = Field(description="the partial label version that stores the accumulated strokes")
+    merged_with: int | None = Field(
+        None, description="the earlier partial label version the strokes were painted over (null: none)"
+    )
+    time: str
+    file: str = Field(description="GET /cases/{id}/refined/labels")
+    accepted_version: int | None = Field(
+        None, description="the full label version it became (POST /cases/{id}/refined/accept)"
+    )
+
+
+class RefineStatus(BaseModel):
+    """The refine in progress (one at a time)."""
+
+    running: bool
+    case_id: str | None = None
+    model: str | None = None
+    started: str | None = None
+    elapsed_s: float | None = None
+    time_limit_s: float | None = None

@@ -8,7 +8,7 @@ Hook for the command line (``cli.py``)::
     p.set_defaults(func=run_serve)       # run_serve(args) -> exit code
 
 or call :func:`serve_main` with an argv list.  ``python -m reciprocalseg.service.server`` works too
-(the launcher uses it, so it does not depend on the CLI).
+(the launcher, ``client/local_service.py``, uses it, so it does not depend on the CLI).
 
 Start-up order: check the host/token rules; take the workspace lock (a second service on the same
 workspace is refused); open the workspace and resume interrupted training; bind and listen on the
@@ -31,15 +31,21 @@ from pathlib import Path
 from typing import Any
 
 from reciprocalseg.common.atomic import atomic_write_text
+from reciprocalseg.common.service_files import (
+    LOCK_FILE,
+    PID_FILE,
+    SERVICE_DIR,
+    TOKEN_FILE,
+    URL_FILE,
+    ServeError,
+    WorkspaceLock,
+    write_private,
+)
 
 from .lifecycle import ParentWatch, add_stop_route, stale_service_note
 from .middleware import LOOPBACK_HOSTS
-from .workspace import DEFAULT_MAX_VOXELS
-
-URL_FILE = "url"
-TOKEN_FILE = "token"
-LOCK_FILE = "lock"
-PID_FILE = "pid"
+from .service_log import start_log_file
+from .workspace import DEFAULT_MAX_VOXELS, MAX_CLASSES
 
 log = logging.getLogger("reciprocalseg.service")
 
@@ -50,10 +56,6 @@ class _Terminated(BaseException):
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated()
-
-
-class ServeError(Exception):
-    """The service cannot start (bad arguments, workspace in use, port taken...)."""
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,6 +144,9 @@ def resolve_token(args: argparse.Namespace) -> str | None:
             raise ServeError(f"cannot read the token file {args.token_file}: {exc}") from None
         if not token:
             raise ServeError(f"the token file {args.token_file} is empty")
+        warning = token_file_warning(Path(args.token_file))
+        if warning:
+            log.warning(warning)
     if token is not None:
         token = token.strip()
         if len(token) < 8:
@@ -151,6 +156,22 @@ def resolve_token(args: argparse.Namespace) -> str | None:
         if any(c.isspace() for c in token) or not token.isprintable():
             raise ServeError("the token must be printable and contain no spaces")
     return token
+
+
+def token_file_warning(path: Path) -> str | None:
+    """A warning when other users may read the token file (the token is the key to the workspace)."""
+    if os.name != "posix":
+        return None  # Windows: permissions are ACLs, not mode bits
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"the token file {path} can be read by other users of this machine (mode {mode:o}), who could then "
+        f"use the service; make it private: chmod 600 {path}"
+    )
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -174,62 +195,6 @@ def check_any_host(allowed: list[str], token: str | None) -> None:
             "--allowed-host '*' accepts any Host header, so any web page could drive the service through "
             "DNS rebinding; also pass --token or --token-file (or list the names with --allowed-host NAME)"
         )
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to a file only the current user can read (mode 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-class WorkspaceLock:
-    """An exclusive advisory lock on ``.service/lock`` held for the life of the service."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.name == "posix":
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            else:  # pragma: no cover - Windows
-                import msvcrt
-
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            os.close(fd)
-            other = ""
-            try:
-                other = (self.path.parent / PID_FILE).read_text().strip()
-            except OSError:
-                pass
-            raise ServeError(
-                f"another service is already using the workspace {self.path.parent.parent}"
-                + (f" (pid {other})" if other else "")
-                + "; stop it first or use another workspace"
-            ) from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -300,9 +265,10 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ServeError("--max-upload-mb must be positive")
     if args.max_voxels <= 0:
         raise ServeError("--max-voxels must be positive")
-    if args.n_classes is not None and args.n_classes < 2:
+    if args.n_classes is not None and not 2 <= args.n_classes <= MAX_CLASSES:
         raise ServeError(
-            f"--n-classes {args.n_classes}: counts the background too (as for `train`), so at least 2"
+            f"--n-classes {args.n_classes}: counts the background too (as for `train`), so 2..{MAX_CLASSES} "
+            "(label value 255 marks unannotated voxels)"
         )
 
 
@@ -336,9 +302,10 @@ def run_serve(args: argparse.Namespace) -> int:
         _check_options(args)
         roots = register_roots(args.register_root)
         ws_root = Path(args.workspace).expanduser().resolve()
-        service_dir = ws_root / ".service"
+        service_dir = ws_root / SERVICE_DIR
         lock = WorkspaceLock(service_dir / LOCK_FILE)
         lock.acquire()
+        start_log_file(ws_root, getattr(logging, args.log_level.upper(), logging.INFO))
         stale = stale_service_note(service_dir / PID_FILE)
         if stale:
             log.warning(stale)

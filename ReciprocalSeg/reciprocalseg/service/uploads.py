@@ -15,7 +15,8 @@ from fastapi import UploadFile
 
 from reciprocalseg.common.errors import DataError
 
-from .workspace import Invalid, TooLarge, Workspace, check_scan
+from .errors import Invalid, TooLarge
+from .workspace import Workspace, check_scan
 
 
 def safe_filename(name: str | None) -> str:

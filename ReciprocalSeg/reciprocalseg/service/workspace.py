@@ -47,17 +47,29 @@ from pathlib import Path
 from typing import Any
 
 from reciprocalseg.common.atomic import atomic_write_json
+from reciprocalseg.common.display import excerpt
 from reciprocalseg.common.errors import DataError
 from reciprocalseg.common.file_formats import UPLOAD_SUFFIXES
+
+from .errors import Conflict, Invalid, NotFound, UnsupportedType
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: n_classes counts the background too (1 counted foreground classes)
 CASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_CASE_ID_RE = re.compile(CASE_ID_PATTERN)
+# fullmatch, not match: Python's "$" also matches before a final newline, so "abc\n" would pass
+# (a case every route then refuses: pydantic's pattern has no such exception).
+_CASE_ID_RE = re.compile(CASE_ID_PATTERN.removeprefix("^").removesuffix("$"))
+CASE_ID_RULES = (
+    "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+    "(no spaces or control characters)"
+)
 _WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\.|$)", re.IGNORECASE)
 
 
+#: Classes a workspace may have, background included: label value 255 means "not annotated", so
+#: classes are 0..254.
+MAX_CLASSES = 255
 LABEL_KINDS = ("submitted", "draft")
 #: Largest image the service accepts by default, in voxels (512 x 512 x 610; ~0.6 GB as float32);
 #: ``serve --max-voxels`` changes it.
@@ -69,53 +81,10 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-class ApiError(Exception):
-    """An error the service answers with an HTTP status and a message meant for the user."""
-
-    status_code = 400
-
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status_code is not None:
-            self.status_code = status_code
-
-
-class BadRequest(ApiError):
-    status_code = 400
-
-
-class Forbidden(ApiError):
-    status_code = 403
-
-
-class NotFound(ApiError):
-    status_code = 404
-
-
-class Conflict(ApiError):
-    status_code = 409
-
-
-class TooLarge(ApiError):
-    status_code = 413
-
-
-class UnsupportedType(ApiError):
-    status_code = 415
-
-
-class Invalid(ApiError):
-    status_code = 422
-
-
 def check_case_id(case_id: str) -> str:
     """Return ``case_id`` if it matches the safe pattern (no separators, no leading dot); else Invalid."""
-    if not isinstance(case_id, str) or not _CASE_ID_RE.match(case_id):
-        raise Invalid(
-            f"invalid case ID {case_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    if not isinstance(case_id, str) or not _CASE_ID_RE.fullmatch(case_id):
+        raise Invalid(f"invalid case ID {excerpt(case_id)}: {CASE_ID_RULES}")
     return case_id
 
 
@@ -231,8 +200,11 @@ class Workspace:
     def _load_settings(self, n_classes: int | None) -> dict[str, Any]:
         """Read (or create) ``workspace.json``; ``n_classes`` (background included) fixes the count."""
         path = self.root / "workspace.json"
-        if n_classes is not None and n_classes < 2:
-            raise DataError(f"n_classes counts the background too, so it must be at least 2, got {n_classes}")
+        if n_classes is not None and not 2 <= n_classes <= MAX_CLASSES:
+            raise DataError(
+                f"n_classes counts the background too, so it must be 2..{MAX_CLASSES} (255 marks "
+                f"unannotated voxels), got {n_classes}"
+            )
         if path.exists():
             try:
                 settings = _read_json(path)
@@ -313,6 +285,14 @@ class Workspace:
             atomic_write_json(self.root / "workspace.json", settings)
             self.settings = settings
 
+    def update_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Store other settings (``changes`` merged into ``workspace.json``, atomically); returns them."""
+        with self.lock:
+            settings = {**self.settings, **changes}
+            atomic_write_json(self.root / "workspace.json", settings)
+            self.settings = settings
+            return dict(settings)
+
     def grow_n_classes(self, needed: int) -> bool:
         """Raise the class count to ``needed`` unless it is fixed; True when it grew."""
         with self.lock:
@@ -348,6 +328,16 @@ class Workspace:
         for d in sorted(self.cases_dir.iterdir()):
             if d.name.startswith(".") or not d.is_dir():
                 continue
+            if not _CASE_ID_RE.fullmatch(d.name):
+                # Stored before the ID rules were enforced (e.g. "abc\n"): no route could reach it.
+                log.error(
+                    "case folder %s has a name that is not a valid case ID (%s); it is ignored: rename "
+                    'the folder and the "id" in its case.json to a valid ID, then restart the service',
+                    excerpt(d.name),
+                    CASE_ID_RULES,
+                )
+                self.corrupt.append(d.name)
+                continue
             try:
                 rec = _read_json(d / "case.json")
                 if rec.get("id") != d.name:
@@ -367,13 +357,34 @@ class Workspace:
         with self.lock:
             return case_id in self._cases
 
+    def _same_but_case(self, case_id: str) -> str | None:
+        """An existing ID that differs from ``case_id`` only in upper/lower case, or None."""
+        folded = case_id.casefold()
+        return next((k for k in self._cases if k.casefold() == folded and k != case_id), None)
+
+    def refuse_taken_id(self, case_id: str) -> None:
+        """:class:`Conflict` when ``case_id`` is taken, also by an ID that differs only in case:
+        Windows and macOS keep ``CaseA`` and ``casea`` in one folder, so a workspace holding both
+        could not be copied there."""
+        with self.lock:
+            if case_id in self._cases or (self.cases_dir / case_id).exists():
+                raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+            other = self._same_but_case(case_id)
+        if other is not None:
+            raise Conflict(
+                f"case {case_id!r} would clash with the existing case {other!r}: case IDs are unique "
+                "regardless of upper/lower case (Windows and macOS see one folder); choose another ID"
+            )
+
     def get_case(self, case_id: str) -> dict[str, Any]:
         """A copy of the case manifest; :class:`NotFound` if there is no such case."""
         check_case_id(case_id)
         with self.lock:
             rec = self._cases.get(case_id)
             if rec is None:
-                raise NotFound(f"no case {case_id!r} in this workspace")
+                other = self._same_but_case(case_id)
+                hint = f" (IDs are case-sensitive: did you mean {other!r}?)" if other else ""
+                raise NotFound(f"no case {case_id!r} in this workspace{hint}")
             return json.loads(json.dumps(rec))
 
     def all_cases(self) -> list[dict[str, Any]]:
@@ -406,9 +417,9 @@ class Workspace:
 
         check_new_case_id(case_id)
         check_scan(image, source)
+        check_not_constant(image, source)
         with self.lock:
-            if case_id in self._cases or (self.cases_dir / case_id).exists():
-                raise Conflict(f"case {case_id!r} already exists; delete it first or choose another ID")
+            self.refuse_taken_id(case_id)
             staging = self.cases_dir / f".incoming-{uuid.uuid4().hex}"
             staging.mkdir()
             try:
@@ -540,7 +551,7 @@ class Workspace:
         teacher: Any,
         student: Any,
         disagreement: Any,
-        score: float,
+        score: float | None,
         flags: dict[str, Any] | None = None,
         live: bool = False,
     ) -> dict[str, Any]:
@@ -559,11 +570,14 @@ class Workspace:
             folder.mkdir(parents=True, exist_ok=True)
             files = {}
             for name, img in (("teacher", teacher), ("student", student), ("disagreement", disagreement)):
+                if img is None:  # a teacher-only round: no student, nothing to disagree with
+                    (folder / f"{name}.nrrd").unlink(missing_ok=True)
+                    continue
                 write_image(img, folder / f"{name}.nrrd")
                 files[name] = f"predictions/{folder_name}/{name}.nrrd"
             entry = {
                 "round": round_id,
-                "score": float(score),
+                "score": None if score is None else float(score),
                 "time": now_iso(),
                 "files": files,
                 **(flags or {}),
@@ -604,8 +618,10 @@ class Workspace:
                 return r
         raise NotFound(f"no model round {round_id}")
 
-    def model_paths(self, entry: dict[str, Any]) -> tuple[Path, Path]:
-        return self.root / entry["teacher"], self.root / entry["student"]
+    def model_paths(self, entry: dict[str, Any]) -> tuple[Path, Path | None]:
+        """A round's teacher and student files; the student is None for a teacher-only round."""
+        student = entry.get("student")
+        return self.root / entry["teacher"], (self.root / student if student else None)
 
     def add_round(self, make_entry: Callable[[int], dict[str, Any]], make_current: bool = True) -> dict:
         """Append a round built by ``make_entry(round_number)`` and make it current."""
@@ -670,6 +686,23 @@ def check_scan(image: Any, source: str) -> None:
         )
     if min(image.GetSize()) < 2:
         raise Invalid(f"{source}: image size {image.GetSize()} is degenerate (a side shorter than 2 voxels)")
+
+
+def check_not_constant(image: Any, source: str) -> None:
+    """Raise :class:`Invalid` for a scan with one value in every voxel (a blank or failed export).
+
+    Such a scan has nothing to segment, and its intensity normalisation divides by a zero spread:
+    kept, it would make every later round fail.
+    """
+    import SimpleITK as sitk
+
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    if stats.GetMinimum() == stats.GetMaximum():
+        raise Invalid(
+            f"{source}: every voxel of the scan has the same value ({stats.GetMinimum():g}): a blank image "
+            "or a failed export, with nothing to segment; check the file (export it again) and upload it"
+        )
 
 
 def _remove(p: Path) -> None:

@@ -1,25 +1,22 @@
-"""The `train` command's options and what follows from them: case lists, config, a run.
+"""The `train` command's options and the training request they make (cases, final plan, settings).
 
 Shared by the CLI (`reciprocalseg train`) and the torchrun entry (`python -m
 reciprocalseg.training.distributed train`), which take the same arguments; both import this module,
-neither imports the other.
+neither imports the other. Both then train the request with `run_request.run`, as the service's
+training child does with the request the service wrote.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..common.errors import ReciprocalSegError
-from ..config import TrainConfig, make_config
-from .progress import progress_listener
+from .request import TrainRequest
 
 if TYPE_CHECKING:  # torch and SimpleITK load when a command runs, not when the parser is built
     from ..data.io import Case
-    from ..planning.planner import Plan
-    from .runner import RunResult
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +37,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--minutes",
         type=float,
-        help="time budget: each phase sized from its measured speed to fit (instead of iteration counts)",
+        help="time budget: each phase runs to its share of the time (instead of iteration counts)",
     )
     p.add_argument("--plan", type=Path, help="with auto: use this plan.json (e.g. an edited one)")
     p.add_argument("--class-crop-share", type=float, help="share of labelled crops centred on a class")
@@ -103,93 +100,55 @@ def load_cases(args: argparse.Namespace) -> tuple[list[Case], list[Case]]:
     return labeled, unlabeled
 
 
-def n_classes_from_labels(labeled: list[Case]) -> int:
-    """Classes including background, from the largest label value found in the label maps."""
-    import SimpleITK as sitk
-
-    from ..common.file_formats import UNANNOTATED
-    from ..data.io import read_image
-    from ..data.validation import infer_n_classes, present_values
-
-    # GetArrayFromImage (a copy): a view of a temporary image would read freed memory. 255 marks
-    # unannotated voxels of a partial label, never a class.
-    present: set[int] = set()
-    for case in labeled:
-        present.update(int(v) for v in present_values(sitk.GetArrayFromImage(read_image(case.label))))
-    present.discard(UNANNOTATED)
-    refuse_class_gaps(present)
-    return infer_n_classes(max(present, default=0)) + 1
-
-
-def refuse_class_gaps(present: Iterable[int]) -> None:
-    """Without --n-classes the class count comes from the largest label value; refuse labels whose
-    classes skip values (254 from another tool, a scan saved as a label), which would otherwise
-    train that many output channels, most of them never labelled."""
-    classes = {int(c) for c in present if c != 0}
-    missing = sorted(set(range(1, max(classes, default=0))) - classes)
-    if missing:
-        shown = f"{missing[0]}..{missing[-1]}" if len(missing) > 3 else ", ".join(map(str, missing))
-        largest = max(classes)
-        raise ReciprocalSegError(
-            f"the labels hold class {largest}, but no label has class {shown}: is a label a scan, or "
-            "another tool's class numbering? Remap the labels to consecutive classes 1..K, or give "
-            f"--n-classes {largest + 1} to train {largest + 1} classes (background included) anyway"
-        )
-
-
-def build_config(
-    args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case] | None = None
-) -> TrainConfig:
-    """The run's configuration: the preset (for `auto`, the plan from the cases, written to
-    OUT/plan.json and shown), with every option given on the command line over it."""
+def request_from_args(args: argparse.Namespace, started: float | None = None) -> TrainRequest:
+    """The training request of the `train` options: the cases, and for `auto` the run's final
+    plan (made from the cases, or --plan, or the run folder's own on a rerun), written to
+    OUT/plan.json and shown; every option given on the command line over the preset or plan.
+    `started`: when the command started (time.perf_counter), which a time budget counts from."""
+    labeled, unlabeled = load_cases(args)
+    overrides = {"n_classes": args.n_classes, **_overrides(args)}
+    plan = None
     if args.preset == "auto":
-        return _planned_config(args, labeled, unlabeled or [])
-    return make_config(
-        args.preset, n_classes=args.n_classes or n_classes_from_labels(labeled), **_overrides(args)
+        plan = _final_plan(args, labeled, unlabeled, overrides)
+    elif not overrides["n_classes"]:
+        from ..planning.final_plan import n_classes_from_labels
+
+        overrides["n_classes"] = n_classes_from_labels(labeled)
+    return TrainRequest(
+        out=args.out,
+        labeled=labeled,
+        unlabeled=unlabeled,
+        preset=args.preset,
+        plan=plan,
+        config={k: v for k, v in overrides.items() if v is not None},
+        warm_start=args.warm_start,
+        json_events=args.json,
+        gpus=args.gpus,
+        sync_bn=bool(getattr(args, "sync_bn", False)),
+        cases_file=args.manifest,
+        started=started,
     )
 
 
-def _planned_config(args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case]) -> TrainConfig:
+def _final_plan(
+    args: argparse.Namespace, labeled: list[Case], unlabeled: list[Case], overrides: dict
+) -> Path:
+    """Make (or read) the plan, apply the final rules once, write OUT/plan.json; its path."""
     import sys
 
     from ..common.device import resolve_device
-    from ..planning.fingerprint import MAX_LABEL_CASES
-    from ..planning.planner import Plan, plan_for_run, planned_config
+    from ..planning.final_plan import finish_plan
+    from ..planning.planner import Plan, plan_for_run
 
     if getattr(args, "plan", None) is not None:
         plan = Plan.load(args.plan)
     else:
         plan = plan_for_run(args.out, labeled, unlabeled, resolve_device(args.device or "auto"))
-    if len(labeled) > MAX_LABEL_CASES:  # the fingerprint read a sample of the label maps
-        if args.n_classes is None:  # (with --n-classes the labels' own count is not used)
-            plan.values["n_classes"] = max(plan.values["n_classes"], n_classes_from_labels(labeled))
-    elif args.n_classes is None:
-        refuse_class_gaps(int(c) for c in plan.fingerprint.get("classes", {}))
-    warm = getattr(args, "warm_start", None)
-    if warm is not None and (Path(warm) / "config.json").is_file():
-        keep_architecture(plan, Path(warm) / "config.json")
-    config = planned_config(plan, {"n_classes": args.n_classes, **_overrides(args)})
+    finish_plan(plan, overrides, labeled, args.warm_start)
     args.out.mkdir(parents=True, exist_ok=True)
     plan.save(args.out / "plan.json")
     print(plan.describe(), file=sys.stderr)  # stderr: with --json, stdout carries events only
-    return config
-
-
-# What a warm start needs unchanged (the weights' shapes and what they were trained to see).
-ARCHITECTURE = ("patch_size", "downsampling", "n_filters", "normalization", "dropout", "target_spacing")
-ARCHITECTURE += ("intensity", "intensity_clip", "intensity_mean_std")
-
-
-def keep_architecture(plan: Plan, previous_config: Path) -> None:
-    """A round warm-started from a run keeps that run's network and grid, whatever the new
-    cases would plan (a new fingerprint must not make the warm start impossible)."""
-    import json
-
-    previous = json.loads(previous_config.read_text(encoding="utf-8"))
-    for key in ARCHITECTURE:
-        if key in previous and key in plan.values and plan.values[key] != previous[key]:
-            plan.values[key] = previous[key]
-            plan.reasons[key] = f"kept from the warm-start run {previous_config.parent.name}"
+    return args.out / "plan.json"
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -211,21 +170,3 @@ def _overrides(args: argparse.Namespace) -> dict:
         checkpoint_every=args.checkpoint_every,
         num_workers=args.num_workers,
     )
-
-
-def train_in_process(
-    args: argparse.Namespace, config: TrainConfig, labeled: list[Case], unlabeled: list[Case]
-) -> RunResult:
-    """Train in this process; SIGINT/SIGTERM or a CANCEL file in the run folder stop it cleanly."""
-    from .runner import CancelToken, train
-
-    cancel = CancelToken(args.out / "CANCEL")
-    cancel.install_signal_handlers()
-    listener = progress_listener(args.json)
-    return train(config, labeled, unlabeled, args.out, [listener], cancel, args.warm_start)
-
-
-def print_result(args: argparse.Namespace, result: RunResult) -> None:
-    """Where the models are (not with --json, whose stdout is events only)."""
-    if not args.json:
-        print(f"teacher: {result.teacher}\nstudent: {result.student}\ndevice: {result.device}")

@@ -30,7 +30,6 @@ Launch:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import os
@@ -38,6 +37,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -54,9 +54,10 @@ from ..common.device import describe_device
 from ..common.errors import EXIT_CANCELLED, EXIT_ERROR, CancelledError, ReciprocalSegError, TrainingError
 from ..config import TrainConfig
 from ..data.io import Case
-from .command import build_config, load_cases, print_result, train_in_process, train_parser
+from .command import request_from_args, train_parser
 from .events import EventLog, Listener
 from .progress import progress_listener
+from .request import TrainRequest, print_result, train_in_process
 from .runner import PHASES, CancelToken, RunResult, Trainer, _seed
 
 __all__ = [
@@ -268,6 +269,8 @@ class DistributedTrainer(Trainer):
         warm_start: Path | None = None,
         cache_dir: Path | None = None,
         sync_batchnorm: bool = False,
+        clock: Callable[[], float] | None = None,
+        started: float | None = None,
     ) -> None:
         if sync_batchnorm and config.normalization != "batchnorm":
             raise TrainingError(
@@ -288,6 +291,8 @@ class DistributedTrainer(Trainer):
             cancel,
             warm_start,
             cache_dir,
+            clock,
+            started,
         )
         if not ctx.is_main:  # rank 0 writes the events; the others keep theirs to themselves
             self.events.close()
@@ -476,47 +481,39 @@ def run_ranks(
 
 
 # -- training entry points ---------------------------------------------------------------
-def train_rank(
-    ctx: DistContext,
-    args: argparse.Namespace,
-    config: TrainConfig,
-    labeled: Sequence[Case],
-    unlabeled: Sequence[Case],
-) -> RunResult:
-    """One rank of ``reciprocalseg train``: rank 0 reports progress as the CLI does."""
-    cancel = CancelToken(Path(args.out) / "CANCEL")
+def train_rank(ctx: DistContext, request: TrainRequest, config: TrainConfig) -> RunResult:
+    """One rank of a training request: rank 0 reports progress as the CLI does."""
+    cancel = CancelToken(Path(request.out) / "CANCEL")
     cancel.install_signal_handlers()
     trainer = DistributedTrainer(
         config,
-        labeled,
-        unlabeled,
-        Path(args.out),
+        request.labeled,
+        request.unlabeled,
+        Path(request.out),
         ctx,
-        [progress_listener(args.json)] if ctx.is_main else None,
+        [progress_listener(request.json_events)] if ctx.is_main else None,
         cancel,
-        args.warm_start,
-        sync_batchnorm=bool(getattr(args, "sync_bn", False)),
+        request.warm_start,
+        sync_batchnorm=request.sync_bn,
+        started=request.started,  # the command's start: a budget counts from it
     )
     return trainer.run()
 
 
-def launch_local(
-    args: argparse.Namespace, config: TrainConfig, labeled: Sequence[Case], unlabeled: Sequence[Case]
-) -> int:
+def launch_local(request: TrainRequest, config: TrainConfig) -> int:
     """``reciprocalseg train --gpus N``: N processes on this machine (NCCL, one GPU each; gloo on CPU)."""
-    backend = local_backend(args.gpus, args.device or config.device)
-    results = run_ranks(train_rank, args.gpus, backend, (args, config, list(labeled), list(unlabeled)))
-    print_result(args, results[0])
+    backend = local_backend(request.gpus, request.config.get("device") or config.device)
+    results = run_ranks(train_rank, request.gpus, backend, (request, config))
+    print_result(request, results[0])
     return 0
 
 
-def _train_without_torchrun(args: argparse.Namespace) -> int:
+def _train_without_torchrun(request: TrainRequest) -> int:
     """What ``reciprocalseg train`` does: one process, or ``--gpus N`` local ranks."""
-    labeled, unlabeled = load_cases(args)
-    config = build_config(args, labeled, unlabeled)
-    if args.gpus > 1:
-        return launch_local(args, config, labeled, unlabeled)
-    print_result(args, train_in_process(args, config, labeled, unlabeled))
+    config = request.train_config()
+    if request.gpus > 1:
+        return launch_local(request, config)
+    print_result(request, train_in_process(request, config))
     return 0
 
 
@@ -531,17 +528,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train":
         argv = argv[1:]
     args = train_parser("python -m reciprocalseg.training.distributed train").parse_args(argv)
+    started = time.perf_counter()  # a time budget counts the start-up (training/budget.py)
     ctx = None
     try:
         if "WORLD_SIZE" not in os.environ:
-            return _train_without_torchrun(args)
+            return _train_without_torchrun(request_from_args(args, started))
         backend = "gloo" if (args.device or "") == "cpu" else "nccl"
         ctx = init_distributed(backend)
-        labeled, unlabeled = load_cases(args)
-        config = build_config(args, labeled, unlabeled)
-        result = train_rank(ctx, args, config, labeled, unlabeled)
+        request = request_from_args(args, started)
+        result = train_rank(ctx, request, request.train_config())
         if ctx.is_main:
-            print_result(args, result)
+            print_result(request, result)
         return 0
     except CancelledError as exc:
         if ctx is None or ctx.is_main:

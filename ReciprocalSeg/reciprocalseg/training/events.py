@@ -1,8 +1,13 @@
 """Progress events: one JSON object per line in RUN/events.jsonl (and optionally elsewhere).
 
 Every event carries `event`, `time` and, for progress, `phase`, `iteration`, `total`
-(of that phase), `overall_iteration`/`overall_total` (both phases), `losses`, `h`, `lr`,
-`sec_per_iter` and `eta_s` (for the whole run, from a moving average of step times).
+(of that phase), `overall_iteration`/`overall_total` (all phases), `losses`, `h`, `lr`,
+`sec_per_iter`, `eta_s` (seconds left in the whole run) and `fraction` (how far the run is, in
+[0, 1]). Under a time budget (training/budget.py) `fraction` and `eta_s` are by time: the
+progress events also carry `elapsed_s` (the run's clock over all its sessions) and `budget_s`,
+`eta_s` is the time to the budget's end, and `total`/`overall_total` are projections at the
+current speed that follow the load. Without a budget `fraction` is `overall_iteration` /
+`overall_total`.
 """
 
 from __future__ import annotations
@@ -42,13 +47,14 @@ class EventLog:
 class Pace:
     """Seconds per iteration as an exponential moving average, and the ETA it implies."""
 
-    def __init__(self, smoothing: float = 0.1) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, smoothing: float = 0.1) -> None:
+        self.clock = clock
         self.smoothing = smoothing
         self.sec_per_iter: float | None = None
         self._last: float | None = None
 
     def tick(self) -> float | None:
-        now = time.perf_counter()
+        now = self.clock()
         if self._last is not None:
             dt = now - self._last
             s = self.smoothing

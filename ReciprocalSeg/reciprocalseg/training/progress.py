@@ -25,7 +25,8 @@ class ProgressBar:
         if kind == "progress":
             done, total = event["overall_iteration"], event["overall_total"]
             width = 30
-            filled = int(width * done / max(total, 1))
+            fraction = event.get("fraction")  # by time under a budget
+            filled = int(width * (fraction if fraction is not None else done / max(total, 1)))
             eta = event.get("eta_s")
             eta_text = f"ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "ETA --:--"
             losses = " ".join(f"{k}={v:.3f}" for k, v in event["losses"].items())
@@ -58,13 +59,15 @@ def describe_event(event: dict[str, Any]) -> str | None:
         start = event.get("iteration") or 0
         where = f" from iteration {start}" if start else ""
         device = f" on {event['device']}" if event.get("device") else ""
-        return f"{event['phase']} phase: {event.get('total', '?')} iterations{where}{device}"
+        if event.get("total") is None:  # a budgeted round: the phase runs to a time (a budget event)
+            return f"{event['phase']} phase{where}{device}"
+        return f"{event['phase']} phase: {event['total']} iterations{where}{device}"
     if kind == "done":
         return f"done in {format_duration(event.get('seconds', 0))} on {event.get('device', '?')}"
     if kind == "cancelled":
         return f"cancelled at {_at(event)}; a checkpoint was written, rerun the same command to resume"
     if kind == "error":
-        return f"error: {event.get('message', '')}"
+        return None  # the command prints the error once, as it stops (an "error: ..." line here doubled it)
     if kind == "resumed":
         return f"resumed from the checkpoint at {_at(event)}"
     if kind == "warm_start":
@@ -72,11 +75,20 @@ def describe_event(event: dict[str, Any]) -> str | None:
     if kind == "warning":
         return f"warning at {_at(event)}: {event.get('message', '')}"
     if kind == "budget":
-        return (
-            f"{event.get('phase', '?')} phase sized to {event.get('iterations', '?')} iterations "
-            f"({event.get('sec_per_iter', '?')} s each) for the {event.get('minutes', '?')}-minute budget"
-        )
+        return describe_budget(event)
     return None
+
+
+def describe_budget(event: dict[str, Any]) -> str:
+    """A phase's place on a budgeted round's clock: ``reciprocal phase runs to 10 min 00 s of the
+    10-minute budget (lr drop at 9 min 04 s), about 400 iterations at 0.9 s each``."""
+    text = (
+        f"{event.get('phase', '?')} phase runs to {format_duration(event.get('deadline_s', 0))} of the "
+        f"{event.get('minutes', 0):g}-minute budget (lr drop at {format_duration(event.get('lr_drop_s', 0))})"
+    )
+    if event.get("iterations") and event.get("sec_per_iter"):
+        text += f", about {event['iterations']} iterations at {event['sec_per_iter']:.2g} s each"
+    return text
 
 
 def format_duration(seconds: float) -> str:

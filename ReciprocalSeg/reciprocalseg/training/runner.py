@@ -10,7 +10,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from ..data.sampling import (
     partially_labeled,
 )
 from ..model.vnet import build_model
-from .budget import PROBE_ITERATIONS, TimeBudget
+from .budget import FEW_ITERATIONS, WARN_AFTER, StepTimes, TimeBudget
 from .checkpoint import load_checkpoint, load_model_file, rng_state, save_model, save_torch, set_rng_state
 from .collapse import CollapseMonitor, labeled_fractions
 from .eta import EtaModel
@@ -157,6 +157,8 @@ class Trainer:
         cancel: CancelToken | None = None,
         warm_start: Path | None = None,
         cache_dir: Path | None = None,
+        clock: Callable[[], float] | None = None,
+        started: float | None = None,
     ) -> None:
         config.validate()
         if not labeled:
@@ -182,11 +184,18 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_run_files()
         self.events = EventLog(self.run_dir / "events.jsonl", listeners)
-        self.pace = Pace()
+        # Seconds, monotonic; tests inject a clock whose speed they change (budget.py). `started`:
+        # the clock's reading when this session began (the command's start: a budget counts its
+        # imports and planning too); None: when run() is called.
+        self.clock = clock or time.perf_counter
+        self.started = started
+        self.pace = Pace(self.clock)
         self.eta = EtaModel(config)
-        # A time budget (config.minutes): phase lengths chosen from measured speed (budget.py).
+        # A time budget (config.minutes): each phase runs to its deadline (budget.py).
         self.budget = TimeBudget(config, PHASES) if config.minutes else None
-        self._clock_start = time.perf_counter()
+        self.step_times = StepTimes()
+        self._projected: dict[str, int] = {}  # under a budget: a running phase's projected length
+        self._clock_start = self.clock()
         # torch.distributed (distributed.DistributedTrainer sets them): this process's rank, which
         # seeds its crop streams, and the all-reduce that averages gradients over the ranks.
         self.rank = 0
@@ -254,10 +263,10 @@ class Trainer:
 
     # -- main ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        start = self._clock_start = time.perf_counter()
+        start = self._clock_start = self.clock() if self.started is None else self.started
         done = self.run_dir / "done.json"
         if done.exists():
-            return self._result(time.perf_counter() - start)
+            return self._result(self.clock() - start)
         torch.manual_seed(self.config.seed)
         if self.device.type == "cuda" and self.config.step_mode == "fast":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: autotuning pays off
@@ -274,7 +283,7 @@ class Trainer:
             self._prepare_data()
             for name in PHASES[PHASES.index(phase) :]:
                 self._run_phase(name, iteration if name == phase else 0)
-            return self._finish(time.perf_counter() - start)
+            return self._finish(self.clock() - start)
         except torch.OutOfMemoryError as exc:
             c = self.config
             message = (
@@ -333,8 +342,7 @@ class Trainer:
             self.student_ema.load_state_dict(checkpoint["student_ema"])
         self.h_average = checkpoint.get("h_average", 0.0)
         if self.budget is not None:
-            self.budget.totals = dict(checkpoint.get("budget_totals") or {})
-            self.budget.elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
+            self.budget.restore(checkpoint)
         set_rng_state(checkpoint["rng"])
         self.events.emit("resumed", phase=checkpoint["phase"], iteration=checkpoint["iteration"])
         return checkpoint["phase"], checkpoint["iteration"]
@@ -415,74 +423,130 @@ class Trainer:
     def _elapsed(self) -> float:
         """Seconds this run has trained, over all its sessions (a time budget counts them)."""
         before = self.budget.elapsed_before if self.budget is not None else 0.0
-        return before + time.perf_counter() - self._clock_start
+        return before + self.clock() - self._clock_start
 
     def _phase_total(self, phase: str) -> int:
-        """The phase's iteration count; under a time budget, the chosen one, or before it is
-        chosen an estimate from the measured speed (at least the probe)."""
+        """The phase's iteration count; under a time budget, the count a finished phase ran, or
+        the running phase's projected one, or for a later phase an estimate from the measured
+        speed."""
         c = self.config
         if self.budget is not None:
+            window = self.budget.windows.get(phase)
             if not self.budget.active(phase):
                 return 0
-            if phase in self.budget.totals:
-                return self.budget.totals[phase]
+            if window is not None and window.finished:
+                return window.iterations
+            if phase in self._projected:
+                return self._projected[phase]
             rate = self.eta.phase_rate(phase)
-            share = self.budget.deadline(phase) - (
-                self.budget.deadline(PHASES[PHASES.index(phase) - 1]) if PHASES.index(phase) else 0.0
-            )
-            return max(PROBE_ITERATIONS, math.floor(share / rate)) if rate else PROBE_ITERATIONS
+            return max(1, math.floor(self.budget.share_seconds(phase) / rate)) if rate else 1
         return {
             "supervised": c.supervised_iterations,
             "reciprocal": c.reciprocal_iterations,
             "finetune": c.finetune_iterations,
         }[phase]
 
-    def _choose_total(self, phase: str, done: int, total: int) -> int:
-        """Under a time budget, after the probe: the phase's length from its measured speed."""
-        if self.budget is None or phase in self.budget.totals:
-            return total
+    def _phase_runs(self, phase: str, start: int) -> bool:
+        """Whether `phase` has iterations left (under a budget: it has a share and has not ended)."""
+        if self.budget is None:
+            return start < self._phase_total(phase)
+        return self.budget.active(phase) and not self.budget.finished(phase)
+
+    def _open_window(self, phase: str) -> None:
+        """Put the phase on the run's clock and say when it ends and when its lr drops."""
+        window = self.budget.open(phase, self._elapsed())
         rate = self.eta.phase_rate(phase)
-        if rate is None:
-            return total
-        chosen = self._agreed(self.budget.choose_total(phase, done, self._elapsed(), rate))
-        self.budget.totals[phase] = chosen
+        if rate is not None:
+            self._projected[phase] = window.iterations + max(
+                1, self.budget.more_iterations(phase, self._elapsed(), rate)
+            )
         self.events.emit(
             "budget",
             phase=phase,
-            iterations=chosen,
-            sec_per_iter=round(rate, 4),
-            lr_step=self.budget.lr_step(phase),
             minutes=self.config.minutes,
+            start_s=round(window.start_s, 1),
+            deadline_s=round(self.budget.deadline(phase), 1),
+            lr_drop_s=round(self.budget.lr_drop_s(phase), 1),
+            iterations=self._projected.get(phase),
+            sec_per_iter=None if rate is None else round(rate, 4),
         )
-        return chosen
 
-    def _agreed(self, value: int) -> int:
-        """Under torch.distributed, rank 0's choice on every rank (each measured its own speed, and
-        ranks that ran different iteration counts would wait for each other forever)."""
+    def _agreed(self, *values: int) -> tuple[int, ...]:
+        """Under torch.distributed, rank 0's values on every rank: each rank reads its own clock,
+        and ranks that stopped at different iterations (or stepped at different learning rates)
+        would wait for each other forever (or drift apart)."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
-            return value
-        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+            return values
+        tensor = torch.tensor(values, dtype=torch.int64, device=self.device)
         dist.broadcast(tensor, src=0)
-        return int(tensor.item())
+        return tuple(int(v) for v in tensor.tolist())
 
     def _lr(self, phase: str, iteration: int) -> float:
-        lr_step = self.budget.lr_step(phase) if self.budget is not None else None
-        return lr_at(self.config, iteration, lr_step)
+        """The lr of `iteration`: by its count, or under a budget by the clock (rank 0's)."""
+        if self.budget is None:
+            return lr_at(self.config, iteration)
+        (drops,) = self._agreed(self.budget.lr_drops(phase, self._elapsed()))
+        return self.config.lr * self.config.lr_gamma**drops
+
+    def _by_clock(self, phase: str, done: int, began: float, start: int) -> tuple[bool, int, float]:
+        """Under a budget, after iteration `done`: whether another one fits before the phase's
+        deadline, the phase's projected length, and the next iteration's lr (rank 0's decisions)."""
+        budget = self.budget
+        now = self.clock()
+        self.step_times.add(now - began)
+        elapsed, step_s = self._elapsed(), self.step_times.estimate()
+        budget.windows[phase].iterations = done
+        due = done % self.config.checkpoint_every == 0
+        go_on, drops = self._agreed(
+            int(budget.go_on(phase, done, elapsed, step_s, due)), budget.lr_drops(phase, elapsed)
+        )
+        total = done + (max(1, budget.more_iterations(phase, elapsed, step_s)) if go_on else 0)
+        self._projected[phase] = total
+        if not go_on:
+            budget.close(phase, done)
+        if done - start == WARN_AFTER or (not go_on and done - start < WARN_AFTER):
+            self._warn_few(phase, done, total, step_s)
+        return bool(go_on), total, self.config.lr * self.config.lr_gamma**drops
+
+    def _warn_few(self, phase: str, done: int, total: int, step_s: float | None) -> None:
+        """A warning when the phase's time buys too few iterations to learn from (the clock is
+        kept: the user decides whether to give the round more time)."""
+        if total >= FEW_ITERATIONS:
+            return
+        each = f" at {step_s:.1f} s each" if step_s else ""
+        self.events.emit(
+            "warning",
+            kind="few_iterations",
+            phase=phase,
+            iteration=done,
+            iterations=total,
+            sec_per_iter=None if step_s is None else round(step_s, 4),
+            message=(
+                f"the {phase} phase gets about {total} iterations{each} in its "
+                f"{self.budget.share_seconds(phase):.0f} s of the {self.config.minutes:g}-minute budget, "
+                f"fewer than {FEW_ITERATIONS}: the models may not learn every class (a 3-minute round "
+                "of 11 iterations learned one class of two); give the round more minutes, or run it "
+                "when the machine is less loaded"
+            ),
+        )
 
     def _overall_offset(self, phase: str) -> int:
         return sum(self._phase_total(p) for p in PHASES[: PHASES.index(phase)])
 
     def _run_phase(self, phase: str, start: int) -> None:
-        total = self._phase_total(phase)
-        if phase == "reciprocal" and start == 0 and total > 0:
-            self._save_supervised()
-        if start >= total:
+        if not self._phase_runs(phase, start):
             if phase == "supervised":
                 self._save_supervised()
             return
-        self.events.emit("phase", phase=phase, iteration=start, total=total, device=self.device_name)
+        if phase == "reciprocal" and start == 0:
+            self._save_supervised()
+        if self.budget is not None:
+            self._open_window(phase)
+        total = self._phase_total(phase)
+        shown = total if self.budget is None else None  # under a budget the phase runs to a time
+        self.events.emit("phase", phase=phase, iteration=start, total=shown, device=self.device_name)
         batches = self._streams(phase, start)
         step = self._make_step(start) if phase == "reciprocal" else None
         if (
@@ -500,9 +564,10 @@ class Trainer:
             "finetune": (self.student, self.student_opt),
         }[phase]
         self.pace.pause()
-        it = start
-        while it < total:
-            lr = self._lr(phase, it)
+        it, go_on = start, True
+        lr = self._lr(phase, it)
+        while go_on:
+            began = self.clock()
             _set_lr(self.teacher_opt, lr)
             _set_lr(self.student_opt, lr)
             if opt is not self.teacher_opt and opt is not self.student_opt:  # phase 1's Adam: same schedule
@@ -522,17 +587,19 @@ class Trainer:
                 loss = supervised_step(model, opt, x, y, self.amp_dtype, self.grad_sync)
                 losses, h = {"supervised": round(loss, 6)}, None
             self._require_finite(phase, it + 1, losses, h)
-            self.eta.tick(phase, it + 1)
-            if it + 1 - start == PROBE_ITERATIONS:
-                total = self._choose_total(phase, it + 1, total)
+            self.eta.tick(phase, it + 1, self.clock())
             self._progress(phase, it + 1, total, losses, h, lr)
+            if self.budget is None:
+                go_on, next_lr = it + 1 < total, lr_at(self.config, it + 1)
+            else:  # after the progress event: the time it took is this iteration's too
+                go_on, total, next_lr = self._by_clock(phase, it + 1, began, start)
             if self.cancel.requested:
                 self._checkpoint(phase, it + 1)
                 self.events.emit("cancelled", phase=phase, iteration=it + 1)
                 raise CancelledError(f"training cancelled at {phase} iteration {it + 1}; checkpoint written")
-            if (it + 1) % self.config.checkpoint_every == 0 or it + 1 == total:
+            if (it + 1) % self.config.checkpoint_every == 0 or not go_on:
                 self._checkpoint(phase, it + 1)
-            it += 1
+            it, lr = it + 1, next_lr
         if phase == "supervised":
             self._save_supervised()
 
@@ -573,25 +640,33 @@ class Trainer:
             overall_total=overall_total,
             losses=losses,
             h=h,
-            lr=lr,
+            lr=self._lr_in_use(phase, lr),
             sec_per_iter=None if sec is None else round(sec, 4),
             eta_s=self._eta(phase, iteration, total),
             device=self.device_name,
+            **self._progress_clock(offset + iteration, overall_total),
         )
+
+    def _progress_clock(self, overall_iteration: int, overall_total: int) -> dict[str, Any]:
+        """How far the run is: under a budget by time (`fraction` of `budget_s`, `elapsed_s` over
+        all sessions), else by iterations."""
+        if self.budget is None:
+            return {"fraction": round(min(1.0, overall_iteration / max(1, overall_total)), 4)}
+        elapsed, seconds = self._elapsed(), self.budget.seconds
+        return {
+            "fraction": round(min(1.0, elapsed / seconds), 4),
+            "elapsed_s": round(elapsed, 2),
+            "budget_s": round(seconds, 1),
+        }
 
     def _eta(self, phase: str, iteration: int, total: int) -> float | None:
         """Seconds left: the cost model over the phases left (eta.py); under a time budget, the
-        current phase's projected end or the budget's end, whichever is later."""
+        budget's end (every phase runs to its deadline)."""
+        if self.budget is not None:
+            return round(self.budget.remaining_seconds(self._elapsed()), 1)
         later = PHASES[PHASES.index(phase) + 1 :]
-        if self.budget is None:
-            remaining = {phase: total - iteration, **{p: self._phase_total(p) for p in later}}
-            return self.eta.remaining(remaining)
-        current = self.eta.remaining({phase: total - iteration})
-        if phase not in self.budget.totals or current is None:  # still probing: its share is the guide
-            current = max(0.0, self.budget.deadline(phase) - self._elapsed())
-        if any(self.budget.active(p) for p in later):
-            current = max(current, self.budget.remaining_seconds(self._elapsed()))
-        return round(current, 1)
+        remaining = {phase: total - iteration, **{p: self._phase_total(p) for p in later}}
+        return self.eta.remaining(remaining)
 
     def _collapse_monitor(self) -> CollapseMonitor:
         if not hasattr(self, "_monitor"):
@@ -622,6 +697,7 @@ class Trainer:
         )
 
     def _checkpoint(self, phase: str, iteration: int) -> None:
+        began = self.clock()
         self._require_finite_weights(phase, iteration)
         state: dict[str, Any] = {
             "phase": phase,
@@ -635,13 +711,14 @@ class Trainer:
             ),
             "student_ema": self.student_ema.state_dict() if self.student_ema is not None else None,
             "h_average": self.h_average,
-            "budget_totals": dict(self.budget.totals) if self.budget is not None else None,
+            "budget_clock": self.budget.state(self._elapsed()) if self.budget is not None else None,
             "elapsed_s": self._elapsed(),
             "rng": rng_state(),
             "config": self.config.to_dict(),
         }
         path = self.run_dir / "checkpoints" / "latest.pt"
         save_torch(state, path)
+        state_written = self.clock()
         # Also usable on their own: the models so far, for prediction while training goes on.
         save_model(
             self.teacher,
@@ -657,7 +734,11 @@ class Trainer:
             phase=phase,
             iteration=iteration,
         )
+        models_written = self.clock()
         self.events.emit("checkpoint", phase=phase, iteration=iteration, path=str(path))
+        if self.budget is not None:  # what closing a phase, and the round, will cost (budget.py)
+            self.budget.checkpoint_s = self.clock() - began
+            self.budget.model_files_s = models_written - state_written
         self.pace.pause()
 
     def _require_finite_weights(self, phase: str, iteration: int) -> None:
@@ -676,6 +757,7 @@ class Trainer:
             save_model(self.teacher, self.config, path, phase="supervised")
 
     def _finish(self, seconds: float) -> RunResult:
+        began = self.clock()  # the final files count in the round's time (a budget reserves it)
         # The EMA is the evaluated student, unless a fine-tune (which starts from it) came after.
         use_ema = self.student_ema is not None and self.config.finetune_iterations == 0
         student = self.student_ema.module if use_ema else self.student
@@ -684,13 +766,26 @@ class Trainer:
         save_model(student, self.config, self.run_dir / "student.pt", phase="final", ema=use_ema)
         reciprocal = self._phase_total("reciprocal") > 0 and self.unlabeled_cached
         collapse = self._collapse_monitor().summary() if reciprocal else None
-        summary = {"seconds": round(seconds, 2), "device": self.device_name, "time": time.time()}
+        clock = {}
+        if self.budget is not None:  # the run's clock over all sessions, against its budget
+            clock = {"elapsed_s": round(self._elapsed(), 2), "budget_s": round(self.budget.seconds, 1)}
+        seconds += self.clock() - began
+        summary = {"seconds": round(seconds, 2), "device": self.device_name, "time": time.time(), **clock}
         summary["iterations"] = {p: self._phase_total(p) for p in PHASES}
-        if collapse is not None:  # which classes each model lost, and which model to trust
+        if collapse is not None:  # which classes each model lost by the end
             summary.update(collapse)
         atomic_write_json(self.run_dir / "done.json", summary)
-        self.events.emit("done", seconds=round(seconds, 2), device=self.device_name, **(collapse or {}))
+        self.events.emit(
+            "done", seconds=round(seconds, 2), device=self.device_name, **clock, **(collapse or {})
+        )
         return self._result(seconds)
+
+    def _lr_in_use(self, phase: str, lr: float) -> float:
+        """The learning rate the phase's optimizer runs at: phase 1's Adam follows the schedule
+        scaled to its own lr (`supervised_adam_lr`, 0.003 where the SGD schedule says 0.01)."""
+        if phase == "supervised" and self.supervised_opt is not self.teacher_opt:
+            return lr * self.config.supervised_adam_lr / self.config.lr
+        return lr
 
     def _result(self, seconds: float) -> RunResult:
         sup = self.run_dir / "supervised.pt"
@@ -721,6 +816,10 @@ def train(
     cancel: CancelToken | None = None,
     warm_start: Path | None = None,
     cache_dir: Path | None = None,
+    clock: Callable[[], float] | None = None,
+    started: float | None = None,
 ) -> RunResult:
     """Run (or resume) a training run; see `Trainer`."""
-    return Trainer(config, labeled, unlabeled, run_dir, listeners, cancel, warm_start, cache_dir).run()
+    return Trainer(
+        config, labeled, unlabeled, run_dir, listeners, cancel, warm_start, cache_dir, clock, started
+    ).run()

@@ -1,6 +1,6 @@
 """HTTP routes, one router per resource (FastAPI's "bigger applications" layout)."""
 
-from . import cases, info, labels, models, plan, prediction, settings, training
+from . import cases, info, labels, models, plan, prediction, refine, settings, training
 
 ROUTERS = (
     info.router,
@@ -8,6 +8,7 @@ ROUTERS = (
     cases.router,
     labels.router,
     prediction.router,
+    refine.router,
     plan.router,
     training.router,
     models.router,

@@ -9,8 +9,9 @@ from fastapi.responses import FileResponse
 
 from .. import schemas as S
 from ..deps import NRRD, CaseId, ServiceDep, no_empty_case_id, nrrd_response
+from ..errors import Conflict
 from ..uploads import safe_filename, save_upload
-from ..workspace import Conflict, check_new_case_id, check_upload_suffix
+from ..workspace import check_new_case_id, check_upload_suffix
 
 router = APIRouter(tags=["cases"])
 

@@ -10,8 +10,9 @@ from starlette.background import BackgroundTask
 
 from .. import schemas as S
 from ..deps import ServiceDep
+from ..errors import UnsupportedType
 from ..uploads import safe_filename, save_upload
-from ..workspace import UnsupportedType, file_suffix
+from ..workspace import file_suffix
 
 router = APIRouter(tags=["models"])
 

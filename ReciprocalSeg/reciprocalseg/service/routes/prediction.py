@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from .. import schemas as S
-from ..core import PredictionModel, Ranking
+from ..core import PredictionModel, Ranking, teacher_only_note
 from ..deps import NRRD, CaseId, ServiceDep, nrrd_response
+from ..errors import NotFound
 
 router = APIRouter(tags=["prediction"])
 
@@ -73,6 +74,8 @@ def prediction_file(
 ) -> FileResponse:
     live = model == "live"
     entry = service.prediction_entry(case_id, round, live)
+    if kind not in entry["files"]:
+        raise NotFound(f"case {case_id!r}: no {kind} map; {teacher_only_note(entry['round'])}")
     name = f"{case_id}_{kind}_live.nrrd" if live else f"{case_id}_{kind}_r{entry['round']}.nrrd"
     return nrrd_response(service.ws.case_dir(case_id) / entry["files"][kind], name)
 

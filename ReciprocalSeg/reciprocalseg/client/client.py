@@ -9,42 +9,47 @@
 >>> c.next_case()
 
 Every method raises :class:`ServiceError` carrying the server's message (``status_code`` is 0 when
-the service could not be reached at all).
+the service could not be reached at all). The answers are the dataclasses of ``responses.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
-from .common.file_formats import IMAGE_SUFFIXES, LABEL_NAME_SUFFIXES, UPLOAD_SUFFIXES
+from reciprocalseg.common.file_formats import (
+    IMAGE_SUFFIXES,
+    LABEL_NAME_SUFFIXES,
+    UPLOAD_SUFFIXES,
+    case_id_from_path,
+)
+from reciprocalseg.common.service_files import SERVICE_DIR, TOKEN_FILE, URL_FILE, read_service_file
 
-__all__ = [
-    "CaseInfo",
-    "CaseQA",
-    "Client",
-    "DeviceInfo",
-    "FolderImport",
-    "LabelHistory",
-    "LabelVersion",
-    "ModelList",
-    "ModelRound",
-    "NextCase",
-    "PredictionResult",
-    "ServiceError",
-    "ServiceInfo",
-    "StructureQA",
-    "TrainingEvents",
-    "TrainingStatus",
-]
-
-T = TypeVar("T")
+from .responses import (
+    CaseInfo,
+    CaseQA,
+    DeviceInfo,
+    FolderImport,
+    LabelHistory,
+    LabelVersion,
+    ModelList,
+    ModelRound,
+    NextCase,
+    PredictionResult,
+    RefinedPrediction,
+    ServiceInfo,
+    StructureQA,
+    TrainingEvents,
+    TrainingStatus,
+    build,
+    prediction_from_json,
+)
 
 
 class ServiceError(Exception):
@@ -54,223 +59,6 @@ class ServiceError(Exception):
         super().__init__(f"{message} (HTTP {status_code})" if status_code else message)
         self.status_code = status_code
         self.message = message
-
-
-def _build(cls: type[T], data: dict[str, Any]) -> T:
-    """Instantiate a dataclass from a JSON object, ignoring keys it does not know."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass
-class DeviceInfo:
-    type: str
-    name: str
-    memory_gb: float | None = None
-    cpu_count: int | None = None
-
-
-@dataclass
-class ServiceInfo:
-    version: str
-    workspace: str
-    device: DeviceInfo
-    counts: dict[str, int]
-    n_classes: int
-    current_round: int | None
-    training_state: str
-    max_upload_mb: float
-    auth: bool
-    n_classes_fixed: bool = False
-
-
-@dataclass
-class CaseInfo:
-    id: str
-    status: str
-    added: str
-    geometry: dict[str, Any]
-    source: str | None = None
-    label_version: int | None = None
-    n_label_versions: int = 0
-    annotation: str = "none"  # "full", "partial" (some voxels 255 = unannotated) or "none"
-    annotated_fraction: float = 0.0
-    score: float | None = None
-    score_round: int | None = None
-    score_current: bool = False
-    qa_flags: int | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class LabelVersion:
-    version: int
-    kind: str
-    time: str
-    author: str | None = None
-    source: str | None = None
-    note: str | None = None
-    annotated_fraction: float | None = None  # < 1: a partial label (255 = unannotated)
-
-
-@dataclass
-class LabelHistory:
-    case_id: str
-    current: int | None
-    versions: list[LabelVersion]
-
-
-@dataclass
-class TrainingStatus:
-    state: str
-    run_id: str | None = None
-    round: int | None = None
-    current_round: int | None = None
-    rounds: int = 0
-    preset: str | None = None
-    phase: str | None = None
-    iteration: int | None = None
-    total: int | None = None
-    overall_iteration: int | None = None
-    overall_total: int | None = None
-    losses: dict[str, Any] = field(default_factory=dict)
-    h: float | None = None
-    lr: float | None = None
-    sec_per_iter: float | None = None
-    eta_s: float | None = None
-    device: str | None = None
-    message: str | None = None
-    started: str | None = None
-    finished: str | None = None
-    n_events: int = 0
-    n_labeled: int | None = None
-    n_unlabeled: int | None = None
-    warm_start_round: int | None = None
-    warning: str | None = None
-    background_only: list[str] = field(default_factory=list)
-    plan: dict[str, Any] | None = None  # an auto round's planned values (None for other presets)
-
-    @property
-    def active(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def fraction(self) -> float | None:
-        """Progress in [0, 1] when known."""
-        if self.overall_iteration is not None and self.overall_total:
-            return min(1.0, self.overall_iteration / self.overall_total)
-        if self.iteration is None or not self.total:
-            return None
-        return min(1.0, self.iteration / self.total)
-
-
-@dataclass
-class TrainingEvents:
-    run_id: str | None
-    events: list[dict[str, Any]]
-    next: int
-    total: int
-
-
-@dataclass
-class StructureQA:
-    """QA of one class in one network's prediction (see docs/SERVICE.md, "Per-structure QA")."""
-
-    model: str
-    label: int
-    volume_ml: float
-    pieces: int
-    disagreement: float | None = None
-    flags: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PredictionResult:
-    """A prediction and the model that made it: ``round`` (for a live one, the number the round in
-    training will get), ``live``, ``run_id``, ``phase`` and ``iteration`` of the checkpoint."""
-
-    case_id: str
-    round: int
-    score: float
-    time: str
-    teacher: Path | None = None
-    student: Path | None = None
-    disagreement: Path | None = None
-    teacher_empty: bool | None = None
-    student_empty: bool | None = None
-    warning: str | None = None
-    live: bool = False
-    run_id: str | None = None
-    phase: str | None = None
-    iteration: int | None = None
-    qa: list[StructureQA] | None = None
-    qa_flags: int | None = None
-
-    @property
-    def flagged(self) -> list[StructureQA]:
-        """The structures with at least one QA flag."""
-        return [r for r in self.qa or [] if r.flags]
-
-
-@dataclass
-class CaseQA:
-    case_id: str
-    round: int
-    structures: list[StructureQA]
-    n_flags: int
-    reference: dict[str, Any]
-    live: bool = False
-    run_id: str | None = None
-    iteration: int | None = None
-
-
-@dataclass
-class NextCase:
-    case_id: str | None
-    score: float | None = None
-    round: int | None = None
-    n_candidates: int = 0
-    n_predicted_now: int = 0
-    both_empty: bool = False
-    by: str = "disagreement"
-    qa_flags: int | None = None
-
-
-@dataclass
-class ModelRound:
-    round: int
-    source: str
-    created: str
-    run_id: str | None = None
-    preset: str | None = None
-    n_classes: int | None = None
-    fewer_classes: bool = False
-    n_labeled: int | None = None
-    n_unlabeled: int | None = None
-    warm_start_round: int | None = None
-    current: bool = False
-    background_only: list[str] | None = None
-    teacher_sha256: str | None = None
-    student_sha256: str | None = None
-
-
-@dataclass
-class ModelList:
-    current: int | None
-    rounds: list[ModelRound]
-
-    def __len__(self) -> int:
-        return len(self.rounds)
-
-
-class FolderImport(list):
-    """The cases :meth:`Client.add_cases_from_folder` added (it is a list of them), and ``skipped``:
-    the case IDs the workspace had already."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.skipped: list[str] = []
 
 
 class Client:
@@ -314,27 +102,22 @@ class Client:
     @property
     def _service_dir(self) -> Path:
         assert self.workspace is not None
-        return self.workspace / ".service"
+        return self.workspace / SERVICE_DIR
 
     def _workspace_url(self) -> str:
         """The URL the workspace's running service wrote; ServiceError(0) when none is running."""
-        try:
-            url = (self._service_dir / "url").read_text(encoding="utf-8").strip()
-        except OSError:
-            url = ""
+        url = read_service_file(self._service_dir, URL_FILE)
         if not url:
             raise ServiceError(
                 0,
-                f"no running service found for workspace {self.workspace} (no {self._service_dir / 'url'}); "
+                f"no running service found for workspace {self.workspace} "
+                f"(no {self._service_dir / URL_FILE}); "
                 f"start one with `reciprocalseg serve --workspace {self.workspace}`",
             )
         return url
 
     def _workspace_token(self) -> str | None:
-        try:
-            return (self._service_dir / "token").read_text(encoding="utf-8").strip() or None
-        except OSError:
-            return None
+        return read_service_file(self._service_dir, TOKEN_FILE)
 
     def _rediscover(self) -> bool:
         """After a failed connection: follow a restarted service (new URL/token); True if it moved."""
@@ -449,8 +232,8 @@ class Client:
 
     def info(self) -> ServiceInfo:
         d = self._json("GET", "/info")
-        d["device"] = _build(DeviceInfo, d["device"])
-        return _build(ServiceInfo, d)
+        d["device"] = build(DeviceInfo, d["device"])
+        return build(ServiceInfo, d)
 
     def settings(self) -> dict[str, Any]:
         """``{"n_classes": N, "n_classes_fixed": bool}``; N counts the background (as train does)."""
@@ -460,12 +243,20 @@ class Client:
         """Fix the class count, background included (``None``: let it follow the labels)."""
         return self._json("PUT", "/settings", json={"n_classes": n_classes})
 
+    def set_auto_retrain(self, after: int | None, minutes: float | None = None) -> dict[str, Any]:
+        """Retrain by itself: a warm-started round of ``minutes`` (default: as set, 10 at first)
+        once ``after`` corrections arrived (labels, scribbles, refines, accepts); None: off."""
+        body: dict[str, Any] = {"retrain_after": after}
+        if minutes is not None:
+            body["retrain_minutes"] = minutes
+        return self._json("PUT", "/settings", json=body)
+
     # ------------------------------------------------------------------ cases
     def list_cases(self) -> list[CaseInfo]:
-        return [_build(CaseInfo, c) for c in self._json("GET", "/cases")["cases"]]
+        return [build(CaseInfo, c) for c in self._json("GET", "/cases")["cases"]]
 
     def get_case(self, case_id: str) -> CaseInfo:
-        return _build(CaseInfo, self._json("GET", f"/cases/{_seg(case_id)}"))
+        return build(CaseInfo, self._json("GET", f"/cases/{_seg(case_id)}"))
 
     def add_case(self, image_path: str | Path, case_id: str | None = None, upload: bool = True) -> CaseInfo:
         """Add a scan: upload the file (default), or register a path the server can read itself."""
@@ -474,7 +265,7 @@ class Client:
             body: dict[str, Any] = {"path": str(p.resolve())}
             if case_id is not None:
                 body["case_id"] = case_id
-            return _build(
+            return build(
                 CaseInfo, self._json("POST", "/cases/register", json=body, timeout=self.long_timeout)
             )
         data = {"case_id": case_id} if case_id is not None else {}
@@ -486,7 +277,7 @@ class Client:
                 data=data,
                 timeout=self.long_timeout,
             )
-        return _build(CaseInfo, d)
+        return build(CaseInfo, d)
 
     def add_cases_from_folder(self, folder: str | Path, upload: bool = True) -> FolderImport:
         """Add every scan file of a folder (label files ``*_label.*``/``*_seg.*`` are skipped).
@@ -495,8 +286,6 @@ class Client:
         rerun after an interrupted import adds the rest. Returns the added cases (a list) with
         ``.skipped``, the IDs that were there already.
         """
-        from reciprocalseg.data.io import case_id_from_path
-
         folder = Path(folder).expanduser()
         existing = {c.id for c in self.list_cases()}
         result = FolderImport()
@@ -550,7 +339,10 @@ class Client:
                 data=data,
                 timeout=self.long_timeout,
             )
-        return _build(LabelVersion, d)
+        version = build(LabelVersion, d)
+        if version.warning:  # shown in a console or script, and kept in the answer
+            warnings.warn(version.warning, UserWarning, stacklevel=2)
+        return version
 
     def get_label(self, case_id: str, out_path: str | Path, version: int | None = None) -> Path:
         params = {"version": version} if version is not None else None
@@ -558,12 +350,12 @@ class Client:
 
     def label_history(self, case_id: str) -> LabelHistory:
         d = self._json("GET", f"/cases/{_seg(case_id)}/labels")
-        return LabelHistory(d["case_id"], d["current"], [_build(LabelVersion, v) for v in d["versions"]])
+        return LabelHistory(d["case_id"], d["current"], [build(LabelVersion, v) for v in d["versions"]])
 
     def draft_from_prediction(self, case_id: str, author: str | None = None) -> LabelVersion:
         """Store the current teacher prediction as a draft label version."""
         params = {"author": author} if author else None
-        return _build(
+        return build(
             LabelVersion, self._json("POST", f"/cases/{_seg(case_id)}/label/from-prediction", params=params)
         )
 
@@ -592,23 +384,23 @@ class Client:
             "device": device,
             "warm_start": warm_start,
         }
-        return _build(TrainingStatus, self._json("POST", "/training", json=body))
+        return build(TrainingStatus, self._json("POST", "/training", json=body))
 
     def training_status(self, run_id: str | None = None) -> TrainingStatus:
         params = {"run_id": run_id} if run_id else None
-        return _build(TrainingStatus, self._json("GET", "/training", params=params))
+        return build(TrainingStatus, self._json("GET", "/training", params=params))
 
     def training_events(self, since: int = 0, run_id: str | None = None) -> TrainingEvents:
         params: dict[str, Any] = {"since": since}
         if run_id:
             params["run_id"] = run_id
-        return _build(TrainingEvents, self._json("GET", "/training/events", params=params))
+        return build(TrainingEvents, self._json("GET", "/training/events", params=params))
 
     def stop_training(self) -> TrainingStatus:
-        return _build(TrainingStatus, self._json("POST", "/training/stop", timeout=max(self.timeout, 120)))
+        return build(TrainingStatus, self._json("POST", "/training/stop", timeout=max(self.timeout, 120)))
 
     def resume_training(self, run_id: str | None = None) -> TrainingStatus:
-        return _build(TrainingStatus, self._json("POST", "/training/resume", json={"run_id": run_id}))
+        return build(TrainingStatus, self._json("POST", "/training/resume", json={"run_id": run_id}))
 
     def wait_for_training(
         self,
@@ -642,7 +434,7 @@ class Client:
         """
         params = {"model": "live"} if live else None
         d = self._json("POST", f"/cases/{_seg(case_id)}/predict", params=params, timeout=self.long_timeout)
-        res = _prediction(d)
+        res = prediction_from_json(d)
         if out_dir is not None:
             self._download_prediction(res, Path(out_dir))
         return res
@@ -655,14 +447,15 @@ class Client:
         if live:
             params["model"] = "live"
         d = self._json("GET", f"/cases/{_seg(case_id)}/prediction", params=params or None)
-        res = _prediction(d)
+        res = prediction_from_json(d)
         if out_dir is not None:
             self._download_prediction(res, Path(out_dir))
         return res
 
     def _download_prediction(self, res: PredictionResult, out_dir: Path) -> None:
         params: dict[str, Any] = {"model": "live"} if res.live else {"round": res.round}
-        for kind in ("teacher", "student", "disagreement"):
+        kinds = ("teacher",) if res.teacher_only else ("teacher", "student", "disagreement")
+        for kind in kinds:  # a teacher-only round's prediction has no student and no disagreement
             path = self._download(
                 f"/cases/{_seg(res.case_id)}/prediction/{kind}",
                 out_dir / f"{res.case_id}_{kind}.nrrd",
@@ -670,28 +463,99 @@ class Client:
             )
             setattr(res, kind, path)
 
+    # ------------------------------------------------------------------ refine
+    def refine(
+        self,
+        case_id: str,
+        strokes: str | Path | Any,
+        model: str = "student",
+        seconds: float | None = None,
+        device: str | None = None,
+        out_dir: str | Path | None = None,
+        author: str | None = None,
+    ) -> RefinedPrediction:
+        """Adapt a copy of the current round's ``model`` (student or teacher) to the case's strokes
+        and predict the case with it; the strokes are stored (accumulated with the case's earlier
+        ones) as a new partial label version. The round's models are not changed.
+
+        ``strokes``: a label-map file on the case's grid, or a (z, y, x) integer array (sent on the
+        case's grid): 255 unannotated, 0 background, k class k. ``seconds``: the time limit (None:
+        the service's default for its device). With ``out_dir``, the refined map is downloaded
+        (``.labels``).
+        """
+        data: dict[str, Any] = {"model": model}
+        for key, value in (("seconds", seconds), ("device", device), ("author", author)):
+            if value is not None:
+                data[key] = str(value)
+        with tempfile.TemporaryDirectory(prefix="reciprocalseg-strokes-") as folder:
+            path = self._strokes_path(case_id, strokes, Path(folder))
+            with open(path, "rb") as f:
+                d = self._json(
+                    "POST",
+                    f"/cases/{_seg(case_id)}/refine",
+                    files={"file": (path.name, f, "application/octet-stream")},
+                    data=data,
+                    timeout=self.long_timeout,
+                )
+        res = build(RefinedPrediction, d)
+        if out_dir is not None:
+            self._download_refined(res, Path(out_dir))
+        return res
+
+    def _strokes_path(self, case_id: str, strokes: Any, folder: Path) -> Path:
+        """The strokes as a file: the path given, or an array written on the case's grid."""
+        if isinstance(strokes, str | Path):
+            return Path(strokes).expanduser()
+        from .strokes_file import write_strokes
+
+        return write_strokes(strokes, self.get_case(case_id).geometry, folder / f"{case_id}_strokes.nrrd")
+
+    def get_refined(self, case_id: str, out_dir: str | Path | None = None) -> RefinedPrediction:
+        """The case's latest refine (404 without one); with ``out_dir``, its map downloaded."""
+        res = build(RefinedPrediction, self._json("GET", f"/cases/{_seg(case_id)}/refined"))
+        if out_dir is not None:
+            self._download_refined(res, Path(out_dir))
+        return res
+
+    def _download_refined(self, res: RefinedPrediction, out_dir: Path) -> None:
+        res.labels = self._download(
+            f"/cases/{_seg(res.case_id)}/refined/labels", out_dir / f"{res.case_id}_refined.nrrd"
+        )
+
+    def accept_refined(self, case_id: str, author: str | None = None) -> LabelVersion:
+        """Store the case's refined map as its new full label version (again: that same version)."""
+        params = {"author": author} if author else None
+        d = self._json(
+            "POST", f"/cases/{_seg(case_id)}/refined/accept", params=params, timeout=self.long_timeout
+        )
+        return build(LabelVersion, d)
+
+    def refine_status(self) -> dict[str, Any]:
+        """The refine in progress: ``{"running": bool, "case_id", "elapsed_s", "time_limit_s", ...}``."""
+        return self._json("GET", "/refine")
+
     def qa(self, case_id: str, round: int | None = None, live: bool = False) -> CaseQA:
         """Per-structure QA of a case's stored prediction, flagged against the labelled cases now."""
         params: dict[str, Any] = {"round": round} if round is not None else {}
         if live:
             params["model"] = "live"
         d = self._json("GET", f"/cases/{_seg(case_id)}/qa", params=params or None, timeout=self.long_timeout)
-        d["structures"] = [_build(StructureQA, r) for r in d["structures"]]
-        return _build(CaseQA, d)
+        d["structures"] = [build(StructureQA, r) for r in d["structures"]]
+        return build(CaseQA, d)
 
     def next_case(self, by: str = "disagreement") -> NextCase:
         """The unlabelled case to label next; ``by="qa"``: the one with the most QA flags."""
         params = {"by": by} if by != "disagreement" else None
-        return _build(NextCase, self._json("GET", "/next-case", params=params, timeout=self.long_timeout))
+        return build(NextCase, self._json("GET", "/next-case", params=params, timeout=self.long_timeout))
 
     # ------------------------------------------------------------------ models
     def list_models(self) -> ModelList:
         d = self._json("GET", "/models")
-        return ModelList(d["current"], [_build(ModelRound, r) for r in d["rounds"]])
+        return ModelList(d["current"], [build(ModelRound, r) for r in d["rounds"]])
 
     def set_current_model(self, round: int) -> ModelList:
         d = self._json("PUT", "/models/current", json={"round": round})
-        return ModelList(d["current"], [_build(ModelRound, r) for r in d["rounds"]])
+        return ModelList(d["current"], [build(ModelRound, r) for r in d["rounds"]])
 
     def export_models(self, out_path: str | Path, round: int | None = None) -> Path:
         params = {"round": round} if round is not None else None
@@ -707,13 +571,7 @@ class Client:
                 data={"make_current": str(make_current).lower()},
                 timeout=self.long_timeout,
             )
-        return _build(ModelRound, d)
-
-
-def _prediction(d: dict[str, Any]) -> PredictionResult:
-    if d.get("qa") is not None:
-        d = {**d, "qa": [_build(StructureQA, r) for r in d["qa"]]}
-    return _build(PredictionResult, d)
+        return build(ModelRound, d)
 
 
 def _seg(case_id: str) -> str:

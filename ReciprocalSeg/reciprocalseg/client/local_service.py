@@ -23,6 +23,10 @@ Lifecycle (see docs/SLICER.md, "Service lifecycle"):
   service process even behind Slicer's ``PythonSlicer`` launcher on Windows), then sends SIGTERM
   (POSIX) or CTRL_BREAK_EVENT (Windows, new process group), then terminates the process tree
   through psutil.
+
+Standard library and ``requests`` only (psutil where a process tree is ended): this runs in 3D
+Slicer's process, which must not load the server stack (starlette, pydantic) or torch. The files
+the service keeps in ``.service/`` are described in ``common/service_files.py``.
 """
 
 from __future__ import annotations
@@ -37,17 +41,36 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import psutil
+import requests
 
-from .jobs import child_env
-from .lifecycle import STOP_PATH, process_alive
-from .server import LOCK_FILE, PID_FILE, TOKEN_FILE, URL_FILE, ServeError, WorkspaceLock, write_private
+from reciprocalseg.common.processes import (
+    WINDOWS,
+    child_env,
+    end_processes,
+    process_alive,
+    process_tree,
+    start_process,
+    terminate_pid,
+    wait_pid,
+)
+from reciprocalseg.common.service_files import (
+    LOG_FILE,
+    SERVICE_DIR,
+    STOP_PATH,
+    TOKEN_FILE,
+    URL_FILE,
+    clear_stale_service_files,
+    read_pid,
+    read_service_file,
+    service_dir_of,
+    workspace_in_use,
+    write_private,
+)
+
+from .client import Client
 
 log = logging.getLogger("reciprocalseg.launcher")
-
-_WINDOWS = os.name == "nt"
 
 
 class LaunchError(RuntimeError):
@@ -63,54 +86,6 @@ class LiveService:
     pid: int | None
 
 
-def service_dir_of(workspace: str | Path) -> Path:
-    return Path(workspace).expanduser().resolve() / ".service"
-
-
-def workspace_in_use(workspace: str | Path) -> bool:
-    """Whether a live process holds the workspace's service lock (an OS file lock: it dies with
-    its holder, so a lock left by a crashed service never counts)."""
-    lock = WorkspaceLock(service_dir_of(workspace) / LOCK_FILE)
-    try:
-        lock.acquire()
-    except ServeError:
-        return True
-    lock.release()
-    return False
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
-
-
-def _read_pid(service_dir: Path) -> int | None:
-    text = _read(service_dir / PID_FILE)
-    return int(text) if text and text.isdigit() else None
-
-
-def clear_stale_service_files(workspace: str | Path) -> str | None:
-    """Remove the URL and pid files of a service that ended without cleaning up.
-
-    Returns a message saying what was recovered, or None when there was nothing stale (or a live
-    service holds the workspace, whose files are then left alone).
-    """
-    sdir = service_dir_of(workspace)
-    url_file, pid_file = sdir / URL_FILE, sdir / PID_FILE
-    if not (url_file.exists() or pid_file.exists()) or workspace_in_use(workspace):
-        return None
-    pid = _read_pid(sdir)
-    url_file.unlink(missing_ok=True)
-    pid_file.unlink(missing_ok=True)
-    return (
-        f"recovered the workspace {sdir.parent}: the service that held it"
-        + (f" (pid {pid})" if pid else "")
-        + " ended without cleaning up; its stale address and pid files were removed"
-    )
-
-
 def find_live_service(workspace: str | Path, timeout: float = 10.0) -> LiveService | None:
     """The service that serves ``workspace`` now, or None (stale files are cleared on the way).
 
@@ -119,32 +94,30 @@ def find_live_service(workspace: str | Path, timeout: float = 10.0) -> LiveServi
     still starting.  Raises :class:`LaunchError` when a live process holds the workspace but does
     not answer (hung, or it runs with a token this user cannot read).
     """
-    import requests
-
     sdir = service_dir_of(workspace)
     if not workspace_in_use(workspace):
         note = clear_stale_service_files(workspace)
         if note:
             log.warning(note)
         return None
-    token = _read(sdir / TOKEN_FILE)
+    token = read_service_file(sdir, TOKEN_FILE)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + timeout
     problem = "it has not written its address yet"
     while True:
-        url = _read(sdir / URL_FILE)
+        url = read_service_file(sdir, URL_FILE)
         if url is not None:
             try:
                 r = requests.get(url + "/info", headers=headers, timeout=2)
                 if r.status_code == 200:
-                    return LiveService(url, token, _read_pid(sdir))
+                    return LiveService(url, token, read_pid(sdir))
                 problem = f"GET {url}/info answered {r.status_code}"
             except requests.RequestException as exc:
                 problem = f"it does not answer at {url} ({type(exc).__name__})"
         if not workspace_in_use(workspace):
             return None  # it ended while we waited
         if time.monotonic() >= deadline:
-            pid = _read_pid(sdir)
+            pid = read_pid(sdir)
             raise LaunchError(
                 f"a service (pid {pid or '?'}) holds the workspace {sdir.parent} but {problem}; "
                 "stop that process (or wait for it to finish starting), then try again"
@@ -173,7 +146,7 @@ def service_python(inside_slicer: bool | None = None, executable: str = sys.exec
     found = shutil.which("PythonSlicer")
     if found:
         return found
-    beside = Path(executable).resolve().parent / ("PythonSlicer.exe" if _WINDOWS else "PythonSlicer")
+    beside = Path(executable).resolve().parent / ("PythonSlicer.exe" if WINDOWS else "PythonSlicer")
     if beside.is_file():
         return str(beside)
     raise LaunchError(
@@ -220,11 +193,11 @@ class LocalService:
 
     @property
     def service_dir(self) -> Path:
-        return self.workspace / ".service"
+        return self.workspace / SERVICE_DIR
 
     @property
     def log_path(self) -> Path:
-        return self.service_dir / "server.log"
+        return self.service_dir / LOG_FILE
 
     @property
     def running(self) -> bool:
@@ -263,8 +236,6 @@ class LocalService:
         returned and :attr:`reconnected` is set.  Files left by a service that died are removed
         first, with a message in :attr:`notes`.
         """
-        import requests
-
         if self.running and self.url is not None:
             return self.url, self.token
         self.service_dir.mkdir(parents=True, exist_ok=True)
@@ -286,16 +257,10 @@ class LocalService:
         env = child_env() if self.env is None else dict(self.env)
         log_file = open(self.log_path, "ab")
         try:
-            self.process = subprocess.Popen(
-                self.command(token_file),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                # A session/group of its own: Ctrl-C in Slicer's terminal does not reach it, and on
-                # Windows CTRL_BREAK_EVENT can be sent to its group alone.
-                start_new_session=not _WINDOWS,
-                creationflags=subprocess.CREATE_NEW_PROCESS_GROUP if _WINDOWS else 0,
+            # A session/group of its own: Ctrl-C in Slicer's terminal does not reach it, and on
+            # Windows CTRL_BREAK_EVENT can be sent to its group alone.
+            self.process = start_process(
+                self.command(token_file), log_file, subprocess.STDOUT, env, windows_group=True
             )
         finally:
             log_file.close()
@@ -339,7 +304,7 @@ class LocalService:
         if self.pid is None:
             return None
         deadline = time.monotonic() + timeout
-        tree = _process_tree(self.pid)
+        tree = process_tree(self.pid)
         if self.running and self._request_stop_over_http():
             self._wait(deadline - time.monotonic())
         if self.running:
@@ -355,13 +320,18 @@ class LocalService:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
             code = self.process.wait()
-        _end_processes(tree)
+        end_processes(tree)
         self.url, self.pid = None, None
         return code
 
-    def _request_stop_over_http(self) -> bool:
-        import requests
+    def request_stop(self) -> None:
+        """Ask the service to stop and return at once (3D Slicer quitting): SIGTERM, or
+        CTRL_BREAK_EVENT on Windows; the service checkpoints a running training and ends by itself
+        (``stop`` waits for that and cleans up what is left)."""
+        if self.pid is not None and self.running:
+            self._signal_stop()
 
+    def _request_stop_over_http(self) -> bool:
         if self.url is None:
             return False
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -371,25 +341,26 @@ class LocalService:
             return False
 
     def _signal_stop(self) -> None:
+        if self.process is None:
+            if self.pid is not None:
+                terminate_pid(self.pid)
+            return
         try:
-            if self.process is not None and _WINDOWS:
+            if WINDOWS:
                 self.process.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-            elif self.process is not None:
+            else:
                 self.process.terminate()
-            elif self.pid is not None:
-                psutil.Process(self.pid).terminate()
-        except (OSError, psutil.Error):
+        except OSError:
             pass
 
     def _wait(self, seconds: float) -> None:
-        seconds = max(0.0, seconds)
-        try:
-            if self.process is not None:
-                self.process.wait(timeout=seconds)
-            elif self.pid is not None:
-                psutil.Process(self.pid).wait(timeout=seconds)
-        except (subprocess.TimeoutExpired, psutil.TimeoutExpired, psutil.NoSuchProcess):
-            pass
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=max(0.0, seconds))
+            except subprocess.TimeoutExpired:
+                pass
+        elif self.pid is not None:
+            wait_pid(self.pid, seconds)
 
     def kill(self) -> None:
         """SIGKILL the service process only (its training worker survives); for fault-injection tests."""
@@ -398,10 +369,8 @@ class LocalService:
             self.process.wait()
         self.pid = None
 
-    def client(self, timeout: float = 30.0) -> Any:
+    def client(self, timeout: float = 30.0) -> Client:
         """A :class:`reciprocalseg.client.Client` for this service."""
-        from reciprocalseg.client import Client
-
         if self.url is None:
             raise LaunchError("the service is not running; call start() first")
         return Client(self.url, self.token, timeout=timeout)
@@ -419,27 +388,3 @@ def _same_file(a: str, b: str) -> bool:
         return Path(a).resolve() == Path(b).resolve()
     except OSError:
         return False
-
-
-def _process_tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _end_processes(procs: list[psutil.Process], grace: float = 10.0) -> None:
-    """Terminate, then kill, whichever of ``procs`` still run (same processes: psutil checks)."""
-    _, alive = psutil.wait_procs(procs, timeout=0.1) if procs else ([], [])
-    for p in alive:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
