@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from reciprocalseg.common.errors import CancelledError, DataError
+from reciprocalseg.common.errors import CancelledError, DataError, ReciprocalSegError
 from reciprocalseg.common.file_formats import UNANNOTATED
 from reciprocalseg.config import make_config
 from reciprocalseg.data.io import Case, read_image
@@ -250,7 +250,7 @@ def test_a_model_with_nonfinite_weights_is_refused(trained, tmp_path: Path) -> N
     broken = tmp_path / "broken.pt"
     torch.save(data, broken)
     image = read_image(case.image)
-    with pytest.raises(DataError, match="NaN or infinite weights"):
+    with pytest.raises(ReciprocalSegError, match="NaN or infinite weights"):
         refine_case(broken, image, stroke_map(image, {1: np.array([[1, 1, 1]])}), device="cpu")
 
 

@@ -44,7 +44,6 @@ from ..data.preprocess import (
 from ..data.sampling import CropStream, cache_cases
 from ..data.validation import check_image
 from ..inference.sliding_window import LoadedModel, load_model
-from ..training.checkpoint import nonfinite_tensors
 from ..training.losses import supervised_loss
 from .features import LastValue, WindowFeatures, autocast, image_key, model_key
 from .settings import RefineSettings, default_refine_settings
@@ -105,7 +104,7 @@ def refine_case(
     settings.validate()
     start = clock()
     check_image(image, "image")
-    model = _load_finite(model_file, device)
+    model = load_model(model_file, device)  # refuses NaN/inf weights (inference/model_check.py)
     painted = check_strokes(strokes, image, model.n_classes)
     prep = model.preprocessing
     working = preprocess_label(_on_grid(painted, image), prep)
@@ -160,16 +159,6 @@ def _keeps_strokes(before: np.ndarray | None, now: np.ndarray) -> bool:
         return False
     painted = before != UNANNOTATED
     return bool(np.array_equal(before[painted], now[painted]))
-
-
-def _load_finite(model_file: Path, device: str) -> LoadedModel:
-    model = load_model(model_file, device)
-    bad = nonfinite_tensors(model.module.state_dict())
-    if bad:
-        raise DataError(
-            f"model file {model_file} has NaN or infinite weights ({bad[0]}...); refine another model"
-        )
-    return model
 
 
 def _on_grid(array: np.ndarray, image: sitk.Image) -> sitk.Image:
