@@ -240,6 +240,20 @@ def curves(rows: list[dict[str, Any]], cap: int) -> dict[tuple[str, str], list[f
     return out
 
 
+def class_dice_at(rows: list[dict[str, Any]], arm: str, cap: int) -> dict[str, list[float]]:
+    """Per foreground class, the mean Dice over the cases at 0, 1, 5 strokes and at the cap (a
+    case that stopped keeps its last value)."""
+    by_case: dict[str, list[list[float]]] = {}
+    for row in rows:
+        if row["arm"] == arm:
+            by_case.setdefault(row["case"], []).append(row["dice"])
+    out = {}
+    for k in sorted({0, 1, 5, cap} & set(range(cap + 1))):
+        values = [dice[min(k, len(dice) - 1)] for dice in by_case.values()]
+        out[str(k)] = [round(float(v), 4) for v in np.mean(values, axis=0)]
+    return out
+
+
 def summarise(rows: list[dict[str, Any]], cap: int) -> dict[str, Any]:
     """Per arm: strokes to each threshold (mean with 'not reached' = cap + 1, median, how many
     reached), the Dice at 0, 1, 3, 5 strokes and at the cap, and the refine's seconds."""
@@ -260,6 +274,7 @@ def summarise(rows: list[dict[str, Any]], cap: int) -> dict[str, Any]:
             str(k): round(float(np.mean([c[k] for c in arm_curves])), 4)
             for k in sorted({0, 1, 3, 5, cap} & set(range(cap + 1)))
         }
+        entry["class_dice_at"] = class_dice_at(rows, arm, cap)
         summary[arm] = entry
     seconds = [r["seconds"] for r in rows if r["arm"] == "refine" and "seconds" in r]
     if seconds:
@@ -287,7 +302,7 @@ def run_loop(
     # One file per finished case: a rerun skips them, and shards (`--shard k/n`, processes that
     # share OUT) each take every n-th case; the tables are made from whatever files are there.
     k, n = (int(v) for v in args.shard.split("/"))
-    for case in cases[k - 1 :: n]:
+    for case in [] if args.tables_only else cases[k - 1 :: n]:
         if not (done / f"{case.case_id}.json").exists():
             rows = run_case(case, model_file, labeled, run_dir / "cache", settings, args)
             atomic_write_json(done / f"{case.case_id}.json", rows)
@@ -360,6 +375,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"({sec['refines']} refines).",
         ]
     lines.append(f"Paste / refine, strokes to 0.85: {s['paste_over_refine_to_0.85']}")
+    lines += ["", "Dice per class (mean over the cases) after k strokes:", ""]
+    for arm in ("paste", "refine"):
+        cells = [f"{k}: " + " / ".join(f"{v:.3f}" for v in d) for k, d in s[arm]["class_dice_at"].items()]
+        lines.append(f"- {arm}: " + "; ".join(cells))
     return "\n".join(lines) + "\n"
 
 
@@ -383,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", default="1/1", help="k/n: this process runs every n-th case from the k-th")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--train-only", action="store_true")
+    p.add_argument("--tables-only", action="store_true", help="tables from OUT/cases/ only; runs nothing")
     p.add_argument(
         "--settings", default="{}", help="JSON of RefineSettings fields over the device's defaults"
     )

@@ -74,3 +74,4 @@ def test_summary_counts_unreached_thresholds_as_cap_plus_one() -> None:
     assert s["refine"]["to_0.90"]["mean"] == 2.0
     assert s["refine"]["dice_at"]["4"] == 0.91  # carried forward after the last stroke
     assert s["refine"]["seconds"]["max"] == 5.0 and s["paste_over_refine_to_0.85"] == 5.0
+    assert s["refine"]["class_dice_at"] == {"0": [0.7], "1": [0.86], "4": [0.91]}

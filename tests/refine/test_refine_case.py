@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from reciprocalseg.common.errors import CancelledError, DataError
+from reciprocalseg.common.errors import CancelledError, DataError, ReciprocalSegError
 from reciprocalseg.common.file_formats import UNANNOTATED
 from reciprocalseg.config import make_config
 from reciprocalseg.data.io import Case, read_image
@@ -44,6 +44,13 @@ def trained(tmp_path_factory) -> tuple[Path, list[Case], Case]:
     cases = write_phantom_cohort(root / "cohort", 3, seed=5, shape_zyx=(24, 24, 24))
     result = train(tiny_config(), cases[:2], [], root / "run")
     return result.teacher, cases[:2], cases[2]
+
+
+@pytest.fixture(autouse=True)
+def no_cached_case():
+    """Each test starts without the last case's features or adapted copy (module-level caches)."""
+    CASE_FEATURES.clear()
+    REPLAY_FEATURES.clear()
 
 
 def digest(path: Path) -> str:
@@ -169,6 +176,7 @@ def test_the_time_limit_stops_before_a_step_would_pass_it(trained) -> None:
     model_file, _, case = trained
     image = read_image(case.image)
     strokes = stroke_map(image, {1: np.array([[12, 12, 12]])})
+    CASE_FEATURES.clear()  # the last prediction's time, measured on another clock, would be reserved
     clock = StepClock(2.0)
     settings = fast(max_seconds=10.0, max_iterations=100)
     result = refine_case(
@@ -242,7 +250,7 @@ def test_a_model_with_nonfinite_weights_is_refused(trained, tmp_path: Path) -> N
     broken = tmp_path / "broken.pt"
     torch.save(data, broken)
     image = read_image(case.image)
-    with pytest.raises(DataError, match="NaN or infinite weights"):
+    with pytest.raises(ReciprocalSegError, match="NaN or infinite weights"):
         refine_case(broken, image, stroke_map(image, {1: np.array([[1, 1, 1]])}), device="cpu")
 
 
@@ -278,25 +286,47 @@ def test_default_settings_per_device() -> None:
             RefineSettings(**bad).validate()
 
 
-def test_a_second_refine_of_the_case_reuses_its_features_and_gives_the_same_result(trained, tmp_path) -> None:
+def test_a_second_refine_of_the_case_reuses_its_features_and_continues_the_copy(trained, tmp_path) -> None:
     model_file, labelled, case = trained
     image = read_image(case.image)
-    strokes = stroke_map(image, {1: np.array([[12, 12, 12], [12, 12, 13]])})
+    first_strokes = {1: np.array([[12, 12, 12], [12, 12, 13]])}
     CASE_FEATURES.clear()
     REPLAY_FEATURES.clear()
     settings = fast(max_iterations=5)
     hits = CASE_FEATURES.hits, REPLAY_FEATURES.hits
-    first = refine_case(model_file, image, strokes, replay=labelled, settings=settings, device="cpu")
-    second = refine_case(model_file, image, strokes, replay=labelled, settings=settings, device="cpu")
+    first = refine_case(
+        model_file, image, stroke_map(image, first_strokes), replay=labelled, settings=settings, device="cpu"
+    )
+    added = stroke_map(image, {**first_strokes, 0: np.array([[2, 2, 2]])})
+    second = refine_case(model_file, image, added, replay=labelled, settings=settings, device="cpu")
     assert (CASE_FEATURES.hits, REPLAY_FEATURES.hits) == (hits[0] + 1, hits[1] + 1)
-    assert second.losses == first.losses
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(second.labels), sitk.GetArrayFromImage(first.labels))
+    assert not first.continued and second.continued
+    # Without continuing, the same strokes give what a fresh copy gives (the reused features and
+    # replay crops are those it would compute).
+    CASE_FEATURES.clear()
+    REPLAY_FEATURES.clear()
+    fresh = refine_case(model_file, image, added, replay=labelled, settings=settings, device="cpu")
+    again = refine_case(
+        model_file,
+        image,
+        added,
+        replay=labelled,
+        settings=settings.replace(continue_last=False),
+        device="cpu",
+    )
+    assert not fresh.continued and not again.continued and again.losses == fresh.losses
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again.labels), sitk.GetArrayFromImage(fresh.labels))
+    # A stroke taken back (or changed): a fresh copy of the round's model.
+    assert not refine_case(
+        model_file, image, stroke_map(image, first_strokes), settings=settings, device="cpu"
+    ).continued
     # Another model file (a new round) or another scan: computed afresh.
+    hits = CASE_FEATURES.hits
     copy = tmp_path / "teacher.pt"
     copy.write_bytes(model_file.read_bytes())
-    refine_case(copy, image, strokes, settings=settings, device="cpu")
+    assert not refine_case(copy, image, added, settings=settings, device="cpu").continued
     other = sitk.Cast(image, sitk.sitkFloat32) * 1.5
     refine_case(
         model_file, other, stroke_map(other, {1: np.array([[12, 12, 12]])}), settings=settings, device="cpu"
     )
-    assert CASE_FEATURES.hits == hits[0] + 1
+    assert CASE_FEATURES.hits == hits

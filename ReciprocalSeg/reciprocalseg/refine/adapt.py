@@ -44,7 +44,6 @@ from ..data.preprocess import (
 from ..data.sampling import CropStream, cache_cases
 from ..data.validation import check_image
 from ..inference.sliding_window import LoadedModel, load_model
-from ..training.checkpoint import nonfinite_tensors
 from ..training.losses import supervised_loss
 from .features import LastValue, WindowFeatures, autocast, image_key, model_key
 from .settings import RefineSettings, default_refine_settings
@@ -76,6 +75,8 @@ class RefineResult:
     # Share of the painted voxels the adapted model itself labels as painted (before any pasting).
     stroke_agreement: float = 0.0
     device: str = "cpu"
+    # Whether the copy started from the last refine of this case (its strokes only added to).
+    continued: bool = False
 
 
 def refine_case(
@@ -103,7 +104,7 @@ def refine_case(
     settings.validate()
     start = clock()
     check_image(image, "image")
-    model = _load_finite(model_file, device)
+    model = load_model(model_file, device)  # refuses NaN/inf weights (inference/model_check.py)
     painted = check_strokes(strokes, image, model.n_classes)
     prep = model.preprocessing
     working = preprocess_label(_on_grid(painted, image), prep)
@@ -118,12 +119,17 @@ def refine_case(
     with tempfile.TemporaryDirectory(prefix="refine-") as scratch:
         chosen, replay_set = _replay_set(replay, model, key, settings, Path(cache_dir or scratch))
     reserve = _prediction_reserve(model, entry, image, settings, clock)
+    continued = settings.continue_last and _keeps_strokes(entry.strokes, painted) and entry.tail is not None
+    if continued:
+        _tail_module(model).load_state_dict(entry.tail)  # type: ignore[arg-type]
     rng = np.random.default_rng([settings.seed, 1])
     job = _Job(model, _stroke_boxes(windows, working), replay_set, settings, rng)
     adapted_at, steps = _adapt(job, start + settings.max_seconds - reserve, clock, cancel)
     labels, agreement = _predict(model, windows, image, prep, painted, settings.paste_strokes)
     end = clock()
     entry.predict_seconds = end - adapted_at
+    entry.strokes = painted
+    entry.tail = {k: v.detach().to("cpu", copy=True) for k, v in _tail_module(model).state_dict().items()}
     return RefineResult(
         labels=labels,
         iterations=len(steps.losses),
@@ -138,17 +144,21 @@ def refine_case(
         losses=steps.losses,
         stroke_agreement=agreement,
         device=describe_device(model.device),
+        continued=continued,
     )
 
 
-def _load_finite(model_file: Path, device: str) -> LoadedModel:
-    model = load_model(model_file, device)
-    bad = nonfinite_tensors(model.module.state_dict())
-    if bad:
-        raise DataError(
-            f"model file {model_file} has NaN or infinite weights ({bad[0]}...); refine another model"
-        )
-    return model
+def _tail_module(model: LoadedModel) -> torch.nn.Module:
+    """The adapted part of the copy (VNet.tail's layers), as one module for its state."""
+    return torch.nn.ModuleList([model.module.dec1, model.module.head])
+
+
+def _keeps_strokes(before: np.ndarray | None, now: np.ndarray) -> bool:
+    """Whether `now` holds every stroke voxel of `before` with the same value (strokes added only)."""
+    if before is None or before.shape != now.shape:
+        return False
+    painted = before != UNANNOTATED
+    return bool(np.array_equal(before[painted], now[painted]))
 
 
 def _on_grid(array: np.ndarray, image: sitk.Image) -> sitk.Image:
@@ -190,6 +200,9 @@ class _CaseEntry:
     windows: WindowFeatures
     preprocess_seconds: float
     predict_seconds: float | None = None
+    # The last refine's strokes (on the scan's grid) and its adapted tail (on the CPU).
+    strokes: np.ndarray | None = None
+    tail: dict[str, torch.Tensor] | None = None
 
 
 def _case_features(
@@ -297,8 +310,7 @@ def _adapt(
     off, so each step's loss is computed with the network the prediction will run."""
     module, settings = job.model.module, job.settings
     module.eval()
-    tail = [p for m in (module.dec1, module.head) for p in m.parameters()]
-    optimizer = torch.optim.Adam(tail, lr=settings.lr)
+    optimizer = torch.optim.Adam(_tail_module(job.model).parameters(), lr=settings.lr)
     steps = _Steps()
     now, spent = clock(), 0.0
     while len(steps.losses) < settings.max_iterations:
