@@ -34,8 +34,15 @@ META_LIMIT = 64 * 1024  # meta.json is a few hundred bytes
 MODEL_FILE_SLACK = 1.05
 MODEL_FILE_EXTRA = 1 << 20
 #: The network of a bundle that does not name one (exported before bundles did): the widest a
-#: service round trains (the paper's width, 16 filters, halving every axis).
-UNNAMED_NETWORK = {"n_filters": 16, "normalization": "batchnorm", "dropout": True, "strides": None}
+#: service round trains (the paper's width, 16 filters, halving every axis; one input channel, as
+#: every round had before several channels per case).
+UNNAMED_NETWORK = {
+    "in_channels": 1,
+    "n_filters": 16,
+    "normalization": "batchnorm",
+    "dropout": True,
+    "strides": None,
+}
 
 
 class ModelStore:
