@@ -36,6 +36,7 @@ JSON_BODY_LIMIT = 64 * 1024
 UPLOAD_ROUTES = (
     ("POST", re.compile(r"/cases")),
     ("PUT", re.compile(r"/cases/[^/]+/label")),
+    ("POST", re.compile(r"/cases/[^/]+/refine")),
     ("POST", re.compile(r"/models/import")),
 )
 
@@ -48,7 +49,7 @@ def is_upload(method: str, path: str) -> bool:
 def body_too_large_msg(limit: int) -> str:
     return (
         f"request body too large: at most {limit // 1024} KiB for a request without a file "
-        "(files go to POST /cases, PUT /cases/{id}/label or POST /models/import)"
+        "(files go to POST /cases, PUT /cases/{id}/label, POST /cases/{id}/refine or POST /models/import)"
     )
 
 
