@@ -255,7 +255,7 @@ def test_every_event_the_bar_shows_is_a_readable_line() -> None:
         "reciprocal phase runs to 30.0 s of the 0.5-minute budget (lr drop at 26.1 s), about 12 "
         "iterations at 1.2 s each",
         "cancelled at reciprocal iteration 301; a checkpoint was written, rerun the same command to resume",
-        "error: out of memory",
+        # no "error: ..." line: the command prints the error once, as it stops
         "done in 3 min 05 s on cpu",
     ]
 

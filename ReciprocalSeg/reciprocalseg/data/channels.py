@@ -38,8 +38,10 @@ __all__ = [
     "read_case_image",
 ]
 
-# Interpolations a channel may be resampled with onto channel 0's grid (only when asked for).
-RESAMPLING = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
+# Interpolations a channel may be resampled with onto channel 0's grid (only when asked for), by
+# SimpleITK attribute name: looked up at use, so importing this module touches nothing in SimpleITK
+# (the speed benchmark runs without it on the lent GPU machines).
+RESAMPLING = {"linear": "sitkLinear", "nearest": "sitkNearestNeighbor", "bspline": "sitkBSpline"}
 
 
 def channel_count(image: sitk.Image) -> int:
@@ -101,7 +103,12 @@ def align_channels(
             )
         if diffs:
             channel = sitk.Resample(
-                channel, first, sitk.Transform(), RESAMPLING[resampling], 0.0, channel.GetPixelID()
+                channel,
+                first,
+                sitk.Transform(),
+                getattr(sitk, RESAMPLING[resampling]),
+                0.0,
+                channel.GetPixelID(),
             )
         else:
             channel = sitk.Image(channel)  # a copy: the geometry set below is not the caller's
