@@ -89,8 +89,13 @@ from reciprocalseg.inference.sliding_window import (  # noqa: E402
     window_starts,
 )
 from reciprocalseg.model.vnet import build_model  # noqa: E402
-from reciprocalseg.training.reciprocal import ReciprocalStep  # noqa: E402
-from reciprocalseg.training.runner import Trainer, _sgd, amp_dtype_for  # noqa: E402
+from reciprocalseg.training.reciprocal import ReciprocalStep, class_argmax, supervised_step  # noqa: E402
+from reciprocalseg.training.runner import (  # noqa: E402
+    Trainer,
+    _sgd,
+    _supervised_optimizer,
+    amp_dtype_for,
+)
 
 Triple = tuple[int, int, int]
 PAPER_ITERATIONS = (6000, 6000)  # supervised teacher start, then reciprocal learning
@@ -245,63 +250,138 @@ def _config(tier: Tier, **changes: Any) -> TrainConfig:
 
 
 # -- (a) the training step ---------------------------------------------------------------------
-def bench_step(
-    tier: Tier, device: torch.device, compile_fast: bool = False, compile_mode: str = "default"
-) -> dict[str, Any]:
-    """Median ms per reciprocal step and peak GPU memory, reference vs fast."""
-    config = _config(tier)
-    torch.manual_seed(0)
-    init = (build_model(2, tier.n_filters), build_model(2, tier.n_filters))
-    g = torch.Generator().manual_seed(1)
-    pz, py, px = config.patch_zyx
-    x_l = torch.randn(config.batch_labeled, 1, pz, py, px, generator=g)
-    y_l = (x_l[:, 0] > 0.5).long()
-    x_u = torch.randn(config.batch_unlabeled, 1, pz, py, px, generator=g)
+STEP_MODES = ("reference", "fast_before", "fast", "supervised")
 
-    pairs: dict[str, dict[str, Any]] = {}
-    for mode in ("reference", "fast"):
-        cfg = config.replace(step_mode=mode)
-        nets = [copy.deepcopy(m).to(device) for m in init]
-        inputs = [t.to(device) for t in (x_l, y_l, x_u)]
-        if mode == "fast":  # what Trainer does for the fast mode (channels-last, on any device)
-            nets = [m.to(memory_format=torch.channels_last_3d) for m in nets]
-            inputs = [
-                t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t for t in inputs
-            ]
-        if mode == "fast" and compile_fast:
+
+def _plain_argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=1)
+
+
+def _step_inputs(config: TrainConfig) -> tuple[torch.Tensor, ...]:
+    """Labelled crops with a learnable label of `n_classes`, unlabelled crops, and the supervised
+    batch: the same crops when it holds as many as the two together, else its own."""
+    g = torch.Generator().manual_seed(1)
+    shape = (1, *config.patch_zyx)
+    thresholds = torch.linspace(-0.5, 1.0, config.n_classes - 1)
+
+    def crops(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, *shape, generator=g)
+        return x, torch.bucketize(x[:, 0], thresholds).long()
+
+    (x_l, y_l), (x_u, y_u) = crops(config.batch_labeled), crops(config.batch_unlabeled)
+    if config.supervised_batch == len(x_l) + len(x_u):
+        x_s, y_s = torch.cat([x_l, x_u]), torch.cat([y_l, y_u])
+    else:
+        x_s, y_s = crops(config.supervised_batch)
+    return x_l, y_l, x_u, x_s, y_s
+
+
+def _step_pair(
+    mode: str, config: TrainConfig, device: torch.device, compile_fast: bool, compile_mode: str
+) -> dict[str, Any]:
+    """Networks, optimisers and a callable for one step mode, from the same initial weights."""
+    torch.manual_seed(0)
+    init = [
+        build_model(
+            config.n_classes, config.n_filters, config.normalization, config.dropout, config.strides_zyx
+        )
+        for _ in range(2)
+    ]
+    x_l, y_l, x_u, x_s, y_s = _step_inputs(config)
+    reference = mode == "reference"
+    cfg = config.replace(step_mode="reference" if reference else "fast")
+    nets = [m.to(device) for m in init]
+    inputs = [t.to(device) for t in (x_l, y_l, x_u, x_s, y_s)]
+    if not reference:  # what Trainer does for the fast mode (channels-last, on any device)
+        nets = [m.to(memory_format=torch.channels_last_3d) for m in nets]
+        inputs = [t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t for t in inputs]
+        if compile_fast:
             for m in nets:
                 m.compile(dynamic=False, mode=compile_mode)  # as Trainer does with `compile: true`
-        opts = [_sgd(m, cfg, device) for m in nets]
-        amp = amp_dtype_for(cfg, device)
-        step = ReciprocalStep(nets[0], nets[1], opts[0], opts[1], mode=mode, amp_dtype=amp)
-        pairs[mode] = {"nets": nets, "opts": opts, "inputs": inputs, "step": step, "amp": amp, "times": []}
-        pairs[mode]["peak"] = 0
+    opts = [_sgd(m, cfg, device) for m in nets]
+    amp = amp_dtype_for(cfg, device)
+    a, b, c, xs, ys = inputs
+    if mode == "supervised":  # phase 1 of the same configuration: one network, its optimiser
+        nets, opts = nets[:1], [_supervised_optimizer(nets[0], cfg, device, opts[0])]
+        net, opt = nets[0], opts[0]
+        run: Callable[[], Any] = lambda: supervised_step(net, opt, xs, ys, amp)  # noqa: E731
+    else:
+        step = ReciprocalStep(nets[0], nets[1], opts[0], opts[1], mode=cfg.step_mode, amp_dtype=amp)
+        if mode == "fast_before":
+            step.argmax = _plain_argmax  # the fast step before issue 27: argmax of the contiguous head
+        run = lambda: step(a, b, c, config.lr)  # noqa: E731
+    return {"nets": nets, "opts": opts, "inputs": inputs, "run": run, "amp": amp, "times": [], "peak": 0}
 
+
+def bench_pseudo_labels(config: TrainConfig, device: torch.device, repeats: int = 11) -> tuple[float, float]:
+    """Median ms of the pseudo-label argmax, before issue 27 and now, on logits of a step's shape
+    in the layout the V-Net's head gives with one CPU thread (contiguous), alternating."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(config.batch_unlabeled, config.n_classes, *config.patch_zyx, generator=g).to(device)
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    for _ in range(repeats):
+        times["before"].append(_timed(lambda: _plain_argmax(logits), device))
+        times["now"].append(_timed(lambda: class_argmax(logits), device))
+    return tuple(round(1000 * statistics.median(times[k]), 2) for k in ("before", "now"))  # type: ignore[return-value]
+
+
+def bench_step(
+    tier: Tier,
+    device: torch.device,
+    compile_fast: bool = False,
+    compile_mode: str = "default",
+    config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Median ms per step and peak GPU memory of each mode in STEP_MODES, in rotation.
+
+    `config` (a run's config.json, `--step-config`): its crop, network, batches and phase-1
+    optimiser instead of the tier's (which are the paper preset's at the tier's sizes).
+    """
+    config = config or _config(tier)
+    pairs = {mode: _step_pair(mode, config, device, compile_fast, compile_mode) for mode in STEP_MODES}
     cuda = device.type == "cuda"
     for i in range(tier.warmup_steps + tier.timed_steps):
-        # Alternate which mode goes first, so neither always follows the other.
-        order = ("reference", "fast") if i % 2 == 0 else ("fast", "reference")
-        for mode in order:
-            pair, other = pairs[mode], pairs["fast" if mode == "reference" else "reference"]
+        # Rotate which mode goes first, so that none always follows the same other.
+        k = i % len(STEP_MODES)
+        for mode in STEP_MODES[k:] + STEP_MODES[:k]:
+            pair = pairs[mode]
             reference = mode == "reference"
             _cudnn(benchmark=not reference, deterministic=reference)
-            x_l_d, y_l_d, x_u_d = pair["inputs"]
             if cuda:
                 mine = _tensor_bytes(_resident(pair["nets"], pair["opts"]) + pair["inputs"])
-                theirs = _tensor_bytes(_resident(other["nets"], other["opts"]) + other["inputs"])
-                other_only = sum(n for ptr, n in theirs.items() if ptr not in mine)
+                others = {}
+                for other in STEP_MODES:
+                    if other != mode:
+                        others.update(_tensor_bytes(_resident(pairs[other]["nets"], pairs[other]["opts"])))
+                        others.update(_tensor_bytes(pairs[other]["inputs"]))
+                other_only = sum(n for ptr, n in others.items() if ptr not in mine)
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = _timed(lambda p=pair, a=x_l_d, b=y_l_d, c=x_u_d: p["step"](a, b, c, config.lr), device)
+            seconds = _timed(pair["run"], device)
             if i >= tier.warmup_steps:
                 pair["times"].append(seconds)
                 if cuda:
                     pair["peak"] = max(pair["peak"], torch.cuda.max_memory_allocated(device) - other_only)
-    ref_ms = 1000 * statistics.median(pairs["reference"]["times"])
-    fast_ms = 1000 * statistics.median(pairs["fast"]["times"])
+    ms = {mode: 1000 * statistics.median(pairs[mode]["times"]) for mode in STEP_MODES}
+    argmax_before_ms, argmax_ms = bench_pseudo_labels(config, device)
     result: dict[str, Any] = {
-        "reference_step_ms": round(ref_ms, 2),
-        "fast_step_ms": round(fast_ms, 2),
-        "train_step_ratio": round(ref_ms / fast_ms, 3),
+        "step_patch_xyz": list(config.patch_size),
+        "step_n_filters": config.n_filters,
+        "step_batch": f"{config.batch_labeled}+{config.batch_unlabeled}",
+        "supervised_batch": config.supervised_batch,
+        "step_classes": config.n_classes,
+        "reference_step_ms": round(ms["reference"], 2),
+        "fast_before_step_ms": round(ms["fast_before"], 2),
+        "fast_step_ms": round(ms["fast"], 2),
+        "supervised_step_ms": round(ms["supervised"], 2),
+        "train_step_ratio": round(ms["reference"] / ms["fast"], 3),
+        # A reciprocal step's cost in supervised steps (issue 27: at most 2.5 on the CPU).
+        "reference_to_supervised": round(ms["reference"] / ms["supervised"], 3),
+        "fast_before_to_supervised": round(ms["fast_before"] / ms["supervised"], 3),
+        "fast_to_supervised": round(ms["fast"] / ms["supervised"], 3),
+        # One argmax of the step's unlabelled logits (the step takes two: pseudo labels, the
+        # student's predictions for the collapse guard).
+        "argmax_before_ms": argmax_before_ms,
+        "argmax_ms": argmax_ms,
         "reference_peak_mib": None,
         "fast_peak_mib": None,
         "peak_memory_ratio": None,
@@ -526,14 +606,19 @@ def run(
     scan_xyz: Triple | None = None,
     only: Sequence[str] | None = None,
     compile_mode: str = "default",
+    step_config: TrainConfig | None = None,
+    timed_steps: int | None = None,
 ) -> dict[str, Any]:
-    """The sections of one tier (`only`: a subset of SECTIONS; `scan_xyz` replaces its scan for (b)).
+    """The sections of one tier (`only`: a subset of SECTIONS; `scan_xyz` replaces its scan for (b);
+    `step_config` the crop, network and batches of (a); `timed_steps` its timed steps per mode).
 
     Returns the JSON line's object.
     """
     tier = TIERS[tier_name]
     if scan_xyz is not None:
         tier = dataclasses.replace(tier, scan_xyz=scan_xyz)
+    if timed_steps is not None:
+        tier = dataclasses.replace(tier, timed_steps=timed_steps)
     if tier.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("the gpu tier needs a CUDA GPU; use --tier cpu here")
     device = torch.device(tier.device)
@@ -547,13 +632,14 @@ def run(
         "n_filters": tier.n_filters,
         "batch": "2+2",
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     result.update(dict.fromkeys(RESULT_KEYS))
     result["errors"] = {}
     t0 = time.perf_counter()
     log(f"[speed] tier {tier.name} on {result['device']}, torch {result['torch']}")
     sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("step", lambda: bench_step(tier, device, compile_fast, compile_mode)),
+        ("step", lambda: bench_step(tier, device, compile_fast, compile_mode, step_config)),
         ("inference", lambda: bench_inference(tier, device)),
     ]
     if tier.loop_iterations:
@@ -578,9 +664,21 @@ SECTIONS = ("step", "inference", "loop")  # (a), (b) with (c), (d)
 
 # Every key the JSON line has (None where a section did not run or does not apply).
 RESULT_KEYS = (
+    "step_patch_xyz",
+    "step_n_filters",
+    "step_batch",
+    "supervised_batch",
+    "step_classes",
     "reference_step_ms",
+    "fast_before_step_ms",
     "fast_step_ms",
+    "supervised_step_ms",
     "train_step_ratio",
+    "reference_to_supervised",
+    "fast_before_to_supervised",
+    "fast_to_supervised",
+    "argmax_before_ms",
+    "argmax_ms",
     "reference_peak_mib",
     "fast_peak_mib",
     "peak_memory_ratio",
@@ -614,8 +712,22 @@ def _xyz(value: Sequence[int] | None) -> str:
 
 # Issue 5's targets, per tier, for the table's last column.
 TARGETS = {
-    "gpu": {"step": ">= 4x", "memory": "<= 0.6", "inference": ">= 30x", "whole": "< 1 s", "round": "< 6 min"},
-    "cpu": {"step": ">= 1x", "memory": "", "inference": ">= 5x", "whole": "", "round": ""},
+    "gpu": {
+        "step": ">= 4x",
+        "memory": "<= 0.6",
+        "inference": ">= 30x",
+        "whole": "< 1 s",
+        "round": "< 6 min",
+        "per_sup": "",
+    },
+    "cpu": {
+        "step": ">= 1x",
+        "memory": "",
+        "inference": ">= 5x",
+        "whole": "",
+        "round": "",
+        "per_sup": "<= 2.5",
+    },
 }
 
 
@@ -625,9 +737,19 @@ def table(r: dict[str, Any]) -> str:
     rows = [
         "| measurement | reference / paper | fast | ratio | target |",
         "|---|---|---|---|---|",
-        f"| reciprocal step {_xyz(r['patch_xyz'])}, batch {r['batch']}, n_filters {r['n_filters']} (ms) "
+        f"| reciprocal step {_xyz(r['step_patch_xyz'])}, batch {_fmt(r['step_batch'])}, n_filters "
+        f"{_fmt(r['step_n_filters'])}, {_fmt(r['step_classes'])} classes (ms) "
         f"| {_fmt(r['reference_step_ms'])} | {_fmt(r['fast_step_ms'])} ({_fmt(r['fast_amp'])}) "
         f"| {_fmt(r['train_step_ratio'], 'x')} | {target['step']} |",
+        f"| same, fast step as before issue 27 (argmax of the contiguous head output) (ms) | "
+        f"| {_fmt(r['fast_before_step_ms'])} | | |",
+        f"| one argmax of the unlabelled logits, contiguous: before issue 27 / now (ms) "
+        f"| {_fmt(r['argmax_before_ms'])} "
+        f"| {_fmt(r['argmax_ms'])} | | |",
+        f"| supervised step, batch {_fmt(r['supervised_batch'])}, same layout as fast (ms) | "
+        f"| {_fmt(r['supervised_step_ms'])} | | |",
+        f"| reciprocal / supervised step (fast before issue 27: {_fmt(r['fast_before_to_supervised'])}) "
+        f"| {_fmt(r['reference_to_supervised'])} | {_fmt(r['fast_to_supervised'])} | | {target['per_sup']} |",
         f"| peak GPU memory of a step (MiB) | {_fmt(r['reference_peak_mib'])} | {_fmt(r['fast_peak_mib'])} "
         f"| {_fmt(r['peak_memory_ratio'])} | {target['memory']} |",
         f"| inference of a {_xyz(r['scan_xyz'])} scan (s; {_fmt(r['paper_stride_windows'])} vs "
@@ -651,6 +773,17 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def load_step_config(path: Path, tier: Tier) -> TrainConfig:
+    """A run's config.json (as Trainer writes it) for the step section, on the tier's device."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--step-config {path}: cannot read a JSON configuration ({exc})") from exc
+    config = TrainConfig.from_dict(TrainConfig.completed(stored)).replace(device=tier.device)
+    config.validate()
+    return config
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n")[0])
     parser.add_argument("--tier", choices=sorted(TIERS), default="cpu")
@@ -667,6 +800,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scan", type=int, nargs=3, metavar=("X", "Y", "Z"), help="scan size for (b)")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument(
+        "--timed-steps",
+        type=int,
+        metavar="N",
+        help="timed steps per mode in (a) (default: the tier's; fewer where every step takes minutes)",
+    )
+    parser.add_argument(
+        "--step-config",
+        type=Path,
+        metavar="CONFIG_JSON",
+        help="time the steps (a) with a run's config.json (its crop, network, batches and phase-1 "
+        "optimiser; e.g. an `auto` plan's) instead of the tier's paper-preset sizes",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="CPU threads for torch (default: torch's choice; 1 on a machine shared with other jobs, "
@@ -681,7 +827,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(message, file=sys.stderr, flush=True)
 
     scan = tuple(args.scan) if args.scan else None
-    result = run(args.tier, args.compile, log, scan, args.only, args.compile_mode)
+    if args.timed_steps is not None and args.timed_steps < 1:
+        parser.error("--timed-steps needs at least 1")
+    step_config = load_step_config(args.step_config, TIERS[args.tier]) if args.step_config else None
+    result = run(
+        args.tier, args.compile, log, scan, args.only, args.compile_mode, step_config, args.timed_steps
+    )
     if not args.json_only:
         print(table(result))
     print(json.dumps(result), flush=True)

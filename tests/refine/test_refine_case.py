@@ -17,7 +17,7 @@ from reciprocalseg.data.io import Case, read_image
 from reciprocalseg.data.phantom import write_phantom_cohort
 from reciprocalseg.data.preprocess import preprocess_image
 from reciprocalseg.inference.sliding_window import load_model, predict_image, sliding_window_probabilities
-from reciprocalseg.refine.adapt import CASE_FEATURES, REPLAY_FEATURES, refine_case, refine_loss
+from reciprocalseg.refine.adapt import CASE_FEATURES, REPLAY_FEATURES, _stroke_boxes, refine_case, refine_loss
 from reciprocalseg.refine.features import WindowFeatures
 from reciprocalseg.refine.settings import CPU_SETTINGS, GPU_SETTINGS, RefineSettings, default_refine_settings
 from reciprocalseg.training.losses import supervised_loss
@@ -155,6 +155,22 @@ def test_cached_features_with_the_tail_unchanged_give_inference_probabilities(tr
     assert len(windows.corners) == 8  # a 24^3 case in 16^3 windows at half overlap: 2 per axis
     cached = windows.probabilities(model.module.tail, batch=3)
     np.testing.assert_allclose(cached, sliding_window_probabilities(model, volume), atol=1e-5)
+
+
+def test_each_stroke_gets_a_small_box_in_the_window_where_it_lies_deepest(trained) -> None:
+    model_file, _, case = trained
+    model = load_model(model_file, "cpu")
+    windows = WindowFeatures.compute(model, preprocess_image(read_image(case.image), model.preprocessing))
+    working = np.full((24, 24, 24), UNANNOTATED, np.uint8)
+    working[1, 2, 2:5] = 1  # near a corner: only the first window holds it
+    working[12, 12, 11:14] = 0  # in the middle: every window holds it; the deepest one is chosen
+    boxes = _stroke_boxes(windows, working)
+    assert [tuple(y.shape[1:]) for y in boxes.labels] == [(3, 3, 5), (3, 3, 5)]  # a voxel around each
+    background, line = boxes.labels
+    assert int((background == 0).sum()) == 3 and int((line == 1).sum()) == 3
+    assert int((background != UNANNOTATED).sum()) == 3 and int((line != UNANNOTATED).sum()) == 3
+    # The line's box is cut from window 0 (corner (0, 0, 0)) at the line's own place.
+    np.testing.assert_array_equal(boxes.features[1][0].numpy(), windows.features[0][:, 0:3, 1:4, 1:6].numpy())
 
 
 class StepClock:

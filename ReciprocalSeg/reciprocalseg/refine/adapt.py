@@ -37,6 +37,7 @@ from ..data.preprocess import (
     Preprocessing,
     labels_to_image,
     needs_resampling,
+    pad_to_at_least,
     preprocess_image,
     preprocess_label,
     restore_probabilities,
@@ -47,7 +48,7 @@ from ..inference.sliding_window import LoadedModel, load_model
 from ..training.losses import supervised_loss
 from .features import LastValue, WindowFeatures, autocast, image_key, model_key
 from .settings import RefineSettings, default_refine_settings
-from .strokes import check_strokes, count_strokes
+from .strokes import check_strokes, count_strokes, stroke_components
 
 # The last case's features and the last replay set, kept for the next refine (refine/features.py).
 CASE_FEATURES = LastValue()
@@ -176,19 +177,29 @@ class _Examples:
 
 
 def _stroke_boxes(windows: WindowFeatures, working: np.ndarray) -> _Examples:
-    """For each window holding painted voxels, the box around them (one voxel wider on each side,
-    so that the tail's 3x3x3 convolution sees their real neighbours) cut from its features."""
-    labels = windows.labels(working)
+    """One box per stroke, cut from the features of the window where the stroke lies deepest
+    (its middle farthest from the window's borders, among the windows that hold all of it when
+    one does): the stroke's bounding box one voxel wider on each side, so that the tail's 3x3x3
+    convolution sees its real neighbours. Per stroke, not per window: strokes spread over a
+    window would make one box of nearly all of it, and a step would cost as much as the window."""
+    padded, _ = pad_to_at_least(working, windows.patch, value=UNANNOTATED)
+    corners, patch = np.asarray(windows.corners), np.asarray(windows.patch)
+    device = windows.features.device
     out = _Examples([], [])
-    for index, label in enumerate(labels):
-        where = torch.nonzero(label != UNANNOTATED)
-        if not len(where):
-            continue
-        lo = (where.min(dim=0).values - 1).clamp_min(0).tolist()
-        hi = (where.max(dim=0).values + 2).tolist()
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        out.features.append(windows.features[index][(slice(None), *box)][None])
-        out.labels.append(label[box][None].to(windows.features.device))
+    for voxels in stroke_components(padded):
+        lo, hi = voxels.min(axis=0), voxels.max(axis=0) + 1
+        middle = (lo + hi) / 2
+        holds = np.all((corners <= lo) & (corners + patch >= hi), axis=1)
+        depth = np.minimum(middle - corners, corners + patch - middle).min(axis=1)
+        index = int(np.argmax(np.where(holds, depth, -np.inf) if holds.any() else depth))
+        corner = corners[index]
+        start, stop = np.maximum(lo - 1, corner), np.minimum(hi + 1, corner + patch)
+        local = tuple(slice(int(a), int(b)) for a, b in zip(start - corner, stop - corner, strict=True))
+        labels = torch.full([int(n) for n in stop - start], UNANNOTATED, dtype=torch.int64)
+        mine = voxels[np.all((voxels >= start) & (voxels < stop), axis=1)] - start
+        labels[tuple(torch.from_numpy(mine.T))] = int(padded[tuple(voxels[0])])
+        out.features.append(windows.features[index][(slice(None), *local)][None])
+        out.labels.append(labels[None].to(device))
     return out
 
 

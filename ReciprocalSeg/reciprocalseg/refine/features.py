@@ -83,13 +83,6 @@ class WindowFeatures:
         weighting = model.meta.get("inference_weighting", "gaussian")
         return cls(corners, features, patch, tuple(padded.shape), undo, weighting)
 
-    def labels(self, working: np.ndarray) -> torch.Tensor:
-        """(windows, pz, py, px) int64 labels of each window cut from `working` (on the volume's
-        grid, padded with `255`, unannotated, as the windows are padded)."""
-        padded, _ = pad_to_at_least(working, self.patch, value=255)
-        array = torch.from_numpy(np.ascontiguousarray(padded).astype(np.int64))
-        return torch.stack([_window(array, c, self.patch) for c in self.corners])
-
     def probabilities(self, tail: Callable[[torch.Tensor], torch.Tensor], batch: int) -> np.ndarray:
         """(C, z, y, x) class probabilities of the volume: `tail` on every window's features, the
         softmax weighted and blended as inference blends windows."""
