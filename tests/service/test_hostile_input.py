@@ -323,3 +323,21 @@ def test_a_refine_adapts_the_network_it_was_asked_for(
     assert res.model == model
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(res.labels)))
     assert (labels > 0).mean() > 0.9 if foreground else (labels > 0).mean() < 0.1, (labels > 0).mean()
+
+
+def test_every_route_that_takes_a_file_gets_the_upload_limit() -> None:
+    """The refine route (strokes, multipart) was left out of a hand-kept list and got the 64 KiB
+    limit of JSON bodies: read from the routes instead."""
+    from reciprocalseg.service.middleware import is_upload, upload_routes
+    from reciprocalseg.service.routes import ROUTERS
+
+    uploads = upload_routes(route for router in ROUTERS for route in router.routes)
+    shown = {(method, path) for method, _, path in uploads}
+    assert shown == {
+        ("POST", "/cases"),
+        ("PUT", "/cases/{case_id}/label"),
+        ("POST", "/cases/{case_id}/refine"),
+        ("POST", "/models/import"),
+    }
+    assert is_upload("POST", "/cases/c1/refine", uploads) and not is_upload("POST", "/training", uploads)
+    assert not is_upload("POST", "/cases/register", uploads) and not is_upload("GET", "/cases", uploads)

@@ -22,7 +22,7 @@ import reciprocalseg
 from . import schemas as S
 from .core import Service, ServiceConfig
 from .error_handlers import install_error_handlers
-from .middleware import GuardMiddleware
+from .middleware import GuardMiddleware, upload_routes
 from .routes import ROUTERS
 from .uploads import safe_filename
 
@@ -54,15 +54,16 @@ def create_app(service: Service, manage_lifecycle: bool = True) -> FastAPI:
     )
     app.state.service = service
     config = service.config
-    app.add_middleware(
+    install_error_handlers(app, service.ws.root)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(  # after the routes: the upload limit goes to the routes that take a file
         GuardMiddleware,
         token=config.token,
         max_body=service.max_upload_bytes + (1 << 20),  # room for the multipart envelope
         upload_limit=service.max_upload_bytes,
         allowed_hosts=config.allowed_hosts,
         allowed_origins=config.allowed_origins,
+        uploads=upload_routes(route for router in ROUTERS for route in router.routes),  # no prefixes
     )
-    install_error_handlers(app, service.ws.root)
-    for router in ROUTERS:
-        app.include_router(router)
     return app

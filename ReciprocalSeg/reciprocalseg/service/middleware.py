@@ -32,24 +32,35 @@ CROSS_SITE = ("cross-site", "same-site")
 #: Largest body of a request that uploads no file (JSON such as POST /training): they are a few
 #: hundred bytes; without this a 1.5 GB JSON body would be parsed in memory (many GB of objects).
 JSON_BODY_LIMIT = 64 * 1024
-#: The requests that carry a file (multipart), which the upload limit applies to instead.
-UPLOAD_ROUTES = (
-    ("POST", re.compile(r"/cases")),
-    ("PUT", re.compile(r"/cases/[^/]+/label")),
-    ("POST", re.compile(r"/cases/[^/]+/refine")),
-    ("POST", re.compile(r"/models/import")),
-)
+UploadRoutes = tuple[tuple[str, re.Pattern[str], str], ...]  # method, path pattern, path as shown
 
 
-def is_upload(method: str, path: str) -> bool:
+def upload_routes(routes: Iterable[Any]) -> UploadRoutes:
+    """The routes that take a file (a ``File()`` parameter): the upload limit applies to their
+    bodies, 64 KiB to every other. Read from the routers' routes (with their full paths), so a new
+    upload route is never refused by the small limit."""
+    from fastapi import params
+    from fastapi.routing import APIRoute
+
+    out = []
+    for route in routes:
+        if isinstance(route, APIRoute) and any(
+            isinstance(f.field_info, params.File) for f in route.dependant.body_params
+        ):
+            out += [(method, route.path_regex, route.path) for method in sorted(route.methods)]
+    return tuple(out)
+
+
+def is_upload(method: str, path: str, routes: UploadRoutes) -> bool:
     """Whether a request is one of the file uploads (the only bodies allowed to be large)."""
-    return any(method == m and pattern.fullmatch(path) for m, pattern in UPLOAD_ROUTES)
+    return any(method == m and pattern.match(path) for m, pattern, _ in routes)
 
 
-def body_too_large_msg(limit: int) -> str:
+def body_too_large_msg(limit: int, routes: UploadRoutes) -> str:
+    where = ", ".join(f"{m} {shown}" for m, _, shown in routes) or "the upload routes"
     return (
         f"request body too large: at most {limit // 1024} KiB for a request without a file "
-        "(files go to POST /cases, PUT /cases/{id}/label, POST /cases/{id}/refine or POST /models/import)"
+        f"(files go to {where})"
     )
 
 
@@ -76,11 +87,13 @@ class GuardMiddleware:
         upload_limit: int,
         allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
         allowed_origins: Iterable[str] = (),
+        uploads: UploadRoutes = (),
     ) -> None:
         self.app = app
         self.token = token
         self.max_body = max_body
         self.upload_limit = upload_limit
+        self.uploads = uploads
         self.allowed_hosts = {host_name(h) for h in allowed_hosts}
         self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
 
@@ -98,10 +111,10 @@ class GuardMiddleware:
 
     def _body_limit(self, scope: Scope) -> tuple[int, str]:
         """The largest body this request may have, and the 413 message past it."""
-        if is_upload(scope.get("method", "GET").upper(), scope.get("path", "")):
+        if is_upload(scope.get("method", "GET").upper(), scope.get("path", ""), self.uploads):
             return self.max_body, too_large_msg(self.upload_limit)
         limit = min(self.max_body, JSON_BODY_LIMIT)
-        return limit, body_too_large_msg(limit)
+        return limit, body_too_large_msg(limit, self.uploads)
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, list] | None:
         """``(status, message, extra headers)`` when the request must be refused unread."""
