@@ -341,3 +341,26 @@ def test_every_route_that_takes_a_file_gets_the_upload_limit() -> None:
     }
     assert is_upload("POST", "/cases/c1/refine", uploads) and not is_upload("POST", "/training", uploads)
     assert not is_upload("POST", "/cases/register", uploads) and not is_upload("GET", "/cases", uploads)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_non_finite_time_limit_is_named_as_such(service: Running, phantoms, value: str) -> None:  # noqa: ANN001
+    """A refine's ``seconds`` and the auto-retrain ``retrain_minutes`` of NaN or infinity were
+    refused as "should be less than or equal to 600" (1440): true of neither, and no hint of what
+    is wrong. They are refused as not finite, as a round's ``minutes`` is."""
+    c = service.client
+    c.add_case(phantoms[0].image)
+    r = c.session.post(
+        f"{c.url}/cases/{phantoms[0].case_id}/refine",
+        files={"file": ("s.nrrd", b"not read")},
+        data={"seconds": value},
+    )
+    assert r.status_code == 422 and "seconds: Input should be a finite number" in r.json()["detail"], r.text
+    r = c.session.put(
+        f"{c.url}/settings",
+        data=f'{{"retrain_after": 3, "retrain_minutes": {"NaN" if value == "nan" else "Infinity"}}}',
+        headers={"content-type": "application/json"},
+    )
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and "retrain_minutes: Input should be a finite number" in detail, r.text
+    assert c.settings()["retrain_after"] is None

@@ -406,7 +406,11 @@ class SettingsUpdate(BaseModel):
         description="retrain by itself (a warm-started round) once this many corrections arrived; null: off",
     )
     retrain_minutes: float | None = Field(
-        None, gt=0, le=24 * 60, description="time budget of such a round (default 10)"
+        None,
+        gt=0,
+        le=24 * 60,
+        allow_inf_nan=False,
+        description="time budget of such a round (default 10)",
     )
 
 

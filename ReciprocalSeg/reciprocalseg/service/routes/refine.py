@@ -30,7 +30,13 @@ def refine(
     ],
     model: Annotated[Literal["student", "teacher"], Form()] = "student",
     seconds: Annotated[
-        float | None, Form(gt=0, le=MAX_REFINE_SECONDS, description="time limit (default: the device's)")
+        float | None,
+        Form(
+            gt=0,
+            le=MAX_REFINE_SECONDS,
+            allow_inf_nan=False,  # else NaN reads as "should be <= 600", which hides the problem
+            description="time limit (default: the device's)",
+        ),
     ] = None,
     device: Annotated[Literal["auto", "cpu", "cuda"] | None, Form()] = None,
     author: Annotated[str | None, Form(max_length=200)] = None,
