@@ -382,6 +382,8 @@ def bench_step(
         # student's predictions for the collapse guard).
         "argmax_before_ms": argmax_before_ms,
         "argmax_ms": argmax_ms,
+        # Every timed step in the order run (a shared machine's load shows here, not in a median).
+        "step_times_ms": {mode: [round(1000 * t, 1) for t in pairs[mode]["times"]] for mode in STEP_MODES},
         "reference_peak_mib": None,
         "fast_peak_mib": None,
         "peak_memory_ratio": None,
@@ -679,6 +681,7 @@ RESULT_KEYS = (
     "fast_to_supervised",
     "argmax_before_ms",
     "argmax_ms",
+    "step_times_ms",
     "reference_peak_mib",
     "fast_peak_mib",
     "peak_memory_ratio",
