@@ -37,6 +37,18 @@ def test_a_sound_model_is_built_loaded_and_run() -> None:
     assert torch.equal(module.state_dict()["head.weight"], state["head.weight"])
 
 
+def test_a_sound_multi_channel_model_passes_the_forward_check() -> None:
+    """The tiny input has the network's channels (a two-channel round's bundle was refused at
+    import: "a forward pass fails ... expected input to have 2 channels, but got 1")."""
+    config = make_config("demo", n_filters=2, channels=({"name": "T2"}, {"name": "ADC"}))
+    torch.manual_seed(0)
+    module = build_model(
+        config.n_classes, config.n_filters, config.normalization, config.dropout, config.strides_zyx, 2
+    )
+    checked = checked_network({"meta": model_meta(config), "state_dict": module.state_dict()}, "x")
+    assert checked.state_dict()["enc1.0.weight"].shape[1] == 2
+
+
 @pytest.mark.parametrize(
     ("change", "words"),
     [

@@ -179,7 +179,8 @@ def forward_check(module: nn.Module, meta: dict[str, Any], source: str) -> None:
     """One forward pass of a tiny input on the CPU: the scores have the classes' shape and are finite."""
     network = network_description(meta, source)
     shape = tiny_input_zyx(network["strides"])
-    x = torch.linspace(-1, 1, math.prod(shape), dtype=torch.float32).reshape(1, 1, *shape)
+    channels = network["in_channels"]  # one image per channel of a case (a multi-channel round)
+    x = torch.linspace(-1, 1, channels * math.prod(shape), dtype=torch.float32).reshape(1, channels, *shape)
     try:
         out = module.to("cpu").eval()(x)
     except RuntimeError as exc:
