@@ -140,6 +140,8 @@ def _forged_bundles(tmp: Path) -> dict[str, bytes]:
     hold models that cannot work, or unpack to far more than their networks need (issue 23)."""
     import torch
 
+    from reciprocalseg.inference.model_check import network_description
+
     folder = tmp / "models"
     folder.mkdir()
     files = write_models(folder)
@@ -184,7 +186,15 @@ def _forged_bundles(tmp: Path) -> dict[str, bytes]:
             {**meta, "network": network}).encode()},
         zipfile.ZIP_DEFLATED,
     )  # fmt: skip
+    # Each model file as exported; beside them a member of 40 MB of zeros the import never
+    # unpacks: the members summed are over what the networks need.
+    own = network_description(torch.load(files["teacher"], weights_only=True)["meta"], "teacher")
+    padded = _zip(
+        {**good, "meta.json": json.dumps({**meta, "network": own}).encode(), "notes.bin": bytes(40 << 20)},
+        zipfile.ZIP_DEFLATED,
+    )
     return {
+        "bundle_padded": padded,
         "bundle_damaged_deflate": _damaged_member(bundle(good["teacher.pt"]), "teacher.pt"),
         "bundle_version_text": bundle(good["teacher.pt"], {**meta, "format_version": "two"}),
         "bundle_version_99": bundle(good["teacher.pt"], {**meta, "format_version": 99}),
@@ -664,6 +674,10 @@ CATALOGUE: dict[str, tuple[int, Req]] = {
     "import bundle unpacking to 40 MB for a width-1 network": (
         413,
         lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_bomb"])),
+    ),
+    "import bundle whose members sum to 40 MB for width-1 networks": (
+        413,
+        lambda s, u, f: s.post(f"{u}/models/import", files=up("m.zip", f["bundle_padded"])),
     ),
     "import bundle with a 70 kB meta.json": (
         422,

@@ -181,6 +181,7 @@ class ModelStore:
                     raise Invalid(f"{filename}: not a model bundle; missing {', '.join(missing)}")
                 network = declared_network(meta, self.ws.n_classes, filename)
                 limit = model_file_limit(network or {**UNNAMED_NETWORK, "n_classes": self.ws.n_classes})
+                _refuse_large_total(zf, filename, len(model_members(meta)) * limit + META_LIMIT, network)
                 for m in model_members(meta):
                     if zf.getinfo(m).file_size > limit:
                         raise TooLarge(_too_large(filename, m, zf.getinfo(m).file_size, limit, network))
@@ -305,6 +306,26 @@ def _too_large(
         f"{filename}: {member} {unpacks}, more than {what} needs ({limit:,} bytes); "
         "not a bundle exported by GET /models/export (nothing was stored)"
     )
+
+
+def _refuse_large_total(
+    zf: zipfile.ZipFile, filename: str, limit: int, network: dict[str, Any] | None
+) -> None:
+    """The sizes every member declares, summed (members not unpacked included: a bundle holds its
+    model files and meta.json, nothing that could need more), against what the bundle's networks
+    and meta.json need; before anything is unpacked."""
+    total = sum(info.file_size for info in zf.infolist())
+    if total > limit:
+        what = (
+            f"its networks (width {network['n_filters']}, {network['n_classes']} classes)"
+            if network
+            else "the widest networks a round trains (meta.json names none)"
+        )
+        raise TooLarge(
+            f"{filename}: its {len(zf.infolist())} members unpack to {total:,} bytes in all, more than "
+            f"{what} and meta.json need ({limit:,} bytes); not a bundle exported by GET /models/export "
+            "(nothing was stored)"
+        )
 
 
 def _bounded_copy(src: Any, dst: Any, limit: int) -> bool:
