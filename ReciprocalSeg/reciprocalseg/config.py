@@ -199,8 +199,8 @@ class TrainConfig:
             problems.append(f"class_crop_share={self.class_crop_share}: a share in [0, 1]")
         if not 0 < self.partial_crop_share <= 1:
             problems.append(f"partial_crop_share={self.partial_crop_share}: a share in (0, 1]")
-        if self.minutes is not None and not self.minutes > 0:
-            problems.append(f"minutes={self.minutes}: a time budget must be > 0")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            problems.append(f"minutes={self.minutes}: a time budget must be a finite number > 0")
         if len(self.budget_split) != 3 or min(self.budget_split) < 0 or sum(self.budget_split) <= 0:
             problems.append(f"budget_split={self.budget_split}: three shares >= 0, not all 0")
         elif self.minutes is not None:

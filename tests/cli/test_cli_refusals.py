@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from reciprocalseg.common.errors import ReciprocalSegError
 from reciprocalseg.config import make_config
 from reciprocalseg.data.phantom import write_phantom_cohort
 from reciprocalseg.model.vnet import build_model
@@ -95,6 +96,24 @@ def test_predict_bad_arguments_are_one_line_exit_2(
     args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
     res = run_cli("predict", "--run", str(files["good"]), "--images", str(files["scans"]), *args)
     assert words in _one_line(res, 2)
+
+
+@pytest.mark.parametrize("minutes", ["inf", "nan", "0"])
+def test_train_refuses_a_time_budget_that_is_not_a_finite_positive_number(
+    files: dict[str, Path], minutes: str
+) -> None:
+    """``--minutes inf`` was taken as a budget (it failed later on something else, or ran without end)."""
+    res = run_cli(
+        "train", "--images", str(files["scans"]), "--out", str(files["root"] / "t"), "--minutes", minutes
+    )
+    assert f"--minutes {float(minutes)}: a time budget is a finite number" in _one_line(res, 2)
+    assert not (files["root"] / "t").exists()
+
+
+def test_a_configuration_refuses_an_infinite_budget() -> None:
+    """The same rule for a request that does not come from the command line (a plan, a service round)."""
+    with pytest.raises(ReciprocalSegError, match="minutes=inf: a time budget must be a finite number"):
+        make_config("demo", minutes=float("inf"))
 
 
 @pytest.mark.parametrize("command", ["predict", "export-onnx"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()  # a time budget counts the start-up too (training/budget.py)
     from ..training.run_request import run
 
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise UsageError(f"--minutes {args.minutes}: a time budget is a finite number of minutes > 0")
     return run(request_from_args(args, started))
 
 
