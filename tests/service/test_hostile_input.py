@@ -364,3 +364,55 @@ def test_a_non_finite_time_limit_is_named_as_such(service: Running, phantoms, va
     detail = r.json()["detail"]
     assert r.status_code == 422 and "retrain_minutes: Input should be a finite number" in detail, r.text
     assert c.settings()["retrain_after"] is None
+
+
+def _raw_request(url: str, head: str, body_parts: list[bytes]) -> tuple[int, dict]:
+    """Send ``head`` and ``body_parts`` on a raw socket, never finishing the body, and read the
+    answer: a service that waits for the rest of the body never answers (the socket's timeout
+    then fails the test)."""
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
+        for part in body_parts:
+            sock.sendall(part)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            received = sock.recv(65536)
+            assert received, f"the service closed the connection without an answer: {data!r}"
+            data += received
+        header, _, body = data.partition(b"\r\n\r\n")
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in header.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
+        while len(body) < length:
+            body += sock.recv(65536)
+    return int(header.split()[1]), json.loads(body)
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_huge_json_body_is_refused_before_it_is_read(service: Running, framing: str) -> None:
+    """A 1.5 GB JSON body took the default service (2 GiB upload limit, no token) to 7.7 GiB of
+    memory: a body without a file is refused past 64 KiB, from its Content-Length before a byte
+    of it is read, or (chunked) as soon as it grows past the limit; the rest is never sent here."""
+    url = service.client.url
+    auth = service.client.session.headers.get("Authorization")
+    start = "POST /training HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/json\n"
+    start += f"Authorization: {auth}\n" if auth else ""
+    if framing == "content-length":
+        status, answer = _raw_request(url, start + "Content-Length: 1500000000\n", [b'{"preset": "'])
+    else:
+        parts = [_chunk(b'{"preset": "')] + [_chunk(b"x" * 8192)] * 10  # 80 KiB, no last chunk
+        status, answer = _raw_request(url, start + "Transfer-Encoding: chunked\n", parts)
+    assert status == 413, answer
+    assert "at most 64 KiB for a request without a file" in answer["detail"], answer
+    assert service.client.health()
