@@ -21,7 +21,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 import torch
-from service_helpers import SHAPE_ZYX, TRAIN_FAST, Running, snapshot, write_bundle
+from service_helpers import SHAPE_ZYX, TRAIN_FAST, Running, snapshot, start_service, write_bundle
 
 from reciprocalseg.client.responses import TrainingStatus
 from reciprocalseg.common.errors import DataError
@@ -416,3 +416,27 @@ def test_a_huge_json_body_is_refused_before_it_is_read(service: Running, framing
     assert status == 413, answer
     assert "at most 64 KiB for a request without a file" in answer["detail"], answer
     assert service.client.health()
+
+
+def test_a_prediction_of_a_constant_scan_stored_earlier_names_the_case(tmp_path: Path, phantoms) -> None:  # noqa: ANN001
+    """A scan stored before uploads were checked for constant intensity: the prediction is a 422
+    naming the case and the way on, not a message about "image" that names no case."""
+    ws = Workspace(tmp_path / "ws")
+    like = sitk.ReadImage(str(phantoms[0].image))
+    ws.add_case(like, "old_blank", source="test")
+    (stored,) = [p for p in ws.case_dir("old_blank").iterdir() if p.name.startswith("image")]
+    blank = sitk.Image(like.GetSize(), like.GetPixelID()) + 7
+    blank.CopyInformation(like)
+    sitk.WriteImage(blank, str(stored))
+    run = start_service(ws.root, device="cpu")
+    try:
+        _import(run, write_bundle(tmp_path / "m.zip"))
+        before = snapshot(ws.root)
+        r = run.client.session.post(f"{run.client.url}/cases/old_blank/predict")
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "case old_blank" in detail and "constant intensity" in detail, detail
+        assert "replace its scan or delete the case" in detail, detail
+        assert snapshot(ws.root) == before
+    finally:
+        run.launcher.stop()
