@@ -440,3 +440,15 @@ def test_a_prediction_of_a_constant_scan_stored_earlier_names_the_case(tmp_path:
         assert snapshot(ws.root) == before
     finally:
         run.launcher.stop()
+
+
+def test_an_id_in_other_letters_is_not_found_and_names_the_case(service: Running, phantoms) -> None:  # noqa: ANN001
+    """IDs are case-sensitive on every route (only a new ID is compared without regard to case):
+    ``PHANTOM_000`` is a 404 that names ``phantom_000``, and a delete in other letters deletes nothing."""
+    c = service.client
+    c.add_case(phantoms[0].image)
+    other = phantoms[0].case_id.upper()
+    for r in (c.session.get(f"{c.url}/cases/{other}"), c.session.delete(f"{c.url}/cases/{other}")):
+        assert r.status_code == 404, r.text
+        assert f"did you mean {phantoms[0].case_id!r}" in r.json()["detail"], r.text
+    assert [case.id for case in c.list_cases()] == [phantoms[0].case_id]
