@@ -98,8 +98,9 @@ def refine_case(
     `image`: the case's scan, a vector image (one component per channel) for a model of several
     channels (data.channels.read_case_image). `replay`: labelled cases (the round's) whose crops
     are mixed in; `cache_dir`: where their preprocessed arrays are kept between refines (e.g. the
-    run's own `cache/`, which training filled with the same keys); None: a temporary folder. `cancel` is asked before every step
-    (True raises CancelledError; nothing was written). `clock` measures the time limit.
+    run's own `cache/`, which training filled with the same keys); None: a temporary folder.
+    `cancel` is asked before every step (True raises CancelledError; nothing was written). `clock`
+    measures the time limit.
     Raises DataError for unusable strokes, image or replay cases, ReciprocalSegError for an
     unreadable model file, TrainingError when the adaptation diverges.
     """
