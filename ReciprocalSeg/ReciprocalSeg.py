@@ -56,6 +56,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# isort: split
+from ReciprocalSegWidgets.application import open_segment_editor, wait_for_training_with_events
+from ReciprocalSegWidgets.channel_widgets import fill_layer_combo, pick_channels
+
 MODULE_NAME = "ReciprocalSeg"
 MIN_PYTHON = (3, 10)
 
@@ -175,6 +179,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.addCurrentVolumeButton, self.onAddCurrentVolume),
             (self.ui.addAllVolumesButton, self.onAddAllVolumes),
             (self.ui.addFolderButton, self.onAddFolder),
+            (self.ui.caseFromVolumesButton, self.onCaseFromVolumes),
             (self.ui.refreshCasesButton, self.onRefreshCases),
             (self.ui.nextCaseButton, self.onNextCase),
             (self.ui.removeCaseButton, self.onRemoveCase),
@@ -195,6 +200,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.connect("clicked(bool)", slot)
         self.ui.autoRetrainSpinBox.connect("editingFinished()", self.onAutoRetrain)
         self.ui.casesTable.connect("itemSelectionChanged()", self.onCaseSelectionChanged)
+        self.ui.channelLayerComboBox.connect("currentIndexChanged(int)", self.onChannelLayerChanged)
         # The panel sorts the rows itself (numbers as numbers, empty cells last): see case_table.py.
         header = self.ui.casesTable.horizontalHeader()
         header.setSortIndicatorShown(True)
@@ -326,6 +332,7 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             refined_shown=ROLE_REFINED in roles,
             budget=node is not None and bool(node.minutes),
             remote=node is not None and node.backendMode == "remote",
+            layers=self.ui.channelLayerComboBox.count > 1,
         )
         # Widget names from ReciprocalSegLib.panel_rules (tests/slicer check them against the .ui).
         for name, visible in visible_widgets(state).items():
@@ -406,6 +413,13 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             add = lambda c: self.logic.add_folder(folder, c)  # noqa: E731
             self._run(_("Adding the folder"), add, self._showBatchResult)
 
+    def onCaseFromVolumes(self):
+        choice = pick_channels(slicer.util.mainWindow(), slicer.mrmlScene)  # (node IDs, names) or None
+        if choice:
+            add = lambda c: self.logic.add_channel_case(*choice, context=c)  # noqa: E731
+            show = lambda caseId: self._showCase(caseId, then=lambda v, s: self.onRefreshCases())  # noqa: E731
+            self._run(_("Adding a case of {n} images").format(n=len(choice[0])), add, show)
+
     def onRefreshCases(self):
         if not self.logic.connected:
             return
@@ -463,10 +477,16 @@ class ReciprocalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.selectedCaseLabel.setText(caseId)
             self.ui.predictionLabel.setText("")
             slicer.util.setSliceViewerLayers(background=volume, foreground=None, fit=True)
+            fill_layer_combo(self.ui.channelLayerComboBox, self.logic.layer_choices(caseId))
             if then is not None:
                 then(volume, segmentation)
 
         self._run(_("Showing {case}").format(case=caseId), lambda c: self.logic.load_case(caseId, c), done)
+
+    def onChannelLayerChanged(self, index):  # channel 0 stays behind; item 0: no layer
+        if self._currentCaseId:
+            with slicer.util.tryWithErrorDisplay(_("Could not show the layer.")):
+                self.logic.show_layer(self._currentCaseId, index)
 
     def _selectCaseRow(self, caseId):
         table = self.ui.casesTable
@@ -737,29 +757,9 @@ class ReciprocalSegLogic(ScriptedLoadableModuleLogic, ReciprocalSegLoop):
         workspace = Path(workspace or _defaultWorkspace()).expanduser()
         return ReciprocalSegLoop.start_local_service(self, workspace, python, env=env, timeout=timeout)
 
-    def wait_for_training(self, poll=1.0, timeout=None, callback=None):
-        """Block until the round ends (scripts and the console; Qt events are processed between polls)."""
-
-        def onStatus(status):
-            slicer.app.processEvents()
-            if callback is not None:
-                callback(status)
-
-        return ReciprocalSegLoop.wait_for_training(self, poll=poll, timeout=timeout, callback=onStatus)
-
-    @staticmethod
-    def open_segment_editor(segmentationNode, volumeNode, segmentId=None, effect=None):
-        """Switch to the Segment Editor with this segmentation and source volume selected (and, when
-        given, this segment and effect, e.g. "Paint" for scribbles)."""
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.util.getModuleWidget("SegmentEditor").editor
-        editor.setSegmentationNode(segmentationNode)
-        if volumeNode is not None:
-            editor.setSourceVolumeNode(volumeNode)
-        if segmentId is not None and segmentationNode.GetSegmentation().GetSegment(segmentId) is not None:
-            editor.setCurrentSegmentID(segmentId)
-        if effect is not None:
-            editor.setActiveEffectByName(effect)
+    # Application-side steps in ReciprocalSegWidgets/application.py (Qt events, the Segment Editor).
+    wait_for_training = wait_for_training_with_events
+    open_segment_editor = staticmethod(open_segment_editor)
 
 
 class ReciprocalSegTest(ScriptedLoadableModuleTest):

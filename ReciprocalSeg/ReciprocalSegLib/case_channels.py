@@ -22,6 +22,7 @@ ATTR_CHANNEL = "ReciprocalSeg.Channel"
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _+.-]{0,31}$")
 MAX_CHANNELS = 16
 LAYER_OPACITY = 0.5
+LAYER_NONE = "(none)"
 
 
 def channel_role(index: int) -> str:
@@ -87,6 +88,45 @@ def show_channel(scene: Any, background: Any, layer: Any | None, opacity: float 
         composite.SetBackgroundVolumeID(background.GetID() if background is not None else None)
         composite.SetForegroundVolumeID(layer.GetID() if layer is not None else None)
         composite.SetForegroundOpacity(opacity if layer is not None else 0.0)
+
+
+def choice_from_rows(rows: Sequence[tuple[Any, str]]) -> tuple[list[str], list[str]]:
+    """(node IDs, names) in channel order from the dialog's rows of (volume or None, name typed);
+    rows left empty (no volume, no name) are skipped, the rest checked (`check_channel_choice`)."""
+    used = [
+        (volume, str(name or "")) for volume, name in rows if volume is not None or str(name or "").strip()
+    ]
+    volumes = [volume for volume, _ in used]
+    names = check_channel_choice(volumes, [name for _, name in used])
+    return [v.GetID() for v in volumes], names
+
+
+def suggest_channel_name(volume_name: str, index: int, taken: Sequence[str] = ()) -> str:
+    """A name for the volume picked as channel `index`: its name's last word ("prostate T2" -> T2)
+    when that is a valid name not taken yet, else ``channel<index>``."""
+    words = str(volume_name or "").split()
+    last = words[-1][:32] if words else ""
+    taken_folded = {t.casefold() for t in taken}
+    if CHANNEL_NAME.match(last) and last.casefold() not in taken_folded:
+        return last
+    return f"channel{index}"
+
+
+def layer_choices(scene: Any, case_id: str) -> list[str]:
+    """The layer selector's items: ``LAYER_NONE`` (channel 0 alone), then ``<k>: <name>`` for
+    channels 1.. of the case in the scene; item k shows channel k (`show_layer`)."""
+    return [LAYER_NONE] + [f"{index}: {name}" for index, name, _ in channel_layers(scene, case_id)[1:]]
+
+
+def show_layer(scene: Any, case_id: str, choice: int) -> Any | None:
+    """Item `choice` of `layer_choices`: channel 0 behind, that channel in front (0: none); returns
+    the layer's volume. ValueError when the case has no volume in the scene."""
+    layers = channel_layers(scene, case_id)
+    if not layers or layers[0][0] != 0:
+        raise ValueError(f"{case_id} has no volume in the scene: select the case again.")
+    layer = layers[choice][2] if 1 <= choice < len(layers) else None
+    show_channel(scene, layers[0][2], layer)
+    return layer
 
 
 def _volumes(scene: Any) -> Iterator[Any]:

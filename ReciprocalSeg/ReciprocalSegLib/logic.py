@@ -31,7 +31,14 @@ import numpy as np
 from reciprocalseg.common.errors import DataError
 
 from .batch import BatchAddError, BatchResult
-from .case_channels import check_channel_choice, show_channel, tag_channel
+from .case_channels import (
+    LAYER_NONE,
+    check_channel_choice,
+    layer_choices,
+    show_channel,
+    show_layer,
+    tag_channel,
+)
 from .case_content import (
     CaseState,
     LabelContent,
@@ -641,6 +648,14 @@ class ReciprocalSegLoop:
     def channel_layer(self, case_id: str) -> Any:
         """Main thread: channel 1 of a case with several images in the scene (None: one image)."""
         return self.case_node(case_id, "channel1")
+
+    def layer_choices(self, case_id: str | None) -> list:
+        """Main thread: the panel's layer selector items for the case (case_channels.layer_choices)."""
+        return layer_choices(self.logics.scene, case_id) if case_id else [LAYER_NONE]
+
+    def show_layer(self, case_id: str, choice: int) -> Any:
+        """Main thread: channel 0 behind, the channel of selector item `choice` in front (0: none)."""
+        return show_layer(self.logics.scene, case_id, choice)
 
     @staticmethod
     def _download_channels(client: Any, case_id: str, folder: Path, files: CaseFiles) -> None:

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 REMOTE_WIDGETS = ("remoteUrlLabel", "remoteUrlLineEdit", "remoteTokenLabel", "remoteTokenLineEdit")
 LOCAL_WIDGETS = ("workspaceLabel", "workspacePathLineEdit")
 # Buttons that need a connection and no running task.
-CONNECTED_BUTTONS = ("disconnectButton", "addAllVolumesButton", "addFolderButton", "refreshCasesButton",
-                     "nextCaseButton")  # fmt: skip
+CONNECTED_BUTTONS = ("disconnectButton", "addAllVolumesButton", "addFolderButton", "caseFromVolumesButton",
+                     "refreshCasesButton", "nextCaseButton")  # fmt: skip
+# The layer selector of a case with several images (channel 0 behind, the chosen one in front).
+LAYER_WIDGETS = ("channelLayerLabel", "channelLayerComboBox")
 # Buttons that act on the selected case.
 CASE_BUTTONS = ("removeCaseButton", "editLabelButton", "submitLabelButton", "predictButton")
 
@@ -26,7 +28,8 @@ class PanelState:
     case_selected: a case is selected; input_volume: *Add volume* has a volume; scribbling: the
     annotation mode is scribbles; student_shown: the selected case has a student prediction in the
     scene; budget: a time budget is set (it overrides the iterations); remote: remote backend mode;
-    scribbles_shown / refined_shown: the selected case has scribbles / a refined prediction in the scene.
+    scribbles_shown / refined_shown: the selected case has scribbles / a refined prediction in the scene;
+    layers: the selected case has several images (channels) in the scene.
     """
 
     connected: bool = False
@@ -40,6 +43,7 @@ class PanelState:
     remote: bool = False
     scribbles_shown: bool = False
     refined_shown: bool = False
+    layers: bool = False
 
 
 def enabled_widgets(state: PanelState) -> dict:
@@ -64,6 +68,7 @@ def enabled_widgets(state: PanelState) -> dict:
         "acceptRefinedButton": has_case and state.refined_shown,
         "autoRetrainCheckBox": ready,
         "autoRetrainSpinBox": ready,
+        "channelLayerComboBox": idle and state.case_selected and state.layers,
     }
     enabled.update(dict.fromkeys(CONNECTED_BUTTONS, ready))
     enabled.update(dict.fromkeys(CASE_BUTTONS, has_case))
@@ -71,9 +76,11 @@ def enabled_widgets(state: PanelState) -> dict:
 
 
 def visible_widgets(state: PanelState) -> dict:
-    """Widget name -> visible: the workspace for a local service, URL and token for a remote one."""
+    """Widget name -> visible: the workspace for a local service, URL and token for a remote one;
+    the layer selector for a case with several images."""
     shown = dict.fromkeys(LOCAL_WIDGETS, not state.remote)
     shown.update(dict.fromkeys(REMOTE_WIDGETS, state.remote))
+    shown.update(dict.fromkeys(LAYER_WIDGETS, state.case_selected and state.layers))
     return shown
 
 

@@ -17,6 +17,8 @@ MODULE_DIR = REPO / "ReciprocalSeg"
 MODULE_NAME = "ReciprocalSeg"
 PACKAGE = "reciprocalseg"
 LIB = "ReciprocalSegLib"  # the module's own helper package (Slicer's <Module>Lib convention)
+# Its Qt side beyond the module file: a folder, since Slicer takes every .py beside the module for a module.
+WIDGETS = "ReciprocalSegWidgets"
 CMAKELISTS = MODULE_DIR / "CMakeLists.txt"
 
 _IGNORED_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
@@ -34,9 +36,10 @@ def _files(root: Path) -> list[Path]:
 
 
 def expected_scripts() -> list[str]:
-    """The module file, its Lib's .py files, then the core package's (paths relative to ReciprocalSeg/)."""
+    """The module file, the .py files of its Lib, of its Qt helpers and of the core package (paths
+    relative to ReciprocalSeg/)."""
     out = [f"{MODULE_NAME}.py"]
-    for folder in (LIB, PACKAGE):
+    for folder in (LIB, WIDGETS, PACKAGE):
         out += [
             p.relative_to(MODULE_DIR).as_posix() for p in _files(MODULE_DIR / folder) if p.suffix == ".py"
         ]
@@ -61,8 +64,8 @@ def render(scripts: list[str], resources: list[str]) -> str:
 set(MODULE_NAME {MODULE_NAME})
 
 #-----------------------------------------------------------------------------
-# The module file, EVERY Python file of its Lib (scene logic, no Qt) and of the core package
-# (both installed beside it).
+# The module file, EVERY Python file of its Lib (scene logic, no Qt), of its Qt helpers
+# (ReciprocalSegWidgets) and of the core package (all installed beside it).
 # Generated from the files on disk by tests/slicer/module_files.py --write;
 # tests/slicer/test_static_packaging.py fails when a file is missing here.
 set(MODULE_PYTHON_SCRIPTS

@@ -20,6 +20,9 @@ SHARED_UTIL_TABLE = REPO.parent / "shared" / "docs" / "slicer-util-functions.txt
 SLICER_DOC = REPO / "docs" / "SLICER.md"
 LIB_DIR = MODULE_DIR / "ReciprocalSegLib"
 LIB_FILES = sorted(LIB_DIR.glob("*.py"))
+# The panel's Qt side beyond the module file (dialogs built in code, application-side steps).
+WIDGETS_DIR = MODULE_DIR / "ReciprocalSegWidgets"
+WIDGETS_FILES = sorted(WIDGETS_DIR.glob("*.py"))
 # The only Lib files that may reach the application (slicer.app, slicer.modules, dialogs): the
 # one place where module logics are looked up, and the package installer (pip, PyTorch extension).
 LIB_APPLICATION_FILES = {"slicer_logics.py", "package_install.py"}
@@ -59,7 +62,8 @@ def lib_tree(path: Path) -> ast.Module:
 
 
 def module_and_lib_trees() -> list[ast.Module]:
-    return [module_tree(), *(lib_tree(p) for p in LIB_FILES)]
+    """The module file, its Lib and its Qt-side helpers (every file that may call Slicer)."""
+    return [module_tree(), *(lib_tree(p) for p in (*LIB_FILES, *WIDGETS_FILES))]
 
 
 def with_parents(tree: ast.AST) -> ast.AST:

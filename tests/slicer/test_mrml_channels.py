@@ -95,3 +95,49 @@ def test_channels_off_channel_0s_grid_and_bad_choices_are_refused(service, loop_
         loop.add_volumes_as_case([t2], ["T2"])
     with pytest.raises(ValueError, match="Channel names must differ"):
         loop.add_volumes_as_case([t2, adc], ["T2", "T2"])
+
+
+def test_the_panels_dialog_rows_and_layer_selector_on_real_nodes(logics) -> None:
+    """What the panel's *Case from volumes...* dialog and *Layer* selector decide, on real MRML
+    nodes: empty rows skipped, names suggested and checked, layers listed and shown in every view."""
+    from ReciprocalSegLib.case_channels import (
+        LAYER_NONE,
+        choice_from_rows,
+        layer_choices,
+        show_layer,
+        suggest_channel_name,
+        tag_channel,
+    )
+
+    scene = logics.scene
+    views = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]  # Red, Yellow, Green
+    t2, adc = _volumes(scene)
+    dwi = add_volume(scene, "prostate DWI b800", blob_image(seed=3)[0], oblique_ijk_to_ras())
+
+    assert suggest_channel_name("prostate T2", 0) == "T2"
+    assert suggest_channel_name("prostate T2", 1, taken=["t2"]) == "channel1"  # the service folds case
+    assert suggest_channel_name("", 2) == "channel2"
+    assert suggest_channel_name("scan (1)", 1) == "channel1"  # "(1)" is no valid channel name
+
+    rows = [(t2, " T2 "), (None, ""), (adc, "ADC"), (None, "  ")]
+    assert choice_from_rows(rows) == ([t2.GetID(), adc.GetID()], ["T2", "ADC"])
+    with pytest.raises(ValueError, match="has no volume selected"):
+        choice_from_rows([(t2, "T2"), (None, "ADC")])  # a name without its volume
+    with pytest.raises(ValueError, match="at least two volumes"):
+        choice_from_rows([(t2, "T2"), (None, "")])
+    with pytest.raises(ValueError, match="Channel name"):
+        choice_from_rows([(t2, "T2"), (adc, "A/D")])
+
+    assert layer_choices(scene, "prostate") == [LAYER_NONE]  # nothing tagged: no layers
+    for index, (node, name) in enumerate(((t2, "T2"), (adc, "ADC"), (dwi, "DWI"))):
+        tag_channel(node, "prostate", index, name)
+    assert layer_choices(scene, "prostate") == [LAYER_NONE, "1: ADC", "2: DWI"]
+    assert show_layer(scene, "prostate", 2) is dwi
+    for view in views:
+        assert (view.GetBackgroundVolumeID(), view.GetForegroundVolumeID()) == (t2.GetID(), dwi.GetID())
+        assert view.GetForegroundOpacity() == pytest.approx(0.5)
+    assert show_layer(scene, "prostate", 0) is None  # (none): channel 0 alone
+    for view in views:
+        assert (view.GetBackgroundVolumeID(), view.GetForegroundVolumeID()) == (t2.GetID(), None)
+    with pytest.raises(ValueError, match="other has no volume in the scene"):
+        show_layer(scene, "other", 1)

@@ -177,3 +177,18 @@ def test_refine_accept_and_retraining_texts():
     assert messages.auto_retrain(None, 10.0, 2) == "off (2 corrections since the last round)"
     assert messages.auto_retrain(5, 3.0, 2, None) == "2 of 5 since the last round; rounds of 3 min"
     assert messages.auto_retrain(5, 3.0, 0, "started run r1").endswith("Last: started run r1")
+
+
+def test_case_from_volumes_needs_a_connection_and_the_layer_selector_a_case_of_several_images():
+    from ReciprocalSegLib.panel_rules import enabled_widgets, visible_widgets
+
+    assert enabled_widgets(state())["caseFromVolumesButton"]
+    assert not enabled_widgets(state(connected=False))["caseFromVolumesButton"]
+    assert not enabled_widgets(state(busy=True))["caseFromVolumesButton"]
+    several = state(layers=True)
+    assert enabled_widgets(several)["channelLayerComboBox"]
+    assert visible_widgets(several)["channelLayerComboBox"] and visible_widgets(several)["channelLayerLabel"]
+    assert not enabled_widgets(state(layers=True, busy=True))["channelLayerComboBox"]
+    for one_image in (state(), state(layers=True, case_selected=False)):  # nothing to layer: hidden
+        assert not visible_widgets(one_image)["channelLayerComboBox"]
+        assert not enabled_widgets(one_image)["channelLayerComboBox"]

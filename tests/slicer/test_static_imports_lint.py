@@ -21,6 +21,8 @@ from static_checks import (
     NOT_BUNDLED,
     REPO,
     SLICER_ONLY,
+    WIDGETS_DIR,
+    WIDGETS_FILES,
     module_tree,
 )
 
@@ -98,6 +100,7 @@ def test_module_and_helpers_compile_for_python_3_9():
         MODULE_FILE,
         MODULE_DIR / "reciprocalseg" / "service" / "slicer_requirements.py",
         *LIB_FILES,
+        *WIDGETS_FILES,
     ):
         source = path.read_text(encoding="utf-8")
         compile(source, str(path), "exec")
@@ -131,6 +134,7 @@ def ruff_command() -> list[str] | None:
 RUFF_FILES = [
     MODULE_FILE,
     LIB_DIR,
+    WIDGETS_DIR,
     MODULE_DIR / "reciprocalseg" / "service" / "slicer_requirements.py",
     Path(__file__).parent,
 ]

@@ -32,6 +32,7 @@ import torch._dynamo  # noqa: F401
 from ..common.device import describe_device
 from ..common.errors import CancelledError, DataError, TrainingError
 from ..common.file_formats import UNANNOTATED
+from ..data.channels import image_channels
 from ..data.io import Case
 from ..data.preprocess import (
     Preprocessing,
@@ -94,17 +95,21 @@ def refine_case(
 ) -> RefineResult:
     """Adapt a copy of the model in `model_file` to `strokes` painted on `image`; predict the case.
 
-    `replay`: labelled cases (the round's) whose crops are mixed in; `cache_dir`: where their
-    preprocessed arrays are kept between refines (e.g. the run's own `cache/`, which training
-    filled with the same keys); None: a temporary folder. `cancel` is asked before every step
-    (True raises CancelledError; nothing was written). `clock` measures the time limit.
+    `image`: the case's scan, a vector image (one component per channel) for a model of several
+    channels (data.channels.read_case_image). `replay`: labelled cases (the round's) whose crops
+    are mixed in; `cache_dir`: where their preprocessed arrays are kept between refines (e.g. the
+    run's own `cache/`, which training filled with the same keys); None: a temporary folder.
+    `cancel` is asked before every step (True raises CancelledError; nothing was written). `clock`
+    measures the time limit.
     Raises DataError for unusable strokes, image or replay cases, ReciprocalSegError for an
     unreadable model file, TrainingError when the adaptation diverges.
     """
     settings = settings or default_refine_settings(device)
     settings.validate()
     start = clock()
-    check_image(image, "image")
+    channels = image_channels(image)  # a case with several images: each checked, named
+    for k, channel in enumerate(channels):
+        check_image(channel, "image" if len(channels) == 1 else f"image (channel {k})")
     model = load_model(model_file, device)  # refuses NaN/inf weights (inference/model_check.py)
     painted = check_strokes(strokes, image, model.n_classes)
     prep = model.preprocessing

@@ -49,15 +49,17 @@ class WindowFeatures:
 
     @classmethod
     def compute(cls, model: LoadedModel, volume: np.ndarray) -> WindowFeatures:
+        """`volume`: the preprocessed scan, (z, y, x), or (C, z, y, x) for a model of C channels."""
         patch = model.patch_zyx
         overlap = model.meta.get("inference_overlap", 0.5)
         steps = tuple(max(1, round(p * (1 - overlap))) for p in patch)
         padded, undo = pad_to_at_least(volume.astype(np.float32, copy=False), patch)
+        spatial, undo = padded.shape[-3:], undo[-3:]  # the channels, if any, lead
         corners = [
             (z, y, x)
-            for z in window_starts(padded.shape[0], patch[0], steps[0])
-            for y in window_starts(padded.shape[1], patch[1], steps[1])
-            for x in window_starts(padded.shape[2], patch[2], steps[2])
+            for z in window_starts(spatial[0], patch[0], steps[0])
+            for y in window_starts(spatial[1], patch[1], steps[1])
+            for x in window_starts(spatial[2], patch[2], steps[2])
         ]
         channels = model.module.head.in_channels
         dtype = (
@@ -77,11 +79,12 @@ class WindowFeatures:
         model.module.eval()
         with torch.inference_mode(), autocast(model.device):
             for i in range(0, len(corners), batch):
-                crops = torch.stack([_window(image, c, patch) for c in corners[i : i + batch]])[:, None]
+                crops = torch.stack([_window(image, c, patch) for c in corners[i : i + batch]])
+                crops = crops[:, None] if crops.dim() == 4 else crops  # one channel: add its axis
                 crops = crops.to(model.device).contiguous(memory_format=torch.channels_last_3d)
                 features[i : i + len(crops)] = model.module.features(crops)
         weighting = model.meta.get("inference_weighting", "gaussian")
-        return cls(corners, features, patch, tuple(padded.shape), undo, weighting)
+        return cls(corners, features, patch, tuple(spatial), undo, weighting)
 
     def probabilities(self, tail: Callable[[torch.Tensor], torch.Tensor], batch: int) -> np.ndarray:
         """(C, z, y, x) class probabilities of the volume: `tail` on every window's features, the
@@ -110,7 +113,7 @@ class WindowFeatures:
 
 def _window(array: torch.Tensor, corner: tuple[int, int, int], patch: tuple[int, int, int]) -> torch.Tensor:
     z, y, x = corner
-    return array[z : z + patch[0], y : y + patch[1], x : x + patch[2]]
+    return array[..., z : z + patch[0], y : y + patch[1], x : x + patch[2]]
 
 
 class LastValue:

@@ -276,15 +276,13 @@ class Refinements:
     def _replay(self, case_id: str) -> list[Any]:
         """The other labelled cases (their current labels), which the adapted copy keeps seeing so
         that it does not forget what the round learnt."""
-        from reciprocalseg.data.io import Case
-
         cases = []
         for rec in self.ws.all_cases():
             current = self.ws.current_label(rec)
             if current is None or rec["id"] == case_id:
                 continue
-            folder = self.ws.case_dir(rec["id"])
-            cases.append(Case(rec["id"], folder / rec["image"], folder / current["file"]))
+            label = self.ws.case_dir(rec["id"]) / current["file"]
+            cases.append(self.ws.training_case(rec, label))  # with every channel of the case
         return cases
 
     def _store(
