@@ -144,3 +144,23 @@ def test_serve_refuses_a_class_count_past_255_in_one_line(files: dict[str, Path]
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("reciprocalseg serve: error: --n-classes 256"), res.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        (["--iterations", "-3"], "--iterations -3: must be at least 0"),
+        (["--n-classes", "1"], "--n-classes 1: must be at least 2"),
+        (["--n-filters", "0"], "--n-filters 0: must be at least 1"),
+        (["--checkpoint-every", "0"], "--checkpoint-every 0: must be at least 1"),
+        (["--patch-size", "0", "16", "16"], "--patch-size 0 16 16: every size must be at least 1"),
+    ],
+)
+def test_train_refuses_a_count_below_its_minimum_as_a_usage_error(
+    files: dict[str, Path], option: list[str], words: str
+) -> None:
+    """A negative iteration count was the configuration's error: one line, but exit 1 after the
+    cases were read. It is a bad argument: exit 2, before anything is read or written."""
+    res = run_cli("train", "--images", str(files["scans"]), "--out", str(files["root"] / "t"), *option)
+    assert words in _one_line(res, 2)
+    assert not (files["root"] / "t").exists()

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..common.errors import ReciprocalSegError
+from ..common.errors import ReciprocalSegError, UsageError
 from .request import TrainRequest
 
 if TYPE_CHECKING:  # torch and SimpleITK load when a command runs, not when the parser is built
@@ -112,11 +112,36 @@ def load_cases(args: argparse.Namespace) -> tuple[list[Case], list[Case]]:
     return labeled, unlabeled
 
 
+# The smallest value of each whole-number option: a smaller one is refused before any case is
+# read, as a usage error (one line, exit 2), not later as the configuration's error (exit 1).
+COUNT_MINIMA = {
+    "iterations": 0,
+    "supervised_iterations": 0,
+    "finetune_iterations": 0,
+    "n_classes": 2,
+    "n_filters": 1,
+    "checkpoint_every": 1,
+    "num_workers": 0,
+    "gpus": 1,
+}
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Raise UsageError naming the first whole-number option below its minimum."""
+    for name, minimum in COUNT_MINIMA.items():
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be at least {minimum}")
+    if args.patch_size is not None and min(args.patch_size) < 1:
+        raise UsageError(f"--patch-size {' '.join(map(str, args.patch_size))}: every size must be at least 1")
+
+
 def request_from_args(args: argparse.Namespace, started: float | None = None) -> TrainRequest:
     """The training request of the `train` options: the cases, and for `auto` the run's final
     plan (made from the cases, or --plan, or the run folder's own on a rerun), written to
     OUT/plan.json and shown; every option given on the command line over the preset or plan.
     `started`: when the command started (time.perf_counter), which a time budget counts from."""
+    check_counts(args)
     labeled, unlabeled = load_cases(args)
     names = channel_names(args, labeled, unlabeled)
     overrides = {"n_classes": args.n_classes, **_overrides(args)}
