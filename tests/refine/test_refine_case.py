@@ -346,3 +346,28 @@ def test_a_second_refine_of_the_case_reuses_its_features_and_continues_the_copy(
         model_file, other, stroke_map(other, {1: np.array([[12, 12, 12]])}), settings=settings, device="cpu"
     )
     assert CASE_FEATURES.hits == hits
+
+
+def test_beyond_the_reach_of_the_strokes_the_rounds_prediction_stays(trained) -> None:
+    """A stroke moved the prediction far from where it was painted (a left-atrium scan lost its
+    whole atrium to one stroke): beyond `reach_mm` the refined map is the round's prediction."""
+    from reciprocalseg.refine.reach import within_reach
+
+    model_file, labelled, case = trained
+    image, truth = read_image(case.image), sitk.GetArrayFromImage(read_image(case.label))
+    before = sitk.GetArrayFromImage(predict_image(load_model(model_file, "cpu"), image).labels)
+    strokes = stroke_map(image, {1: wrong_region(truth, before, 1, size=8)})
+    spacing_zyx = tuple(float(v) for v in image.GetSpacing()[::-1])
+    stroked = sitk.GetArrayFromImage(strokes) != UNANNOTATED
+    far = ~within_reach(stroked, spacing_zyx, 3.0)
+
+    free = refine_case(
+        model_file, image, strokes, replay=labelled, settings=fast(reach_mm=None), device="cpu"
+    )
+    CASE_FEATURES.clear()
+    kept = refine_case(model_file, image, strokes, replay=labelled, settings=fast(reach_mm=3.0), device="cpu")
+
+    unbounded, bounded = sitk.GetArrayFromImage(free.labels), sitk.GetArrayFromImage(kept.labels)
+    assert np.any(unbounded[far] != before[far])  # the copy does change the scan far away
+    np.testing.assert_array_equal(bounded[far], before[far])  # the refine keeps it there
+    np.testing.assert_array_equal(bounded[~far], unbounded[~far])  # and near the strokes, the copy's

@@ -60,7 +60,13 @@ def test_a_two_channel_case_is_refined_from_its_strokes(trained) -> None:
     strokes = sitk.GetImageFromArray(strokes_array)
     strokes.CopyInformation(image)
     settings = RefineSettings(
-        max_seconds=1e6, max_iterations=25, lr=1e-2, replay_batch=1, replay_crops=2, paste_strokes=False
+        max_seconds=1e6,
+        max_iterations=25,
+        lr=1e-2,
+        replay_batch=1,
+        replay_crops=2,
+        replay_weight=0.5,  # 25 steps of a tiny model: the strokes need their half of the loss
+        paste_strokes=False,
     )
 
     result = refine_case(model_file, image, strokes, replay=labelled, settings=settings, device="cpu")

@@ -48,6 +48,7 @@ from ..data.validation import check_image
 from ..inference.sliding_window import LoadedModel, load_model
 from ..training.losses import supervised_loss
 from .features import LastValue, WindowFeatures, autocast, image_key, model_key
+from .reach import keep_far_from_strokes
 from .settings import RefineSettings, default_refine_settings
 from .strokes import check_strokes, count_strokes, stroke_components
 
@@ -126,12 +127,14 @@ def refine_case(
         chosen, replay_set = _replay_set(replay, model, key, settings, Path(cache_dir or scratch))
     reserve = _prediction_reserve(model, entry, image, settings, clock)
     continued = settings.continue_last and _keeps_strokes(entry.strokes, painted) and entry.tail is not None
+    if entry.base_labels is None and settings.reach_mm is not None:
+        entry.base_labels = _labels(model, windows, image, prep)  # the round's tail, before adapting
     if continued:
         _tail_module(model).load_state_dict(entry.tail)  # type: ignore[arg-type]
     rng = np.random.default_rng([settings.seed, 1])
     job = _Job(model, _stroke_boxes(windows, working), replay_set, settings, rng)
     adapted_at, steps = _adapt(job, start + settings.max_seconds - reserve, clock, cancel)
-    labels, agreement = _predict(model, windows, image, prep, painted, settings.paste_strokes)
+    labels, agreement = _predict(model, windows, image, prep, painted, settings, entry.base_labels)
     end = clock()
     entry.predict_seconds = end - adapted_at
     entry.strokes = painted
@@ -219,6 +222,8 @@ class _CaseEntry:
     # The last refine's strokes (on the scan's grid) and its adapted tail (on the CPU).
     strokes: np.ndarray | None = None
     tail: dict[str, torch.Tensor] | None = None
+    # The round's own prediction of the case (scan grid), kept where no stroke reaches.
+    base_labels: np.ndarray | None = None
 
 
 def _case_features(
@@ -401,22 +406,34 @@ def _step(job: _Job, optimizer: torch.optim.Optimizer) -> float:
     return float(loss.detach())
 
 
+def _labels(
+    model: LoadedModel, windows: WindowFeatures, image: sitk.Image, prep: Preprocessing
+) -> np.ndarray:
+    """The copy's (z, y, x) label map on the scan's grid: its tail on the cached features, windows
+    blended as inference blends them."""
+    model.module.eval()
+    probs = windows.probabilities(model.module.tail, model.meta.get("inference_batch", 4))
+    return restore_probabilities(probs, image, prep).argmax(axis=0).astype(np.uint8)
+
+
 def _predict(
     model: LoadedModel,
     windows: WindowFeatures,
     image: sitk.Image,
     prep: Preprocessing,
     painted: np.ndarray,
-    paste: bool,
+    settings: RefineSettings,
+    base: np.ndarray | None,
 ) -> tuple[sitk.Image, float]:
-    """The adapted copy's label map on the scan's grid (its tail on the cached features, windows
-    blended as inference blends them), the strokes pasted over it when asked; and how far the
-    copy itself agreed with them."""
-    model.module.eval()
-    probs = windows.probabilities(model.module.tail, model.meta.get("inference_batch", 4))
-    labels = restore_probabilities(probs, image, prep).argmax(axis=0).astype(np.uint8)
+    """The refined map: the adapted copy's labels within `settings.reach_mm` of the strokes and
+    the round's (`base`) beyond, the strokes pasted over it when asked; and how far the copy
+    itself agreed with the strokes."""
+    labels = _labels(model, windows, image, prep)
     stroked = painted != UNANNOTATED
     agreement = float(np.mean(labels[stroked] == painted[stroked]))
-    if paste:
+    if base is not None:
+        spacing_zyx = tuple(float(v) for v in image.GetSpacing()[::-1])
+        labels = keep_far_from_strokes(labels, base, stroked, spacing_zyx, settings.reach_mm)
+    if settings.paste_strokes:
         labels[stroked] = painted[stroked]
     return labels_to_image(labels, image), agreement

@@ -54,6 +54,12 @@ class RefineSettings:
     # The strokes are the annotator's word: the refined mask keeps them where the adapted model
     # still disagrees (False: the adapted model's prediction alone).
     paste_strokes: bool = True
+    # How far from the strokes (mm) the adapted copy may change the round's prediction; beyond,
+    # the round's prediction stays (refine/reach.py says why). None: everywhere. 10 mm: on five
+    # hippocampus tuning cases mean Dice after 1 / 10 strokes 0.802 / 0.831 (20 mm: 0.798 /
+    # 0.822; everywhere: 0.788 / 0.821); on a left-atrium tuning case everywhere lost Dice with
+    # every stroke (0.690 -> 0.668 after 5) and 10 mm kept it (RESULTS.md, issue 27 item 2).
+    reach_mm: float | None = 10.0
     # A refine of the case refined last, with strokes only added, continues from that refine's
     # adapted copy instead of the round's model: its steps add up over the strokes. Without it a
     # hippocampus copy learnt a class or not depending on the 10-60 steps a loaded CPU gave it
@@ -79,6 +85,10 @@ class RefineSettings:
                 "prediction_margin must be at least 1",
             ),
             (self.replay_crops >= self.replay_batch, "replay_crops must be at least replay_batch"),
+            (
+                self.reach_mm is None or (math.isfinite(self.reach_mm) and self.reach_mm > 0),
+                "reach_mm must be a positive number of millimetres, or None",
+            ),
         ]
         for ok, message in checks:
             if not ok:
