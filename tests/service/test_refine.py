@@ -189,6 +189,8 @@ def test_every_refusal_is_clear_and_changes_nothing(trained: Running, cohort: li
 
     refused(404, "no case 'nobody'", write_strokes(good, case, tmp_path / "g.nrrd"), case_id="nobody")
     refused(422, "no stroke", np.full(good.shape, UNANNOTATED, np.uint8))
+    # A mask (bool, 0/1) painted background over the whole scan and made the case's label full.
+    refused(422, "every voxel is annotated (no 255)", good == 1)
     refused(422, "class 2, which the workspace does not have", np.where(good == 1, 2, good))
     off_grid = sitk.GetImageFromArray(good)  # the right size, but spacing 1 and origin 0
     sitk.WriteImage(off_grid, str(tmp_path / "off.nrrd"))

@@ -20,12 +20,24 @@ from ..data.validation import check_image_structure, check_same_grid, present_va
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
+def full_map_refusal(what: str) -> str:
+    """Why a stroke map with no unannotated voxel is refused: it is almost always a mask (a bool
+    or 0/1 array) whose False voxels would count as painted background over the whole scan, and
+    stored as the case's label it would make that label full."""
+    return (
+        f"{what}: every voxel is annotated (no {UNANNOTATED}), so this is a whole label map, not "
+        f"strokes; a 0/1 or bool mask would paint background over the whole scan. Start from "
+        f"{UNANNOTATED} everywhere (numpy: np.full(shape, {UNANNOTATED}, np.uint8)) and set only the "
+        "painted voxels, or submit a whole map as the case's label"
+    )
+
+
 def check_strokes(strokes: sitk.Image, image: sitk.Image, n_classes: int) -> np.ndarray:
     """The stroke map as a uint8 (z, y, x) array, or a DataError that names the problem.
 
     Refused: a map that is not on the scan's voxel grid, non-integer or non-finite values,
-    negative values, classes the model does not have (`n_classes` counts the background), and a
-    map with no stroke at all (every voxel 255).
+    negative values, classes the model does not have (`n_classes` counts the background), a
+    map with no stroke at all (every voxel 255) and a map with nothing unannotated (a mask).
     """
     check_image_structure(strokes, "strokes")
     diffs = check_same_grid(strokes, image, names=("strokes", "image"))
@@ -58,6 +70,8 @@ def check_strokes(strokes: sitk.Image, image: sitk.Image, n_classes: int) -> np.
             f"1..{n_classes - 1} (0 = background, {UNANNOTATED} = unannotated): paint only the "
             "workspace's classes"
         )
+    if UNANNOTATED not in values:
+        raise DataError(full_map_refusal("the strokes"))
     if values == [UNANNOTATED]:
         raise DataError(
             f"there are no strokes: every voxel is {UNANNOTATED} (unannotated); paint at least one "

@@ -129,14 +129,14 @@ class AutoRetrain:
             except ApiError as exc:
                 self._refused_at = state
                 self.message = (
-                    f"{now_iso()}: could not start a round after {count} corrections: {exc.message}"
+                    f"{now_iso()}: could not start a round after {_corrections(count)}: {exc.message}"
                 )
                 log.warning("auto-retrain: %s", self.message)
                 return None
             self._refused_at = None
             self.message = (
                 f"{now_iso()}: started run {job['run_id']} ({preset}, {self.minutes:g} min, warm-started "
-                f"from round {current}) after {count} corrections"
+                f"from round {current}) after {_corrections(count)}"
             )
             log.info("auto-retrain: %s", self.message)
             return str(job["run_id"])
@@ -147,3 +147,7 @@ class AutoRetrain:
 
         preset = self.ws.round_entry(current).get("preset")
         return preset if preset in PRESETS else "auto"
+
+
+def _corrections(count: int) -> str:
+    return f"{count} correction" if count == 1 else f"{count} corrections"

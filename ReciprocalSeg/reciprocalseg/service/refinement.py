@@ -147,6 +147,7 @@ class Refinements:
         import SimpleITK as sitk
 
         from reciprocalseg.data.validation import check_label, check_same_grid, present_values
+        from reciprocalseg.refine.strokes import full_map_refusal
 
         diffs = check_same_grid(strokes, image, names=("strokes", "case image"))
         if diffs:
@@ -164,6 +165,8 @@ class Refinements:
             arr = check_label(strokes, image, source=filename)
         except DataError as exc:
             raise Invalid(str(exc).replace("the label", "the strokes map")) from None
+        if not np.any(arr == UNANNOTATED):
+            raise Invalid(full_map_refusal(filename))
         classes = [int(v) for v in present_values(arr) if v != UNANNOTATED]
         unknown = [k for k in classes if k >= self.ws.n_classes]
         if unknown:
